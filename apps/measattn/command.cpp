@@ -1,0 +1,28 @@
+#include "command.hpp"
+
+#include <algorithm>
+#include <vector>
+
+namespace measattn::cli {
+
+namespace {
+std::vector<CommandEntry>& registry() {
+  static std::vector<CommandEntry> entries;
+  return entries;
+}
+}  // namespace
+
+bool register_command(std::string name, std::string description,
+                      std::function<void(CLI::App&)> setup) {
+  registry().push_back({std::move(name), std::move(description), std::move(setup)});
+  return true;
+}
+
+const std::vector<CommandEntry>& commands() {
+  auto& entries = registry();
+  std::sort(entries.begin(), entries.end(),
+            [](const CommandEntry& a, const CommandEntry& b) { return a.name < b.name; });
+  return entries;
+}
+
+}  // namespace measattn::cli

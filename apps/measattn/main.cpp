@@ -1,0 +1,37 @@
+// measattn — the command-line tool. Exit codes: 0 success, 2 bad input (one
+// line on stderr naming the file/field and the reason), 1 internal error.
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "command.hpp"
+#include "measattn/error.hpp"
+#include "measattn/version.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"measattn: attention as a map on probability measures"};
+  app.set_version_flag("--version", std::string("measattn ") + measattn::version);
+  app.require_subcommand(1);
+  for (const auto& command : measattn::cli::commands()) {
+    CLI::App* sub = app.add_subcommand(command.name, command.description);
+    command.setup(*sub);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "measattn: error: " << e.what() << "\n";
+    return 2;
+  } catch (const measattn::invalid_argument& e) {
+    std::cerr << "measattn: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "measattn: internal error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

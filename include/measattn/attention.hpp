@@ -1,0 +1,160 @@
+// measattn/attention.hpp — attention as a map on probability measures.
+//
+// A Model is one multi-head attention layer with PyTorch nn.MultiheadAttention's
+// parameters (THEORY Section 2). With E the embedding size, H heads and
+// k = E / H the head size, head h uses rows [h k, (h+1) k) of w_q, w_k, w_v:
+//
+//   q(x) = Q_h x + b_q,h     kappa(y) = K_h y + b_k,h     v(y) = V_h y + b_v,h
+//   G(x,y) = <q(x), kappa(y)> / tau            (Potential::dot, the Transformer's)
+//   G(x,y) = -||q(x) - kappa(y)||^2 / tau      (Potential::l2, Kim et al. 2021)
+//   pi_j(x) = softmax_j( G(x, x_j) + log w_j )                  the kernel K_mu(x, .)
+//   Gamma^h_mu(x) = sum_j pi_j(x) v(x_j)                       the head's field
+//   Gamma_mu(x) = W_O [Gamma^1_mu(x); ...; Gamma^H_mu(x)] + b_O
+//
+// Self-attention F(mu) = (Gamma_mu)#mu, cross-attention F(nu; mu) = (Gamma_mu)#nu,
+// residual F_res(mu) = (id + Gamma_mu)#mu. Causal attention lets query i see
+// keys j <= i only (positions are atom indices).
+//
+// The implementation streams over key blocks with an online log-sum-exp: memory
+// is O((n + m) E), never O(n m); no finite input yields inf or NaN. Query blocks
+// run in parallel (OpenMP) and every row is computed by the same sequence of
+// operations whatever the thread count, so results are bit-identical across
+// thread counts.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "measattn/measure.hpp"
+#include "measattn/types.hpp"
+
+namespace measattn {
+
+enum class Potential { dot, l2, custom };
+
+/// "dot" / "l2" / "custom".
+std::string to_string(Potential p);
+/// Parses "dot" or "l2"; throws invalid_argument naming `field` otherwise.
+Potential parse_potential(const std::string& name, const std::string& field = "potential");
+
+/// A user potential G(q(x), kappa(y)) evaluated on the projected query and key
+/// (each of length head_dim), already including 1/tau if wanted. Used with
+/// Potential::custom; the streaming still applies, without the blocked GEMM.
+template <class Scalar>
+using PotentialFunction = std::function<Scalar(const Scalar* q, const Scalar* k, Index head_dim)>;
+
+/// One head in the notation of THEORY Section 2 (a view extracted from a Model).
+template <class Scalar>
+struct Head {
+  Matrix<Scalar> q, k, v;     // k x d_q, k x d_kv, k x d_kv
+  Vector<Scalar> b_q, b_k, b_v;
+  Scalar tau;
+  Potential potential;
+};
+
+/// One multi-head attention layer (PyTorch nn.MultiheadAttention layout).
+/// Empty bias vectors mean zero bias.
+template <class Scalar>
+struct Model {
+  Index num_heads = 1;
+  Potential potential = Potential::dot;
+  Scalar scale = 0;            // tau; 0 means the default sqrt(head_dim)
+  Matrix<Scalar> w_q;          // E x d_q      (in_proj_weight rows [0, E))
+  Matrix<Scalar> w_k;          // E x d_kv     (rows [E, 2E))
+  Matrix<Scalar> w_v;          // E x d_kv     (rows [2E, 3E))
+  Vector<Scalar> b_q, b_k, b_v;  // E each, or empty
+  Matrix<Scalar> w_o;          // d_out x E    (out_proj.weight)
+  Vector<Scalar> b_o;          // d_out, or empty
+  PotentialFunction<Scalar> custom_potential;  // only for Potential::custom
+
+  Index embed_dim() const { return w_q.rows(); }
+  Index head_dim() const { return w_q.rows() / num_heads; }
+  Index query_dim() const { return w_q.cols(); }
+  Index key_dim() const { return w_k.cols(); }
+  Index out_dim() const { return w_o.rows(); }
+  /// tau: `scale` if positive, else sqrt(head_dim).
+  Scalar tau() const;
+  bool has_bias() const;
+
+  /// Throws invalid_argument naming the offending parameter: shapes must agree,
+  /// E divisible by num_heads, every entry finite, scale >= 0, a custom
+  /// potential needs a function.
+  void validate() const;
+
+  /// Head h as (Q, K, V, biases, tau), zero biases made explicit.
+  Head<Scalar> head(Index h) const;
+
+  /// The canonical model of the particle literature (THEORY Section 3):
+  /// one head, Q = K = V = W_O = I_d, no biases, G(x,y) = beta <x,y>.
+  static Model canonical(Index dim, Scalar beta);
+
+  /// A model with random weights (entries N(0, 1/d)), seeded; for examples and tests.
+  static Model random(Index dim, Index num_heads, bool bias, unsigned long long seed,
+                      Potential potential = Potential::dot);
+
+  template <class Other>
+  Model<Other> cast() const;
+};
+
+enum class Normalization {
+  softmax,   // standard attention: rows of the kernel sum to one
+  sinkhorn,  // doubly-stochastic attention (THEORY Section 4), self-attention only
+};
+
+std::string to_string(Normalization n);
+Normalization parse_normalization(const std::string& name,
+                                  const std::string& field = "normalization");
+
+struct AttendOptions {
+  bool causal = false;    // query i sees keys j <= i
+  bool residual = false;  // add the query to the output (needs d_out == d_q)
+  Normalization normalization = Normalization::softmax;
+  int sinkhorn_iterations = 0;  // Sinkhorn half-steps beyond softmax (0 = softmax)
+  /// Rows per query block and key block of the streaming kernel; 0 = automatic.
+  /// Results do not depend on the thread count; they may depend on block sizes
+  /// only in the last bits.
+  Index query_block = 0;
+  Index key_block = 0;
+};
+
+/// Gamma_mu(y_i) (plus y_i when residual) for each row y_i of `queries`
+/// (n x d_q); keys and values are the atoms of mu (m x d_kv). Returns n x d_out.
+/// O(n m E) time, O((n + m) E) memory.
+template <class Scalar>
+Matrix<Scalar> attention_field(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                               const Eigen::Ref<const Matrix<Scalar>>& queries,
+                               const AttendOptions& options = {});
+
+/// The fields of each head before the output projection: n x E, head h in
+/// columns [h k, (h+1) k). Same streaming algorithm.
+template <class Scalar>
+Matrix<Scalar> head_fields(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                           const Eigen::Ref<const Matrix<Scalar>>& queries,
+                           const AttendOptions& options = {});
+
+/// The kernel of head h materialized: row i = pi(y_i) over the m atoms of mu
+/// (n x m). For inspection and tests on small inputs; O(n m) memory.
+template <class Scalar>
+Matrix<Scalar> attention_kernel(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                                const Eigen::Ref<const Matrix<Scalar>>& queries, Index head,
+                                const AttendOptions& options = {});
+
+/// Self-attention F(mu) = (Gamma_mu)#mu (or (id + Gamma_mu)#mu when residual).
+template <class Scalar>
+Measure<Scalar> self_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                               const AttendOptions& options = {});
+
+/// Cross-attention F(nu; mu) = (Gamma_mu)#nu: queries from nu, keys/values from mu.
+template <class Scalar>
+Measure<Scalar> cross_attention(const Model<Scalar>& model, const Measure<Scalar>& nu,
+                                const Measure<Scalar>& mu, const AttendOptions& options = {});
+
+/// The Transformer formula computed directly, as a reference: for each head
+/// softmax(S + log w) V with the full n x m logit matrix S materialized, the
+/// heads concatenated and projected. O(n m) memory: for checks, not for speed.
+template <class Scalar>
+Matrix<Scalar> transformer_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                                     const Eigen::Ref<const Matrix<Scalar>>& queries,
+                                     const AttendOptions& options = {});
+
+}  // namespace measattn

@@ -1,0 +1,79 @@
+// measattn/measure.hpp — weighted discrete probability measures on R^d.
+//
+//   mu = sum_i w_i delta_{x_i},  w_i >= 0,  sum_i w_i = 1      (THEORY Section 1)
+//
+// Atoms are the rows of an n x d row-major matrix. Construction validates and
+// normalizes: weights that do not sum to one are divided by their total; a
+// negative, NaN or infinite weight, a zero total, a NaN or infinite coordinate,
+// an empty atom set or a weight count different from the atom count throws
+// measattn::invalid_argument naming the field ("atoms" or "weights") and reason.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "measattn/types.hpp"
+
+namespace measattn {
+
+template <class Scalar>
+class Measure {
+ public:
+  using MatrixType = Matrix<Scalar>;
+  using VectorType = Vector<Scalar>;
+
+  /// mu = sum_i w_i delta_{x_i} with w normalized to sum 1. O(n d).
+  Measure(MatrixType atoms, VectorType weights);
+
+  /// Empirical measure mu_X = (1/n) sum_i delta_{x_i}.
+  static Measure empirical(MatrixType atoms);
+
+  Index size() const { return atoms_.rows(); }
+  Index dim() const { return atoms_.cols(); }
+  const MatrixType& atoms() const { return atoms_; }
+  const VectorType& weights() const { return weights_; }
+  Scalar weight(Index i) const { return weights_[i]; }
+  auto atom(Index i) const { return atoms_.row(i); }
+
+  /// True when every weight equals 1/n exactly (as stored).
+  bool is_uniform() const;
+
+  /// Barycenter sum_i w_i x_i.
+  VectorType mean() const;
+
+  /// max_i ||x_i|| over atoms of positive weight: the smallest R with supp(mu) in B_R.
+  Scalar radius() const;
+
+  /// The same measure with atoms closer than `tolerance` (max-norm) merged into
+  /// one atom (the first in input order) carrying the summed weight; atoms of
+  /// zero weight are dropped. tolerance = 0 merges exact duplicates. Order of
+  /// the surviving atoms is the order of their first occurrence. O(n log n d).
+  Measure merged(Scalar tolerance = 0) const;
+
+  /// Push-forward T#mu = sum_i w_i delta_{T(x_i)}, T given by its values on
+  /// the atoms (row i = T(x_i)); the weights are kept. Throws if the row count
+  /// differs or a value is not finite.
+  Measure push_forward(MatrixType images) const;
+
+  /// Push-forward by a map applied to each atom (row vector in, vector out).
+  Measure push_forward(
+      const std::function<VectorType(const Eigen::Ref<const VectorType>&)>& map) const;
+
+  /// The same measure in another precision (weights renormalized after rounding).
+  template <class Other>
+  Measure<Other> cast() const {
+    return Measure<Other>(atoms_.template cast<Other>(), weights_.template cast<Other>());
+  }
+
+ private:
+  MatrixType atoms_;
+  VectorType weights_;
+};
+
+using MeasureD = Measure<double>;
+using MeasureF = Measure<float>;
+
+extern template class Measure<float>;
+extern template class Measure<double>;
+
+}  // namespace measattn

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds the library, the CLI and the C++ tests with AddressSanitizer and
+# UndefinedBehaviorSanitizer in build-asan/ and runs the GoogleTest suites and
+# the CLI's pytest checks under them.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export MEASATTN_BUILD_DIR="${MEASATTN_ASAN_BUILD_DIR:-$root/build-asan}"
+"$root/scripts/build.sh" -DMEASATTN_SANITIZE=ON -DMEASATTN_BUILD_BENCH=OFF \
+  -DMEASATTN_BUILD_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+cd "$MEASATTN_BUILD_DIR"
+# The pytest suites that load torch are left to the plain build: torch itself is
+# not built with ASan, so the GoogleTest suites are the sanitized part.
+ctest --output-on-failure --timeout 1800 -j "$(nproc)" -E '^pytest\.'

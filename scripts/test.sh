@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds everything and runs every test: GoogleTest units, pytest cross-checks
+# against PyTorch / POT / SciPy, and the find_package consumer project.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${MEASATTN_BUILD_DIR:-$root/build}"
+"$root/scripts/build.sh" "$@"
+cd "$build"
+ctest --output-on-failure --timeout 1800 -j "$(nproc)"
