@@ -46,7 +46,7 @@ using PotentialFunction = std::function<Scalar(const Scalar* q, const Scalar* k,
 /// One head in the notation of THEORY Section 2 (a view extracted from a Model).
 template <class Scalar>
 struct Head {
-  Matrix<Scalar> q, k, v;     // k x d_q, k x d_kv, k x d_kv
+  Matrix<Scalar> q, k, v;  // k x d_q, k x d_kv, k x d_kv
   Vector<Scalar> b_q, b_k, b_v;
   Scalar tau;
   Potential potential;
@@ -58,13 +58,13 @@ template <class Scalar>
 struct Model {
   Index num_heads = 1;
   Potential potential = Potential::dot;
-  Scalar scale = 0;            // tau; 0 means the default sqrt(head_dim)
-  Matrix<Scalar> w_q;          // E x d_q      (in_proj_weight rows [0, E))
-  Matrix<Scalar> w_k;          // E x d_kv     (rows [E, 2E))
-  Matrix<Scalar> w_v;          // E x d_kv     (rows [2E, 3E))
-  Vector<Scalar> b_q, b_k, b_v;  // E each, or empty
-  Matrix<Scalar> w_o;          // d_out x E    (out_proj.weight)
-  Vector<Scalar> b_o;          // d_out, or empty
+  Scalar scale = 0;                            // tau; 0 means the default sqrt(head_dim)
+  Matrix<Scalar> w_q;                          // E x d_q      (in_proj_weight rows [0, E))
+  Matrix<Scalar> w_k;                          // E x d_kv     (rows [E, 2E))
+  Matrix<Scalar> w_v;                          // E x d_kv     (rows [2E, 3E))
+  Vector<Scalar> b_q, b_k, b_v;                // E each, or empty
+  Matrix<Scalar> w_o;                          // d_out x E    (out_proj.weight)
+  Vector<Scalar> b_o;                          // d_out, or empty
   PotentialFunction<Scalar> custom_potential;  // only for Potential::custom
 
   Index embed_dim() const { return w_q.rows(); }
@@ -122,21 +122,19 @@ struct AttendOptions {
 /// O(n m E) time, O((n + m) E) memory.
 template <class Scalar>
 Matrix<Scalar> attention_field(const Model<Scalar>& model, const Measure<Scalar>& mu,
-                               const Eigen::Ref<const Matrix<Scalar>>& queries,
-                               const AttendOptions& options = {});
+                               const MatrixRef<Scalar>& queries, const AttendOptions& options = {});
 
 /// The fields of each head before the output projection: n x E, head h in
 /// columns [h k, (h+1) k). Same streaming algorithm.
 template <class Scalar>
 Matrix<Scalar> head_fields(const Model<Scalar>& model, const Measure<Scalar>& mu,
-                           const Eigen::Ref<const Matrix<Scalar>>& queries,
-                           const AttendOptions& options = {});
+                           const MatrixRef<Scalar>& queries, const AttendOptions& options = {});
 
 /// The kernel of head h materialized: row i = pi(y_i) over the m atoms of mu
 /// (n x m). For inspection and tests on small inputs; O(n m) memory.
 template <class Scalar>
 Matrix<Scalar> attention_kernel(const Model<Scalar>& model, const Measure<Scalar>& mu,
-                                const Eigen::Ref<const Matrix<Scalar>>& queries, Index head,
+                                const MatrixRef<Scalar>& queries, Index head,
                                 const AttendOptions& options = {});
 
 /// Self-attention F(mu) = (Gamma_mu)#mu (or (id + Gamma_mu)#mu when residual).
@@ -154,7 +152,7 @@ Measure<Scalar> cross_attention(const Model<Scalar>& model, const Measure<Scalar
 /// heads concatenated and projected. O(n m) memory: for checks, not for speed.
 template <class Scalar>
 Matrix<Scalar> transformer_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
-                                     const Eigen::Ref<const Matrix<Scalar>>& queries,
+                                     const MatrixRef<Scalar>& queries,
                                      const AttendOptions& options = {});
 
 }  // namespace measattn

@@ -6,6 +6,7 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <type_traits>
 
 namespace measattn {
 
@@ -16,6 +17,12 @@ using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowM
 
 template <class Scalar>
 using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+
+/// Read-only view of a row-major matrix argument. Its scalar is deduced from
+/// the other arguments (a non-deduced context), so a Matrix, a block of one or
+/// a Map can be passed directly to function templates.
+template <class Scalar>
+using MatrixRef = Eigen::Ref<const Matrix<std::type_identity_t<Scalar>>>;
 
 using MatrixD = Matrix<double>;
 using MatrixF = Matrix<float>;

@@ -1,0 +1,101 @@
+// Dense (materialized) attention: the Transformer formula computed directly.
+// Used as an independent reference for the streaming kernel and for inspecting
+// kernels on small inputs.
+#include <cmath>
+#include <limits>
+
+#include "attention/internal.hpp"
+#include "measattn/attention.hpp"
+#include "measattn/error.hpp"
+
+namespace measattn {
+
+namespace detail {
+
+template <class Scalar>
+Matrix<Scalar> dense_logits(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                            const MatrixRef<Scalar>& queries, Index h) {
+  const Head<Scalar> head = model.head(h);
+  const Matrix<Scalar> q = (queries * head.q.transpose()).rowwise() + head.b_q.transpose();
+  const Matrix<Scalar> kk = (mu.atoms() * head.k.transpose()).rowwise() + head.b_k.transpose();
+  Matrix<Scalar> s(q.rows(), kk.rows());
+  switch (model.potential) {
+    case Potential::dot:
+      s = q * kk.transpose() / head.tau;
+      break;
+    case Potential::l2:
+      for (Index i = 0; i < q.rows(); ++i)
+        for (Index j = 0; j < kk.rows(); ++j)
+          s(i, j) = -(q.row(i) - kk.row(j)).squaredNorm() / head.tau;
+      break;
+    case Potential::custom:
+      for (Index i = 0; i < q.rows(); ++i) {
+        const Vector<Scalar> qi = q.row(i).transpose();
+        for (Index j = 0; j < kk.rows(); ++j) {
+          const Vector<Scalar> kj = kk.row(j).transpose();
+          s(i, j) = model.custom_potential(qi.data(), kj.data(), q.cols());
+        }
+      }
+      break;
+  }
+  return s;
+}
+
+template <class Scalar>
+Matrix<Scalar> dense_kernel(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                            const MatrixRef<Scalar>& queries, Index h,
+                            const AttendOptions& options) {
+  constexpr Scalar kNegInf = -std::numeric_limits<Scalar>::infinity();
+  Matrix<Scalar> s = dense_logits(model, mu, queries, h);
+  for (Index i = 0; i < s.rows(); ++i) {
+    for (Index j = 0; j < s.cols(); ++j) {
+      const bool visible = mu.weight(j) > 0 && (!options.causal || j <= i);
+      s(i, j) = visible ? s(i, j) + std::log(mu.weight(j)) : kNegInf;
+    }
+    const Scalar mx = s.row(i).maxCoeff();
+    if (mx == kNegInf) {
+      throw invalid_argument("weights: query " + std::to_string(i) +
+                             " sees only tokens of zero weight");
+    }
+    s.row(i) = (s.row(i).array() - mx).exp().matrix();
+    s.row(i) /= s.row(i).sum();
+  }
+  return s;
+}
+
+}  // namespace detail
+
+template <class Scalar>
+Matrix<Scalar> transformer_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                                     const MatrixRef<Scalar>& queries,
+                                     const AttendOptions& options) {
+  detail::check_inputs(model, mu, queries, options);
+  const Index k = model.head_dim();
+  Matrix<Scalar> concat(queries.rows(), model.embed_dim());
+  for (Index h = 0; h < model.num_heads; ++h) {
+    const Head<Scalar> head = model.head(h);
+    const Matrix<Scalar> v = (mu.atoms() * head.v.transpose()).rowwise() + head.b_v.transpose();
+    const Matrix<Scalar> p = options.normalization == Normalization::sinkhorn
+                                 ? detail::sinkhorn_kernel(model, mu, queries, h, options)
+                                 : detail::dense_kernel(model, mu, queries, h, options);
+    concat.middleCols(h * k, k) = p * v;
+  }
+  Matrix<Scalar> out = concat * model.w_o.transpose();
+  if (model.b_o.size()) out.rowwise() += model.b_o.transpose();
+  if (options.residual) out += queries;
+  return out;
+}
+
+#define MEASATTN_INSTANTIATE(S)                                                                    \
+  template Matrix<S> detail::dense_logits(const Model<S>&, const Measure<S>&, const MatrixRef<S>&, \
+                                          Index);                                                  \
+  template Matrix<S> detail::dense_kernel(const Model<S>&, const Measure<S>&, const MatrixRef<S>&, \
+                                          Index, const AttendOptions&);                            \
+  template Matrix<S> transformer_attention(const Model<S>&, const Measure<S>&,                     \
+                                           const MatrixRef<S>&, const AttendOptions&);
+
+MEASATTN_INSTANTIATE(float)
+MEASATTN_INSTANTIATE(double)
+#undef MEASATTN_INSTANTIATE
+
+}  // namespace measattn
