@@ -56,7 +56,7 @@ class Measure {
   Measure push_forward(MatrixType images) const;
 
   /// Push-forward by a map applied to each atom (row vector in, vector out).
-  Measure push_forward(
+  Measure push_forward_map(
       const std::function<VectorType(const Eigen::Ref<const VectorType>&)>& map) const;
 
   /// The same measure in another precision (weights renormalized after rounding).

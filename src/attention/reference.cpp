@@ -57,7 +57,9 @@ Matrix<Scalar> dense_kernel(const Model<Scalar>& model, const Measure<Scalar>& m
       throw invalid_argument("weights: query " + std::to_string(i) +
                              " sees only tokens of zero weight");
     }
-    s.row(i) = (s.row(i).array() - mx).exp().matrix();
+    // Eigen's vectorized exp maps -inf to a denormal, not to 0: invisible
+    // entries are zeroed explicitly so that masked keys get exactly zero mass.
+    for (Index j = 0; j < s.cols(); ++j) s(i, j) = s(i, j) == kNegInf ? 0 : std::exp(s(i, j) - mx);
     s.row(i) /= s.row(i).sum();
   }
   return s;

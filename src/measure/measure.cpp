@@ -147,14 +147,14 @@ Measure<Scalar> Measure<Scalar>::merged(Scalar tolerance) const {
 template <class Scalar>
 Measure<Scalar> Measure<Scalar>::push_forward(MatrixType images) const {
   if (images.rows() != size()) {
-    throw invalid_argument("push_forward: " + std::to_string(images.rows()) +
-                           " images for " + std::to_string(size()) + " atoms");
+    throw invalid_argument("push_forward: " + std::to_string(images.rows()) + " images for " +
+                           std::to_string(size()) + " atoms");
   }
   return Measure(std::move(images), weights_);
 }
 
 template <class Scalar>
-Measure<Scalar> Measure<Scalar>::push_forward(
+Measure<Scalar> Measure<Scalar>::push_forward_map(
     const std::function<VectorType(const Eigen::Ref<const VectorType>&)>& map) const {
   MatrixType images;
   for (Index i = 0; i < size(); ++i) {
