@@ -1,0 +1,140 @@
+// measattn attend — one attention layer applied to a weighted point cloud.
+//
+//   measattn attend --model M.safetensors --tokens X.npy [--weights w.npy]
+//                   [--queries Y.npy] [--causal] [--residual] [--dtype f64|f32]
+//                   [--normalization softmax|sinkhorn] [--sinkhorn-iters K] --out OUT.npy
+//
+// Without --queries: self-attention, OUT row i = Gamma_mu(x_i) where
+// mu = sum_j w_j delta_{x_j} (uniform weights by default). With --queries:
+// cross-attention, OUT row i = Gamma_mu(y_i). --residual adds the query.
+// Every input is read and validated before anything is computed; OUT is
+// written atomically only on success.
+#include <memory>
+#include <string>
+
+#include "command.hpp"
+#include "measattn/attention.hpp"
+#include "measattn/error.hpp"
+#include "measattn/io.hpp"
+#include "measattn/measure.hpp"
+
+namespace measattn::cli {
+namespace {
+
+struct AttendArgs {
+  std::string model, tokens, weights, queries, out;
+  bool causal = false, residual = false;
+  std::string dtype = "f64";
+  std::string normalization = "softmax";
+  int sinkhorn_iters = 0;
+};
+
+std::string dim_text(Index d) { return std::to_string(d); }
+
+template <class Scalar>
+void run_attend(const AttendArgs& a, const AttendOptions& options) {
+  const Model<Scalar> model = load_model<Scalar>(a.model);
+  Matrix<Scalar> tokens = read_npy_matrix<Scalar>(a.tokens, "--tokens");
+  if (tokens.rows() == 0) throw invalid_argument("--tokens: " + a.tokens + ": no tokens (0 rows)");
+  if (tokens.cols() != model.key_dim()) {
+    throw invalid_argument("--tokens: " + a.tokens + ": tokens have dimension " +
+                           dim_text(tokens.cols()) + ", the model " + a.model +
+                           " expects keys of dimension " + dim_text(model.key_dim()));
+  }
+  Vector<Scalar> weights;
+  if (!a.weights.empty()) {
+    weights = read_npy_vector<Scalar>(a.weights, "--weights");
+    if (weights.size() != tokens.rows()) {
+      throw invalid_argument("--weights: " + a.weights + ": " + dim_text(weights.size()) +
+                             " weights for " + dim_text(tokens.rows()) + " tokens");
+    }
+  } else {
+    weights = Vector<Scalar>::Ones(tokens.rows());
+  }
+  std::unique_ptr<Measure<Scalar>> mu;
+  try {
+    mu = std::make_unique<Measure<Scalar>>(std::move(tokens), std::move(weights));
+  } catch (const invalid_argument& e) {
+    const std::string what = e.what();
+    const bool about_weights = what.rfind("weights", 0) == 0 && !a.weights.empty();
+    throw invalid_argument(about_weights ? "--weights: " + a.weights + ": " + what
+                                         : "--tokens: " + a.tokens + ": " + what);
+  }
+  Matrix<Scalar> queries;
+  const bool cross = !a.queries.empty();
+  if (cross) {
+    queries = read_npy_matrix<Scalar>(a.queries, "--queries");
+    if (queries.rows() == 0) {
+      throw invalid_argument("--queries: " + a.queries + ": no queries (0 rows)");
+    }
+    if (queries.cols() != model.query_dim()) {
+      throw invalid_argument("--queries: " + a.queries + ": queries have dimension " +
+                             dim_text(queries.cols()) + ", the model " + a.model +
+                             " expects queries of dimension " + dim_text(model.query_dim()));
+    }
+  } else if (model.query_dim() != model.key_dim()) {
+    throw invalid_argument("--queries: the model " + a.model + " has query dimension " +
+                           dim_text(model.query_dim()) + " and key dimension " +
+                           dim_text(model.key_dim()) +
+                           "; self-attention needs them equal (give --queries)");
+  }
+  const Index query_dim = cross ? queries.cols() : mu->dim();
+  if (options.residual && model.out_dim() != query_dim) {
+    throw invalid_argument("--residual: the model's output dimension " + dim_text(model.out_dim()) +
+                           " differs from the query dimension " + dim_text(query_dim));
+  }
+  const Matrix<Scalar> out = cross ? attention_field(model, *mu, queries, options)
+                                   : attention_field(model, *mu, mu->atoms(), options);
+  if (!out.allFinite()) {
+    throw invalid_argument("--out: " + a.out + ": the output is not finite (inputs too large for " +
+                           (std::is_same_v<Scalar, float> ? "float32" : "float64") + ")");
+  }
+  write_npy(a.out, out);
+}
+
+const bool registered = register_command(
+    "attend", "Apply one attention layer (safetensors model) to a weighted point cloud (.npy)",
+    [](CLI::App& app) {
+      auto a = std::make_shared<AttendArgs>();
+      app.add_option("--model", a->model,
+                     "Model: safetensors with nn.MultiheadAttention weights and num_heads")
+          ->required();
+      app.add_option("--tokens", a->tokens, "Tokens (keys and values): n x d .npy, one per row")
+          ->required();
+      app.add_option("--weights", a->weights, "Token weights: length-n .npy (default uniform)");
+      app.add_option("--queries", a->queries,
+                     "Queries for cross-attention: m x d_q .npy (default: the tokens)");
+      app.add_flag("--causal", a->causal, "Query i sees tokens 0..i only");
+      app.add_flag("--residual", a->residual, "Add the query to the output (x + Gamma(x))");
+      app.add_option("--dtype", a->dtype, "Precision of the computation and the output: f64|f32")
+          ->capture_default_str();
+      app.add_option("--normalization", a->normalization,
+                     "softmax (standard) or sinkhorn (doubly stochastic, self-attention only)")
+          ->capture_default_str();
+      app.add_option("--sinkhorn-iters", a->sinkhorn_iters,
+                     "Sinkhorn iterations beyond softmax (with --normalization sinkhorn)")
+          ->capture_default_str();
+      app.add_option("--out", a->out, "Output .npy: one row per query, input order")->required();
+      app.callback([a] {
+        const DType dtype = parse_dtype(a->dtype, "--dtype");
+        AttendOptions options;
+        options.causal = a->causal;
+        options.residual = a->residual;
+        options.normalization = parse_normalization(a->normalization, "--normalization");
+        if (a->sinkhorn_iters < 0) throw invalid_argument("--sinkhorn-iters: must be >= 0");
+        options.sinkhorn_iterations = a->sinkhorn_iters;
+        if (options.normalization == Normalization::sinkhorn && !a->queries.empty()) {
+          throw invalid_argument(
+              "--normalization: sinkhorn attention is defined for self-attention only "
+              "(drop --queries)");
+        }
+        if (dtype == DType::f32) {
+          run_attend<float>(*a, options);
+        } else {
+          run_attend<double>(*a, options);
+        }
+      });
+    });
+
+}  // namespace
+}  // namespace measattn::cli

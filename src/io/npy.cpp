@@ -1,0 +1,439 @@
+// NumPy .npy files: format versions 1.0, 2.0 and 3.0, dtypes '<f4' and '<f8',
+// C order. The header is a Python dict literal, parsed here by a small strict
+// parser that accepts exactly what numpy.lib.format writes (and whitespace
+// variations of it) and rejects everything else with a reason.
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "measattn/error.hpp"
+#include "measattn/io.hpp"
+
+namespace measattn {
+
+static_assert(std::endian::native == std::endian::little,
+              "measattn's file formats are little-endian; big-endian hosts are not supported");
+
+namespace {
+
+constexpr char kMagic[] = "\x93NUMPY";
+constexpr std::size_t kMagicSize = 6;
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  if (shape.size() == 1) s += ",";
+  return s + ")";
+}
+
+// A strict parser of the header dict {'descr': ..., 'fortran_order': ..., 'shape': (...)}.
+class HeaderParser {
+ public:
+  HeaderParser(const std::string& text, const std::string& name) : s_(text), name_(name) {}
+
+  void parse(std::string& descr, bool& fortran, std::vector<std::int64_t>& shape) {
+    bool have_descr = false, have_fortran = false, have_shape = false;
+    skip_ws();
+    expect('{');
+    for (;;) {
+      skip_ws();
+      if (peek() == '}') {
+        ++pos_;
+        break;
+      }
+      const std::string key = parse_string();
+      skip_ws();
+      expect(':');
+      skip_ws();
+      if (key == "descr") {
+        if (have_descr) fail("duplicate key 'descr'");
+        if (peek() != '\'' && peek() != '"')
+          fail("unsupported dtype (structured arrays are not supported)");
+        descr = parse_string();
+        have_descr = true;
+      } else if (key == "fortran_order") {
+        if (have_fortran) fail("duplicate key 'fortran_order'");
+        fortran = parse_bool();
+        have_fortran = true;
+      } else if (key == "shape") {
+        if (have_shape) fail("duplicate key 'shape'");
+        shape = parse_shape();
+        have_shape = true;
+      } else {
+        fail("unexpected key '" + printable(key) + "'");
+      }
+      skip_ws();
+      if (peek() == ',') {
+        ++pos_;
+        continue;
+      }
+      skip_ws();
+      if (peek() == '}') {
+        ++pos_;
+        break;
+      }
+      fail("expected ',' or '}'");
+    }
+    skip_ws();
+    if (pos_ != s_.size()) fail("unexpected characters after the header dict");
+    if (!have_descr) fail("missing key 'descr'");
+    if (!have_fortran) fail("missing key 'fortran_order'");
+    if (!have_shape) fail("missing key 'shape'");
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const {
+    throw invalid_argument(name_ + ": malformed .npy header: " + why);
+  }
+  char peek() const { return pos_ < s_.size() ? s_[pos_] : '\0'; }
+  void skip_ws() {
+    while (pos_ < s_.size() &&
+           (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r')) {
+      ++pos_;
+    }
+  }
+  void expect(char c) {
+    if (peek() != c) fail(std::string("expected '") + c + "'");
+    ++pos_;
+  }
+  static std::string printable(const std::string& s) {
+    std::string out;
+    for (char c : s.substr(0, 40)) {
+      out += (c >= 0x20 && c < 0x7f) ? c : '?';
+    }
+    return out;
+  }
+  std::string parse_string() {
+    const char q = peek();
+    if (q != '\'' && q != '"') fail("expected a quoted string");
+    ++pos_;
+    const std::size_t start = pos_;
+    while (pos_ < s_.size() && s_[pos_] != q) {
+      if (s_[pos_] == '\\' || s_[pos_] == '\n') fail("unsupported character in a string");
+      ++pos_;
+    }
+    if (pos_ >= s_.size()) fail("unterminated string");
+    std::string out = s_.substr(start, pos_ - start);
+    ++pos_;
+    return out;
+  }
+  bool parse_bool() {
+    if (s_.compare(pos_, 4, "True") == 0) {
+      pos_ += 4;
+      return true;
+    }
+    if (s_.compare(pos_, 5, "False") == 0) {
+      pos_ += 5;
+      return false;
+    }
+    fail("fortran_order must be True or False");
+  }
+  std::vector<std::int64_t> parse_shape() {
+    std::vector<std::int64_t> shape;
+    expect('(');
+    for (;;) {
+      skip_ws();
+      if (peek() == ')') {
+        ++pos_;
+        break;
+      }
+      if (peek() < '0' || peek() > '9') fail("shape must be a tuple of non-negative integers");
+      std::int64_t v = 0;
+      while (peek() >= '0' && peek() <= '9') {
+        const int digit = peek() - '0';
+        if (v > (std::numeric_limits<std::int64_t>::max() - digit) / 10) {
+          fail("a dimension of the shape is too large");
+        }
+        v = v * 10 + digit;
+        ++pos_;
+      }
+      if (peek() == 'L') ++pos_;  // Python 2 long literals
+      shape.push_back(v);
+      if (shape.size() > 32) fail("too many dimensions (more than 32)");
+      skip_ws();
+      if (peek() == ',') {
+        ++pos_;
+        continue;
+      }
+      skip_ws();
+      if (peek() == ')') {
+        ++pos_;
+        break;
+      }
+      fail("expected ',' or ')' in shape");
+    }
+    // A one-element tuple needs its trailing comma in Python; "(3)" is an int.
+    return shape;
+  }
+
+  const std::string& s_;
+  const std::string& name_;
+  std::size_t pos_ = 0;
+};
+
+std::string dtype_descr(DType t) { return t == DType::f32 ? "<f4" : "<f8"; }
+
+template <class T>
+std::string format_impl(const T* values, const std::vector<std::int64_t>& shape, DType dtype) {
+  std::int64_t count = 1;
+  for (std::int64_t d : shape) {
+    if (d < 0) throw invalid_argument("format_npy: negative dimension");
+    if (d != 0 && count > std::numeric_limits<std::int64_t>::max() / 16 / d) {
+      throw invalid_argument("format_npy: shape too large");
+    }
+    count *= d;
+  }
+  std::string dict = "{'descr': '" + dtype_descr(dtype) +
+                     "', 'fortran_order': False, 'shape': " + shape_text(shape) + ", }";
+  // Pad so that magic + version + length + header is a multiple of 64 bytes
+  // (numpy's alignment), the header ending with '\n'.
+  std::size_t prefix = kMagicSize + 2 + 2;
+  std::size_t total = prefix + dict.size() + 1;
+  int major = 1;
+  if (((total + 63) / 64) * 64 - prefix > 65535) {
+    major = 2;
+    prefix = kMagicSize + 2 + 4;
+    total = prefix + dict.size() + 1;
+  }
+  const std::size_t padded = ((total + 63) / 64) * 64;
+  const std::size_t header_len = padded - prefix;
+  dict.append(padded - total, ' ');
+  dict.push_back('\n');
+
+  const std::size_t item = dtype == DType::f32 ? 4 : 8;
+  std::string out;
+  out.reserve(padded + static_cast<std::size_t>(count) * item);
+  out.append(kMagic, kMagicSize);
+  out.push_back(static_cast<char>(major));
+  out.push_back(0);
+  if (major == 1) {
+    out.push_back(static_cast<char>(header_len & 0xff));
+    out.push_back(static_cast<char>((header_len >> 8) & 0xff));
+  } else {
+    for (int b = 0; b < 4; ++b) out.push_back(static_cast<char>((header_len >> (8 * b)) & 0xff));
+  }
+  out += dict;
+  const std::size_t start = out.size();
+  out.resize(start + static_cast<std::size_t>(count) * item);
+  char* dst = out.data() + start;
+  for (std::int64_t i = 0; i < count; ++i) {
+    if (dtype == DType::f32) {
+      const float v = static_cast<float>(values[i]);
+      std::memcpy(dst + 4 * i, &v, 4);
+    } else {
+      const double v = static_cast<double>(values[i]);
+      std::memcpy(dst + 8 * i, &v, 8);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+NpyArray parse_npy(const std::string& bytes, const std::string& name) {
+  if (bytes.size() < kMagicSize || std::memcmp(bytes.data(), kMagic, kMagicSize) != 0) {
+    throw invalid_argument(name + ": not a .npy file (bad magic)");
+  }
+  if (bytes.size() < kMagicSize + 2) throw invalid_argument(name + ": truncated .npy header");
+  const auto major = static_cast<unsigned char>(bytes[kMagicSize]);
+  const auto minor = static_cast<unsigned char>(bytes[kMagicSize + 1]);
+  if (major < 1 || major > 3 || minor != 0) {
+    throw invalid_argument(name + ": unsupported .npy format version " + std::to_string(major) +
+                           "." + std::to_string(minor) + " (expected 1.0, 2.0 or 3.0)");
+  }
+  const std::size_t len_size = major == 1 ? 2 : 4;
+  const std::size_t prefix = kMagicSize + 2 + len_size;
+  if (bytes.size() < prefix) throw invalid_argument(name + ": truncated .npy header");
+  std::uint64_t header_len = 0;
+  for (std::size_t b = 0; b < len_size; ++b) {
+    header_len |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[kMagicSize + 2 + b]))
+                  << (8 * b);
+  }
+  if (header_len > bytes.size() - prefix) {
+    throw invalid_argument(name + ": truncated .npy header (header length " +
+                           std::to_string(header_len) + ", file has " +
+                           std::to_string(bytes.size() - prefix) + " bytes after the preamble)");
+  }
+  const std::string header = bytes.substr(prefix, header_len);
+  std::string descr;
+  bool fortran = false;
+  NpyArray out;
+  HeaderParser(header, name).parse(descr, fortran, out.shape);
+
+  std::size_t item = 0;
+  if (descr == "<f8") {
+    out.dtype = DType::f64;
+    item = 8;
+  } else if (descr == "<f4") {
+    out.dtype = DType::f32;
+    item = 4;
+  } else if (descr == ">f8" || descr == ">f4") {
+    throw invalid_argument(name + ": big-endian dtype '" + descr +
+                           "' is not supported (expected '<f4' or '<f8')");
+  } else {
+    std::string shown;
+    for (char c : descr.substr(0, 20)) shown += (c >= 0x20 && c < 0x7f) ? c : '?';
+    throw invalid_argument(name + ": dtype '" + shown +
+                           "' is not supported (expected float32 '<f4' or float64 '<f8')");
+  }
+  if (fortran) {
+    throw invalid_argument(name +
+                           ": Fortran-order arrays are not supported (save a C-order "
+                           "array, e.g. numpy.ascontiguousarray)");
+  }
+  const std::size_t data_size = bytes.size() - prefix - header_len;
+  std::uint64_t count = 1;
+  for (std::int64_t d : out.shape) {
+    const auto ud = static_cast<std::uint64_t>(d);
+    if (ud != 0 && count > (std::numeric_limits<std::uint64_t>::max() / item) / ud) {
+      throw invalid_argument(name + ": shape " + shape_text(out.shape) + " is too large");
+    }
+    count *= ud;
+  }
+  for (std::int64_t d : out.shape) {
+    // Bound every dimension even when another one is zero (an empty array),
+    // so that no downstream size computation can overflow.
+    if (static_cast<std::uint64_t>(d) > (std::uint64_t{1} << 40)) {
+      throw invalid_argument(name + ": shape " + shape_text(out.shape) + " is too large");
+    }
+  }
+  const std::uint64_t expected = count * item;
+  if (expected != data_size) {
+    throw invalid_argument(name + ": shape " + shape_text(out.shape) + " needs " +
+                           std::to_string(expected) + " bytes of data, the file has " +
+                           std::to_string(data_size) +
+                           (expected > data_size ? " (truncated)" : " (trailing bytes)"));
+  }
+  out.values.resize(static_cast<std::size_t>(count));
+  const char* src = bytes.data() + prefix + header_len;
+  if (item == 8) {
+    std::memcpy(out.values.data(), src, static_cast<std::size_t>(expected));
+  } else {
+    for (std::size_t i = 0; i < out.values.size(); ++i) {
+      float v;
+      std::memcpy(&v, src + 4 * i, 4);
+      out.values[i] = v;
+    }
+  }
+  return out;
+}
+
+NpyArray read_npy(const std::string& path) { return parse_npy(read_file(path), path); }
+
+namespace {
+
+template <class Scalar>
+void check_finite(const NpyArray& a, std::size_t cols, const std::string& path,
+                  const std::string& field) {
+  for (std::size_t i = 0; i < a.values.size(); ++i) {
+    const double v = a.values[i];
+    const bool finite = std::isfinite(v) && std::isfinite(static_cast<Scalar>(v));
+    if (!finite) {
+      std::string where = "value " + std::to_string(i);
+      if (a.shape.size() == 2) {
+        where += " (row " + std::to_string(i / cols) + ", column " + std::to_string(i % cols) + ")";
+      }
+      const char* what = std::isnan(v)       ? "is NaN"
+                         : !std::isfinite(v) ? "is infinite"
+                                             : "overflows float32";
+      throw invalid_argument(field + ": " + path + ": " + where + " " + what);
+    }
+  }
+}
+
+NpyArray read_for_field(const std::string& path, const std::string& field) {
+  try {
+    return read_npy(path);
+  } catch (const invalid_argument& e) {
+    throw invalid_argument(field + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+template <class Scalar>
+Matrix<Scalar> read_npy_matrix(const std::string& path, const std::string& field) {
+  const NpyArray a = read_for_field(path, field);
+  if (a.shape.empty() || a.shape.size() > 2) {
+    throw invalid_argument(field + ": " + path + ": expected a 1-D or 2-D array, got shape " +
+                           shape_text(a.shape));
+  }
+  const Index rows = static_cast<Index>(a.shape[0]);
+  const Index cols = a.shape.size() == 2 ? static_cast<Index>(a.shape[1]) : 1;
+  check_finite<Scalar>(a, static_cast<std::size_t>(cols), path, field);
+  Matrix<Scalar> m(rows, cols);
+  for (Index i = 0; i < rows * cols; ++i) m.data()[i] = static_cast<Scalar>(a.values[i]);
+  return m;
+}
+
+template <class Scalar>
+Vector<Scalar> read_npy_vector(const std::string& path, const std::string& field) {
+  const NpyArray a = read_for_field(path, field);
+  const bool ok =
+      a.shape.size() == 1 || (a.shape.size() == 2 && (a.shape[0] == 1 || a.shape[1] == 1));
+  if (!ok) {
+    throw invalid_argument(field + ": " + path + ": expected a 1-D array, got shape " +
+                           shape_text(a.shape));
+  }
+  check_finite<Scalar>(a, 1, path, field);
+  Vector<Scalar> v(static_cast<Index>(a.values.size()));
+  for (Index i = 0; i < v.size(); ++i) v[i] = static_cast<Scalar>(a.values[i]);
+  return v;
+}
+
+std::string format_npy(const double* values, const std::vector<std::int64_t>& shape, DType dtype) {
+  return format_impl(values, shape, dtype);
+}
+
+std::string format_npy(const float* values, const std::vector<std::int64_t>& shape, DType dtype) {
+  return format_impl(values, shape, dtype);
+}
+
+template <class Scalar>
+void write_npy(const std::string& path, const Matrix<Scalar>& m) {
+  const DType t = std::is_same_v<Scalar, float> ? DType::f32 : DType::f64;
+  write_file_atomic(path, format_npy(m.data(), {m.rows(), m.cols()}, t));
+}
+
+template <class Scalar>
+void write_npy(const std::string& path, const Vector<Scalar>& v) {
+  const DType t = std::is_same_v<Scalar, float> ? DType::f32 : DType::f64;
+  write_file_atomic(path, format_npy(v.data(), {v.size()}, t));
+}
+
+void write_npy(const std::string& path, const std::vector<double>& values,
+               const std::vector<std::int64_t>& shape, DType dtype) {
+  std::int64_t count = 1;
+  for (std::int64_t d : shape) {
+    if (d < 0) throw invalid_argument(path + ": negative dimension in shape");
+    if (d != 0 && count > std::numeric_limits<std::int64_t>::max() / d) {
+      throw invalid_argument(path + ": shape too large");
+    }
+    count *= d;
+  }
+  if (static_cast<std::uint64_t>(count) != values.size()) {
+    throw invalid_argument(path + ": shape " + shape_text(shape) + " holds " +
+                           std::to_string(count) + " values, " + std::to_string(values.size()) +
+                           " given");
+  }
+  write_file_atomic(path, format_npy(values.data(), shape, dtype));
+}
+
+template Matrix<float> read_npy_matrix<float>(const std::string&, const std::string&);
+template Matrix<double> read_npy_matrix<double>(const std::string&, const std::string&);
+template Vector<float> read_npy_vector<float>(const std::string&, const std::string&);
+template Vector<double> read_npy_vector<double>(const std::string&, const std::string&);
+template void write_npy<float>(const std::string&, const Matrix<float>&);
+template void write_npy<double>(const std::string&, const Matrix<double>&);
+template void write_npy<float>(const std::string&, const Vector<float>&);
+template void write_npy<double>(const std::string&, const Vector<double>&);
+
+}  // namespace measattn
