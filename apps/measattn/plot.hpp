@@ -1,0 +1,33 @@
+// Plots and tables for the CLI: gnuplot (pngcairo) driven through a script,
+// CSV files written atomically. Every PNG comes with the CSV behind it.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace measattn::cli {
+
+/// A table: column names and rows of numbers (written with 17 significant digits).
+struct Table {
+  std::vector<std::string> columns;
+  std::vector<std::vector<double>> rows;
+
+  /// The table as CSV text (header line, then one line per row).
+  std::string csv() const;
+  /// The table as a gnuplot inline data block named `$name`.
+  std::string gnuplot_block(const std::string& name) const;
+};
+
+/// Writes the table as CSV, atomically.
+void write_csv(const std::string& path, const Table& table);
+
+/// Renders a gnuplot script to a PNG (pngcairo, width x height), atomically:
+/// the terminal and output are set here, `script` holds the data blocks and
+/// plot commands. Throws std::runtime_error if gnuplot fails.
+void render_png(const std::string& png_path, const std::string& script, int width = 900,
+                int height = 600);
+
+/// Quotes a string for a gnuplot script ("..." with escapes).
+std::string gnuplot_quote(const std::string& s);
+
+}  // namespace measattn::cli
