@@ -1,0 +1,102 @@
+// measattn._measattn — the compiled part of the Python package `measattn`.
+//
+// Error policy at the boundary: measattn::invalid_argument -> ValueError (same
+// message), measattn::interrupted -> KeyboardInterrupt (or the exception a
+// Python signal handler raised), other std::exception -> RuntimeError
+// (pybind11's defaults for the std:: ones it knows).
+#include <Python.h>
+#include <omp.h>
+
+#include "convert.hpp"
+#include "measattn/interrupt.hpp"
+#include "measattn/version.hpp"
+
+namespace measattn::python {
+namespace {
+
+// The exception raised by a Python-level signal handler during a poll, kept
+// until the measattn::interrupted it caused reaches the translator.
+struct PendingError {
+  PyObject* type = nullptr;
+  PyObject* value = nullptr;
+  PyObject* traceback = nullptr;
+};
+thread_local PendingError pending;
+
+bool poll_python_signals() {
+  if (!Py_IsInitialized()) return false;
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() == 0) return false;
+  // Replace any stale pending error by the fresh one.
+  Py_XDECREF(pending.type);
+  Py_XDECREF(pending.value);
+  Py_XDECREF(pending.traceback);
+  PyErr_Fetch(&pending.type, &pending.value, &pending.traceback);
+  return true;
+}
+
+void raise_interrupted(const char* what) {
+  if (pending.type != nullptr) {
+    PyErr_Restore(pending.type, pending.value, pending.traceback);
+    pending = PendingError{};
+  } else {
+    PyErr_SetString(PyExc_KeyboardInterrupt, what);
+  }
+}
+
+}  // namespace
+}  // namespace measattn::python
+
+PYBIND11_MODULE(_measattn, m) {
+  using namespace measattn::python;
+  m.doc() =
+      "Compiled core of measattn: attention as a map on probability measures.\n"
+      "Import the package `measattn`, not this module.";
+  m.attr("__version__") = measattn::version;
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const measattn::invalid_argument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const measattn::interrupted& e) {
+      raise_interrupted(e.what());
+    }
+  });
+
+  // Ctrl-C: long computations poll the interpreter's pending signals (at most
+  // every 50 ms). Removed at interpreter exit, before Python is torn down.
+  measattn::set_interrupt_handler(&poll_python_signals, 0.05);
+  py::module_::import("atexit").attr("register")(
+      py::cpp_function([]() { measattn::set_interrupt_handler({}); }));
+
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 1) throw measattn::invalid_argument("num_threads: must be >= 1");
+        omp_set_num_threads(n);
+      },
+      py::arg("num_threads"),
+      "Sets the number of OpenMP threads used by measattn (and any other OpenMP code in\n"
+      "the process). Results do not depend on it.");
+  m.def(
+      "get_num_threads", []() { return omp_get_max_threads(); },
+      "The number of OpenMP threads measattn will use.");
+
+  bind_core(m);
+#ifdef MEASATTN_PY_WASSERSTEIN
+  bind_wasserstein(m);
+#endif
+#ifdef MEASATTN_PY_FLOW
+  bind_flow(m);
+#endif
+#ifdef MEASATTN_PY_MAXENT
+  bind_maxent(m);
+#endif
+#ifdef MEASATTN_PY_LIPSCHITZ
+  bind_lipschitz(m);
+#endif
+#ifdef MEASATTN_PY_MISSPEC
+  bind_misspec(m);
+#endif
+}
