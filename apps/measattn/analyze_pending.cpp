@@ -1,0 +1,9 @@
+// Sections of the report whose modules have not landed yet; each is replaced
+// by its own analyze_<section>.cpp as the module lands.
+#include "analyze.hpp"
+namespace measattn::cli {
+void section_entropy(SectionContext&) {}
+void section_lipschitz(SectionContext&) {}
+void section_misspec(SectionContext&) {}
+void section_flow(SectionContext&) {}
+}  // namespace measattn::cli
