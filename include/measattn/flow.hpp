@@ -1,0 +1,177 @@
+// measattn/flow.hpp — self-attention as interacting particles; infinitely deep
+// weight-shared networks as flows of measures (THEORY Section 3).
+//
+// Tokens are particles x_i(t) in R^d with fixed weights w_i (sum 1) and
+// mu_t = sum_i w_i delta_{x_i(t)}. The flow is the ODE system
+//
+//   dx_i/dt = f_i(X) = Gamma_{mu_t}(x_i)                      (FlowField::attention)
+//
+// with Gamma the attention field of one Model (attention.hpp). Its measure
+// solves the continuity equation d/dt mu_t + div(mu_t Gamma_{mu_t}) = 0.
+// Explicit Euler with L steps of h = T / L is exactly the weight-shared residual
+// network x^{l+1} = x^l + h Gamma_{mu^l}(x^l) (for h = 1: PyTorch's x + mha(x,x,x)).
+//
+// Variants:
+//  - sphere (layer-norm dynamics): f_i = P_{x_i}(Gamma_{mu_t}(x_i)), P_x(y) = y - <x,y> x;
+//    the starting points are normalized to unit length, and every accepted step
+//    ends with x_i <- x_i / ||x_i||. Stage points in between are not normalized
+//    (f is extended to R^d by the same formula; the sphere is invariant for it).
+//  - FlowField::unnormalized ("USA"), canonical model only, sphere only:
+//    f_i = P_{x_i}( sum_j w_j exp(beta <x_i, x_j>) x_j ), the gradient ascent of
+//    E_beta below. On the sphere every exponent is <= beta, so beta <= 700 is
+//    required (exp(700) < DBL_MAX): no overflow can occur.
+//  - the canonical model of the literature: Model::canonical(d, beta), V = I,
+//    G(x,y) = beta <x,y> (Geshkovski, Letrouit, Polyanskiy, Rigollet 2023,
+//    arXiv 2312.10794; Sander et al. 2022).
+//
+// Schemes: explicit Euler (order 1), Heun (2), classical Runge–Kutta (4), and the
+// adaptive Dormand–Prince 5(4) pair (Hairer, Norsett, Wanner, "Solving ODEs I",
+// II.4–II.5: FSAL, RMS error norm with atol = rtol = tolerance, PI step-size
+// controller). Every field evaluation is the streaming attention kernel: O(n^2 d)
+// time (n particles, E-dim heads: O(n^2 E)), O(n d) memory, OpenMP over query
+// blocks, bit-identical results for any thread count.
+//
+// Long runs: periodic checkpoints hold the whole integrator state (particles,
+// time, step index, dopri5 step size, PI memory and FSAL derivative, frames saved
+// so far) and are written atomically; resuming repeats exactly the same
+// computation, so a killed and resumed run ends bit-identical to an
+// uninterrupted one. Fixed-step schemes compute t_l = l T / L from the step index.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "measattn/attention.hpp"
+#include "measattn/measure.hpp"
+#include "measattn/types.hpp"
+
+namespace measattn {
+
+enum class FlowScheme { euler, heun, rk4, dopri5 };
+enum class FlowField { attention, unnormalized };
+enum class FlowStatus {
+  completed,            ///< reached time T
+  max_steps,            ///< dopri5: stopped at options.max_steps (accepted + rejected)
+  step_size_underflow,  ///< dopri5: step size fell below 1e-14 * T
+  non_finite,           ///< the particles left the floating-point range
+  interrupted           ///< options.should_stop asked to stop (state = last step)
+};
+
+/// "euler" / "heun" / "rk4" / "dopri5"; "attention" / "unnormalized"; "completed" / ...
+std::string to_string(FlowScheme s);
+std::string to_string(FlowField f);
+std::string to_string(FlowStatus s);
+/// Parses a scheme name; throws invalid_argument naming `field` otherwise.
+FlowScheme parse_flow_scheme(const std::string& name, const std::string& field = "scheme");
+
+struct FlowOptions {
+  double time = 1;   ///< T > 0, finite
+  Index steps = 10;  ///< L >= 1: number of steps of the fixed-step schemes (dopri5 ignores it)
+  FlowScheme scheme = FlowScheme::euler;
+  double tolerance = 1e-6;    ///< dopri5: atol = rtol = tolerance (> 0)
+  Index max_steps = 1000000;  ///< dopri5: cap on attempted steps
+  /// dopri5: first step size; 0 = Hairer's automatic choice (II.4, "hinit").
+  double initial_step = 0;
+  bool sphere = false;                     ///< layer-norm dynamics on the unit sphere
+  FlowField field = FlowField::attention;  ///< unnormalized: canonical model + sphere only
+
+  /// Save a frame (particles, time, energy, cluster count) every `save_every`
+  /// accepted steps; frame 0 is the start, the final state is always saved.
+  /// 0 = no frames.
+  Index save_every = 0;
+  /// Cluster count tolerance per frame (see cluster_count); 0 = no counts.
+  double cluster_tolerance = 1e-2;
+
+  /// Write `checkpoint_path` (atomically) every `checkpoint_every` accepted steps; 0 = never.
+  Index checkpoint_every = 0;
+  std::string checkpoint_path;
+  /// Start from `checkpoint_path` (must exist and match model, measure and options).
+  bool resume = false;
+
+  bool progress = false;  ///< progress line on stderr (only when it is a terminal)
+  /// Called after every accepted step (after any checkpoint); returning true stops
+  /// the run with status interrupted. For tests and interactive use.
+  std::function<bool(Index step, double time)> should_stop;
+  /// Attention kernel options (block sizes only; causal/residual/sinkhorn are refused).
+  AttendOptions attention;
+
+  /// Throws invalid_argument naming the field on a bad value.
+  void validate() const;
+};
+
+template <class Scalar>
+struct FlowResult {
+  Matrix<Scalar> particles;  ///< n x d at `time`
+  Vector<Scalar> weights;    ///< normalized weights (fixed along the flow)
+  double time = 0;           ///< time reached (T when completed)
+  Index steps = 0;           ///< accepted steps
+  Index rejected = 0;        ///< dopri5 rejected steps
+  Index evaluations = 0;     ///< field evaluations (each O(n^2 d))
+  FlowStatus status = FlowStatus::completed;
+  std::string message;
+  bool resumed = false;         ///< started from a checkpoint
+  Index resumed_from_step = 0;  ///< its step index
+  // Frames (save_every > 0): frame 0 is the start.
+  std::vector<Matrix<Scalar>> frames;
+  std::vector<double> frame_times;
+  std::vector<Index> frame_steps;
+  std::vector<double> energies;       ///< E_beta per frame (canonical model only, else empty)
+  std::vector<Index> cluster_counts;  ///< per frame (cluster_tolerance > 0, else empty)
+};
+
+/// Runs the flow from mu0 to time T (or resumes it, options.resume).
+/// Requires model.out_dim() == model.query_dim() == model.key_dim() == mu0.dim();
+/// causal, residual and Sinkhorn attention are refused. With options.sphere the
+/// start atoms are normalized (a zero atom is an error).
+/// Cost: O(L s n^2 d) for s field evaluations per step (Euler 1, Heun 2, RK4 4,
+/// dopri5 6 + 1 per rejection); memory O(s n d + frames n d).
+template <class Scalar>
+FlowResult<Scalar> flow(const Model<Scalar>& model, const Measure<Scalar>& mu0,
+                        const FlowOptions& options);
+
+/// The right-hand side f(X) (n x d) for the particles X with weights w
+/// (normalized, positive total): Gamma_{mu_X}(x_i), projected on the tangent
+/// space when options.sphere, or the unnormalized field. Streaming, O(n^2 d).
+template <class Scalar>
+Matrix<Scalar> flow_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
+                          const MatrixRef<Scalar>& particles, const FlowOptions& options);
+
+/// True when model is the canonical one (one head, Q = K = V = W_O = I, no bias,
+/// dot potential); then *beta = 1 / tau.
+template <class Scalar>
+bool is_canonical(const Model<Scalar>& model, double* beta = nullptr);
+
+/// E_beta(mu) = (1/(2 beta)) sum_ij w_i w_j exp(beta <x_i, x_j>), streamed
+/// (O(n^2 d) time, O(n) memory, row-wise max shift; +inf if it overflows double).
+/// Never decreases along the canonical flow, on the sphere or in R^d:
+/// dE/dt = sum_i w_i Z_i ||f_i||^2 with Z_i = sum_j w_j exp(beta <x_i, x_j>).
+template <class Scalar>
+double sphere_energy(const MatrixRef<Scalar>& particles, const Vector<Scalar>& weights,
+                     double beta);
+
+/// Number of connected components of the graph with an edge when
+/// ||x_i - x_j|| <= tolerance (union-find). Exact: a sweep over the atoms sorted
+/// by their projection on the first principal direction compares only pairs whose
+/// projections differ by at most `tolerance` (O(n log n + candidate pairs), at most
+/// O(n^2 d)). Above `max_points` atoms a deterministic evenly spaced subsample of
+/// max_points atoms is counted instead (a lower bound on the true count).
+Index cluster_count(const MatrixRef<double>& particles, double tolerance, Index max_points = 20000);
+
+/// gamma(t) of the orthogonal-start closed form (THEORY Section 3): n <= d
+/// mutually orthogonal unit starts, uniform weights, canonical model with beta on
+/// the sphere; every pairwise cosine equals gamma(t), the solution of
+///   gamma' = 2 e^{beta gamma} (1 - gamma) ((n - 1) gamma + 1) / (e^beta + (n - 1) e^{beta gamma}),
+/// gamma(0) = 0, integrated by classical RK4 with `steps` steps (error ~ steps^-4).
+double orthogonal_start_cosine(Index n, double beta, double t, Index steps = 100000);
+
+/// A 64-bit fingerprint (FNV-1a) of everything that determines the computation:
+/// model parameters, atoms and weights of mu0, and the options that change the
+/// step sequence (not checkpoint_every, checkpoint_path, resume, progress).
+/// Stored in checkpoints; a resume with a different fingerprint is refused.
+template <class Scalar>
+std::uint64_t flow_fingerprint(const Model<Scalar>& model, const Measure<Scalar>& mu0,
+                               const FlowOptions& options);
+
+}  // namespace measattn

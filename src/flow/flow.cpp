@@ -1,0 +1,605 @@
+// Integrators of the particle flow dx_i/dt = f_i(X) (THEORY Section 3): Euler,
+// Heun, classical RK4 and adaptive Dormand–Prince 5(4); frames, checkpoints and
+// bit-identical resume.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <type_traits>
+
+#include "common/progress.hpp"
+#include "flow/internal.hpp"
+#include "measattn/error.hpp"
+#include "measattn/io.hpp"
+
+namespace measattn {
+
+std::string to_string(FlowScheme s) {
+  switch (s) {
+    case FlowScheme::euler:
+      return "euler";
+    case FlowScheme::heun:
+      return "heun";
+    case FlowScheme::rk4:
+      return "rk4";
+    case FlowScheme::dopri5:
+      return "dopri5";
+  }
+  return "unknown";
+}
+
+std::string to_string(FlowField f) {
+  return f == FlowField::attention ? "attention" : "unnormalized";
+}
+
+std::string to_string(FlowStatus s) {
+  switch (s) {
+    case FlowStatus::completed:
+      return "completed";
+    case FlowStatus::max_steps:
+      return "max_steps";
+    case FlowStatus::step_size_underflow:
+      return "step_size_underflow";
+    case FlowStatus::non_finite:
+      return "non_finite";
+    case FlowStatus::interrupted:
+      return "interrupted";
+  }
+  return "unknown";
+}
+
+FlowScheme parse_flow_scheme(const std::string& name, const std::string& field) {
+  if (name == "euler") return FlowScheme::euler;
+  if (name == "heun") return FlowScheme::heun;
+  if (name == "rk4") return FlowScheme::rk4;
+  if (name == "dopri5") return FlowScheme::dopri5;
+  throw invalid_argument(field + ": unknown scheme '" + name +
+                         "' (expected euler, heun, rk4 or dopri5)");
+}
+
+void FlowOptions::validate() const {
+  if (!(time > 0) || !std::isfinite(time)) throw invalid_argument("time: must be finite and > 0");
+  if (steps < 1) throw invalid_argument("steps: must be >= 1");
+  if (!(tolerance > 0) || !std::isfinite(tolerance)) {
+    throw invalid_argument("tolerance: must be finite and > 0");
+  }
+  if (max_steps < 1) throw invalid_argument("max_steps: must be >= 1");
+  if (!(initial_step >= 0) || !std::isfinite(initial_step)) {
+    throw invalid_argument("initial_step: must be finite and >= 0");
+  }
+  if (save_every < 0) throw invalid_argument("save_every: must be >= 0");
+  if (!(cluster_tolerance >= 0) || !std::isfinite(cluster_tolerance)) {
+    throw invalid_argument("cluster_tolerance: must be finite and >= 0");
+  }
+  if (checkpoint_every < 0) throw invalid_argument("checkpoint_every: must be >= 0");
+  if ((checkpoint_every > 0 || resume) && checkpoint_path.empty()) {
+    throw invalid_argument("checkpoint_path: needed for checkpoints and resume");
+  }
+  if (attention.causal)
+    throw invalid_argument("attention: causal attention is not a particle flow");
+  if (attention.residual) {
+    throw invalid_argument("attention: residual is implied by the flow (x + h Gamma(x))");
+  }
+  if (attention.normalization != Normalization::softmax) {
+    throw invalid_argument("attention: only softmax attention drives the flow");
+  }
+  if (attention.query_block < 0 || attention.key_block < 0) {
+    throw invalid_argument("attention: block sizes must be >= 0");
+  }
+  if (field == FlowField::unnormalized && !sphere) {
+    throw invalid_argument("field: the unnormalized field is defined on the sphere (set sphere)");
+  }
+}
+
+namespace {
+
+// ---- fingerprint (FNV-1a, 64 bit) ---------------------------------------------
+struct Fnv {
+  std::uint64_t h = 1469598103934665603ull;
+  void bytes(const void* p, size_t n) {
+    const auto* c = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; ++i) {
+      h ^= c[i];
+      h *= 1099511628211ull;
+    }
+  }
+  template <class T>
+  void value(const T& v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    bytes(&v, sizeof(T));
+  }
+  template <class Derived>
+  void matrix(const Eigen::DenseBase<Derived>& m) {
+    value(static_cast<std::int64_t>(m.rows()));
+    value(static_cast<std::int64_t>(m.cols()));
+    for (Index i = 0; i < m.rows(); ++i)
+      for (Index j = 0; j < m.cols(); ++j) value(m(i, j));
+  }
+};
+
+// ---- checkpoint format ----------------------------------------------------------
+constexpr char kMagic[8] = {'M', 'A', 'F', 'L', 'O', 'W', 'C', 'K'};
+constexpr std::uint32_t kVersion = 1;
+
+struct Writer {
+  std::string buf;
+  template <class T>
+  void value(const T& v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    buf.append(reinterpret_cast<const char*>(&v), sizeof(T));
+  }
+  template <class Scalar>
+  void matrix(const Matrix<Scalar>& m) {
+    value(static_cast<std::int64_t>(m.rows()));
+    value(static_cast<std::int64_t>(m.cols()));
+    buf.append(reinterpret_cast<const char*>(m.data()),
+               static_cast<size_t>(m.size()) * sizeof(Scalar));
+  }
+};
+
+struct Reader {
+  const std::string& buf;
+  const std::string& path;
+  size_t pos = 0;
+  void need(size_t n) const {
+    if (buf.size() - pos < n) throw invalid_argument(path + ": truncated checkpoint");
+  }
+  template <class T>
+  T value() {
+    need(sizeof(T));
+    T v;
+    std::memcpy(&v, buf.data() + pos, sizeof(T));
+    pos += sizeof(T);
+    return v;
+  }
+  template <class Scalar>
+  Matrix<Scalar> matrix() {
+    const auto r = value<std::int64_t>();
+    const auto c = value<std::int64_t>();
+    if (r < 0 || c < 0 || (c > 0 && r > std::int64_t(buf.size()) / c)) {
+      throw invalid_argument(path + ": corrupt checkpoint (matrix shape)");
+    }
+    const size_t bytes = static_cast<size_t>(r * c) * sizeof(Scalar);
+    need(bytes);
+    Matrix<Scalar> m(r, c);
+    std::memcpy(m.data(), buf.data() + pos, bytes);
+    pos += bytes;
+    return m;
+  }
+};
+
+// The complete integrator state: everything the next step depends on.
+template <class Scalar>
+struct State {
+  Matrix<Scalar> y;
+  double time = 0;
+  Index step = 0;
+  Index rejected = 0;
+  Index evaluations = 0;
+  Index attempts = 0;
+  // dopri5
+  double h = 0;
+  double err_old = 1e-4;
+  bool last_rejected = false;
+  Matrix<Scalar> fsal;                   // f(y) when valid (empty otherwise)
+  FlowResult<Scalar>* frames = nullptr;  // frames live in the result
+};
+
+template <class Scalar>
+void write_checkpoint(const std::string& path, std::uint64_t fingerprint, const State<Scalar>& s,
+                      const FlowResult<Scalar>& r) {
+  Writer w;
+  w.buf.append(kMagic, sizeof(kMagic));
+  w.value(kVersion);
+  w.value(static_cast<std::uint32_t>(sizeof(Scalar)));
+  w.value(fingerprint);
+  w.value(s.time);
+  w.value(static_cast<std::int64_t>(s.step));
+  w.value(static_cast<std::int64_t>(s.rejected));
+  w.value(static_cast<std::int64_t>(s.evaluations));
+  w.value(static_cast<std::int64_t>(s.attempts));
+  w.value(s.h);
+  w.value(s.err_old);
+  w.value(static_cast<std::uint8_t>(s.last_rejected));
+  w.matrix(s.y);
+  w.matrix(s.fsal);
+  w.value(static_cast<std::int64_t>(r.frames.size()));
+  for (size_t f = 0; f < r.frames.size(); ++f) {
+    w.value(r.frame_times[f]);
+    w.value(static_cast<std::int64_t>(r.frame_steps[f]));
+    w.matrix(r.frames[f]);
+  }
+  w.value(static_cast<std::int64_t>(r.energies.size()));
+  for (double e : r.energies) w.value(e);
+  w.value(static_cast<std::int64_t>(r.cluster_counts.size()));
+  for (Index c : r.cluster_counts) w.value(static_cast<std::int64_t>(c));
+  w.buf.append(kMagic, sizeof(kMagic));  // trailer: a complete file
+  write_file_atomic(path, w.buf);
+}
+
+template <class Scalar>
+void read_checkpoint(const std::string& path, std::uint64_t fingerprint, Index n, Index d,
+                     State<Scalar>& s, FlowResult<Scalar>& r) {
+  const std::string buf = read_file(path);
+  Reader rd{buf, path};
+  rd.need(sizeof(kMagic));
+  if (std::memcmp(buf.data(), kMagic, sizeof(kMagic)) != 0) {
+    throw invalid_argument(path + ": not a measattn flow checkpoint");
+  }
+  rd.pos = sizeof(kMagic);
+  if (rd.value<std::uint32_t>() != kVersion) {
+    throw invalid_argument(path + ": unsupported checkpoint version");
+  }
+  if (rd.value<std::uint32_t>() != sizeof(Scalar)) {
+    throw invalid_argument(path + ": checkpoint was written in another precision");
+  }
+  if (rd.value<std::uint64_t>() != fingerprint) {
+    throw invalid_argument(path +
+                           ": checkpoint does not match the arguments (model, tokens, weights or "
+                           "flow options differ from the run that wrote it)");
+  }
+  s.time = rd.value<double>();
+  s.step = rd.value<std::int64_t>();
+  s.rejected = rd.value<std::int64_t>();
+  s.evaluations = rd.value<std::int64_t>();
+  s.attempts = rd.value<std::int64_t>();
+  s.h = rd.value<double>();
+  s.err_old = rd.value<double>();
+  s.last_rejected = rd.value<std::uint8_t>() != 0;
+  s.y = rd.matrix<Scalar>();
+  s.fsal = rd.matrix<Scalar>();
+  if (s.y.rows() != n || s.y.cols() != d) throw invalid_argument(path + ": wrong particle shape");
+  const auto frames = rd.value<std::int64_t>();
+  if (frames < 0 || frames > std::int64_t(buf.size())) {
+    throw invalid_argument(path + ": corrupt checkpoint (frame count)");
+  }
+  for (std::int64_t f = 0; f < frames; ++f) {
+    r.frame_times.push_back(rd.value<double>());
+    r.frame_steps.push_back(rd.value<std::int64_t>());
+    r.frames.push_back(rd.matrix<Scalar>());
+  }
+  const auto energies = rd.value<std::int64_t>();
+  if (energies < 0 || energies > frames) throw invalid_argument(path + ": corrupt checkpoint");
+  for (std::int64_t f = 0; f < energies; ++f) r.energies.push_back(rd.value<double>());
+  const auto clusters = rd.value<std::int64_t>();
+  if (clusters < 0 || clusters > frames) throw invalid_argument(path + ": corrupt checkpoint");
+  for (std::int64_t f = 0; f < clusters; ++f) r.cluster_counts.push_back(rd.value<std::int64_t>());
+  rd.need(sizeof(kMagic));
+  if (std::memcmp(buf.data() + rd.pos, kMagic, sizeof(kMagic)) != 0 ||
+      rd.pos + sizeof(kMagic) != buf.size()) {
+    throw invalid_argument(path + ": corrupt checkpoint (trailer)");
+  }
+}
+
+// Dormand–Prince 5(4) coefficients (Hairer, Norsett, Wanner, Table II.5.2).
+constexpr double c2 = 1.0 / 5, c3 = 3.0 / 10, c4 = 4.0 / 5, c5 = 8.0 / 9;
+constexpr double a21 = 1.0 / 5;
+constexpr double a31 = 3.0 / 40, a32 = 9.0 / 40;
+constexpr double a41 = 44.0 / 45, a42 = -56.0 / 15, a43 = 32.0 / 9;
+constexpr double a51 = 19372.0 / 6561, a52 = -25360.0 / 2187, a53 = 64448.0 / 6561,
+                 a54 = -212.0 / 729;
+constexpr double a61 = 9017.0 / 3168, a62 = -355.0 / 33, a63 = 46732.0 / 5247, a64 = 49.0 / 176,
+                 a65 = -5103.0 / 18656;
+constexpr double a71 = 35.0 / 384, a73 = 500.0 / 1113, a74 = 125.0 / 192, a75 = -2187.0 / 6784,
+                 a76 = 11.0 / 84;
+// Error coefficients b - b_hat.
+constexpr double e1 = 71.0 / 57600, e3 = -71.0 / 16695, e4 = 71.0 / 1920, e5 = -17253.0 / 339200,
+                 e6 = 22.0 / 525, e7 = -1.0 / 40;
+
+template <class Scalar>
+class Integrator {
+ public:
+  Integrator(const Model<Scalar>& model, const Vector<Scalar>& weights, const FlowOptions& options,
+             std::uint64_t fingerprint, double beta, bool canonical)
+      : model_(model),
+        w_(weights),
+        o_(options),
+        fingerprint_(fingerprint),
+        beta_(beta),
+        canonical_(canonical) {}
+
+  Matrix<Scalar> f(const Matrix<Scalar>& y) {
+    ++s_.evaluations;
+    return flow_field<Scalar>(model_, w_, y, o_);
+  }
+
+  void record_frame() {
+    r_.frames.push_back(s_.y);
+    r_.frame_times.push_back(s_.time);
+    r_.frame_steps.push_back(s_.step);
+    if (canonical_) r_.energies.push_back(sphere_energy<Scalar>(s_.y, w_, beta_));
+    if (o_.cluster_tolerance > 0) {
+      r_.cluster_counts.push_back(
+          cluster_count(Matrix<double>(s_.y.template cast<double>()), o_.cluster_tolerance));
+    }
+  }
+
+  // After an accepted step: frames, checkpoint, progress, stop request.
+  bool after_step(detail::Progress& progress) {
+    if (o_.save_every > 0 && s_.step % o_.save_every == 0) record_frame();
+    if (o_.checkpoint_every > 0 && s_.step % o_.checkpoint_every == 0) {
+      write_checkpoint(o_.checkpoint_path, fingerprint_, s_, r_);
+    }
+    if (o_.scheme == FlowScheme::dopri5) {
+      progress.update(static_cast<std::int64_t>(1000 * s_.time / o_.time),
+                      "t=" + std::to_string(s_.time) + " steps=" + std::to_string(s_.step));
+    } else {
+      progress.update(s_.step);
+    }
+    if (o_.should_stop && o_.should_stop(s_.step, s_.time)) {
+      r_.status = FlowStatus::interrupted;
+      r_.message = "stopped on request after step " + std::to_string(s_.step);
+      return false;
+    }
+    return true;
+  }
+
+  bool finite_or_stop(Matrix<Scalar>& y) {
+    if (o_.sphere && !detail::normalize_rows(y, nullptr)) {
+      r_.status = FlowStatus::non_finite;
+    } else if (!y.allFinite()) {
+      r_.status = FlowStatus::non_finite;
+    }
+    if (r_.status == FlowStatus::non_finite) {
+      r_.message = "the particles left the floating-point range at step " +
+                   std::to_string(s_.step + 1) + " (state kept at step " + std::to_string(s_.step) +
+                   ")";
+      return false;
+    }
+    return true;
+  }
+
+  void run_fixed(detail::Progress& progress) {
+    const Index L = o_.steps;
+    const double T = o_.time;
+    const Scalar h = static_cast<Scalar>(T / static_cast<double>(L));
+    const Scalar half = h / 2, sixth = h / 6;
+    while (s_.step < L) {
+      const Matrix<Scalar>& y = s_.y;
+      Matrix<Scalar> next;
+      switch (o_.scheme) {
+        case FlowScheme::euler:
+          next = y + h * f(y);
+          break;
+        case FlowScheme::heun: {
+          const Matrix<Scalar> k1 = f(y);
+          const Matrix<Scalar> k2 = f(y + h * k1);
+          next = y + half * (k1 + k2);
+          break;
+        }
+        case FlowScheme::rk4: {
+          const Matrix<Scalar> k1 = f(y);
+          const Matrix<Scalar> k2 = f(y + half * k1);
+          const Matrix<Scalar> k3 = f(y + half * k2);
+          const Matrix<Scalar> k4 = f(y + h * k3);
+          next = y + sixth * (k1 + Scalar(2) * k2 + Scalar(2) * k3 + k4);
+          break;
+        }
+        case FlowScheme::dopri5:
+          break;
+      }
+      if (!finite_or_stop(next)) return;
+      s_.y = std::move(next);
+      ++s_.step;
+      // Time from the step index, never accumulated: identical after a resume.
+      s_.time = s_.step == L ? T : static_cast<double>(s_.step) * (T / static_cast<double>(L));
+      if (!after_step(progress)) return;
+    }
+  }
+
+  // RMS norm of v / (tol + tol * max(|a|, |b|)) (Hairer's dopri5 error norm).
+  double scaled_rms(const Matrix<Scalar>& v, const Matrix<Scalar>& a, const Matrix<Scalar>& b) {
+    const double tol = o_.tolerance;
+    double sum = 0;
+    const Index size = v.size();
+    const Scalar* pv = v.data();
+    const Scalar* pa = a.data();
+    const Scalar* pb = b.data();
+    for (Index i = 0; i < size; ++i) {
+      const double sk = tol + tol * std::max(std::abs(double(pa[i])), std::abs(double(pb[i])));
+      const double q = double(pv[i]) / sk;
+      sum += q * q;
+    }
+    return std::sqrt(sum / static_cast<double>(size));
+  }
+
+  double initial_step(const Matrix<Scalar>& f0) {
+    if (o_.initial_step > 0) return std::min(o_.initial_step, o_.time);
+    const double dny = scaled_rms(s_.y, s_.y, s_.y);
+    const double dnf = scaled_rms(f0, s_.y, s_.y);
+    double h = (dnf <= 1e-5 || dny <= 1e-5) ? 1e-6 : 0.01 * dny / dnf;
+    h = std::min(h, o_.time);
+    const Matrix<Scalar> y1 = s_.y + static_cast<Scalar>(h) * f0;
+    const Matrix<Scalar> f1 = f(y1);
+    const double der2 = scaled_rms(Matrix<Scalar>(f1 - f0), s_.y, s_.y) / h;
+    const double der12 = std::max(der2, dnf);
+    const double h1 = der12 <= 1e-15 ? std::max(1e-6, h * 1e-3) : std::pow(0.01 / der12, 1.0 / 5);
+    return std::min({100 * h, h1, o_.time});
+  }
+
+  void run_dopri5(detail::Progress& progress) {
+    const double T = o_.time;
+    constexpr double safe = 0.9, beta_pi = 0.04, expo1 = 0.2 - beta_pi * 0.75;
+    constexpr double facc1 = 1.0 / 0.2, facc2 = 1.0 / 10.0;
+    if (s_.fsal.size() == 0) s_.fsal = f(s_.y);
+    if (s_.h == 0) s_.h = initial_step(s_.fsal);
+    while (s_.time < T) {
+      if (s_.attempts >= o_.max_steps) {
+        r_.status = FlowStatus::max_steps;
+        r_.message = "stopped after " + std::to_string(s_.attempts) +
+                     " attempted steps at t = " + std::to_string(s_.time);
+        return;
+      }
+      if (s_.h < 1e-14 * T) {
+        r_.status = FlowStatus::step_size_underflow;
+        r_.message = "step size underflow at t = " + std::to_string(s_.time);
+        return;
+      }
+      bool last = false;
+      double h = s_.h;
+      if (s_.time + 1.01 * h >= T) {
+        h = T - s_.time;
+        last = true;
+      }
+      ++s_.attempts;
+      auto c = [&](double a) { return static_cast<Scalar>(a * h); };
+      const Matrix<Scalar>& y = s_.y;
+      const Matrix<Scalar>& k1 = s_.fsal;
+      const Matrix<Scalar> k2 = f(y + c(a21) * k1);
+      const Matrix<Scalar> k3 = f(y + c(a31) * k1 + c(a32) * k2);
+      const Matrix<Scalar> k4 = f(y + c(a41) * k1 + c(a42) * k2 + c(a43) * k3);
+      const Matrix<Scalar> k5 = f(y + c(a51) * k1 + c(a52) * k2 + c(a53) * k3 + c(a54) * k4);
+      const Matrix<Scalar> k6 =
+          f(y + c(a61) * k1 + c(a62) * k2 + c(a63) * k3 + c(a64) * k4 + c(a65) * k5);
+      Matrix<Scalar> y5 = y + c(a71) * k1 + c(a73) * k3 + c(a74) * k4 + c(a75) * k5 + c(a76) * k6;
+      Matrix<Scalar> k7 = f(y5);
+      const Matrix<Scalar> err_vec =
+          c(e1) * k1 + c(e3) * k3 + c(e4) * k4 + c(e5) * k5 + c(e6) * k6 + c(e7) * k7;
+      double err = scaled_rms(err_vec, y, y5);
+      if (!std::isfinite(err)) err = 1e10;
+      const double fac11 = std::pow(err, expo1);
+      double fac = fac11 / std::pow(s_.err_old, beta_pi);
+      fac = std::max(facc2, std::min(facc1, fac / safe));
+      double h_new = h / fac;
+      if (err <= 1) {
+        if (!finite_or_stop(y5)) return;
+        s_.err_old = std::max(err, 1e-4);
+        s_.y = std::move(y5);
+        ++s_.step;
+        s_.time = last ? T : s_.time + h;
+        if (o_.sphere) {
+          s_.fsal = f(s_.y);  // the renormalized point has its own derivative
+        } else {
+          s_.fsal = std::move(k7);
+        }
+        if (s_.last_rejected) h_new = std::min(h_new, h);
+        s_.last_rejected = false;
+        s_.h = h_new;
+        if (!after_step(progress)) return;
+      } else {
+        s_.h = h / std::min(facc1, fac11 / safe);
+        s_.last_rejected = true;
+        ++s_.rejected;
+      }
+    }
+  }
+
+  FlowResult<Scalar> run(Matrix<Scalar> start) {
+    r_.weights = w_;
+    if (o_.resume) {
+      read_checkpoint(o_.checkpoint_path, fingerprint_, start.rows(), start.cols(), s_, r_);
+      r_.resumed = true;
+      r_.resumed_from_step = s_.step;
+    } else {
+      s_.y = std::move(start);
+      if (o_.save_every > 0) record_frame();
+    }
+    {
+      const std::int64_t total = o_.scheme == FlowScheme::dopri5 ? 1000 : o_.steps;
+      detail::Progress progress(std::string("flow ") + to_string(o_.scheme),
+                                o_.progress ? total : 0);
+      if (o_.scheme == FlowScheme::dopri5) {
+        run_dopri5(progress);
+      } else {
+        run_fixed(progress);
+      }
+    }
+    if (r_.status == FlowStatus::completed) r_.message = "reached t = " + std::to_string(s_.time);
+    if (o_.save_every > 0 && (r_.frame_steps.empty() || r_.frame_steps.back() != s_.step)) {
+      record_frame();
+    }
+    r_.particles = std::move(s_.y);
+    r_.time = s_.time;
+    r_.steps = s_.step;
+    r_.rejected = s_.rejected;
+    r_.evaluations = s_.evaluations;
+    return std::move(r_);
+  }
+
+ private:
+  const Model<Scalar>& model_;
+  const Vector<Scalar>& w_;
+  const FlowOptions& o_;
+  std::uint64_t fingerprint_;
+  double beta_;
+  bool canonical_;
+  State<Scalar> s_;
+  FlowResult<Scalar> r_;
+};
+
+}  // namespace
+
+template <class Scalar>
+std::uint64_t flow_fingerprint(const Model<Scalar>& model, const Measure<Scalar>& mu0,
+                               const FlowOptions& options) {
+  Fnv f;
+  f.bytes("measattn-flow-1", 15);
+  f.value(static_cast<std::uint32_t>(sizeof(Scalar)));
+  f.value(static_cast<std::int64_t>(model.num_heads));
+  f.value(static_cast<int>(model.potential));
+  f.value(model.scale);
+  f.matrix(model.w_q);
+  f.matrix(model.w_k);
+  f.matrix(model.w_v);
+  f.matrix(model.w_o);
+  f.matrix(model.b_q);
+  f.matrix(model.b_k);
+  f.matrix(model.b_v);
+  f.matrix(model.b_o);
+  f.matrix(mu0.atoms());
+  f.matrix(mu0.weights());
+  f.value(options.time);
+  f.value(static_cast<std::int64_t>(options.steps));
+  f.value(static_cast<int>(options.scheme));
+  f.value(options.tolerance);
+  f.value(static_cast<std::int64_t>(options.max_steps));
+  f.value(options.initial_step);
+  f.value(static_cast<std::uint8_t>(options.sphere));
+  f.value(static_cast<int>(options.field));
+  f.value(static_cast<std::int64_t>(options.save_every));
+  f.value(options.cluster_tolerance);
+  f.value(static_cast<std::int64_t>(options.attention.query_block));
+  f.value(static_cast<std::int64_t>(options.attention.key_block));
+  return f.h;
+}
+
+template <class Scalar>
+FlowResult<Scalar> flow(const Model<Scalar>& model, const Measure<Scalar>& mu0,
+                        const FlowOptions& options) {
+  options.validate();
+  model.validate();
+  const Index d = mu0.dim();
+  if (model.query_dim() != d || model.key_dim() != d || model.out_dim() != d) {
+    throw invalid_argument(
+        "model: a flow needs output, query and key dimensions equal to the token dimension " +
+        std::to_string(d) + " (model: d_out " + std::to_string(model.out_dim()) + ", d_q " +
+        std::to_string(model.query_dim()) + ", d_kv " + std::to_string(model.key_dim()) + ")");
+  }
+  double beta = 0;
+  const bool canonical = is_canonical(model, &beta);
+  if (options.field == FlowField::unnormalized) {
+    if (!canonical) {
+      throw invalid_argument(
+          "field: the unnormalized field is defined for the canonical model only");
+    }
+    if (beta > 700) {
+      throw invalid_argument("beta: the unnormalized field overflows (exp(beta)) for beta > 700");
+    }
+  }
+  Matrix<Scalar> start = mu0.atoms();
+  if (options.sphere) detail::normalize_rows(start, "tokens");
+  Integrator<Scalar> integrator(model, mu0.weights(), options,
+                                flow_fingerprint(model, mu0, options), beta, canonical);
+  return integrator.run(std::move(start));
+}
+
+#define MEASATTN_INSTANTIATE(S)                                                        \
+  template FlowResult<S> flow(const Model<S>&, const Measure<S>&, const FlowOptions&); \
+  template std::uint64_t flow_fingerprint(const Model<S>&, const Measure<S>&, const FlowOptions&);
+
+MEASATTN_INSTANTIATE(float)
+MEASATTN_INSTANTIATE(double)
+#undef MEASATTN_INSTANTIATE
+
+}  // namespace measattn

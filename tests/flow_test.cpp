@@ -1,0 +1,518 @@
+// Tests of the particle flow (THEORY Section 3): Euler = weight-shared residual
+// network, convergence orders, the energy identity, the orthogonal-start closed
+// form, clustering, the unnormalized field, checkpoints and bit-identical resume.
+#include <gtest/gtest.h>
+#include <omp.h>
+#include <unistd.h>
+#include <Eigen/QR>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "flow/internal.hpp"
+#include "measattn/error.hpp"
+#include "measattn/flow.hpp"
+
+namespace measattn {
+namespace {
+
+using ModelD = Model<double>;
+
+MatrixD random_points(Index n, Index d, unsigned seed, double scale = 1) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0, scale);
+  MatrixD x(n, d);
+  for (Index i = 0; i < n; ++i)
+    for (Index j = 0; j < d; ++j) x(i, j) = normal(rng);
+  return x;
+}
+
+VectorD random_weights(Index n, unsigned seed, bool with_zero = false) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0.2, 1.0);
+  VectorD w(n);
+  for (Index i = 0; i < n; ++i) w[i] = u(rng);
+  if (with_zero) w[n / 2] = 0;
+  return w / w.sum();
+}
+
+double max_distance(const MatrixD& a, const MatrixD& b) {
+  return (a - b).rowwise().norm().maxCoeff();
+}
+
+// Least-squares slope of log(err) against log(L).
+double fitted_order(const std::vector<Index>& steps, const std::vector<double>& errors) {
+  const size_t n = steps.size();
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double x = std::log(double(steps[i])), y = std::log(errors[i]);
+    sx += x;
+    sy += y;
+    sxx += x * x;
+    sxy += x * y;
+  }
+  return -(n * sxy - sx * sy) / (n * sxx - sx * sx);
+}
+
+std::string temp_path(const std::string& name) {
+  return ::testing::TempDir() + "/flow_test_" + std::to_string(::getpid()) + "_" + name;
+}
+
+TEST(flow_test, euler_is_weight_shared_residual_network) {
+  for (unsigned seed = 0; seed < 6; ++seed) {
+    const Index d = seed % 2 ? 4 : 8;
+    const auto model = ModelD::random(d, seed % 3 == 0 ? 1 : 2, seed % 2 == 0, seed);
+    const MatrixD x0 = random_points(20, d, 100 + seed);
+    const VectorD w = random_weights(20, 200 + seed, seed == 3);
+    const MeasureD mu0(x0, w);
+    FlowOptions options;
+    options.time = 1.5;
+    options.steps = 7;
+    const auto result = flow(model, mu0, options);
+    // The network computed layer by layer with the core attention kernel.
+    MatrixD x = mu0.atoms();
+    const double h = 1.5 / 7;
+    for (int l = 0; l < 7; ++l) {
+      const MeasureD mu(x, mu0.weights());
+      x = x + h * attention_field(model, mu, x);
+    }
+    EXPECT_LT(max_distance(result.particles, x), 1e-12 * (1 + x.norm())) << seed;
+    EXPECT_EQ(result.steps, 7);
+    EXPECT_EQ(result.evaluations, 7);
+    EXPECT_EQ(result.time, 1.5);
+    EXPECT_EQ(result.status, FlowStatus::completed);
+  }
+}
+
+TEST(flow_test, small_dimension_kernel_matches_core_kernel) {
+  for (unsigned seed = 0; seed < 12; ++seed) {
+    const Index d = 2 + seed % 7;
+    const Index heads = (d % 2 == 0 && seed % 3 == 0) ? 2 : 1;
+    const auto model = ModelD::random(d, heads, seed % 2 == 1, seed);
+    const Index n = 50 + 300 * (seed % 4);  // crosses key-block boundaries
+    const MatrixD x = random_points(n, d, seed, seed % 5 == 0 ? 6.0 : 1.0);
+    const VectorD w = random_weights(n, seed, seed % 4 == 1);
+    const MatrixD fast = detail::small_dim_attention_field(model, w, x);
+    const MatrixD ref = attention_field(model, MeasureD(x, w), x);
+    EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-12 * (1 + ref.cwiseAbs().maxCoeff())) << seed;
+  }
+  // Large logits: the upper-bound shift is far above the true maximum for some
+  // rows, which must fall back to the exact two-pass evaluation.
+  const auto model = ModelD::canonical(3, 400.0);
+  MatrixD x = random_points(300, 3, 7);
+  x.row(0) *= 30;
+  const VectorD w = VectorD::Constant(300, 1.0 / 300);
+  const MatrixD fast = detail::small_dim_attention_field(model, w, x);
+  const MatrixD ref = attention_field(model, MeasureD(x, w), x);
+  ASSERT_TRUE(fast.allFinite());
+  EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-9 * (1 + ref.cwiseAbs().maxCoeff()));
+}
+
+TEST(flow_test, convergence_orders) {
+  const Index d = 4, n = 12;
+  const auto model = ModelD::random(d, 2, true, 11);
+  const MeasureD mu0 = MeasureD::empirical(random_points(n, d, 12));
+  FlowOptions ref_options;
+  ref_options.time = 1;
+  ref_options.scheme = FlowScheme::rk4;
+  ref_options.steps = 4000;
+  const MatrixD reference = flow(model, mu0, ref_options).particles;
+  const std::vector<Index> steps = {8, 16, 32, 64};
+  struct Case {
+    FlowScheme scheme;
+    double order;
+  };
+  for (const Case c :
+       {Case{FlowScheme::euler, 1}, Case{FlowScheme::heun, 2}, Case{FlowScheme::rk4, 4}}) {
+    std::vector<double> errors;
+    for (Index L : steps) {
+      FlowOptions o = ref_options;
+      o.scheme = c.scheme;
+      o.steps = L;
+      errors.push_back(max_distance(flow(model, mu0, o).particles, reference));
+    }
+    const double p = fitted_order(steps, errors);
+    EXPECT_NEAR(p, c.order, 0.1 * c.order)
+        << to_string(c.scheme) << " errors " << errors[0] << " .. " << errors.back();
+  }
+  // Sphere dynamics: the same orders.
+  const auto canonical = ModelD::canonical(d, 2.0);
+  ref_options.sphere = true;
+  const MatrixD sphere_ref = flow(canonical, mu0, ref_options).particles;
+  for (const Case c : {Case{FlowScheme::euler, 1}, Case{FlowScheme::rk4, 4}}) {
+    std::vector<double> errors;
+    for (Index L : steps) {
+      FlowOptions o = ref_options;
+      o.scheme = c.scheme;
+      o.steps = L;
+      errors.push_back(max_distance(flow(canonical, mu0, o).particles, sphere_ref));
+    }
+    EXPECT_NEAR(fitted_order(steps, errors), c.order, 0.1 * c.order) << to_string(c.scheme);
+  }
+}
+
+TEST(flow_test, dopri5_meets_its_tolerance) {
+  const auto model = ModelD::random(4, 1, true, 21);
+  const MeasureD mu0 = MeasureD::empirical(random_points(10, 4, 22));
+  FlowOptions ref;
+  ref.time = 2;
+  ref.scheme = FlowScheme::rk4;
+  ref.steps = 4000;
+  const MatrixD reference = flow(model, mu0, ref).particles;
+  double previous = 1;
+  for (double tol : {1e-4, 1e-7, 1e-10}) {
+    FlowOptions o = ref;
+    o.scheme = FlowScheme::dopri5;
+    o.tolerance = tol;
+    const auto r = flow(model, mu0, o);
+    ASSERT_EQ(r.status, FlowStatus::completed);
+    EXPECT_EQ(r.time, 2.0);
+    const double err = max_distance(r.particles, reference);
+    EXPECT_LT(err, 100 * tol) << tol;
+    EXPECT_LE(err, previous);
+    previous = err;
+    // FSAL: six evaluations per attempted step, plus the first and hinit's one.
+    EXPECT_EQ(r.evaluations, 6 * (r.steps + r.rejected) + 2);
+  }
+  FlowOptions capped = ref;
+  capped.scheme = FlowScheme::dopri5;
+  capped.tolerance = 1e-12;
+  capped.max_steps = 3;
+  const auto r = flow(model, mu0, capped);
+  EXPECT_EQ(r.status, FlowStatus::max_steps);
+  EXPECT_LT(r.time, 2.0);
+}
+
+TEST(flow_test, energy_never_decreases) {
+  for (unsigned seed = 0; seed < 8; ++seed) {
+    const Index d = 3 + seed % 3;
+    const double beta = 0.5 + seed;
+    const auto model = ModelD::canonical(d, beta);
+    const MeasureD mu0(random_points(25, d, 300 + seed), random_weights(25, seed));
+    for (bool sphere : {true, false}) {
+      FlowOptions o;
+      o.time = sphere ? 8 : 1;
+      o.steps = 200;
+      o.scheme = FlowScheme::rk4;
+      o.sphere = sphere;
+      o.save_every = 5;
+      const auto r = flow(model, mu0, o);
+      ASSERT_EQ(r.energies.size(), r.frames.size());
+      ASSERT_GE(r.energies.size(), 40u);
+      for (size_t f = 1; f < r.energies.size(); ++f) {
+        EXPECT_GE(r.energies[f], r.energies[f - 1] * (1 - 1e-12)) << seed << " frame " << f;
+      }
+      if (sphere) {
+        // Energy at most its value at a single cluster, e^beta / (2 beta).
+        EXPECT_LE(r.energies.back(), std::exp(beta) / (2 * beta) * (1 + 1e-12));
+        for (Index i = 0; i < r.particles.rows(); ++i) {
+          EXPECT_NEAR(r.particles.row(i).norm(), 1.0, 1e-14);
+        }
+      }
+    }
+  }
+}
+
+TEST(flow_test, energy_identity_derivative) {
+  // dE/dt = sum_i w_i Z_i ||f_i||^2, checked by a centred difference along the flow.
+  const Index d = 3;
+  const double beta = 1.7;
+  const auto model = ModelD::canonical(d, beta);
+  MatrixD x = random_points(15, d, 5);
+  detail::normalize_rows(x, "x");
+  const VectorD w = random_weights(15, 6);
+  FlowOptions o;
+  o.sphere = true;
+  const MatrixD f = flow_field(model, w, x, o);
+  double rate = 0;
+  for (Index i = 0; i < 15; ++i) {
+    double z = 0;
+    for (Index j = 0; j < 15; ++j) z += w[j] * std::exp(beta * x.row(i).dot(x.row(j)));
+    rate += w[i] * z * f.row(i).squaredNorm();
+  }
+  const double eps = 1e-5;
+  const MatrixD xp = x + eps * f, xm = x - eps * f;
+  const double numeric =
+      (sphere_energy<double>(xp, w, beta) - sphere_energy<double>(xm, w, beta)) / (2 * eps);
+  EXPECT_NEAR(numeric, rate, 1e-7 * (1 + rate));
+  EXPECT_GT(rate, 0);
+}
+
+TEST(flow_test, orthogonal_start_closed_form) {
+  for (const auto& [n, d, beta] :
+       {std::tuple<Index, Index, double>{4, 4, 1.0}, {3, 6, 4.0}, {5, 8, 0.3}, {2, 3, 9.0}}) {
+    MatrixD x = MatrixD::Zero(n, d);
+    for (Index i = 0; i < n; ++i) x(i, i) = 1;
+    // A random rotation must not matter.
+    Eigen::HouseholderQR<Eigen::MatrixXd> qr(random_points(d, d, 77));
+    const Eigen::MatrixXd rot = qr.householderQ();
+    x = x * rot;
+    const auto model = ModelD::canonical(d, beta);
+    for (FlowScheme scheme : {FlowScheme::rk4, FlowScheme::dopri5}) {
+      FlowOptions o;
+      o.sphere = true;
+      o.time = 3;
+      o.scheme = scheme;
+      o.steps = 1500;
+      o.tolerance = 1e-12;
+      o.save_every = scheme == FlowScheme::rk4 ? 300 : 0;
+      const auto r = flow(model, MeasureD::empirical(x), o);
+      ASSERT_EQ(r.status, FlowStatus::completed);
+      const double gamma = orthogonal_start_cosine(n, beta, 3.0);
+      for (Index i = 0; i < n; ++i)
+        for (Index j = i + 1; j < n; ++j) {
+          EXPECT_NEAR(r.particles.row(i).dot(r.particles.row(j)), gamma, 1e-8)
+              << n << " " << beta << " " << to_string(scheme);
+        }
+      for (size_t f = 0; f < r.frames.size(); ++f) {
+        const double g = orthogonal_start_cosine(n, beta, r.frame_times[f]);
+        EXPECT_NEAR(r.frames[f].row(0).dot(r.frames[f].row(n - 1)), g, 1e-8);
+      }
+    }
+  }
+  // The scalar reference itself: gamma is increasing to 1 and RK4 converged.
+  EXPECT_NEAR(orthogonal_start_cosine(4, 1.0, 2.0, 2000), orthogonal_start_cosine(4, 1.0, 2.0),
+              1e-12);
+  EXPECT_GT(orthogonal_start_cosine(4, 1.0, 20.0), 0.999);
+}
+
+TEST(flow_test, particles_cluster) {
+  const Index d = 3;
+  const auto model = ModelD::canonical(d, 4.0);
+  const MeasureD mu0 = MeasureD::empirical(random_points(40, d, 31));
+  FlowOptions o;
+  o.sphere = true;
+  o.time = 40;
+  o.steps = 800;
+  o.scheme = FlowScheme::rk4;
+  o.save_every = 100;
+  o.cluster_tolerance = 1e-2;
+  const auto r = flow(model, mu0, o);
+  EXPECT_EQ(r.cluster_counts.front(), 40);
+  EXPECT_LT(r.cluster_counts.back(), 40);
+  for (size_t f = 1; f < r.cluster_counts.size(); ++f) {
+    EXPECT_LE(r.cluster_counts[f], r.cluster_counts[f - 1]);
+  }
+}
+
+TEST(flow_test, cluster_count_matches_brute_force) {
+  for (unsigned seed = 0; seed < 20; ++seed) {
+    const Index n = 60 + seed * 7, d = 1 + seed % 5;
+    MatrixD x = random_points(n, d, seed);
+    // A few tight groups plus noise.
+    for (Index i = 0; i < n; i += 3) x.row(i) = x.row(0) + 1e-3 * x.row(i);
+    const double tol = 0.05 + 0.1 * (seed % 4);
+    // Brute force: BFS over all pairs.
+    std::vector<int> label(static_cast<size_t>(n), -1);
+    Index components = 0;
+    for (Index s = 0; s < n; ++s) {
+      if (label[s] >= 0) continue;
+      std::vector<Index> stack{s};
+      label[s] = int(components);
+      while (!stack.empty()) {
+        const Index i = stack.back();
+        stack.pop_back();
+        for (Index j = 0; j < n; ++j) {
+          if (label[j] < 0 && (x.row(i) - x.row(j)).norm() <= tol) {
+            label[j] = int(components);
+            stack.push_back(j);
+          }
+        }
+      }
+      ++components;
+    }
+    EXPECT_EQ(cluster_count(x, tol), components) << seed;
+  }
+  EXPECT_EQ(cluster_count(MatrixD::Zero(500, 3), 0.0), 1);
+  EXPECT_EQ(cluster_count(MatrixD::Identity(5, 5), 1.0), 5);
+  EXPECT_EQ(cluster_count(MatrixD::Identity(5, 5), 1.5), 1);
+  EXPECT_THROW(cluster_count(MatrixD::Identity(5, 5), -1.0), invalid_argument);
+}
+
+TEST(flow_test, unnormalized_field) {
+  const Index d = 4, n = 30;
+  const double beta = 3;
+  const auto model = ModelD::canonical(d, beta);
+  MatrixD x = random_points(n, d, 41);
+  detail::normalize_rows(x, "x");
+  const VectorD w = random_weights(n, 42, true);
+  FlowOptions o;
+  o.sphere = true;
+  o.field = FlowField::unnormalized;
+  const MatrixD f = flow_field(model, w, x, o);
+  for (Index i = 0; i < n; ++i) {
+    Eigen::RowVectorXd s = Eigen::RowVectorXd::Zero(d);
+    for (Index j = 0; j < n; ++j) s += w[j] * std::exp(beta * x.row(i).dot(x.row(j))) * x.row(j);
+    s -= s.dot(x.row(i)) * x.row(i);
+    EXPECT_LT((f.row(i) - s).norm(), 1e-12 * (1 + s.norm()));
+  }
+  // Plain gradient ascent of E_beta: the energy increases.
+  o.time = 2;
+  o.steps = 100;
+  o.scheme = FlowScheme::rk4;
+  o.save_every = 10;
+  const auto r = flow(model, MeasureD(x, w), o);
+  for (size_t k = 1; k < r.energies.size(); ++k) EXPECT_GE(r.energies[k], r.energies[k - 1]);
+  // Needs the sphere, the canonical model and beta <= 700.
+  FlowOptions flat = o;
+  flat.sphere = false;
+  EXPECT_THROW(flow(model, MeasureD(x, w), flat), invalid_argument);
+  EXPECT_THROW(flow(ModelD::random(d, 1, false, 1), MeasureD(x, w), o), invalid_argument);
+  EXPECT_THROW(flow(ModelD::canonical(d, 800.0), MeasureD(x, w), o), invalid_argument);
+  // Large beta (700) on the sphere: finite.
+  FlowOptions usa;
+  usa.sphere = true;
+  usa.field = FlowField::unnormalized;
+  const MatrixD big = flow_field(ModelD::canonical(d, 700.0), w, x, usa);
+  EXPECT_TRUE(big.allFinite());
+}
+
+void expect_bit_identical(const FlowResult<double>& a, const FlowResult<double>& b) {
+  ASSERT_EQ(a.particles.rows(), b.particles.rows());
+  EXPECT_EQ(0, std::memcmp(a.particles.data(), b.particles.data(),
+                           sizeof(double) * size_t(a.particles.size())));
+  EXPECT_EQ(a.time, b.time);
+  EXPECT_EQ(a.steps, b.steps);
+  EXPECT_EQ(a.rejected, b.rejected);
+  EXPECT_EQ(a.evaluations, b.evaluations);
+  ASSERT_EQ(a.frames.size(), b.frames.size());
+  for (size_t f = 0; f < a.frames.size(); ++f) {
+    EXPECT_EQ(a.frames[f], b.frames[f]);
+    EXPECT_EQ(a.frame_times[f], b.frame_times[f]);
+  }
+  EXPECT_EQ(a.energies, b.energies);
+  EXPECT_EQ(a.cluster_counts, b.cluster_counts);
+}
+
+TEST(flow_test, resume_is_bit_identical) {
+  const Index d = 3;
+  const MeasureD mu0(random_points(40, d, 51), random_weights(40, 52));
+  const auto random_model = ModelD::random(d, 1, true, 53);
+  const auto canonical = ModelD::canonical(d, 2.0);
+  struct Case {
+    FlowScheme scheme;
+    bool sphere;
+  };
+  for (const Case c :
+       {Case{FlowScheme::euler, false}, Case{FlowScheme::heun, true}, Case{FlowScheme::rk4, false},
+        Case{FlowScheme::dopri5, false}, Case{FlowScheme::dopri5, true}}) {
+    const ModelD& model = c.sphere ? canonical : random_model;
+    FlowOptions o;
+    o.time = 3;
+    o.steps = 37;
+    o.scheme = c.scheme;
+    o.tolerance = 1e-7;
+    o.sphere = c.sphere;
+    o.save_every = 4;
+    const auto full = flow(model, mu0, o);
+    ASSERT_EQ(full.status, FlowStatus::completed);
+    ASSERT_GT(full.steps, 12);
+    const std::string path = temp_path("ck_" + to_string(c.scheme) + std::to_string(c.sphere));
+    FlowOptions interrupted = o;
+    interrupted.checkpoint_every = 5;
+    interrupted.checkpoint_path = path;
+    interrupted.should_stop = [](Index step, double) { return step == 12; };  // "killed" at 12
+    const auto partial = flow(model, mu0, interrupted);
+    ASSERT_EQ(partial.status, FlowStatus::interrupted);
+    FlowOptions resume = o;
+    resume.checkpoint_path = path;
+    resume.resume = true;
+    const auto resumed = flow(model, mu0, resume);  // continues from step 10
+    EXPECT_TRUE(resumed.resumed);
+    EXPECT_EQ(resumed.resumed_from_step, 10);
+    expect_bit_identical(full, resumed);
+    // A different option or input is refused.
+    FlowOptions other = resume;
+    other.time = 3.5;
+    EXPECT_THROW(flow(model, mu0, other), invalid_argument);
+    MatrixD moved = mu0.atoms();
+    moved(0, 0) += 1e-9;
+    EXPECT_THROW(flow(model, MeasureD(moved, mu0.weights()), resume), invalid_argument);
+    std::remove(path.c_str());
+  }
+  FlowOptions missing;
+  missing.resume = true;
+  missing.checkpoint_path = temp_path("missing");
+  EXPECT_THROW(flow(canonical, mu0, missing), invalid_argument);
+}
+
+TEST(flow_test, results_do_not_depend_on_thread_count) {
+  const auto model = ModelD::random(6, 2, true, 61);
+  const MeasureD mu0 = MeasureD::empirical(random_points(700, 6, 62));
+  FlowOptions o;
+  o.steps = 3;
+  o.scheme = FlowScheme::heun;
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const auto one = flow(model, mu0, o);
+  omp_set_num_threads(std::max(2, threads));
+  const auto many = flow(model, mu0, o);
+  omp_set_num_threads(threads);
+  expect_bit_identical(one, many);
+}
+
+TEST(flow_test, float_precision) {
+  const auto model = ModelD::random(4, 1, false, 71);
+  const MeasureD mu0 = MeasureD::empirical(random_points(30, 4, 72));
+  FlowOptions o;
+  o.steps = 20;
+  o.scheme = FlowScheme::rk4;
+  const auto r64 = flow(model, mu0, o);
+  const auto r32 = flow(model.cast<float>(), mu0.cast<float>(), o);
+  EXPECT_LT(max_distance(r32.particles.cast<double>(), r64.particles), 1e-4);
+}
+
+TEST(flow_test, validation) {
+  const auto model = ModelD::canonical(3, 1.0);
+  const MeasureD mu0 = MeasureD::empirical(random_points(5, 3, 1));
+  auto bad = [&](auto mutate) {
+    FlowOptions o;
+    mutate(o);
+    EXPECT_THROW(flow(model, mu0, o), invalid_argument);
+  };
+  bad([](FlowOptions& o) { o.time = 0; });
+  bad([](FlowOptions& o) { o.time = std::nan(""); });
+  bad([](FlowOptions& o) { o.steps = 0; });
+  bad([](FlowOptions& o) { o.tolerance = -1; });
+  bad([](FlowOptions& o) { o.save_every = -1; });
+  bad([](FlowOptions& o) { o.checkpoint_every = 2; });  // no path
+  bad([](FlowOptions& o) { o.attention.causal = true; });
+  bad([](FlowOptions& o) { o.attention.residual = true; });
+  bad([](FlowOptions& o) { o.cluster_tolerance = -1; });
+  EXPECT_THROW(parse_flow_scheme("rk45"), invalid_argument);
+  EXPECT_EQ(parse_flow_scheme("dopri5"), FlowScheme::dopri5);
+  // Output dimension must equal the input dimension.
+  ModelD wide = ModelD::random(3, 1, false, 2);
+  wide.w_o = MatrixD::Ones(4, 3);
+  EXPECT_THROW(flow(wide, mu0, FlowOptions{}), invalid_argument);
+  // A zero atom cannot be normalized onto the sphere.
+  MatrixD zero = mu0.atoms();
+  zero.row(2).setZero();
+  FlowOptions sphere;
+  sphere.sphere = true;
+  EXPECT_THROW(flow(model, MeasureD::empirical(zero), sphere), invalid_argument);
+  double beta = 0;
+  EXPECT_TRUE(is_canonical(ModelD::canonical(3, 2.5), &beta));
+  EXPECT_NEAR(beta, 2.5, 1e-15);
+  EXPECT_FALSE(is_canonical(ModelD::random(3, 1, false, 3)));
+}
+
+TEST(flow_test, non_finite_is_a_status) {
+  // A model with huge values blows up under Euler with a large step.
+  ModelD model = ModelD::canonical(2, 1.0);
+  model.w_v *= 1e300;
+  model.w_o *= 1e10;
+  FlowOptions o;
+  o.steps = 5;
+  const auto r = flow(model, MeasureD::empirical(random_points(4, 2, 9)), o);
+  EXPECT_EQ(r.status, FlowStatus::non_finite);
+  EXPECT_TRUE(r.particles.allFinite());
+}
+
+}  // namespace
+}  // namespace measattn
