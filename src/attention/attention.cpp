@@ -84,125 +84,406 @@ Matrix<Scalar> project(const MatrixRef<Scalar>& x, const Matrix<Scalar>& w,
   return out;
 }
 
+// ---- The streaming kernel ----------------------------------------------------
+//
+// Layout, per head (packed once per head, reused by every query block):
+//   Q   n_pad x k row-major, already multiplied by 1/tau (dot) or 2/tau (l2);
+//       rows past n are zero;
+//   Kt  one panel per key block: k x bk, column j = key j0 + j (zero-padded);
+//   V   m x k_pad row-major (columns past k are zero);
+//   bias_j = log w_j (dot) or log w_j - |kappa(x_j)|^2 / tau (l2); the l2 term
+//       -|q(y_i)|^2 / tau is constant along a row and drops out of the softmax.
+// Per query block (rows padded to a multiple of 8) and key block:
+//   S = Q_blk Kt_blk + bias            register-tiled, 8 rows x 3 packets
+//   row max over the visible prefix, rescale l and acc only if the max grew,
+//   P = exp(S - max) in place (Eigen's vectorized exp), l += row sums,
+//   acc += P V_blk                     register-tiled, R rows x KV packets.
+// Every row is computed by the same operations whatever its query block and
+// the thread count: results depend on the key block size only (last bits).
+// Masked (causal) keys and padding get probability exactly 0.
+
+template <class Scalar>
+struct Simd {
+  using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
+  static constexpr int L = Eigen::internal::unpacket_traits<Packet>::size;
+};
+
+// Query rows are padded to a multiple of this: the logits tile has 8 rows, the
+// values tile 8, 6, 4 or 3 (at most 24 accumulators).
+constexpr Index kTileRows = 24;
+constexpr int kLogitRows = 8;
+// The logits tile is kLogitPackets packets wide; key panels are stored as
+// contiguous k x (kLogitPackets L) chunks (no cache-set conflicts between rows).
+constexpr int kLogitPackets = 3;
+
+inline Index round_up(Index x, Index m) { return (x + m - 1) / m * m; }
+
+/// s[r][j] = bias[j] + sum_c q[r][c] kt[c][j] for 8 rows and NS packets of columns.
+template <class Scalar, int NS>
+inline void logits_tile(const Scalar* q, Index depth, const Scalar* kt, Index kt_stride,
+                        const Scalar* bias, Scalar* s, Index s_stride) {
+  using namespace Eigen::internal;
+  using Packet = typename Simd<Scalar>::Packet;
+  constexpr int L = Simd<Scalar>::L;
+  constexpr int R = kLogitRows;
+  Packet acc[R][NS];
+  for (int t = 0; t < NS; ++t) {
+    const Packet b = ploadu<Packet>(bias + t * L);
+    for (int r = 0; r < R; ++r) acc[r][t] = b;
+  }
+  for (Index c = 0; c < depth; ++c) {
+    Packet kv[NS];
+    for (int t = 0; t < NS; ++t) kv[t] = ploadu<Packet>(kt + c * kt_stride + t * L);
+    for (int r = 0; r < R; ++r) {
+      const Packet qb = pset1<Packet>(q[r * depth + c]);
+      for (int t = 0; t < NS; ++t) acc[r][t] = pmadd(qb, kv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NS; ++t) pstoreu(s + r * s_stride + t * L, acc[r][t]);
+}
+
+/// acc[r][:] += sum_{j < cols} p[r][j] v[j][:] for R rows and KV packets of columns.
+template <class Scalar, int KV, int R>
+inline void values_tile(const Scalar* p, Index p_stride, Index cols, const Scalar* v,
+                        Index v_stride, Scalar* out, Index out_stride) {
+  using namespace Eigen::internal;
+  using Packet = typename Simd<Scalar>::Packet;
+  constexpr int L = Simd<Scalar>::L;
+  Packet acc[R][KV];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < KV; ++t) acc[r][t] = ploadu<Packet>(out + r * out_stride + t * L);
+  for (Index j = 0; j < cols; ++j) {
+    Packet vv[KV];
+    for (int t = 0; t < KV; ++t) vv[t] = ploadu<Packet>(v + j * v_stride + t * L);
+    for (int r = 0; r < R; ++r) {
+      const Packet pb = pset1<Packet>(p[r * p_stride + j]);
+      for (int t = 0; t < KV; ++t) acc[r][t] = pmadd(pb, vv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < KV; ++t) pstoreu(out + r * out_stride + t * L, acc[r][t]);
+}
+
+/// S (rows x packets*L, rows a multiple of 8) = Q_blk Kt_panel + bias; the panel is
+/// a sequence of depth x kt_stride chunks, kt_stride = kLogitPackets L.
+template <class Scalar>
+void logits_block(const Scalar* q, Index rows, Index depth, const Scalar* kt, Index kt_stride,
+                  Index packets, const Scalar* bias, Scalar* s, Index s_stride) {
+  constexpr int L = Simd<Scalar>::L;
+  constexpr int NS = kLogitPackets;
+  // Column chunks outermost: the chunk of Kt stays in L1 across the row tiles.
+  for (Index p0 = 0; p0 < packets; p0 += NS) {
+    const int np = static_cast<int>(std::min<Index>(NS, packets - p0));
+    const Scalar* ktc = kt + (p0 / NS) * depth * kt_stride;
+    const Scalar* bc = bias + p0 * L;
+    for (Index r0 = 0; r0 < rows; r0 += kLogitRows) {
+      const Scalar* qr = q + r0 * depth;
+      Scalar* sr = s + r0 * s_stride + p0 * L;
+      switch (np) {
+        case 3:
+          logits_tile<Scalar, 3>(qr, depth, ktc, kt_stride, bc, sr, s_stride);
+          break;
+        case 2:
+          logits_tile<Scalar, 2>(qr, depth, ktc, kt_stride, bc, sr, s_stride);
+          break;
+        default:
+          logits_tile<Scalar, 1>(qr, depth, ktc, kt_stride, bc, sr, s_stride);
+          break;
+      }
+    }
+  }
+}
+
+template <class Scalar, int KV>
+void values_chunk(const Scalar* p, Index p_stride, Index rows, Index cols, const Scalar* v,
+                  Index v_stride, Scalar* acc, Index acc_stride) {
+  constexpr int R = KV <= 3 ? 8 : (KV == 4 ? 6 : (KV <= 6 ? 4 : 3));
+  for (Index r0 = 0; r0 < rows; r0 += R) {
+    values_tile<Scalar, KV, R>(p + r0 * p_stride, p_stride, cols, v, v_stride,
+                               acc + r0 * acc_stride, acc_stride);
+  }
+}
+
+/// acc (rows x k_pad) += P (rows x cols) V_blk (cols x k_pad).
+template <class Scalar>
+void values_block(const Scalar* p, Index p_stride, Index rows, Index cols, const Scalar* v,
+                  Index k_pad, Scalar* acc) {
+  constexpr int L = Simd<Scalar>::L;
+  const Index packets = k_pad / L;
+  for (Index c0 = 0; c0 < packets;) {
+    const Index np = std::min<Index>(8, packets - c0);
+    const Scalar* vc = v + c0 * L;
+    Scalar* ac = acc + c0 * L;
+    switch (np) {
+      case 8:
+        values_chunk<Scalar, 8>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        break;
+      case 7:
+        values_chunk<Scalar, 7>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        break;
+      case 6:
+        values_chunk<Scalar, 6>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        break;
+      case 5:
+        values_chunk<Scalar, 5>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        break;
+      case 4:
+        values_chunk<Scalar, 4>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        break;
+      case 3:
+        values_chunk<Scalar, 3>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        break;
+      case 2:
+        values_chunk<Scalar, 2>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        break;
+      default:
+        values_chunk<Scalar, 1>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        break;
+    }
+    c0 += np;
+  }
+}
+
+/// Online softmax step for one row of S (length `width`, a multiple of L):
+/// entries [0, visible) are logits, the rest are ignored and set to 0. Updates
+/// the running max and sum, rescales the accumulator row if the max grew, and
+/// overwrites the row with exp(s - max).
+template <class Scalar>
+void softmax_row(Scalar* s, Index width, Index visible, Scalar& row_max, Scalar& row_sum,
+                 Scalar* acc, Index k_pad) {
+  using namespace Eigen::internal;
+  using Packet = typename Simd<Scalar>::Packet;
+  constexpr int L = Simd<Scalar>::L;
+  if (visible <= 0) {
+    std::fill(s, s + width, Scalar(0));
+    return;
+  }
+  const Index full = visible / L * L;
+  Scalar mx = -std::numeric_limits<Scalar>::infinity();
+  if (full > 0) {
+    Packet pm = ploadu<Packet>(s);
+    for (Index c = L; c < full; c += L) pm = pmax(pm, ploadu<Packet>(s + c));
+    mx = predux_max(pm);
+  }
+  for (Index c = full; c < visible; ++c) mx = std::max(mx, s[c]);
+  if (mx > row_max) {
+    // Rescale the previous sum and accumulator by e^{old - new} (0 on the first block).
+    const Scalar alpha = std::exp(row_max - mx);
+    row_max = mx;
+    row_sum *= alpha;
+    const Packet pa = pset1<Packet>(alpha);
+    for (Index c = 0; c < k_pad; c += L) pstoreu(acc + c, pmul(pa, ploadu<Packet>(acc + c)));
+  }
+  const Packet shift = pset1<Packet>(row_max);
+  Packet sum = pset1<Packet>(Scalar(0));
+  for (Index c = 0; c < full; c += L) {
+    const Packet e = pexp(psub(ploadu<Packet>(s + c), shift));
+    pstoreu(s + c, e);
+    sum = padd(sum, e);
+  }
+  Index c = full;
+  if (c < visible) {
+    // The last, partial packet: exp, then exact zeros past `visible`.
+    Scalar tail[L];
+    pstoreu(tail, pexp(psub(ploadu<Packet>(s + c), shift)));
+    for (Index t = visible - c; t < L; ++t) tail[t] = 0;
+    const Packet e = ploadu<Packet>(tail);
+    pstoreu(s + c, e);
+    sum = padd(sum, e);
+    c += L;
+  }
+  std::fill(s + c, s + width, Scalar(0));
+  row_sum += predux(sum);
+}
+
 template <class Scalar>
 Matrix<Scalar> streaming_head_fields(const Model<Scalar>& model, const Measure<Scalar>& mu,
                                      const MatrixRef<Scalar>& queries,
                                      const AttendOptions& options) {
-  const KeySet<Scalar> keys = positive_keys(mu);
+  constexpr Index L = Simd<Scalar>::L;
   const Index n = queries.rows();
-  const Index m = keys.atoms.rows();
   const Index heads = model.num_heads;
   const Index k = model.head_dim();
   const Index e = model.embed_dim();
-  const Scalar inv_tau = Scalar(1) / model.tau();
+  const Scalar tau = model.tau();
   const Potential potential = model.potential;
 
-  if (options.causal) {
+  // Keys: the atoms of positive weight (all of mu's atoms when none is zero,
+  // without copying them).
+  bool all_positive = true;
+  for (Index j = 0; j < mu.size(); ++j) all_positive = all_positive && mu.weight(j) > 0;
+  KeySet<Scalar> dropped;
+  if (!all_positive) dropped = positive_keys(mu);
+  const MatrixRef<Scalar> key_atoms =
+      all_positive ? MatrixRef<Scalar>(mu.atoms()) : MatrixRef<Scalar>(dropped.atoms);
+  const Index m = key_atoms.rows();
+  auto key_index = [&](Index j) {
+    return all_positive ? j : dropped.index[static_cast<size_t>(j)];
+  };
+  if (options.causal && key_index(0) > 0) {
     // Query i sees the keys at positions <= i; the first key of positive
     // weight must therefore come no later than the first query.
-    if (keys.index.front() > 0) {
-      throw invalid_argument("weights: with --causal, query 0 sees only tokens of zero weight");
-    }
+    throw invalid_argument("weights: with --causal, query 0 sees only tokens of zero weight");
   }
 
-  const Matrix<Scalar> qp = project<Scalar>(queries, model.w_q, model.b_q);
-  const Matrix<Scalar> kp = project<Scalar>(keys.atoms, model.w_k, model.b_k);
-  const Matrix<Scalar> vp = project<Scalar>(keys.atoms, model.w_v, model.b_v);
-
-  // For the l2 potential: -||q - k||^2 / tau = (2 <q,k> - |q|^2 - |k|^2) / tau.
-  Matrix<Scalar> qn, kn;  // n x H, m x H squared norms per head
-  if (potential == Potential::l2) {
-    qn.resize(n, heads);
-    kn.resize(m, heads);
-    for (Index h = 0; h < heads; ++h) {
-      qn.col(h) = qp.middleCols(h * k, k).rowwise().squaredNorm();
-      kn.col(h) = kp.middleCols(h * k, k).rowwise().squaredNorm();
-    }
-  }
-
-  const Index bq = options.query_block > 0 ? options.query_block : 64;
-  const Index bk = options.key_block > 0 ? options.key_block : 256;
+  // Block sizes: results depend on bk only (rounded to whole packets); bq only
+  // sets the unit of parallel work.
+  const Index bq = std::min(round_up(options.query_block > 0 ? options.query_block : 96, kTileRows),
+                            round_up(n, kTileRows));
+  const Index chunk = kLogitPackets * L;
+  const Index bk = std::min(round_up(options.key_block > 0 ? options.key_block : 256, chunk),
+                            round_up(m, chunk));
+  const Index n_pad = round_up(n, kTileRows);
+  const Index k_pad = round_up(k, L);
+  const Index key_blocks = (m + bk - 1) / bk;
   const Index query_blocks = (n + bq - 1) / bq;
-  constexpr Scalar kNegInf = -std::numeric_limits<Scalar>::infinity();
+  const Scalar q_scale = potential == Potential::dot
+                             ? Scalar(1) / tau
+                             : (potential == Potential::l2 ? Scalar(2) / tau : Scalar(1));
 
+  // Work arrays, allocated once per call and reused by every head.
+  std::vector<Scalar> log_w(static_cast<size_t>(m));
+  for (Index j = 0; j < m; ++j) {
+    log_w[static_cast<size_t>(j)] = all_positive ? std::log(mu.weight(j)) : dropped.log_weights[j];
+  }
+  Matrix<Scalar> qh(n_pad, k);                                   // projected, scaled queries
+  Matrix<Scalar> kt(key_blocks * k, bk);                         // key panels
+  Matrix<Scalar> vh(key_blocks * bk, k_pad);                     // values, zero-padded
+  Vector<Scalar> bias(key_blocks * bk);                          // per-key logit offsets
+  Matrix<Scalar> kh(potential == Potential::custom ? m : 0, k);  // custom: keys, row-major
   Matrix<Scalar> out(n, e);
+
+  constexpr Index kProjBlock = 1024;  // fixed row blocks: deterministic products
+  const Index q_proj_blocks = (n_pad + kProjBlock - 1) / kProjBlock;
 
 #pragma omp parallel
   {
-    // Work buffers: allocated once per thread, reused for every block.
-    Matrix<Scalar> s(bq, bk);
-    Matrix<Scalar> acc(bq, k);
-    Vector<Scalar> row_max(bq), row_sum(bq), block_max(bq), alpha(bq);
+    std::vector<Scalar> s_buf(static_cast<size_t>(bq * bk));
+    std::vector<Scalar> acc_buf(static_cast<size_t>(bq * k_pad));
+    std::vector<Scalar> max_buf(static_cast<size_t>(bq)), sum_buf(static_cast<size_t>(bq));
+    std::vector<Index> visible(static_cast<size_t>(bq));
+    Scalar* s = s_buf.data();
+    Scalar* acc = acc_buf.data();
+    Matrix<Scalar> panel(k, bk);  // one key block, before packing
+
+    for (Index h = 0; h < heads; ++h) {
+      const Matrix<Scalar> wq = model.w_q.middleRows(h * k, k);
+      const Matrix<Scalar> wk = model.w_k.middleRows(h * k, k);
+      const Matrix<Scalar> wv = model.w_v.middleRows(h * k, k);
+      auto bias_of = [&](const Vector<Scalar>& b) -> Vector<Scalar> {
+        return b.size() ? Vector<Scalar>(b.segment(h * k, k)) : Vector<Scalar>::Zero(k);
+      };
+      const Vector<Scalar> bq_h = bias_of(model.b_q), bk_h = bias_of(model.b_k),
+                           bv_h = bias_of(model.b_v);
+
+#pragma omp for schedule(static)
+      for (Index blk = 0; blk < q_proj_blocks; ++blk) {
+        const Index r0 = blk * kProjBlock;
+        const Index r = std::min(kProjBlock, n - r0);
+        if (r > 0) {
+          auto dst = qh.middleRows(r0, r);
+          dst.noalias() = queries.middleRows(r0, r) * wq.transpose();
+          dst.rowwise() += bq_h.transpose();
+          dst *= q_scale;
+        }
+        const Index pad_end = std::min(n_pad, r0 + kProjBlock);
+        const Index pad_begin = std::max(n, r0);
+        if (pad_end > pad_begin) qh.middleRows(pad_begin, pad_end - pad_begin).setZero();
+      }
+#pragma omp for schedule(static)
+      for (Index b = 0; b < key_blocks; ++b) {
+        const Index j0 = b * bk;
+        const Index cols = std::min(bk, m - j0);
+        panel.leftCols(cols).noalias() = wk * key_atoms.middleRows(j0, cols).transpose();
+        panel.leftCols(cols).colwise() += bk_h;
+        if (cols < bk) panel.rightCols(bk - cols).setZero();
+        Scalar* dst = kt.data() + b * k * bk;
+        for (Index t = 0; t < bk / chunk; ++t)
+          for (Index c = 0; c < k; ++c)
+            for (Index jj = 0; jj < chunk; ++jj)
+              dst[(t * k + c) * chunk + jj] = panel(c, t * chunk + jj);
+        if (potential == Potential::custom) {
+          kh.middleRows(j0, cols) = panel.leftCols(cols).transpose();
+        }
+        auto vblk = vh.middleRows(j0, bk);
+        vblk.topLeftCorner(cols, k).noalias() = key_atoms.middleRows(j0, cols) * wv.transpose();
+        vblk.topLeftCorner(cols, k).rowwise() += bv_h.transpose();
+        if (k_pad > k) vblk.rightCols(k_pad - k).setZero();
+        if (cols < bk) vblk.bottomRows(bk - cols).setZero();
+        for (Index j = 0; j < bk; ++j) {
+          Scalar bj = 0;
+          if (j < cols) {
+            bj = log_w[static_cast<size_t>(j0 + j)];
+            if (potential == Potential::l2) bj -= panel.col(j).squaredNorm() / tau;
+          }
+          bias[j0 + j] = bj;
+        }
+      }
 
 #pragma omp for schedule(dynamic, 1)
-    for (Index qb = 0; qb < query_blocks; ++qb) {
-      const Index i0 = qb * bq;
-      const Index rows = std::min(bq, n - i0);
-      const Index i_last = i0 + rows - 1;
-      // Causal: keys at original positions <= i_last are the only ones visible.
-      Index key_end = m;
-      if (options.causal) {
-        key_end = static_cast<Index>(
-            std::upper_bound(keys.index.begin(), keys.index.end(), i_last) - keys.index.begin());
-      }
-      for (Index h = 0; h < heads; ++h) {
-        auto q_blk = qp.block(i0, h * k, rows, k);
-        acc.topRows(rows).setZero();
-        row_max.head(rows).setConstant(kNegInf);
-        row_sum.head(rows).setZero();
+      for (Index qb = 0; qb < query_blocks; ++qb) {
+        const Index i0 = qb * bq;
+        const Index rows_real = std::min(bq, n - i0);
+        const Index rows = round_up(rows_real, kTileRows);
+        const Index i_last = i0 + rows_real - 1;
+        Index key_end = m;
+        if (options.causal) {
+          // Keys are in increasing position order: the visible ones form a prefix.
+          Index lo = 0, hi = m;
+          while (lo < hi) {
+            const Index mid = (lo + hi) / 2;
+            if (key_index(mid) <= i_last)
+              lo = mid + 1;
+            else
+              hi = mid;
+          }
+          key_end = lo;
+        }
+        std::fill(acc, acc + rows * k_pad, Scalar(0));
+        std::fill(max_buf.begin(), max_buf.begin() + rows,
+                  -std::numeric_limits<Scalar>::infinity());
+        std::fill(sum_buf.begin(), sum_buf.begin() + rows, Scalar(0));
+        const Scalar* q = qh.data() + i0 * k;
         for (Index j0 = 0; j0 < key_end; j0 += bk) {
+          const Index b = j0 / bk;
           const Index cols = std::min(bk, key_end - j0);
-          auto sb = s.topLeftCorner(rows, cols);
-          auto k_blk = kp.block(j0, h * k, cols, k);
+          const Index width = round_up(cols, L);
           if (potential == Potential::custom) {
             for (Index r = 0; r < rows; ++r) {
-              const Vector<Scalar> qr = q_blk.row(r).transpose();
               for (Index c = 0; c < cols; ++c) {
-                const Vector<Scalar> kc = k_blk.row(c).transpose();
-                sb(r, c) = model.custom_potential(qr.data(), kc.data(), k);
+                s[r * bk + c] =
+                    (r < rows_real ? model.custom_potential(q + r * k, kh.data() + (j0 + c) * k, k)
+                                   : Scalar(0)) +
+                    bias[j0 + c];
               }
             }
           } else {
-            sb.noalias() = q_blk * k_blk.transpose();
-            if (potential == Potential::dot) {
-              sb *= inv_tau;
-            } else {
-              sb =
-                  (Scalar(2) * sb.array() - qn.col(h).segment(i0, rows).replicate(1, cols).array() -
-                   kn.col(h).segment(j0, cols).transpose().replicate(rows, 1).array()) *
-                  inv_tau;
-            }
+            logits_block<Scalar>(q, rows, k, kt.data() + b * k * bk, chunk, width / L,
+                                 bias.data() + j0, s, bk);
           }
-          sb.rowwise() += keys.log_weights.segment(j0, cols).transpose();
-          if (options.causal && keys.index[static_cast<size_t>(j0 + cols - 1)] > i0) {
-            for (Index r = 0; r < rows; ++r) {
-              for (Index c = 0; c < cols; ++c) {
-                if (keys.index[static_cast<size_t>(j0 + c)] > i0 + r) sb(r, c) = kNegInf;
-              }
-            }
-          }
-          block_max.head(rows) = sb.rowwise().maxCoeff();
           for (Index r = 0; r < rows; ++r) {
-            const Scalar new_max = std::max(row_max[r], block_max[r]);
-            if (new_max == kNegInf) {
-              // Every key so far is masked for this row: nothing to add.
-              alpha[r] = 1;
-              sb.row(r).setZero();
-              continue;
+            Index vis = cols;
+            if (options.causal && key_index(j0 + cols - 1) > i0 + r) {
+              Index lo = 0, hi = cols;
+              while (lo < hi) {
+                const Index mid = (lo + hi) / 2;
+                if (key_index(j0 + mid) <= i0 + r)
+                  lo = mid + 1;
+                else
+                  hi = mid;
+              }
+              vis = lo;
             }
-            alpha[r] = row_max[r] == kNegInf ? Scalar(0) : std::exp(row_max[r] - new_max);
-            row_max[r] = new_max;
-            sb.row(r).array() -= new_max;
+            softmax_row<Scalar>(s + r * bk, width, vis, max_buf[static_cast<size_t>(r)],
+                                sum_buf[static_cast<size_t>(r)], acc + r * k_pad, k_pad);
           }
-          sb = sb.array().exp().matrix();
-          row_sum.head(rows) =
-              row_sum.head(rows).cwiseProduct(alpha.head(rows)) + sb.rowwise().sum();
-          acc.topRows(rows) = alpha.head(rows).asDiagonal() * acc.topRows(rows);
-          acc.topRows(rows).noalias() += sb * vp.block(j0, h * k, cols, k);
+          values_block<Scalar>(s, bk, rows, cols, vh.data() + j0 * k_pad, k_pad, acc);
         }
-        for (Index r = 0; r < rows; ++r) {
-          // row_sum >= 1 after the key attaining the maximum: never zero here.
-          out.block(i0 + r, h * k, 1, k) = acc.row(r) / row_sum[r];
+        for (Index r = 0; r < rows_real; ++r) {
+          // The row sum is >= 1 (the key attaining the maximum contributes e^0).
+          const Scalar l = sum_buf[static_cast<size_t>(r)];
+          for (Index c = 0; c < k; ++c) out(i0 + r, h * k + c) = acc[r * k_pad + c] / l;
         }
       }
     }
