@@ -32,11 +32,11 @@ void Progress::update(std::int64_t done, const std::string& note) {
     const double frac = static_cast<double>(done) / static_cast<double>(total_);
     const double eta = frac > 0 ? elapsed * (1 - frac) / frac : 0;
     std::fprintf(stderr, "\r%s: %lld/%lld (%3.0f%%) %.1fs, eta %.1fs %s\033[K", label_.c_str(),
-                 static_cast<long long>(done), static_cast<long long>(total_), 100 * frac,
-                 elapsed, eta, note.c_str());
+                 static_cast<long long>(done), static_cast<long long>(total_), 100 * frac, elapsed,
+                 eta, note.c_str());
   } else {
-    std::fprintf(stderr, "\r%s: %lld %.1fs %s\033[K", label_.c_str(),
-                 static_cast<long long>(done), elapsed, note.c_str());
+    std::fprintf(stderr, "\r%s: %lld %.1fs %s\033[K", label_.c_str(), static_cast<long long>(done),
+                 elapsed, note.c_str());
   }
   std::fflush(stderr);
 }
