@@ -1,20 +1,40 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets with clang in build-fuzz/ and runs each for a
-# short time (FUZZ_SECONDS, default 60) from the seed corpora in fuzz/corpus/.
+# Builds the libFuzzer targets with clang, AddressSanitizer and UBSan in
+# build-fuzz/ (or $MEASATTN_FUZZ_BUILD_DIR) and runs each for a short time
+# (FUZZ_SECONDS, default 60) from the seed corpora in fuzz/corpus/.
+# Crash reproducers land in <build>/fuzz/artifacts/; the script fails on any crash.
+# Replay one: <build>/fuzz/fuzz_npy <build>/fuzz/artifacts/crash-...
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="$root/build-fuzz"
+build="${MEASATTN_FUZZ_BUILD_DIR:-$root/build-fuzz}"
 seconds="${FUZZ_SECONDS:-60}"
 "$root/scripts/bootstrap.sh"
-CXX=clang++ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DMEASATTN_BUILD_FUZZ=ON -DMEASATTN_BUILD_TESTS=OFF -DMEASATTN_BUILD_BENCH=OFF \
-  -DMEASATTN_BUILD_PYTHON=OFF -DMEASATTN_BUILD_APPS=OFF >/dev/null
-cmake --build "$build" --parallel "$(nproc)"
-for target in "$build"/fuzz/fuzz_*; do
-  name="$(basename "$target")"
+generator=()
+if command -v ninja >/dev/null 2>&1 && [ ! -f "$build/Makefile" ]; then generator=(-G Ninja); fi
+# Only the modules the parsers need: io and what Model/Measure live in.
+CXX=clang++ cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DMEASATTN_BUILD_FUZZ=ON -DMEASATTN_SANITIZE=ON -DMEASATTN_MODULES="measure;attention;io" \
+  -DMEASATTN_BUILD_TESTS=OFF -DMEASATTN_BUILD_BENCH=OFF -DMEASATTN_BUILD_PYTHON=OFF \
+  -DMEASATTN_BUILD_APPS=OFF >/dev/null
+cmake --build "$build" --parallel "$(nproc)" --target fuzz_npy fuzz_safetensors
+artifacts="$build/fuzz/artifacts"
+mkdir -p "$artifacts"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+status=0
+for name in fuzz_npy fuzz_safetensors; do
   corpus="$(mktemp -d)"
   cp "$root/fuzz/corpus/${name#fuzz_}"/* "$corpus"/ 2>/dev/null || true
-  echo "fuzz: $name for ${seconds}s" >&2
-  "$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 "$corpus" 2>&1 | tail -n 3
+  log="$build/fuzz/$name.log"
+  echo "fuzz: $name for ${seconds}s (log: $log)" >&2
+  if "$build/fuzz/$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+      -artifact_prefix="$artifacts/" "$corpus" >"$log" 2>&1; then
+    tail -n 2 "$log"
+  else
+    echo "fuzz: $name FAILED; reproducers in $artifacts" >&2
+    tail -n 40 "$log"
+    status=1
+  fi
   rm -rf "$corpus"
 done
+exit "$status"

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Writes the fuzzers' seed corpora (small valid files) into fuzz/corpus/.
+
+Run with Debian's python3 (needs NumPy): /usr/bin/python3 fuzz/make_corpus.py
+"""
+import json
+import pathlib
+import struct
+
+import numpy as np
+
+here = pathlib.Path(__file__).resolve().parent
+npy_dir = here / "corpus" / "npy"
+st_dir = here / "corpus" / "safetensors"
+npy_dir.mkdir(parents=True, exist_ok=True)
+st_dir.mkdir(parents=True, exist_ok=True)
+rng = np.random.default_rng(0)
+
+# .npy: several shapes and both dtypes, versions 1.0 and 2.0.
+arrays = {
+    "vec_f8": rng.standard_normal(5),
+    "mat_f8": rng.standard_normal((3, 4)),
+    "mat_f4": rng.standard_normal((2, 3)).astype(np.float32),
+    "cube_f8": rng.standard_normal((2, 2, 2)),
+    "empty_f8": np.zeros((0, 3)),
+    "scalar_f8": np.array(1.5),
+}
+for name, a in arrays.items():
+    np.save(npy_dir / f"{name}.npy", a)
+with open(npy_dir / "v2_f8.npy", "wb") as f:
+    np.lib.format.write_array(f, rng.standard_normal((2, 2)), version=(2, 0))
+with open(npy_dir / "v3_f4.npy", "wb") as f:
+    np.lib.format.write_array(f, rng.standard_normal(3).astype(np.float32), version=(3, 0))
+
+
+def safetensors(tensors, metadata):
+    header = {"__metadata__": metadata}
+    chunks, offset = [], 0
+    for name, a in tensors.items():
+        raw = np.ascontiguousarray(a).tobytes()
+        header[name] = {"dtype": "F32" if a.dtype == np.float32 else "F64",
+                        "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+def mha(e, dout, bias, dtype, kdim=None):
+    t = {}
+    if kdim is None:
+        t["in_proj_weight"] = rng.standard_normal((3 * e, e)).astype(dtype)
+    else:
+        t["q_proj_weight"] = rng.standard_normal((e, e)).astype(dtype)
+        t["k_proj_weight"] = rng.standard_normal((e, kdim)).astype(dtype)
+        t["v_proj_weight"] = rng.standard_normal((e, kdim)).astype(dtype)
+    if bias:
+        t["in_proj_bias"] = rng.standard_normal(3 * e).astype(dtype)
+    t["out_proj.weight"] = rng.standard_normal((dout, e)).astype(dtype)
+    if bias:
+        t["out_proj.bias"] = rng.standard_normal(dout).astype(dtype)
+    return t
+
+
+seeds = {
+    "packed_f64": (mha(4, 4, True, np.float64), {"num_heads": "2"}),
+    "packed_f32_l2": (mha(4, 4, False, np.float32), {"num_heads": "1", "potential": "l2",
+                                                       "scale": "0.5"}),
+    "separate_f64": (mha(2, 3, True, np.float64, kdim=3), {"num_heads": "2", "format": "pt"}),
+    "separate_f32": (mha(2, 2, False, np.float32, kdim=1), {"num_heads": "1"}),
+}
+for name, (tensors, meta) in seeds.items():
+    (st_dir / f"{name}.safetensors").write_bytes(safetensors(tensors, meta))
+print(f"wrote {len(list(npy_dir.iterdir()))} npy and {len(list(st_dir.iterdir()))} safetensors seeds")
