@@ -217,7 +217,7 @@ TEST(io_test, npy_malformed_inputs_name_the_file) {
       {npy_bytes("{'descr': '|O', 'fortran_order': False, 'shape': (2, 3), }", data), "'|O'"},
       {npy_bytes("{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", data), "'<f2'"},
       {npy_bytes("{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (6,), }", data),
-       "structured"},
+       "structured dtypes"},
       {npy_bytes("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }", data), "Fortran"},
       {npy_bytes("{'descr': '<f8', 'fortran_order': Maybe, 'shape': (2, 3), }", data),
        "True or False"},

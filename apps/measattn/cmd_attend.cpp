@@ -83,8 +83,24 @@ void run_attend(const AttendArgs& a, const AttendOptions& options) {
     throw invalid_argument("--residual: the model's output dimension " + dim_text(model.out_dim()) +
                            " differs from the query dimension " + dim_text(query_dim));
   }
-  const Matrix<Scalar> out = cross ? attention_field(model, *mu, queries, options)
-                                   : attention_field(model, *mu, mu->atoms(), options);
+  Matrix<Scalar> out;
+  try {
+    out = cross ? attention_field(model, *mu, queries, options)
+                : attention_field(model, *mu, mu->atoms(), options);
+  } catch (const invalid_argument& e) {
+    // The library names its own fields; point at the file the user gave.
+    const std::string what = e.what();
+    auto starts = [&](const char* prefix) { return what.rfind(prefix, 0) == 0; };
+    if (starts("weights") && !a.weights.empty()) {
+      throw invalid_argument("--weights: " + a.weights + ": " + what);
+    }
+    if (starts("tokens") || starts("weights") || starts("atoms")) {
+      throw invalid_argument("--tokens: " + a.tokens + ": " + what);
+    }
+    if (starts("queries") && cross) throw invalid_argument("--queries: " + a.queries + ": " + what);
+    if (starts("residual")) throw invalid_argument("--" + what);
+    throw;
+  }
   if (!out.allFinite()) {
     throw invalid_argument("--out: " + a.out + ": the output is not finite (inputs too large for " +
                            (std::is_same_v<Scalar, float> ? "float32" : "float64") + ")");

@@ -55,8 +55,8 @@ class HeaderParser {
       skip_ws();
       if (key == "descr") {
         if (have_descr) fail("duplicate key 'descr'");
-        if (peek() != '\'' && peek() != '"')
-          fail("unsupported dtype (structured arrays are not supported)");
+        if (peek() == '[') fail("structured dtypes are not supported");
+        if (peek() != '\'' && peek() != '"') fail("descr must be a quoted dtype string");
         descr = parse_string();
         have_descr = true;
       } else if (key == "fortran_order") {
@@ -314,7 +314,7 @@ NpyArray parse_npy(const std::string& bytes, const std::string& name) {
   }
   out.values.resize(static_cast<std::size_t>(count));
   const char* src = bytes.data() + prefix + header_len;
-  if (item == 8) {
+  if (expected > 0 && item == 8) {  // (memcpy from/to null is undefined even for 0 bytes)
     std::memcpy(out.values.data(), src, static_cast<std::size_t>(expected));
   } else {
     for (std::size_t i = 0; i < out.values.size(); ++i) {
