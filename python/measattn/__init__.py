@@ -54,12 +54,14 @@ _OPTIONAL = [
     "flow", "FlowResult", "flow_field", "sphere_energy", "cluster_count",
     "orthogonal_start_cosine", "is_canonical",
     # maxent.hpp
-    "gibbs", "GibbsResult", "gibbs_bound", "log_partition", "maxent", "maxent_at_beta",
-    "MaxEntResult", "attention_entropy", "EntropyResult", "HeadEntropy",
+    "gibbs", "GibbsResult", "gibbs_bound", "GibbsBound", "log_partition", "maxent",
+    "maxent_at_beta", "MaxEntResult", "attention_entropy", "EntropyResult", "HeadEntropy",
     "default_temperature_grid", "sinkhorn_attention", "SinkhornAttentionResult",
     # lipschitz.hpp
-    "lipschitz", "LipschitzResult", "lipschitz_upper_bound", "lipschitz_lower_bound",
-    "token_lipschitz",
+    "lipschitz_upper_bounds", "lipschitz_lower_bound", "lipschitz_ratio",
+    "lipschitz_stack_upper_bound", "castin_adversarial_tokens", "token_jacobian_norm",
+    "token_jacobian", "token_lipschitz_lower_bound", "NamedBound", "HeadBound", "UpperBounds",
+    "LipschitzWitness", "LipschitzSearchResult", "TokenJacobianResult", "TokenSearchResult",
     # misspec.hpp
     "misspec", "MisspecResult",
 ]
@@ -73,6 +75,51 @@ del _name
 def available() -> list:
     """Names of the optional capabilities compiled into this build."""
     return [n for n in _OPTIONAL if hasattr(_measattn, n)]
+
+
+class LipschitzReport:
+    """Both sides of the W1 Lipschitz constant of a layer on B_R.
+
+    upper: UpperBounds (every certified bound; upper.best_w1 the smallest);
+    lower: LipschitzSearchResult or None (lower.ratio = W1(F mu, F nu) / W1(mu, nu)
+    of the best pair found, both computed exactly: a certified lower bound).
+    upper_bound, lower_bound: the two numbers; gap = upper_bound / lower_bound.
+    """
+
+    def __init__(self, upper: Any, lower: Any) -> None:
+        self.upper = upper
+        self.lower = lower
+        self.upper_bound = upper.best_w1
+        self.lower_bound = lower.ratio if lower is not None else 0.0
+        self.gap = (self.upper_bound / self.lower_bound if self.lower_bound > 0
+                    else float("inf"))
+
+    def __repr__(self) -> str:
+        return (f"LipschitzReport(lower_bound={self.lower_bound!r}, "
+                f"upper_bound={self.upper_bound!r} ({self.upper.best_name}), gap={self.gap:.3g})")
+
+
+def lipschitz(model: Model, radius: float, residual: bool = False, search: bool = True,
+              tokens: int = 0, **options: Any) -> LipschitzReport:
+    """The Lipschitz constant L of mu -> F(mu) in W1 for measures supported in B_radius:
+
+        lower_bound <= L = sup W1(F(mu), F(nu)) / W1(mu, nu) <= upper_bound.
+
+    upper: lipschitz_upper_bounds(model, radius, residual, tokens) (closed forms,
+    O(H d^3)); lower (search=True): lipschitz_lower_bound(model, radius, residual,
+    **options) with options atoms, restarts, steps, step_size, nearby, seed,
+    threads, progress. Needs the lipschitz module (see available()).
+    """
+    if not hasattr(_measattn, "lipschitz_upper_bounds"):
+        raise RuntimeError("measattn was built without the lipschitz module")
+    upper = _measattn.lipschitz_upper_bounds(model, radius, residual, tokens)
+    lower = (_measattn.lipschitz_lower_bound(model, radius, residual, **options)
+             if search else None)
+    return LipschitzReport(upper, lower)
+
+
+if hasattr(_measattn, "lipschitz_upper_bounds"):
+    __all__ += ["lipschitz", "LipschitzReport"]
 
 
 # ---- PyTorch interop (duck typing: torch is never imported here) ---------------

@@ -1,0 +1,232 @@
+// Bindings of lipschitz.hpp: certified upper bounds, the certified lower-bound
+// search, and token-level Jacobian norms. Float64 (the library's precision here).
+#include "measattn/lipschitz.hpp"
+#include "convert.hpp"
+
+namespace measattn::python {
+namespace {
+
+using namespace pybind11::literals;
+
+void apply_search_options(LipschitzSearchOptions& o, const py::dict& kw) {
+  reject_unknown(
+      kw, {"atoms", "restarts", "steps", "step_size", "nearby", "seed", "threads", "progress"},
+      "lipschitz_lower_bound");
+  auto get = [&](const char* k, auto& field) {
+    if (kw.contains(k)) field = kw[k].cast<std::decay_t<decltype(field)>>();
+  };
+  get("atoms", o.atoms);
+  get("restarts", o.restarts);
+  get("steps", o.steps);
+  get("step_size", o.step_size);
+  get("nearby", o.nearby);
+  get("seed", o.seed);
+  get("threads", o.threads);
+  get("progress", o.progress);
+}
+
+}  // namespace
+
+void bind_lipschitz(py::module_& m) {
+  py::class_<NamedBound>(m, "NamedBound", "One named upper bound and what it bounds.")
+      .def_readonly("name", &NamedBound::name)
+      .def_readonly("value", &NamedBound::value)
+      .def_readonly("kind", &NamedBound::kind,
+                    "\"w1\" (constant of mu -> F(mu) in W1 on B_R) or \"token_l2\" / "
+                    "\"token_linf\".")
+      .def_readonly("meaning", &NamedBound::meaning)
+      .def("__repr__", [](const NamedBound& b) {
+        return "NamedBound('" + b.name + "', " + py::repr(py::float_(b.value)).cast<std::string>() +
+               ", kind='" + b.kind + "')";
+      });
+
+  py::class_<HeadBound>(m, "HeadBound", "The two parts of the W1 theorem for one head.")
+      .def_readonly("x_part", &HeadBound::x_part)
+      .def_readonly("measure_part", &HeadBound::measure_part)
+      .def_readonly("x_core", &HeadBound::x_core)
+      .def_readonly("measure_core", &HeadBound::measure_core)
+      .def_readonly("value_norm", &HeadBound::value_norm)
+      .def_readonly("projected_value_norm", &HeadBound::projected_value_norm)
+      .def_readonly("rho", &HeadBound::rho)
+      .def_readonly("oscillation", &HeadBound::oscillation);
+
+  py::class_<UpperBounds>(m, "UpperBounds",
+                          "Certified upper bounds on the Lipschitz constant in W1 on B_R.")
+      .def_readonly("radius", &UpperBounds::radius)
+      .def_readonly("residual", &UpperBounds::residual)
+      .def_readonly("heads", &UpperBounds::heads)
+      .def_readonly("bounds", &UpperBounds::bounds, "Every bound that applies, W1 first.")
+      .def_readonly("best_w1", &UpperBounds::best_w1, "The smallest W1 bound.")
+      .def_readonly("best_name", &UpperBounds::best_name)
+      .def_readonly("output_radius", &UpperBounds::output_radius,
+                    "Radius of a ball containing every output Gamma_mu(x), x, mu in B_R.")
+      .def("get", &UpperBounds::get, "name"_a, "Value of a bound by name (NaN when absent).");
+
+  m.def(
+      "lipschitz_upper_bounds",
+      [](const PyModel& pm, double radius, bool residual, Index tokens) {
+        UpperBoundOptions o;
+        o.radius = radius;
+        o.residual = residual;
+        o.tokens = tokens;
+        o.validate();
+        ModelArg<double> model(pm);
+        py::gil_scoped_release release;
+        return lipschitz_upper_bounds(model.get(), o);
+      },
+      "model"_a, "radius"_a, "residual"_a = false, "tokens"_a = 0,
+      "Every certified upper bound L with W1(F(mu), F(nu)) <= L W1(mu, nu) for mu, nu in\n"
+      "B_radius (Vuckovic et al.'s theorem, per-head and combined forms), plus Kim et\n"
+      "al.'s token-level bounds for N = tokens when they apply. O(H d^3).");
+
+  py::class_<LipschitzWitness>(m, "LipschitzWitness",
+                               "The best pair (mu, nu) found and its images, exact W1 values.")
+      .def_property_readonly(
+          "mu_atoms", [](const LipschitzWitness& w) { return to_numpy(MatrixD(w.mu_atoms)); })
+      .def_property_readonly(
+          "nu_atoms", [](const LipschitzWitness& w) { return to_numpy(MatrixD(w.nu_atoms)); })
+      .def_property_readonly(
+          "mu_weights", [](const LipschitzWitness& w) { return to_numpy(VectorD(w.mu_weights)); })
+      .def_property_readonly(
+          "nu_weights", [](const LipschitzWitness& w) { return to_numpy(VectorD(w.nu_weights)); })
+      .def_property_readonly(
+          "f_mu_atoms", [](const LipschitzWitness& w) { return to_numpy(MatrixD(w.f_mu_atoms)); })
+      .def_property_readonly(
+          "f_nu_atoms", [](const LipschitzWitness& w) { return to_numpy(MatrixD(w.f_nu_atoms)); })
+      .def_readonly("w1_input", &LipschitzWitness::w1_input)
+      .def_readonly("w1_output", &LipschitzWitness::w1_output)
+      .def_readonly("origin", &LipschitzWitness::origin)
+      .def_readonly("restart", &LipschitzWitness::restart);
+
+  py::class_<LipschitzSearchResult>(m, "LipschitzSearchResult",
+                                    "A certified lower bound on the W1 Lipschitz constant.")
+      .def_readonly("ratio", &LipschitzSearchResult::ratio,
+                    "W1(F(mu), F(nu)) / W1(mu, nu) of the witness, both exact.")
+      .def_readonly("witness", &LipschitzSearchResult::witness)
+      .def_readonly("restart_ratios", &LipschitzSearchResult::restart_ratios)
+      .def_readonly("evaluations", &LipschitzSearchResult::evaluations)
+      .def_property_readonly("status",
+                             [](const LipschitzSearchResult& r) { return to_string(r.status); })
+      .def_readonly("message", &LipschitzSearchResult::message);
+
+  m.def(
+      "lipschitz_lower_bound",
+      [](const PyModel& pm, double radius, bool residual, const py::kwargs& kw) {
+        LipschitzSearchOptions o;
+        o.residual = residual;
+        apply_search_options(o, kw);
+        o.validate();
+        ModelArg<double> model(pm);
+        py::gil_scoped_release release;
+        return lipschitz_lower_bound(model.get(), radius, o);
+      },
+      "model"_a, "radius"_a, "residual"_a = false,
+      "Search for mu, nu in B_radius maximizing W1(F(mu), F(nu)) / W1(mu, nu) (gradient\n"
+      "ascent over atoms and weights, restarts); the reported ratio is recomputed with the\n"
+      "exact W1 solver: a certified lower bound. Options: atoms, restarts, steps,\n"
+      "step_size, nearby, seed, threads, progress.");
+
+  m.def(
+      "lipschitz_ratio",
+      [](const PyModel& pm, const py::object& mu, const py::object& nu, bool residual) {
+        ModelArg<double> model(pm);
+        MeasureArg<double> a(mu, py::none(), "mu");
+        MeasureArg<double> b(nu, py::none(), "nu");
+        py::gil_scoped_release release;
+        return lipschitz_ratio(model.get(), a.get(), b.get(), residual);
+      },
+      "model"_a, "mu"_a, "nu"_a, "residual"_a = false,
+      "W1(F(mu), F(nu)) / W1(mu, nu) with the exact solver (0 when W1(mu, nu) = 0).");
+
+  m.def(
+      "lipschitz_stack_upper_bound",
+      [](const std::vector<PyModel>& layers, double radius, bool residual) {
+        std::vector<Model<double>> models;
+        for (const auto& l : layers) models.push_back(l.as<double>());
+        const StackBound s = lipschitz_stack_upper_bound(models, radius, residual);
+        return py::make_tuple(s.value, s.constants, s.radii);
+      },
+      "layers"_a, "radius"_a, "residual"_a = false,
+      "(L, constants, radii) for F_L o ... o F_1 on B_R: L = prod_l L_l(R_{l-1}).");
+
+  m.def(
+      "castin_adversarial_tokens",
+      [](const PyModel& pm, Index n, double radius) {
+        return to_numpy(castin_adversarial_tokens(pm.as<double>(), n, radius));
+      },
+      "model"_a, "n"_a, "radius"_a,
+      "Castin, Ablin and Peyre's adversarial token sequence (n, d) on the sphere of radius R.");
+
+  py::class_<TokenJacobianResult>(m, "TokenJacobianResult")
+      .def_readonly("value", &TokenJacobianResult::value,
+                    "||J(X) v|| for the final unit v: a certified lower bound on ||J(X)||_2.")
+      .def_readonly("iterations", &TokenJacobianResult::iterations)
+      .def_property_readonly("status",
+                             [](const TokenJacobianResult& r) { return to_string(r.status); });
+
+  m.def(
+      "token_jacobian_norm",
+      [](const PyModel& pm, const py::object& tokens, bool residual, int iterations,
+         double tolerance, std::uint64_t seed) {
+        TokenJacobianOptions o;
+        o.residual = residual;
+        o.iterations = iterations;
+        o.tolerance = tolerance;
+        o.seed = seed;
+        o.validate();
+        ModelArg<double> model(pm);
+        MatrixD x = matrix_copy<double>(tokens, "tokens");
+        py::gil_scoped_release release;
+        return token_jacobian_norm(model.get(), x, o);
+      },
+      "model"_a, "tokens"_a, "residual"_a = false, "iterations"_a = 300, "tolerance"_a = 1e-12,
+      "seed"_a = 7,
+      "||J(X)||_2 of X -> (Gamma_{mu_X}(x_i))_i (tokens X (n, d), uniform weights) by power\n"
+      "iteration with exact Jacobian-vector products.");
+
+  m.def(
+      "token_jacobian",
+      [](const PyModel& pm, const py::object& tokens, bool residual) {
+        ModelArg<double> model(pm);
+        MatrixD x = matrix_copy<double>(tokens, "tokens");
+        MatrixD j;
+        {
+          py::gil_scoped_release release;
+          j = token_jacobian(model.get(), x, residual);
+        }
+        return to_numpy(std::move(j));
+      },
+      "model"_a, "tokens"_a, "residual"_a = false,
+      "The dense token-level Jacobian, shape (n d_out, n d) (row-major vec of X).");
+
+  py::class_<TokenSearchResult>(m, "TokenSearchResult")
+      .def_readonly("value", &TokenSearchResult::value)
+      .def_property_readonly("tokens",
+                             [](const TokenSearchResult& r) { return to_numpy(MatrixD(r.tokens)); })
+      .def_readonly("evaluations", &TokenSearchResult::evaluations);
+
+  m.def(
+      "token_lipschitz_lower_bound",
+      [](const PyModel& pm, Index tokens, int restarts, int steps, double step_size, double radius,
+         std::uint64_t seed, bool residual, int threads) {
+        TokenSearchOptions o;
+        o.tokens = tokens;
+        o.restarts = restarts;
+        o.steps = steps;
+        o.step_size = step_size;
+        o.radius = radius;
+        o.seed = seed;
+        o.residual = residual;
+        o.threads = threads;
+        o.validate();
+        ModelArg<double> model(pm);
+        py::gil_scoped_release release;
+        return token_lipschitz_lower_bound(model.get(), o);
+      },
+      "model"_a, "tokens"_a = 8, "restarts"_a = 8, "steps"_a = 100, "step_size"_a = 0.05,
+      "radius"_a = 0.0, "seed"_a = 11, "residual"_a = false, "threads"_a = 0,
+      "max_X ||J(X)||_2 over N = tokens tokens (in B_R^N when radius > 0): Kim et al.'s\n"
+      "empirical lower bound on the token-level Lipschitz constant.");
+}
+
+}  // namespace measattn::python

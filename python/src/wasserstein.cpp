@@ -1,0 +1,182 @@
+// Bindings of wasserstein.hpp: measattn.wasserstein(...) -> WassersteinResult.
+#include "measattn/wasserstein.hpp"
+#include "convert.hpp"
+
+namespace measattn::python {
+namespace {
+
+using namespace pybind11::literals;
+
+// Applies keyword options to a WassersteinOptions (names as in the C++ struct;
+// plan / dense_plan / potentials for the want_* flags).
+void apply_options(WassersteinOptions& o, const py::dict& kw) {
+  reject_unknown(
+      kw,
+      {"plan", "dense_plan", "potentials", "dense_arc_limit", "neighbours", "arcs_per_round",
+       "max_rounds", "projections", "max_sliced_restarts", "max_sliced_iterations", "seed", "reg",
+       "tolerance", "max_iterations", "max_dense_bytes", "progress"},
+      "wasserstein");
+  auto get = [&](const char* k, auto& field) {
+    if (kw.contains(k)) field = kw[k].cast<std::decay_t<decltype(field)>>();
+  };
+  get("plan", o.want_plan);
+  get("dense_plan", o.want_dense_plan);
+  get("potentials", o.want_potentials);
+  if (o.want_dense_plan) o.want_plan = true;
+  get("dense_arc_limit", o.dense_arc_limit);
+  get("neighbours", o.neighbours);
+  get("arcs_per_round", o.arcs_per_round);
+  get("max_rounds", o.max_rounds);
+  get("projections", o.projections);
+  get("max_sliced_restarts", o.max_sliced_restarts);
+  get("max_sliced_iterations", o.max_sliced_iterations);
+  get("seed", o.seed);
+  get("reg", o.reg);
+  get("tolerance", o.tolerance);
+  get("max_iterations", o.max_iterations);
+  get("max_dense_bytes", o.max_dense_bytes);
+  get("progress", o.progress);
+}
+
+template <class Scalar>
+WassersteinResult run(const py::handle& a, const py::handle& b, const py::handle& wa,
+                      const py::handle& wb, const WassersteinOptions& options) {
+  MeasureArg<Scalar> mu(a, wa, "a");
+  MeasureArg<Scalar> nu(b, wb, "b");
+  py::gil_scoped_release release;
+  return wasserstein(mu.get(), nu.get(), options);
+}
+
+constexpr const char* kDoc = R"doc(
+Wasserstein distance between two discrete measures,
+
+    W_p(mu, nu)^p = min_{pi in Pi(wa, wb)} sum_ij pi_ij ||a_i - b_j||^p,
+
+mu = sum_i wa_i delta_{a_i} (a: (n, d)), nu = sum_j wb_j delta_{b_j} (b: (m, d));
+a and b may also be Measures (then wa / wb must be None). Weights None = uniform.
+
+p >= 1. method: "exact" (network simplex, certified optimal), "1d" (quantile
+formula, d = 1), "sliced" (certified lower and upper bounds), "sinkhorn"
+(entropic estimate with a certified upper bound), "auto".
+
+Options (keyword): plan=True (sparse coupling), dense_plan=True (also the
+(n, m) matrix), potentials=True (Kantorovich potentials f, g),
+dense_arc_limit, neighbours, arcs_per_round, max_rounds (exact); projections,
+max_sliced_restarts, max_sliced_iterations, seed (sliced); reg, tolerance,
+max_iterations, max_dense_bytes (sinkhorn); progress.
+
+Returns a WassersteinResult: value (W_p itself, not its p-th power), kind
+("exact", "lower", "upper", "estimate"), certified lower <= W_p <= upper, cost
+(= value^p), status, message, iterations, plan, potentials.
+)doc";
+
+}  // namespace
+
+void bind_wasserstein(py::module_& m) {
+  py::class_<TransportPlan>(m, "TransportPlan",
+                            "A coupling pi in Pi(wa, wb): its non-zero entries in row-major "
+                            "order and, on request, the dense matrix.")
+      .def_property_readonly(
+          "rows",
+          [](const TransportPlan& p) {
+            py::array_t<std::int64_t> out(static_cast<py::ssize_t>(p.entries.size()));
+            auto* d = out.mutable_data();
+            for (size_t t = 0; t < p.entries.size(); ++t) d[t] = p.entries[t].i;
+            return out;
+          },
+          "Row indices i of the non-zero entries (int64).")
+      .def_property_readonly(
+          "cols",
+          [](const TransportPlan& p) {
+            py::array_t<std::int64_t> out(static_cast<py::ssize_t>(p.entries.size()));
+            auto* d = out.mutable_data();
+            for (size_t t = 0; t < p.entries.size(); ++t) d[t] = p.entries[t].j;
+            return out;
+          },
+          "Column indices j of the non-zero entries (int64).")
+      .def_property_readonly(
+          "mass",
+          [](const TransportPlan& p) {
+            py::array_t<double> out(static_cast<py::ssize_t>(p.entries.size()));
+            auto* d = out.mutable_data();
+            for (size_t t = 0; t < p.entries.size(); ++t) d[t] = p.entries[t].mass;
+            return out;
+          },
+          "Masses pi_ij of the non-zero entries.")
+      .def_property_readonly(
+          "dense",
+          [](const TransportPlan& p) -> py::object {
+            if (!p.dense) return py::none();
+            return to_numpy(MatrixD(*p.dense));
+          },
+          "The (n, m) matrix when dense_plan=True was asked, else None.")
+      .def_readonly("marginal_error", &TransportPlan::marginal_error,
+                    "max(||pi 1 - wa||_1, ||pi^T 1 - wb||_1).")
+      .def("__len__", [](const TransportPlan& p) { return p.entries.size(); });
+
+  py::class_<WassersteinResult>(m, "WassersteinResult", "The result of measattn.wasserstein.")
+      .def_readonly("value", &WassersteinResult::value,
+                    "W_p (or the bound / estimate named by kind).")
+      .def_property_readonly(
+          "kind", [](const WassersteinResult& r) { return to_string(r.kind); },
+          "\"exact\", \"lower\", \"upper\" or \"estimate\".")
+      .def_readonly("lower", &WassersteinResult::lower, "Certified lower bound on W_p.")
+      .def_readonly("upper", &WassersteinResult::upper, "Certified upper bound on W_p.")
+      .def_readonly("cost", &WassersteinResult::cost, "value ** p.")
+      .def_readonly("p", &WassersteinResult::p)
+      .def_property_readonly("method",
+                             [](const WassersteinResult& r) { return to_string(r.method); })
+      .def_property_readonly(
+          "status", [](const WassersteinResult& r) { return to_string(r.status); },
+          "\"optimal\", \"converged\", \"iteration_limit\" or \"bounds_only\".")
+      .def_readonly("message", &WassersteinResult::message)
+      .def_readonly("iterations", &WassersteinResult::iterations)
+      .def_property_readonly(
+          "plan",
+          [](const WassersteinResult& r) -> py::object {
+            if (!r.plan) return py::none();
+            return py::cast(*r.plan);
+          },
+          "TransportPlan when plan=True / dense_plan=True was asked, else None.")
+      .def_property_readonly(
+          "potentials",
+          [](const WassersteinResult& r) -> py::object {
+            if (!r.potentials) return py::none();
+            return py::make_tuple(to_numpy(VectorD(r.potentials->f)),
+                                  to_numpy(VectorD(r.potentials->g)));
+          },
+          "(f, g) with f_i + g_j <= ||a_i - b_j||^p when potentials=True, else None.")
+      .def_readonly("entropic_cost", &WassersteinResult::entropic_cost,
+                    "Sinkhorn: <P, C> + reg sum P log P (NaN otherwise).")
+      .def_readonly("transport_cost", &WassersteinResult::transport_cost,
+                    "Sinkhorn: <P, C> of the unrounded plan (= ot.sinkhorn2).")
+      .def_readonly("rounded_cost", &WassersteinResult::rounded_cost,
+                    "Sinkhorn: <R(P), C>, R(P) rounded onto Pi(wa, wb).")
+      .def_readonly("marginal_violation", &WassersteinResult::marginal_violation,
+                    "Sinkhorn: ||P^T 1 - wb||_2 at stop.")
+      .def("__float__", [](const WassersteinResult& r) { return r.value; })
+      .def("__repr__", [](const WassersteinResult& r) {
+        return "WassersteinResult(value=" + py::repr(py::float_(r.value)).cast<std::string>() +
+               ", kind='" + to_string(r.kind) +
+               "', lower=" + py::repr(py::float_(r.lower)).cast<std::string>() +
+               ", upper=" + py::repr(py::float_(r.upper)).cast<std::string>() + ", status='" +
+               to_string(r.status) + "')";
+      });
+
+  m.def(
+      "wasserstein",
+      [](const py::object& a, const py::object& b, const py::object& wa, const py::object& wb,
+         double p, const std::string& method, const py::object& dtype, const py::kwargs& kw) {
+        WassersteinOptions o;
+        o.p = p;
+        o.method = parse_wasserstein_method(method);
+        apply_options(o, kw);
+        o.validate();
+        return dispatch(call_dtype(a, dtype),
+                        [&](auto s) { return run<decltype(s)>(a, b, wa, wb, o); });
+      },
+      "a"_a, "b"_a, "wa"_a = py::none(), "wb"_a = py::none(), "p"_a = 1.0, "method"_a = "exact",
+      "dtype"_a = py::none(), kDoc);
+}
+
+}  // namespace measattn::python

@@ -1,0 +1,200 @@
+"""measattn's solvers from Python against POT, SciPy, PyTorch and closed forms:
+Wasserstein distances, attention flows, maximum entropy, Lipschitz bounds."""
+
+import numpy as np
+import pytest
+
+measattn = pytest.importorskip("measattn")
+
+
+def need(name):
+    if not hasattr(measattn, name):
+        pytest.skip(f"measattn built without {name}")
+
+
+# ---- Wasserstein ----------------------------------------------------------------
+
+def test_wasserstein_matches_pot_emd2():
+    need("wasserstein")
+    ot = pytest.importorskip("ot")
+    rng = np.random.default_rng(0)
+    for trial in range(12):
+        n, m, d = rng.integers(1, 40), rng.integers(1, 40), rng.integers(1, 5)
+        x, y = rng.normal(size=(n, d)), rng.normal(size=(m, d)) + 0.5
+        a, b = rng.uniform(0.1, 1, n), rng.uniform(0.1, 1, m)
+        a, b = a / a.sum(), b / b.sum()
+        for p in (1.0, 2.0):
+            r = measattn.wasserstein(x, y, a, b, p=p)
+            ref = ot.emd2(a, b, ot.dist(x, y, metric="euclidean") ** p) ** (1 / p)
+            assert r.kind == "exact" and r.status == "optimal"
+            assert r.value == pytest.approx(ref, rel=1e-9, abs=1e-12), (trial, p)
+            assert r.lower <= r.value * (1 + 1e-12) and r.value <= r.upper * (1 + 1e-12)
+            assert r.cost == pytest.approx(r.value ** p, rel=1e-12)
+
+
+def test_wasserstein_plan_potentials_and_measures():
+    need("wasserstein")
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(7, 2)), rng.normal(size=(5, 2))
+    r = measattn.wasserstein(measattn.Measure(x), measattn.Measure(y), p=1, dense_plan=True,
+                             potentials=True)
+    plan = r.plan
+    assert plan.dense.shape == (7, 5)
+    np.testing.assert_allclose(plan.dense.sum(axis=1), 1 / 7, atol=1e-12)
+    np.testing.assert_allclose(plan.dense.sum(axis=0), 1 / 5, atol=1e-12)
+    cost = np.linalg.norm(x[:, None] - y[None], axis=2)
+    assert np.sum(plan.dense * cost) == pytest.approx(r.value, rel=1e-10)
+    dense = np.zeros((7, 5))
+    dense[plan.rows, plan.cols] = plan.mass
+    np.testing.assert_allclose(dense, plan.dense, atol=1e-15)
+    f, g = r.potentials
+    assert np.all(f[:, None] + g[None] <= cost + 1e-9)
+    assert f.mean() + g.mean() == pytest.approx(r.value, rel=1e-9)
+    # Identity: W(mu, mu) = 0 with the identity plan.
+    assert measattn.wasserstein(x, x).value == pytest.approx(0, abs=1e-12)
+
+
+def test_wasserstein_sinkhorn_and_bounds_vs_pot():
+    need("wasserstein")
+    ot = pytest.importorskip("ot")
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(25, 3))
+    a, b = np.full(30, 1 / 30), np.full(25, 1 / 25)
+    M = ot.dist(x, y, metric="euclidean")
+    exact = ot.emd2(a, b, M)
+    r = measattn.wasserstein(x, y, method="sinkhorn", reg=0.05)
+    ref = ot.sinkhorn2(a, b, M, 0.05, numItermax=1000, stopThr=1e-9)
+    assert r.transport_cost == pytest.approx(float(ref), rel=1e-6)
+    assert r.upper >= exact * (1 - 1e-9) and r.lower <= exact * (1 + 1e-9)
+    s = measattn.wasserstein(x, y, method="sliced")
+    assert s.lower <= exact * (1 + 1e-9) <= s.upper * (1 + 1e-9)
+    one = measattn.wasserstein(x[:, :1], y[:, :1], method="1d")
+    scipy_stats = pytest.importorskip("scipy.stats")
+    assert one.value == pytest.approx(
+        scipy_stats.wasserstein_distance(x[:, 0], y[:, 0]), rel=1e-12)
+
+
+def test_wasserstein_errors():
+    need("wasserstein")
+    x = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="method"):
+        measattn.wasserstein(x, x, method="magic")
+    with pytest.raises(ValueError, match="unknown option 'regg'"):
+        measattn.wasserstein(x, x, regg=1.0)
+    with pytest.raises(ValueError):
+        measattn.wasserstein(x, np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="p"):
+        measattn.wasserstein(x, x, p=0.5)
+
+
+# ---- Flow -----------------------------------------------------------------------
+
+def test_flow_euler_is_a_weight_shared_residual_network():
+    need("flow")
+    rng = np.random.default_rng(3)
+    model = measattn.Model.random(6, 2, seed=2)
+    x = rng.normal(size=(20, 6))
+    r = measattn.flow(model, x, time=2.0, steps=5, save_every=1)
+    y = x.copy()
+    for _ in range(5):
+        y = y + 0.4 * model.attend(y)
+    assert r.status == "completed" and r.steps == 5 and r.time == pytest.approx(2.0)
+    np.testing.assert_allclose(r.particles, y, rtol=1e-12, atol=1e-12)
+    assert r.frames.shape == (6, 20, 6)
+    np.testing.assert_array_equal(r.frames[0], x)
+
+
+def test_flow_one_step_equals_torch_residual_block():
+    need("flow")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(8, 2, dtype=torch.float64).eval()
+    x = np.random.default_rng(4).normal(size=(10, 8))
+    with torch.no_grad():
+        t = torch.as_tensor(x)
+        ref = (t + mha(t, t, t, need_weights=False)[0]).numpy()
+    r = measattn.flow(measattn.Model.from_torch(mha), x, time=1.0, steps=1)
+    assert np.max(np.abs(r.particles - ref)) < 1e-12
+
+
+def test_flow_orthogonal_start_closed_form():
+    need("flow")
+    n, beta, t = 3, 1.5, 1.0
+    x = np.eye(n)
+    r = measattn.flow(measattn.Model.canonical(n, beta), x, time=t, steps=200, scheme="rk4",
+                      sphere=True)
+    gamma = measattn.orthogonal_start_cosine(n, beta, t)
+    cos = r.particles @ r.particles.T
+    off = cos[~np.eye(n, dtype=bool)]
+    np.testing.assert_allclose(off, gamma, atol=1e-8)
+
+
+# ---- Maximum entropy ----------------------------------------------------------
+
+def test_gibbs_and_maxent_vs_scipy():
+    need("gibbs")
+    special = pytest.importorskip("scipy.special")
+    rng = np.random.default_rng(5)
+    g = rng.normal(size=50) * 3
+    w = rng.uniform(0.1, 1, 50)
+    r = measattn.gibbs(g, w)
+    wn = w / w.sum()
+    np.testing.assert_allclose(r.probabilities, special.softmax(g + np.log(wn)), rtol=1e-12)
+    assert r.log_partition == pytest.approx(special.logsumexp(g, b=wn), rel=1e-13)
+    assert measattn.log_partition(g, w) == pytest.approx(r.log_partition, rel=1e-14)
+    b = measattn.gibbs_bound(g, np.full(50, 1.0), w)
+    assert b.gap >= 0 and b.objective <= r.log_partition
+    target = 0.3 * g.max() + 0.7 * np.average(g, weights=wn)
+    me = measattn.maxent(g, target, w)
+    assert me.status == "converged"
+    assert me.expected_score == pytest.approx(target, rel=1e-10, abs=1e-12)
+    np.testing.assert_allclose(me.probabilities,
+                               special.softmax(me.beta * g + np.log(wn)), rtol=1e-9)
+    at1 = measattn.maxent_at_beta(g, 1.0, w)
+    np.testing.assert_allclose(at1.probabilities, r.probabilities, rtol=1e-12)
+    with pytest.raises(ValueError, match="target"):
+        measattn.maxent(g, g.max() + 1, w)
+
+
+def test_attention_entropy_matches_the_kernel():
+    need("attention_entropy")
+    rng = np.random.default_rng(6)
+    model = measattn.Model.random(8, 2, seed=4)
+    x = rng.normal(size=(30, 8))
+    res = measattn.attention_entropy(model, x, betas=[0.5, 1.0, 2.0])
+    assert len(res.heads) == 2 and list(res.betas) == [0.5, 1.0, 2.0]
+    for h, head in enumerate(res.heads):
+        k = model.kernel(x, head=h)
+        ent = -np.sum(np.where(k > 0, k * np.log(np.where(k > 0, k, 1)), 0), axis=1)
+        np.testing.assert_allclose(head.entropy, ent, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(head.effective_tokens, np.exp(ent), rtol=1e-10)
+        assert head.mean_entropy == pytest.approx(ent.mean(), rel=1e-10)
+        assert head.curve_entropy[1] == pytest.approx(ent.mean(), rel=1e-10)
+
+
+# ---- Lipschitz ------------------------------------------------------------------
+
+def test_lipschitz_bounds_bracket_realized_ratios():
+    need("lipschitz_upper_bounds")
+    ot = pytest.importorskip("ot")
+    rng = np.random.default_rng(7)
+    model = measattn.Model.random(4, 1, bias=False, seed=3)
+    R = 1.0
+    up = measattn.lipschitz_upper_bounds(model, R)
+    assert up.best_w1 > 0 and np.isfinite(up.best_w1)
+    assert up.best_w1 <= min(b.value for b in up.bounds if b.kind == "w1") + 1e-12
+    low = measattn.lipschitz_lower_bound(model, R, restarts=3, steps=10, atoms=3)
+    assert 0 < low.ratio <= up.best_w1
+    # An independent ratio with POT for random pairs in B_R.
+    for _ in range(5):
+        x = rng.normal(size=(6, 4))
+        y = rng.normal(size=(6, 4))
+        x /= np.maximum(1, np.linalg.norm(x, axis=1))[:, None]
+        y /= np.maximum(1, np.linalg.norm(y, axis=1))[:, None]
+        a = b = np.full(6, 1 / 6)
+        fx, fy = model.attend(x), model.attend(y)
+        ratio = ot.emd2(a, b, ot.dist(fx, fy, metric="euclidean")) / \
+            ot.emd2(a, b, ot.dist(x, y, metric="euclidean"))
+        ours = measattn.lipschitz_ratio(model, measattn.Measure(x), measattn.Measure(y))
+        assert ours == pytest.approx(ratio, rel=1e-8)
+        assert ratio <= up.best_w1 * (1 + 1e-12)
