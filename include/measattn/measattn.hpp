@@ -3,6 +3,7 @@
 
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
+#include "measattn/interrupt.hpp"
 #include "measattn/io.hpp"
 #include "measattn/measure.hpp"
 #include "measattn/types.hpp"
