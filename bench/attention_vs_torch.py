@@ -84,6 +84,8 @@ def main():
     ap.add_argument("--dims", default="16,64")
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--no-mha", action="store_true", help="skip nn.MultiheadAttention")
+    ap.add_argument("--mha-max-n", type=int, default=4096,
+                    help="time nn.MultiheadAttention only up to this n (it is context, not the peer)")
     ap.add_argument("--large", type=int, default=0, help="also run self-attention on N tokens")
     ap.add_argument("--large-dtype", default="float32")
     ap.add_argument("--large-heads", type=int, default=1)
@@ -153,11 +155,10 @@ def main():
 
                     t = time_torch(torch_attention, args.repetitions)
                     mha_ms = float("nan")
-                    if not args.no_mha:
+                    if not args.no_mha and n <= args.mha_max_n:
                         mha = torch.nn.MultiheadAttention(k, 1, batch_first=True, dtype=tdt[dt]).eval()
                         xb = x.unsqueeze(0)
-                        reps = args.repetitions if n <= 4096 else max(1, args.repetitions // 2)
-                        tm = time_torch(lambda: mha(xb, xb, xb, need_weights=False), reps)
+                        tm = time_torch(lambda: mha(xb, xb, xb, need_weights=False), args.repetitions)
                         mha_ms = statistics.median(tm["wall"])
                         del mha, xb
                     del x, w

@@ -87,8 +87,7 @@ Matrix<Scalar> project(const MatrixRef<Scalar>& x, const Matrix<Scalar>& w,
 // ---- The streaming kernel ----------------------------------------------------
 //
 // Layout, per head (packed once per head, reused by every query block):
-//   Q   n_pad x k row-major, already multiplied by 1/tau (dot) or 2/tau (l2);
-//       rows past n are zero;
+//   Q   projected per query block (bq x k), multiplied by 1/tau (dot) or 2/tau (l2);
 //   Kt  one panel per key block: k x bk, column j = key j0 + j (zero-padded);
 //   V   m x k_pad row-major (columns past k are zero);
 //   bias_j = log w_j (dot) or log w_j - |kappa(x_j)|^2 / tau (l2); the l2 term
@@ -297,10 +296,36 @@ void softmax_row(Scalar* s, Index width, Index visible, Scalar& row_max, Scalar&
   row_sum += predux(sum);
 }
 
+/// y_r = (x_r W^T + b) * scale for `rows` rows, with wt = W^T (in x out, row-major):
+/// every entry summed in the order t = 0 .. in-1 whatever the rows, so results do
+/// not depend on how rows are grouped into blocks (or on the thread count).
 template <class Scalar>
-Matrix<Scalar> streaming_head_fields(const Model<Scalar>& model, const Measure<Scalar>& mu,
-                                     const MatrixRef<Scalar>& queries,
-                                     const AttendOptions& options) {
+void project_rows(const Scalar* x, Index x_stride, Index rows, const Scalar* __restrict wt,
+                  Index in, Index out, const Scalar* b, Scalar scale, Scalar* __restrict y,
+                  Index y_stride) {
+  for (Index r = 0; r < rows; ++r) {
+    Scalar* __restrict yr = y + r * y_stride;
+    const Scalar* xr = x + r * x_stride;
+    for (Index c = 0; c < out; ++c) yr[c] = 0;
+    for (Index t = 0; t < in; ++t) {
+      const Scalar xv = xr[t];
+      const Scalar* __restrict wr = wt + t * out;
+      for (Index c = 0; c < out; ++c) yr[c] += xv * wr[c];
+    }
+    if (b != nullptr)
+      for (Index c = 0; c < out; ++c) yr[c] += b[c];
+    if (scale != Scalar(1))
+      for (Index c = 0; c < out; ++c) yr[c] *= scale;
+  }
+}
+
+/// The head fields (n x E) and, when `project_out`, the attention field
+/// W_O [fields] + b_O (+ the query when residual) computed in the same pass: the
+/// output rows of a query block are projected as soon as its last head is done.
+template <class Scalar>
+Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                                   const MatrixRef<Scalar>& queries, const AttendOptions& options,
+                                   bool project_out) {
   constexpr Index L = Simd<Scalar>::L;
   const Index n = queries.rows();
   const Index heads = model.num_heads;
@@ -334,7 +359,6 @@ Matrix<Scalar> streaming_head_fields(const Model<Scalar>& model, const Measure<S
   const Index chunk = kLogitPackets * L;
   const Index bk = std::min(round_up(options.key_block > 0 ? options.key_block : 256, chunk),
                             round_up(m, chunk));
-  const Index n_pad = round_up(n, kTileRows);
   const Index k_pad = round_up(k, L);
   const Index key_blocks = (m + bk - 1) / bk;
   const Index query_blocks = (n + bq - 1) / bq;
@@ -347,15 +371,14 @@ Matrix<Scalar> streaming_head_fields(const Model<Scalar>& model, const Measure<S
   for (Index j = 0; j < m; ++j) {
     log_w[static_cast<size_t>(j)] = all_positive ? std::log(mu.weight(j)) : dropped.log_weights[j];
   }
-  Matrix<Scalar> qh(n_pad, k);                                   // projected, scaled queries
   Matrix<Scalar> kt(key_blocks * k, bk);                         // key panels
   Matrix<Scalar> vh(key_blocks * bk, k_pad);                     // values, zero-padded
   Vector<Scalar> bias(key_blocks * bk);                          // per-key logit offsets
   Matrix<Scalar> kh(potential == Potential::custom ? m : 0, k);  // custom: keys, row-major
-  Matrix<Scalar> out(n, e);
-
-  constexpr Index kProjBlock = 1024;  // fixed row blocks: deterministic products
-  const Index q_proj_blocks = (n_pad + kProjBlock - 1) / kProjBlock;
+  Matrix<Scalar> out(n, e);                                      // head fields
+  Matrix<Scalar> field(project_out ? n : 0, model.out_dim());    // W_O out + b_O
+  const Matrix<Scalar> wo_t = model.w_o.transpose();             // E x d_out
+  const Index d_in = queries.cols();
 
 #pragma omp parallel
   {
@@ -365,10 +388,12 @@ Matrix<Scalar> streaming_head_fields(const Model<Scalar>& model, const Measure<S
     std::vector<Index> visible(static_cast<size_t>(bq));
     Scalar* s = s_buf.data();
     Scalar* acc = acc_buf.data();
-    Matrix<Scalar> panel(k, bk);  // one key block, before packing
+    Matrix<Scalar> panel(k, bk);                             // one key block, before packing
+    std::vector<Scalar> q_buf(static_cast<size_t>(bq * k));  // the block's queries
+    Scalar* q = q_buf.data();
 
     for (Index h = 0; h < heads; ++h) {
-      const Matrix<Scalar> wq = model.w_q.middleRows(h * k, k);
+      const Matrix<Scalar> wq_t = model.w_q.middleRows(h * k, k).transpose();  // d_q x k
       const Matrix<Scalar> wk = model.w_k.middleRows(h * k, k);
       const Matrix<Scalar> wv = model.w_v.middleRows(h * k, k);
       auto bias_of = [&](const Vector<Scalar>& b) -> Vector<Scalar> {
@@ -377,20 +402,6 @@ Matrix<Scalar> streaming_head_fields(const Model<Scalar>& model, const Measure<S
       const Vector<Scalar> bq_h = bias_of(model.b_q), bk_h = bias_of(model.b_k),
                            bv_h = bias_of(model.b_v);
 
-#pragma omp for schedule(static)
-      for (Index blk = 0; blk < q_proj_blocks; ++blk) {
-        const Index r0 = blk * kProjBlock;
-        const Index r = std::min(kProjBlock, n - r0);
-        if (r > 0) {
-          auto dst = qh.middleRows(r0, r);
-          dst.noalias() = queries.middleRows(r0, r) * wq.transpose();
-          dst.rowwise() += bq_h.transpose();
-          dst *= q_scale;
-        }
-        const Index pad_end = std::min(n_pad, r0 + kProjBlock);
-        const Index pad_begin = std::max(n, r0);
-        if (pad_end > pad_begin) qh.middleRows(pad_begin, pad_end - pad_begin).setZero();
-      }
 #pragma omp for schedule(static)
       for (Index b = 0; b < key_blocks; ++b) {
         const Index j0 = b * bk;
@@ -444,7 +455,9 @@ Matrix<Scalar> streaming_head_fields(const Model<Scalar>& model, const Measure<S
         std::fill(max_buf.begin(), max_buf.begin() + rows,
                   -std::numeric_limits<Scalar>::infinity());
         std::fill(sum_buf.begin(), sum_buf.begin() + rows, Scalar(0));
-        const Scalar* q = qh.data() + i0 * k;
+        project_rows<Scalar>(queries.data() + i0 * queries.outerStride(), queries.outerStride(),
+                             rows_real, wq_t.data(), d_in, k, bq_h.data(), q_scale, q, k);
+        std::fill(q + rows_real * k, q + rows * k, Scalar(0));
         for (Index j0 = 0; j0 < key_end; j0 += bk) {
           const Index b = j0 / bk;
           const Index cols = std::min(bk, key_end - j0);
@@ -485,10 +498,19 @@ Matrix<Scalar> streaming_head_fields(const Model<Scalar>& model, const Measure<S
           const Scalar l = sum_buf[static_cast<size_t>(r)];
           for (Index c = 0; c < k; ++c) out(i0 + r, h * k + c) = acc[r * k_pad + c] / l;
         }
+        if (project_out && h == heads - 1) {
+          // Every head of these rows is done (earlier heads finished before the
+          // barrier that ended their loop).
+          project_rows<Scalar>(out.data() + i0 * e, e, rows_real, wo_t.data(), e, model.out_dim(),
+                               model.b_o.size() ? model.b_o.data() : nullptr, Scalar(1),
+                               field.data() + i0 * field.cols(), field.cols());
+          if (options.residual)
+            field.middleRows(i0, rows_real) += queries.middleRows(i0, rows_real);
+        }
       }
     }
   }
-  return out;
+  return project_out ? field : out;
 }
 
 }  // namespace detail
@@ -500,12 +522,16 @@ Matrix<Scalar> head_fields(const Model<Scalar>& model, const Measure<Scalar>& mu
   if (options.normalization == Normalization::sinkhorn) {
     return detail::sinkhorn_head_fields(model, mu, queries, options);
   }
-  return detail::streaming_head_fields(model, mu, queries, options);
+  return detail::streaming_attention(model, mu, queries, options, false);
 }
 
 template <class Scalar>
 Matrix<Scalar> attention_field(const Model<Scalar>& model, const Measure<Scalar>& mu,
                                const MatrixRef<Scalar>& queries, const AttendOptions& options) {
+  if (options.normalization == Normalization::softmax) {
+    detail::check_inputs(model, mu, queries, options);
+    return detail::streaming_attention(model, mu, queries, options, true);
+  }
   const Matrix<Scalar> heads = head_fields(model, mu, queries, options);
   Matrix<Scalar> out = detail::project<Scalar>(heads, model.w_o, model.b_o);
   if (options.residual) out += queries;
