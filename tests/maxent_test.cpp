@@ -196,6 +196,7 @@ TEST(maxent_test, standard_attention_target_gives_beta_one) {
     const auto r = maxent(g, c, w);
     ASSERT_EQ(r.status, MaxEntStatus::converged) << r.message;
     EXPECT_NEAR(r.beta, 1.0, 1e-12) << "trial " << trial << " m=" << m;
+    EXPECT_LE(r.iterations, 30) << r.message;  // doubling bracket + quadratic Newton
     EXPECT_LE(std::abs(r.residual), 1e-13 * (r.score_max - r.score_min));
     EXPECT_LE((r.probabilities - gibbs(g, w).probabilities).cwiseAbs().maxCoeff(), 1e-12);
   }
@@ -382,8 +383,11 @@ TEST(maxent_test, zero_sinkhorn_iterations_is_softmax_bit_for_bit) {
     AttendOptions soft, sink;
     sink.normalization = Normalization::sinkhorn;
     sink.sinkhorn_iterations = 0;
-    EXPECT_EQ(attention_field(model, mu, mu.atoms(), soft),
-              attention_field(model, mu, mu.atoms(), sink));
+    EXPECT_EQ(head_fields(model, mu, mu.atoms(), soft), head_fields(model, mu, mu.atoms(), sink));
+    // attention_field may fuse W_O into the softmax pass: equal to rounding.
+    const MatrixD f_soft = attention_field(model, mu, mu.atoms(), soft);
+    const MatrixD f_sink = attention_field(model, mu, mu.atoms(), sink);
+    EXPECT_LE((f_soft - f_sink).cwiseAbs().maxCoeff(), 1e-15 * f_soft.cwiseAbs().maxCoeff());
     EXPECT_EQ(attention_kernel(model, mu, mu.atoms(), 1, soft),
               attention_kernel(model, mu, mu.atoms(), 1, sink));
     // The streamed potentials at iteration 0 reproduce softmax too (to rounding).

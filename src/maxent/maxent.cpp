@@ -312,13 +312,16 @@ MaxEntResult<Scalar> maxent(const Vector<Scalar>& scores, Scalar target,
       step = f / v;
       cand = beta - step;
     }
-    const bool newton = cand > lo && cand < hi;
-    if (!newton) cand = lo + (hi - lo) / 2;
-    if (newton && std::abs(step) <= options.beta_tolerance * std::max(std::abs(beta), unit)) {
+    if (!std::isnan(cand) &&
+        std::abs(step) <= options.beta_tolerance * std::max(std::abs(beta), unit)) {
+      // Converged; the last step may leave the bracket by rounding: clamp it.
       r.beta_lower = lo;
       r.beta_upper = hi;
-      return done(cand, MaxEntStatus::converged, "Newton step below beta_tolerance");
+      return done(std::clamp(cand, lo, hi), MaxEntStatus::converged,
+                  "Newton step below beta_tolerance");
     }
+    const bool newton = cand > lo && cand < hi;
+    if (!newton) cand = lo + (hi - lo) / 2;
     auto [fc, vc] = moments(u, lw, cand);
     last_newton_poor = newton && std::abs(fc) > Scalar(0.5) * std::abs(f);
     beta = cand;
