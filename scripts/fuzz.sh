@@ -27,8 +27,10 @@ for name in fuzz_npy fuzz_safetensors; do
   cp "$root/fuzz/corpus/${name#fuzz_}"/* "$corpus"/ 2>/dev/null || true
   log="$build/fuzz/$name.log"
   echo "fuzz: $name for ${seconds}s (log: $log)" >&2
+  dict=()
+  if [ -f "$root/fuzz/${name#fuzz_}.dict" ]; then dict=(-dict="$root/fuzz/${name#fuzz_}.dict"); fi
   if "$build/fuzz/$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-      -artifact_prefix="$artifacts/" "$corpus" >"$log" 2>&1; then
+      "${dict[@]}" -artifact_prefix="$artifacts/" "$corpus" >"$log" 2>&1; then
     tail -n 2 "$log"
   else
     echo "fuzz: $name FAILED; reproducers in $artifacts" >&2
