@@ -63,7 +63,7 @@ def numpy_step(n, d, repeats):
 def measattn_step(bench, n, d):
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "2")
-    out, rss = run_measuring_rss([bench, f"--benchmark_filter=euler_step/{n}/{d}$",
+    out, rss = run_measuring_rss([bench, f"--benchmark_filter=^euler_step/{n}/{d}/",
                                   "--benchmark_format=json", "--benchmark_min_time=0.5"], env)
     data = json.loads(out)
     b = data["benchmarks"][0]
