@@ -5,5 +5,4 @@ namespace measattn::cli {
 void section_entropy(SectionContext&) {}
 void section_lipschitz(SectionContext&) {}
 void section_misspec(SectionContext&) {}
-void section_flow(SectionContext&) {}
 }  // namespace measattn::cli
