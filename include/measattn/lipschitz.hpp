@@ -1,0 +1,255 @@
+// measattn/lipschitz.hpp — Lipschitz constants of attention in W1: certified
+// upper bounds (proved in docs/theory-lipschitz.md) and certified lower bounds
+// (a search for the worst pair of measures, every ratio recomputed exactly).
+//
+// For a layer F(mu) = (Gamma_mu)#mu (THEORY Sections 2 and 6) and mu, nu
+// supported in the ball B_R:
+//
+//     W1(F(mu), F(nu)) <= L W1(mu, nu).
+//
+// Upper bounds (all in double, spectral norms by an exact SVD):
+//  - "w1_theorem": Vuckovic et al.'s form. Per head h, with P = ||V_h||,
+//      dot:  A = Q^T K / tau, c = K^T b_q / tau, rho = ||A|| R + ||c||,
+//            Lx_h = P ||A|| R^2,  Lm_h = P (1 + 2 R rho) e^{2 R rho};
+//      l2:   B = 2 K^T Q / tau, beta = (2/tau)(||K^T Q|| R + ||K^T (b_q - b_k)||),
+//            rho2 = beta + 2 ||K||^2 R / tau, Omega = 2 R beta + ||K||^2 R^2 / tau,
+//            Lx_h = P ||B|| R^2,  Lm_h = P (1 + 2 R rho2) e^{Omega};
+//    L = ||W_O|| ((sum_h Lx_h^2)^(1/2) + (sum_h Lm_h^2)^(1/2)) (+1 when residual).
+//  - "w1_per_head": the same two parts with ||W_O^h V_h|| (W_O^h the columns of
+//    W_O acting on head h) in place of ||V_h||, summed over heads (triangle
+//    inequality): L = sum_h (Lx_h + Lm_h) (+1).
+//  - "w1_combined": min of the two x-parts plus min of the two measure parts (+1).
+//    best_w1 is this one; it is never larger than the other two.
+//  - "kim_token_l2", "kim_token_linf" (Kim, Papamakarios and Mnih, ICML 2021):
+//    bounds on the TOKEN-LEVEL Jacobian of X -> (Gamma_{mu_X}(x_i))_i on
+//    R^{N x d} (all of it, no radius) with N = `tokens`, in the l2 and l_inf
+//    operator norms, for models that are L2 multi-head attention in their
+//    sense (see kim_applicability). They are not bounds on the W1 constant.
+//      l2:   sqrt(N/k) (4 phi^-1(N-1) + 1) (sum_h ||W^{Q,h}||^4 ||W^{V,h}||^2)^(1/2) ||W^O||
+//      linf: (4 phi^-1(N-1) + 1/sqrt(k)) ||W^O^T||_inf max_h ||W^{Q,h}||_inf ||W^{Q,h}^T||_inf
+//            max_h ||W^{V,h}^T||_inf
+//    (k = head size; the 4th power of ||W^{Q,h}|| is forced by homogeneity: F is
+//    quadratic in W^Q through A^h, and at N = 1 the bound is attained.)
+//
+// Complexity: one SVD per head and matrix, O(H d^3).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "measattn/attention.hpp"
+#include "measattn/measure.hpp"
+#include "measattn/types.hpp"
+
+namespace measattn {
+
+/// Spectral norm (largest singular value) via Eigen's BDCSVD; 0 for empty matrices.
+double spectral_norm(const MatrixD& m);
+
+/// One named upper bound and what it bounds.
+struct NamedBound {
+  std::string name;
+  double value = 0;
+  /// "w1" (the constant of mu -> F(mu) in W1 on B_R) or "token_l2" / "token_linf"
+  /// (the operator norm of the token-level Jacobian on R^{N x d}).
+  std::string kind;
+  std::string meaning;
+};
+
+/// The two parts of the W1 theorem for one head (before W_O).
+struct HeadBound {
+  double x_part = 0;                ///< Lx_h with ||V_h||
+  double measure_part = 0;          ///< Lm_h with ||V_h||
+  double x_core = 0;                ///< Lx_h / ||V_h||:  ||A|| R^2 (dot), ||B|| R^2 (l2)
+  double measure_core = 0;          ///< Lm_h / ||V_h||
+  double value_norm = 0;            ///< ||V_h||
+  double projected_value_norm = 0;  ///< ||W_O^h V_h||
+  double rho = 0;                   ///< sup_{x in B_R} of the y-gradient of the logit
+  double oscillation = 0;           ///< sup_x osc_{y in B_R} of the y-dependent logit
+};
+
+/// Whether Kim et al.'s L2-MHA bounds apply to a model, and the factorization
+/// they need: per head, tied projections W^{Q,h} = W^{K,h} (our Q_h == K_h),
+/// b_q,h == b_k,h (the difference cancels in the logit), potential l2, and a
+/// value map V_h = M_h Q_h^T Q_h / tau (Kim's X A^h W^{V,h}); b_v and b_O only
+/// shift the output and do not enter the Jacobian. With tau != sqrt(k) the
+/// model is Kim's with W^{Q,h} = Q_h^T (sqrt(k)/tau)^(1/2).
+struct KimApplicability {
+  bool applies = false;
+  std::string reason;                 ///< why not (empty when it applies)
+  std::vector<MatrixD> value_factor;  ///< M_h (k x d), the min-norm solution
+  double residual = 0;                ///< max_h ||V_h - M_h Q_h^T Q_h / tau|| / ||V_h||
+};
+
+/// Checks the conditions above (relative tolerance `tolerance` on the equalities).
+KimApplicability kim_applicability(const Model<double>& model, double tolerance = 1e-9);
+
+struct UpperBoundOptions {
+  double radius = 1;      ///< R > 0: supports in B_R
+  bool residual = false;  ///< the layer is mu -> (id + Gamma_mu)#mu (needs d_out == d)
+  Index tokens = 0;       ///< N for Kim's token-level bounds (0 = do not report them)
+  void validate() const;
+};
+
+struct UpperBounds {
+  double radius = 0;
+  bool residual = false;
+  std::vector<HeadBound> heads;
+  std::vector<NamedBound> bounds;  ///< every bound that applies, W1 bounds first
+  double best_w1 = 0;              ///< the smallest "w1" bound
+  std::string best_name;
+  /// Radius of a ball containing the outputs Gamma_mu(x), x in B_R, for any mu
+  /// in B_R (the input radius of the next layer of a stack).
+  double output_radius = 0;
+  /// Value of a bound by name; NaN when absent.
+  double get(const std::string& name) const;
+};
+
+/// Every upper bound that applies to `model` (dot or l2 potential; a custom
+/// potential throws invalid_argument) on B_R. Self-attention: d_q == d_kv.
+UpperBounds lipschitz_upper_bounds(const Model<double>& model, const UpperBoundOptions& options);
+
+/// Kim et al.'s phi^{-1}(N - 1) = W_0((N - 1) / e) (Lambert W, principal branch).
+double kim_phi_inverse(double n_minus_one);
+
+/// A stack of layers F_L o ... o F_1 on B_R: layer l gets the radius R_{l-1}
+/// its input can reach (R_0 = R; R_l = output_radius of layer l at R_{l-1}), and
+/// L <= prod_l L_l(R_{l-1}).
+struct StackBound {
+  std::vector<double> radii;      ///< R_0, ..., R_L
+  std::vector<double> constants;  ///< L_l(R_{l-1})
+  double value = 0;               ///< the product
+};
+StackBound lipschitz_stack_upper_bound(const std::vector<Model<double>>& layers, double radius,
+                                       bool residual = false);
+
+/// Output radius of one layer on B_R: min of
+///   ||W_O|| (sum_h (||V_h|| R + ||b_v,h||)^2)^(1/2) + ||b_O||   and
+///   sum_h (||W_O^h V_h|| R + ||W_O^h b_v,h||) + ||b_O||,
+/// plus R when residual.
+double attention_output_radius(const Model<double>& model, double radius, bool residual = false);
+
+// ---------------------------------------------------------------------------
+// Lower bounds.
+
+/// Search for mu, nu in B_R maximizing W1(F(mu), F(nu)) / W1(mu, nu).
+struct LipschitzSearchOptions {
+  Index atoms = 4;          ///< atoms of each measure (>= 1; the pair has >= 2 in all)
+  int restarts = 16;        ///< restarts (random, nearby, adversarial seeds), >= 1
+  int steps = 60;           ///< ascent steps per restart, >= 0
+  double step_size = 0.05;  ///< initial step, as a fraction of R (positions) / in logits
+  double nearby = 1e-3;     ///< relative size of the nearby-pair perturbation (> 0)
+  std::uint64_t seed = 0x1a2b3c;
+  int threads = 0;  ///< OpenMP threads over restarts (0 = default)
+  bool residual = false;
+  bool progress = false;  ///< progress line on stderr (only when it is a terminal)
+  void validate() const;
+};
+
+enum class SearchStatus {
+  completed,  ///< all restarts ran
+  degenerate  ///< no pair with W1(mu, nu) > 0 was found (ratio 0)
+};
+std::string to_string(SearchStatus s);
+
+/// The best pair found, with its images, recomputed exactly in double.
+struct LipschitzWitness {
+  MatrixD mu_atoms, nu_atoms;  ///< n x d, m x d
+  VectorD mu_weights, nu_weights;
+  MatrixD f_mu_atoms, f_nu_atoms;  ///< Gamma_mu(x_i), Gamma_nu(y_j) (weights as above)
+  double w1_input = 0;             ///< exact W1(mu, nu)
+  double w1_output = 0;            ///< exact W1(F(mu), F(nu))
+  std::string origin;              ///< "random", "nearby", "adversarial", "weights"
+  int restart = -1;
+};
+
+struct LipschitzSearchResult {
+  double ratio = 0;  ///< certified lower bound on the W1 constant on B_R
+  LipschitzWitness witness;
+  std::vector<double> restart_ratios;  ///< best certified ratio of each restart
+  std::int64_t evaluations = 0;        ///< pairs evaluated (objective evaluations)
+  SearchStatus status = SearchStatus::completed;
+  std::string message;
+};
+
+/// Projected gradient ascent of log W1(F(mu),F(nu)) - log W1(mu,nu) over atom
+/// positions (projected onto B_R) and weights (softmax logits), with analytic
+/// gradients through the softmax kernel and the optimal plans / Kantorovich
+/// potentials of the exact W1 solver (envelope theorem). Restart r uses its own
+/// seed (seed, r) and restarts are reduced in order, so the result does not
+/// depend on the thread count. Every reported ratio is W1 exact / W1 exact.
+/// Cost per evaluation: O(H n^2 E) + two exact W1 problems of n x n atoms.
+LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double radius,
+                                            const LipschitzSearchOptions& options = {});
+
+/// Ratio W1(F(mu), F(nu)) / W1(mu, nu) by the exact solver (0 when W1(mu,nu) = 0).
+double lipschitz_ratio(const Model<double>& model, const MeasureD& mu, const MeasureD& nu,
+                       bool residual = false);
+
+/// Castin, Ablin and Peyre's adversarial sequence for dot-product attention:
+/// with S the symmetric part of A = Q^T K / tau (head 0) and u the eigenvector
+/// of the eigenvalue of largest modulus, R (u, u/2, ..., u/2) when it is
+/// positive, R (-u, u, ..., u) otherwise. n x d.
+MatrixD castin_adversarial_tokens(const Model<double>& model, Index n, double radius);
+
+// ---------------------------------------------------------------------------
+// Token level: J(X) = d/dX (Gamma_{mu_X}(x_i))_i, X in R^{n x d}, uniform weights.
+
+/// J(X) Xdot (n x d_out) by forward-mode differentiation (dual numbers), exact.
+MatrixD token_jvp(const Model<double>& model, const MatrixD& x, const MatrixD& x_dot,
+                  bool residual = false);
+/// J(X)^T Gbar (n x d) by reverse mode, exact.
+MatrixD token_vjp(const Model<double>& model, const MatrixD& x, const MatrixD& g_bar,
+                  bool residual = false);
+/// The dense Jacobian (n d_out x n d, row-major vec of X), from n d JVPs. For tests.
+MatrixD token_jacobian(const Model<double>& model, const MatrixD& x, bool residual = false);
+
+struct TokenJacobianOptions {
+  int iterations = 300;      ///< power iterations cap (>= 1)
+  double tolerance = 1e-12;  ///< relative change of the estimate to stop
+  std::uint64_t seed = 7;
+  bool residual = false;
+  void validate() const;
+};
+
+enum class TokenStatus { converged, iteration_limit };
+std::string to_string(TokenStatus s);
+
+struct TokenJacobianResult {
+  double value = 0;  ///< ||J(X)||_2 (a lower bound on it at any stop: ||J v|| for unit v)
+  int iterations = 0;
+  TokenStatus status = TokenStatus::converged;
+};
+
+/// ||J(X)||_2 by power iteration on J^T J with JVP + VJP; value = ||J v|| for
+/// the final unit v, hence always a certified lower bound on ||J(X)||_2.
+TokenJacobianResult token_jacobian_norm(const Model<double>& model, const MatrixD& x,
+                                        const TokenJacobianOptions& options = {});
+
+struct TokenSearchOptions {
+  Index tokens = 8;  ///< N
+  int restarts = 8;
+  int steps = 100;
+  double step_size = 0.05;  ///< relative to the scale (R, or 1 when unconstrained)
+  double radius = 0;        ///< > 0: X in B_R^N (projected); 0: unconstrained
+  std::uint64_t seed = 11;
+  bool residual = false;
+  int threads = 0;
+  void validate() const;
+};
+
+struct TokenSearchResult {
+  double value = 0;  ///< max ||J(X)||_2 found (each a certified lower bound)
+  MatrixD tokens;    ///< the maximizing X
+  std::int64_t evaluations = 0;
+};
+
+/// Maximizes ||J(X)||_2 over X (Kim et al.'s empirical lower bound): ascent on
+/// u^T J(X) v with u, v the top singular pair; the gradient d/dX (u^T J(X) v) is
+/// exact (reverse mode over dual numbers). Seeds include the one-outlier
+/// configurations (t e, 0, ..., 0) and Castin's sequences.
+TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
+                                              const TokenSearchOptions& options = {});
+
+}  // namespace measattn

@@ -1,0 +1,217 @@
+// Dense self-attention on small measures with exact derivatives (internal).
+//
+// Layer: s_ij = G_h(x_i, x_j) + l_j, pi = softmax_j(s), m^h_i = sum_j pi_ij v_h(x_j),
+// out_i = sum_h W_O^h m^h_i + b_O (+ x_i when residual), l_j = log w_j.
+// Everything is templated on the scalar so that the same code runs in double
+// (forward, reverse mode) and on dual numbers (forward mode; forward-over-reverse
+// for second directional derivatives). O(H n^2 k + H n k d) per call.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "measattn/attention.hpp"
+#include "measattn/types.hpp"
+
+namespace measattn::detail {
+
+/// a + eps b with eps^2 = 0.
+struct Dual {
+  double v = 0, e = 0;
+  Dual() = default;
+  Dual(double value) : v(value), e(0) {}  // NOLINT: implicit by design
+  Dual(double value, double eps) : v(value), e(eps) {}
+};
+inline Dual operator+(Dual a, Dual b) { return {a.v + b.v, a.e + b.e}; }
+inline Dual operator-(Dual a, Dual b) { return {a.v - b.v, a.e - b.e}; }
+inline Dual operator-(Dual a) { return {-a.v, -a.e}; }
+inline Dual operator*(Dual a, Dual b) { return {a.v * b.v, a.e * b.v + a.v * b.e}; }
+inline Dual operator/(Dual a, Dual b) { return {a.v / b.v, (a.e * b.v - a.v * b.e) / (b.v * b.v)}; }
+inline Dual& operator+=(Dual& a, Dual b) { return a = a + b; }
+inline Dual& operator-=(Dual& a, Dual b) { return a = a - b; }
+inline Dual& operator*=(Dual& a, Dual b) { return a = a * b; }
+inline Dual exp(Dual a) {
+  const double x = std::exp(a.v);
+  return {x, x * a.e};
+}
+inline double value_of(double a) { return a; }
+inline double value_of(Dual a) { return a.v; }
+
+/// Parameters of one layer flattened for the kernels (double).
+struct LayerParams {
+  struct HeadP {
+    MatrixD q, k, v;     // k x d
+    VectorD bq, bk, bv;  // k
+    MatrixD wo;          // d_out x k
+    double tau = 1;
+    bool l2 = false;
+  };
+  Index d = 0, d_out = 0, k = 0;
+  std::vector<HeadP> heads;
+  VectorD bo;  // d_out (zeros when absent)
+  bool residual = false;
+
+  static LayerParams from(const Model<double>& model, bool residual);
+};
+
+/// Per-head intermediates of a forward pass.
+template <class T>
+struct HeadCache {
+  std::vector<T> q, kappa, v;  // n x k each
+  std::vector<T> pi;           // n x n
+  std::vector<T> m;            // n x k
+};
+
+template <class T>
+void project_rows(const MatrixD& w, const VectorD& b, const T* x, Index n, Index d, T* out) {
+  const Index k = w.rows();
+  for (Index i = 0; i < n; ++i)
+    for (Index a = 0; a < k; ++a) {
+      T s = b[a];
+      for (Index c = 0; c < d; ++c) s += w(a, c) * x[i * d + c];
+      out[i * k + a] = s;
+    }
+}
+
+/// Forward pass: x is n x d (row-major), logw has n entries (log weights, any
+/// normalization), out is n x d_out. Caches are filled when non-null.
+template <class T>
+void layer_forward(const LayerParams& p, const T* x, const T* logw, Index n, T* out,
+                   std::vector<HeadCache<T>>* caches = nullptr) {
+  using std::exp;
+  const Index d = p.d, k = p.k, dout = p.d_out;
+  for (Index i = 0; i < n; ++i)
+    for (Index o = 0; o < dout; ++o) out[i * dout + o] = p.bo[o];
+  if (p.residual)
+    for (Index i = 0; i < n; ++i)
+      for (Index o = 0; o < dout; ++o) out[i * dout + o] += x[i * d + o];
+  HeadCache<T> local;
+  if (caches) caches->resize(p.heads.size());
+  std::vector<T> s(static_cast<size_t>(n));
+  for (size_t h = 0; h < p.heads.size(); ++h) {
+    const auto& hp = p.heads[h];
+    HeadCache<T>& c = caches ? (*caches)[h] : local;
+    c.q.resize(static_cast<size_t>(n * k));
+    c.kappa.resize(static_cast<size_t>(n * k));
+    c.v.resize(static_cast<size_t>(n * k));
+    c.pi.resize(static_cast<size_t>(n * n));
+    c.m.assign(static_cast<size_t>(n * k), T(0.0));
+    project_rows(hp.q, hp.bq, x, n, d, c.q.data());
+    project_rows(hp.k, hp.bk, x, n, d, c.kappa.data());
+    project_rows(hp.v, hp.bv, x, n, d, c.v.data());
+    const double inv_tau = 1.0 / hp.tau;
+    for (Index i = 0; i < n; ++i) {
+      double mx = -1e300;
+      for (Index j = 0; j < n; ++j) {
+        T g(0.0);
+        if (hp.l2) {
+          for (Index a = 0; a < k; ++a) {
+            const T t = c.q[i * k + a] - c.kappa[j * k + a];
+            g += t * t;
+          }
+          g = g * (-inv_tau);
+        } else {
+          for (Index a = 0; a < k; ++a) g += c.q[i * k + a] * c.kappa[j * k + a];
+          g = g * inv_tau;
+        }
+        s[j] = g + logw[j];
+        mx = std::max(mx, value_of(s[j]));
+      }
+      T z(0.0);
+      for (Index j = 0; j < n; ++j) {
+        s[j] = exp(s[j] - T(mx));
+        z += s[j];
+      }
+      for (Index j = 0; j < n; ++j) {
+        const T pij = s[j] / z;
+        c.pi[i * n + j] = pij;
+        for (Index a = 0; a < k; ++a) c.m[i * k + a] += pij * c.v[j * k + a];
+      }
+      for (Index o = 0; o < dout; ++o) {
+        T acc(0.0);
+        for (Index a = 0; a < k; ++a) acc += hp.wo(o, a) * c.m[i * k + a];
+        out[i * dout + o] += acc;
+      }
+    }
+  }
+}
+
+/// Reverse mode: given gbar (n x d_out) = dObjective/dout, adds dObjective/dx to
+/// xbar (n x d) and dObjective/dlogw (logw treated as free) to lbar (n).
+template <class T>
+void layer_vjp(const LayerParams& p, const T* x, const T* logw, Index n, const T* gbar, T* xbar,
+               T* lbar) {
+  const Index d = p.d, k = p.k, dout = p.d_out;
+  std::vector<HeadCache<T>> caches;
+  std::vector<T> out(static_cast<size_t>(n * dout));
+  layer_forward(p, x, logw, n, out.data(), &caches);
+  if (p.residual)
+    for (Index i = 0; i < n; ++i)
+      for (Index o = 0; o < dout; ++o) xbar[i * d + o] += gbar[i * dout + o];
+  std::vector<T> mbar(static_cast<size_t>(n * k)), vbar(static_cast<size_t>(n * k)),
+      qbar(static_cast<size_t>(n * k)), kbar(static_cast<size_t>(n * k)),
+      sbar(static_cast<size_t>(n));
+  for (size_t h = 0; h < p.heads.size(); ++h) {
+    const auto& hp = p.heads[h];
+    const auto& c = caches[h];
+    const double inv_tau = 1.0 / hp.tau;
+    for (Index i = 0; i < n; ++i)
+      for (Index a = 0; a < k; ++a) {
+        T s(0.0);
+        for (Index o = 0; o < dout; ++o) s += hp.wo(o, a) * gbar[i * dout + o];
+        mbar[i * k + a] = s;
+      }
+    std::fill(vbar.begin(), vbar.end(), T(0.0));
+    std::fill(qbar.begin(), qbar.end(), T(0.0));
+    std::fill(kbar.begin(), kbar.end(), T(0.0));
+    for (Index i = 0; i < n; ++i) {
+      T mean(0.0);
+      for (Index j = 0; j < n; ++j) {
+        T pb(0.0);
+        for (Index a = 0; a < k; ++a) pb += mbar[i * k + a] * c.v[j * k + a];
+        sbar[j] = pb;
+        mean += c.pi[i * n + j] * pb;
+      }
+      for (Index j = 0; j < n; ++j) {
+        const T pij = c.pi[i * n + j];
+        for (Index a = 0; a < k; ++a) vbar[j * k + a] += pij * mbar[i * k + a];
+        const T sb = pij * (sbar[j] - mean);
+        lbar[j] += sb;
+        if (hp.l2) {
+          for (Index a = 0; a < k; ++a) {
+            const T t = (c.q[i * k + a] - c.kappa[j * k + a]) * (2.0 * inv_tau) * sb;
+            qbar[i * k + a] -= t;
+            kbar[j * k + a] += t;
+          }
+        } else {
+          for (Index a = 0; a < k; ++a) {
+            qbar[i * k + a] += sb * c.kappa[j * k + a] * inv_tau;
+            kbar[j * k + a] += sb * c.q[i * k + a] * inv_tau;
+          }
+        }
+      }
+    }
+    for (Index i = 0; i < n; ++i)
+      for (Index cc = 0; cc < d; ++cc) {
+        T s(0.0);
+        for (Index a = 0; a < k; ++a)
+          s += hp.q(a, cc) * qbar[i * k + a] + hp.k(a, cc) * kbar[i * k + a] +
+               hp.v(a, cc) * vbar[i * k + a];
+        xbar[i * d + cc] += s;
+      }
+  }
+}
+
+/// log W1(F(mu), F(nu)) - log W1(mu, nu) with its exact gradient in the
+/// positions and weight logits (w = softmax(a)) of both measures (search.cpp).
+struct PairObjective {
+  bool valid = false;  ///< false when W1(mu, nu) vanishes
+  double ratio = 0, w_in = 0, w_out = 0;
+  MatrixD gx, gy;
+  VectorD ga, gb;
+};
+PairObjective pair_objective(const LayerParams& p, const MatrixD& x, const VectorD& a,
+                             const MatrixD& y, const VectorD& b);
+
+}  // namespace measattn::detail

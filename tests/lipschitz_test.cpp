@@ -1,0 +1,437 @@
+// Lipschitz module: exact derivatives against finite differences, upper bounds
+// never beaten by any found ratio (thousands of random layers and pairs), the
+// search against brute force on small cases, determinism, Kim's bounds.
+// GCC 12 false positive inside its AVX-512 intrinsics when Eigen kernels are inlined.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <Eigen/SVD>
+#include <cmath>
+#include <random>
+
+#include "lipschitz/engine.hpp"
+#include "measattn/attention.hpp"
+#include "measattn/error.hpp"
+#include "measattn/lipschitz.hpp"
+#include "measattn/wasserstein.hpp"
+
+using namespace measattn;
+
+namespace {
+
+MatrixD gauss(std::mt19937_64& rng, Index r, Index c, double s = 1.0) {
+  std::normal_distribution<double> nd(0.0, s);
+  MatrixD m(r, c);
+  for (Index i = 0; i < r; ++i)
+    for (Index j = 0; j < c; ++j) m(i, j) = nd(rng);
+  return m;
+}
+
+MatrixD in_ball(std::mt19937_64& rng, Index n, Index d, double radius) {
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  MatrixD x = gauss(rng, n, d);
+  for (Index i = 0; i < n; ++i) {
+    const double t = u(rng) < 0.3 ? 1.0 : std::pow(u(rng), 1.0 / static_cast<double>(d));
+    x.row(i) *= radius * t / std::max(x.row(i).norm(), 1e-300);
+  }
+  return x;
+}
+
+VectorD random_weights(std::mt19937_64& rng, Index n) {
+  std::uniform_real_distribution<double> u(0.05, 1.0);
+  VectorD w(n);
+  for (Index i = 0; i < n; ++i) w[i] = u(rng);
+  return w / w.sum();
+}
+
+/// A random layer: dimension d, heads, biases, potential; weights scaled by s.
+Model<double> random_layer(std::mt19937_64& rng, Index d, Index heads, bool bias, Potential pot,
+                           double s, Index d_out = 0) {
+  Model<double> m = Model<double>::random(d, heads, bias, rng(), pot);
+  m.w_q *= s;
+  m.w_k *= s;
+  if (d_out > 0) m.w_o = gauss(rng, d_out, d, 1.0 / std::sqrt(static_cast<double>(d)));
+  if (bias && d_out > 0) m.b_o = gauss(rng, d_out, 1).col(0);
+  return m;
+}
+
+/// Kim et al.'s L2-MHA: tied W^Q = W^K, V_h = M_h Q_h^T Q_h / tau, no q/k bias.
+Model<double> kim_layer(std::mt19937_64& rng, Index d, Index heads) {
+  Model<double> m = Model<double>::random(d, heads, false, rng(), Potential::l2);
+  m.w_k = m.w_q;
+  const Index k = m.head_dim();
+  for (Index h = 0; h < heads; ++h) {
+    const MatrixD q = m.w_q.middleRows(h * k, k);
+    const MatrixD mm = gauss(rng, k, d, 1.0 / std::sqrt(static_cast<double>(d)));
+    m.w_v.middleRows(h * k, k) = mm * q.transpose() * q / m.tau();
+  }
+  return m;
+}
+
+double dense_spectral(const MatrixD& j) { return spectral_norm(j); }
+double dense_linf(const MatrixD& j) { return j.cwiseAbs().rowwise().sum().maxCoeff(); }
+
+}  // namespace
+
+TEST(lipschitz_test, engine_matches_attention_module) {
+  std::mt19937_64 rng(1);
+  for (int t = 0; t < 40; ++t) {
+    const Index d = 1 + t % 4, heads = (d % 2 == 0 && t % 3 == 0) ? 2 : 1, n = 1 + t % 5;
+    const bool residual = t % 2 == 1;
+    const Potential pot = t % 4 < 2 ? Potential::dot : Potential::l2;
+    Model<double> m = random_layer(rng, d, heads, t % 3 != 0, pot, 1.5);
+    const MatrixD x = gauss(rng, n, d);
+    const VectorD w = random_weights(rng, n);
+    const auto p = detail::LayerParams::from(m, residual);
+    MatrixD out(n, m.out_dim());
+    const VectorD lw = w.array().log().matrix();
+    detail::layer_forward(p, x.data(), lw.data(), n, out.data());
+    AttendOptions ao;
+    ao.residual = residual;
+    const MatrixD ref = attention_field(m, MeasureD(x, w), x, ao);
+    EXPECT_LT((out - ref).cwiseAbs().maxCoeff(), 1e-11) << "case " << t;
+  }
+}
+
+TEST(lipschitz_test, jvp_vjp_and_jacobian_against_finite_differences) {
+  std::mt19937_64 rng(2);
+  for (int t = 0; t < 24; ++t) {
+    const Index d = 1 + t % 3, n = 2 + t % 3;
+    const bool residual = t % 2 == 0;
+    const Potential pot = t % 4 < 2 ? Potential::dot : Potential::l2;
+    Model<double> m = random_layer(rng, d, 1, t % 3 == 0, pot, 1.2);
+    const MatrixD x = gauss(rng, n, d);
+    const MatrixD v = gauss(rng, n, d), u = gauss(rng, n, m.out_dim());
+    // <u, J v> == <J^T u, v>.
+    const MatrixD jv = token_jvp(m, x, v, residual);
+    const MatrixD jtu = token_vjp(m, x, u, residual);
+    EXPECT_NEAR((u.array() * jv.array()).sum(), (jtu.array() * v.array()).sum(), 1e-10);
+    // Dense Jacobian from JVPs against central differences.
+    const MatrixD jac = token_jacobian(m, x, residual);
+    AttendOptions ao;
+    ao.residual = residual;
+    const double h = 1e-6;
+    MatrixD fd(jac.rows(), jac.cols());
+    for (Index i = 0; i < n; ++i)
+      for (Index c = 0; c < d; ++c) {
+        MatrixD xp = x, xm = x;
+        xp(i, c) += h;
+        xm(i, c) -= h;
+        const MatrixD fp = attention_field(m, MeasureD::empirical(xp), xp, ao);
+        const MatrixD fm = attention_field(m, MeasureD::empirical(xm), xm, ao);
+        const MatrixD diff = (fp - fm) / (2 * h);
+        for (Index r = 0; r < n; ++r)
+          for (Index o = 0; o < m.out_dim(); ++o) fd(r * m.out_dim() + o, i * d + c) = diff(r, o);
+      }
+    EXPECT_LT((jac - fd).cwiseAbs().maxCoeff(), 1e-6 * (1 + jac.cwiseAbs().maxCoeff()));
+    // Power iteration against the dense SVD.
+    const TokenJacobianResult pw = token_jacobian_norm(
+        m, x, {.iterations = 2000, .tolerance = 1e-14, .seed = 3, .residual = residual});
+    EXPECT_NEAR(pw.value, dense_spectral(jac), 1e-6 * (1 + dense_spectral(jac)));
+    EXPECT_LE(pw.value, dense_spectral(jac) * (1 + 1e-12));
+  }
+}
+
+TEST(lipschitz_test, pair_gradient_against_finite_differences) {
+  std::mt19937_64 rng(3);
+  int checked = 0;
+  for (int t = 0; t < 30; ++t) {
+    const Index d = 1 + t % 3, n = 2 + t % 2;
+    const Potential pot = t % 2 ? Potential::dot : Potential::l2;
+    Model<double> m = random_layer(rng, d, 1, t % 3 == 0, pot, 1.0);
+    const auto p = detail::LayerParams::from(m, t % 4 == 1);
+    const MatrixD x = gauss(rng, n, d), y = gauss(rng, n, d);
+    const VectorD a = gauss(rng, n, 1).col(0), b = gauss(rng, n, 1).col(0);
+    const auto o = detail::pair_objective(p, x, a, y, b);
+    ASSERT_TRUE(o.valid);
+    auto f = [&](const MatrixD& xx, const VectorD& aa, const MatrixD& yy, const VectorD& bb) {
+      return std::log(detail::pair_objective(p, xx, aa, yy, bb).ratio);
+    };
+    const double h = 1e-6;
+    double err = 0, scale = 0;
+    for (Index i = 0; i < n; ++i) {
+      for (Index c = 0; c < d; ++c) {
+        MatrixD xp = x, xm = x, yp = y, ym = y;
+        xp(i, c) += h;
+        xm(i, c) -= h;
+        yp(i, c) += h;
+        ym(i, c) -= h;
+        const double gx = (f(xp, a, y, b) - f(xm, a, y, b)) / (2 * h);
+        const double gy = (f(x, a, yp, b) - f(x, a, ym, b)) / (2 * h);
+        err = std::max({err, std::abs(gx - o.gx(i, c)), std::abs(gy - o.gy(i, c))});
+        scale = std::max({scale, std::abs(gx), std::abs(gy)});
+      }
+      VectorD ap = a, am = a, bp = b, bm = b;
+      ap[i] += h;
+      am[i] -= h;
+      bp[i] += h;
+      bm[i] -= h;
+      const double ga = (f(x, ap, y, b) - f(x, am, y, b)) / (2 * h);
+      const double gb = (f(x, a, y, bp) - f(x, a, y, bm)) / (2 * h);
+      err = std::max({err, std::abs(ga - o.ga[i]), std::abs(gb - o.gb[i])});
+      scale = std::max({scale, std::abs(ga), std::abs(gb)});
+    }
+    // Generic points: the optimal plans are unique and stable, W1 is smooth there.
+    EXPECT_LT(err, 1e-5 * (1 + scale)) << "case " << t;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 30);
+}
+
+TEST(lipschitz_test, second_order_gradient_of_jacobian_entry) {
+  // d/dX <u, J(X) v> used by the token search, checked through the search's
+  // monotone ascent: the found norm is at least the norm at every seed.
+  std::mt19937_64 rng(4);
+  Model<double> m = kim_layer(rng, 2, 1);
+  TokenSearchOptions o;
+  o.tokens = 4;
+  o.restarts = 4;
+  o.steps = 40;
+  const TokenSearchResult r = token_lipschitz_lower_bound(m, o);
+  EXPECT_GT(r.value, 0);
+  const MatrixD jac = token_jacobian(m, r.tokens);
+  EXPECT_LE(r.value, dense_spectral(jac) * (1 + 1e-9));
+}
+
+TEST(lipschitz_test, no_ratio_exceeds_any_upper_bound) {
+  // Thousands of random layers and measure pairs (small d, few atoms).
+  std::mt19937_64 rng(5);
+  int pairs = 0;
+  double worst = 0;
+  for (int t = 0; t < 600; ++t) {
+    const Index d = 1 + t % 3, heads = (d == 2 && t % 5 == 0) ? 2 : 1;
+    const bool residual = t % 7 == 3;
+    const Potential pot = t % 2 ? Potential::dot : Potential::l2;
+    const double s = 0.5 + (t % 4);
+    Model<double> m = random_layer(rng, d, heads, t % 3 != 0, pot, s, residual ? 0 : 1 + (t % 3));
+    const double radius = 0.3 + 0.4 * (t % 5);
+    const UpperBounds ub = lipschitz_upper_bounds(m, {.radius = radius, .residual = residual});
+    for (const auto& b : ub.bounds) ASSERT_GE(b.value, ub.best_w1);
+    for (int q = 0; q < 6; ++q) {
+      const Index n = 1 + (q % 3), mm = 1 + ((q + t) % 3);
+      const MatrixD x = in_ball(rng, n, d, radius);
+      MatrixD y = in_ball(rng, mm, d, radius);
+      VectorD wy = random_weights(rng, mm);
+      if (q == 5 && n == mm) {  // a nearby pair
+        y = x + gauss(rng, n, d, 1e-3 * radius);
+        for (Index i = 0; i < n; ++i)
+          if (y.row(i).norm() > radius) y.row(i) *= radius / y.row(i).norm();
+      }
+      const double ratio =
+          lipschitz_ratio(m, MeasureD(x, random_weights(rng, n)), MeasureD(y, wy), residual);
+      ++pairs;
+      worst = std::max(worst, ratio / ub.best_w1);
+      ASSERT_LE(ratio, ub.best_w1 * (1 + 1e-9)) << "layer " << t;
+    }
+    if (t % 20 == 0) {  // a short search on some layers
+      LipschitzSearchOptions o;
+      o.atoms = 2;
+      o.restarts = 4;
+      o.steps = 15;
+      o.residual = residual;
+      const auto r = lipschitz_lower_bound(m, radius, o);
+      worst = std::max(worst, r.ratio / ub.best_w1);
+      ASSERT_LE(r.ratio, ub.best_w1 * (1 + 1e-9)) << "layer " << t;
+    }
+  }
+  EXPECT_GE(pairs, 3000);
+  EXPECT_LE(worst, 1.0);
+  std::printf("[ info ] %d pairs; max found ratio / best upper bound = %.4f\n", pairs, worst);
+}
+
+TEST(lipschitz_test, kim_bounds_hold_for_the_token_jacobian) {
+  std::mt19937_64 rng(6);
+  double worst_l2 = 0, worst_inf = 0;
+  for (int t = 0; t < 150; ++t) {
+    const Index d = 1 + t % 4, heads = (d % 2 == 0 && t % 2 == 0) ? 2 : 1, n = 1 + t % 6;
+    Model<double> m = kim_layer(rng, d, heads);
+    if (t % 3 == 0) m.scale = 0.3 + 0.1 * (t % 7);  // any tau works by rescaling
+    const KimApplicability ka = kim_applicability(m);
+    ASSERT_TRUE(ka.applies) << ka.reason;
+    const UpperBounds ub = lipschitz_upper_bounds(m, {.radius = 1, .tokens = n});
+    const double kl2 = ub.get("kim_token_l2"), klinf = ub.get("kim_token_linf");
+    ASSERT_TRUE(std::isfinite(kl2) && std::isfinite(klinf));
+    for (int q = 0; q < 8; ++q) {
+      MatrixD x = gauss(rng, n, d, 0.3 + q);
+      if (q == 7 && n > 1) {  // an outlier configuration
+        x.setZero();
+        x(0, 0) = 1.5;
+      }
+      const MatrixD jac = token_jacobian(m, x);
+      worst_l2 = std::max(worst_l2, dense_spectral(jac) / kl2);
+      worst_inf = std::max(worst_inf, dense_linf(jac) / klinf);
+      ASSERT_LE(dense_spectral(jac), kl2 * (1 + 1e-9)) << "layer " << t;
+      ASSERT_LE(dense_linf(jac), klinf * (1 + 1e-9)) << "layer " << t;
+    }
+    if (t % 10 == 0) {
+      TokenSearchOptions o;
+      o.tokens = n;
+      o.restarts = 4;
+      o.steps = 30;
+      const auto r = token_lipschitz_lower_bound(m, o);
+      worst_l2 = std::max(worst_l2, r.value / kl2);
+      ASSERT_LE(r.value, kl2 * (1 + 1e-9));
+      const MatrixD jac = token_jacobian(m, r.tokens);
+      worst_inf = std::max(worst_inf, dense_linf(jac) / klinf);
+      ASSERT_LE(dense_linf(jac), klinf * (1 + 1e-9));
+    }
+  }
+  std::printf("[ info ] Kim: max found / bound: l2 %.4f, l_inf %.4f\n", worst_l2, worst_inf);
+}
+
+TEST(lipschitz_test, kim_applicability_is_exact) {
+  std::mt19937_64 rng(7);
+  Model<double> m = kim_layer(rng, 4, 2);
+  EXPECT_TRUE(kim_applicability(m).applies);
+  Model<double> dot = m;
+  dot.potential = Potential::dot;
+  EXPECT_FALSE(kim_applicability(dot).applies);
+  Model<double> untied = m;
+  untied.w_k(0, 0) += 0.1;
+  EXPECT_FALSE(kim_applicability(untied).applies);
+  Model<double> value = m;
+  value.w_v = gauss(rng, 4, 4);  // rank of Q_h^T Q_h is 2 < 4: a generic V is not of Kim's form
+  EXPECT_FALSE(kim_applicability(value).applies);
+  Model<double> biased = m;
+  biased.b_q = VectorD::Ones(4);
+  EXPECT_FALSE(kim_applicability(biased).applies);
+  biased.b_k = VectorD::Ones(4);  // equal biases cancel
+  biased.b_v = VectorD::Ones(4);
+  biased.b_o = VectorD::Ones(4);
+  EXPECT_TRUE(kim_applicability(biased).applies);
+  // Not reported for models that do not qualify.
+  const UpperBounds ub = lipschitz_upper_bounds(untied, {.radius = 1, .tokens = 8});
+  EXPECT_TRUE(std::isnan(ub.get("kim_token_l2")));
+  EXPECT_NEAR(kim_phi_inverse(0), 0, 1e-15);
+  const double w = kim_phi_inverse(99);
+  EXPECT_NEAR(w * std::exp(w + 1), 99, 1e-9);
+}
+
+TEST(lipschitz_test, search_within_ten_percent_of_brute_force) {
+  std::mt19937_64 rng(8);
+  for (int t = 0; t < 6; ++t) {
+    const Index d = 1 + t % 2, n = 2 + t % 2;
+    const Potential pot = t % 3 == 2 ? Potential::l2 : Potential::dot;
+    Model<double> m = random_layer(rng, d, 1, t % 2 == 0, pot, 1.5);
+    const double radius = 1.0;
+    double brute = 0;
+    for (int q = 0; q < 3000; ++q) {
+      const MatrixD x = in_ball(rng, n, d, radius);
+      const VectorD wx = random_weights(rng, n);
+      MatrixD y;
+      VectorD wy;
+      if (q % 2 == 0) {
+        y = in_ball(rng, n, d, radius);
+        wy = random_weights(rng, n);
+      } else {  // nearby pairs: positions, weights or both
+        y = x;
+        wy = wx;
+        if (q % 6 != 3) y += gauss(rng, n, d, 1e-3);
+        for (Index i = 0; i < n; ++i)
+          if (y.row(i).norm() > radius) y.row(i) *= radius / y.row(i).norm();
+        if (q % 6 != 1) {
+          wy += gauss(rng, n, 1, 1e-3 / static_cast<double>(n)).col(0).cwiseAbs();
+          wy /= wy.sum();
+        }
+      }
+      brute = std::max(brute, lipschitz_ratio(m, MeasureD(x, wx), MeasureD(y, wy)));
+    }
+    LipschitzSearchOptions o;
+    o.atoms = n;
+    o.restarts = 12;
+    o.steps = 60;
+    const auto r = lipschitz_lower_bound(m, radius, o);
+    std::printf("[ info ] case %d: search %.5f brute force %.5f\n", t, r.ratio, brute);
+    EXPECT_GE(r.ratio, 0.9 * brute) << "case " << t;
+  }
+}
+
+TEST(lipschitz_test, deterministic_across_thread_counts) {
+  std::mt19937_64 rng(9);
+  Model<double> m = random_layer(rng, 2, 1, true, Potential::dot, 1.0);
+  LipschitzSearchOptions o;
+  o.atoms = 3;
+  o.restarts = 6;
+  o.steps = 15;
+  o.threads = 1;
+  const auto a = lipschitz_lower_bound(m, 1.5, o);
+  o.threads = 2;
+  const auto b = lipschitz_lower_bound(m, 1.5, o);
+  EXPECT_EQ(a.ratio, b.ratio);
+  EXPECT_EQ(a.restart_ratios, b.restart_ratios);
+  EXPECT_EQ(a.evaluations, b.evaluations);
+  EXPECT_TRUE(a.witness.mu_atoms == b.witness.mu_atoms);
+  // The witness reproduces the ratio.
+  const double again = lipschitz_ratio(m, MeasureD(a.witness.mu_atoms, a.witness.mu_weights),
+                                       MeasureD(a.witness.nu_atoms, a.witness.nu_weights));
+  EXPECT_NEAR(again, a.ratio, 1e-12 * a.ratio);
+  EXPECT_NEAR(a.witness.w1_output / a.witness.w1_input, a.ratio, 1e-12 * a.ratio);
+}
+
+TEST(lipschitz_test, radius_sweep_shows_growth_for_dot_attention) {
+  Model<double> m = Model<double>::canonical(2, 1.0);
+  double prev_lo = 0, prev_up = 0;
+  for (double radius : {0.5, 1.0, 2.0, 3.0}) {
+    const double up = lipschitz_upper_bounds(m, {.radius = radius}).best_w1;
+    LipschitzSearchOptions o;
+    o.atoms = 3;
+    o.restarts = 8;
+    o.steps = 40;
+    const double lo = lipschitz_lower_bound(m, radius, o).ratio;
+    std::printf("[ info ] R = %.1f: lower %.4f upper %.4f\n", radius, lo, up);
+    EXPECT_LE(lo, up);
+    EXPECT_GT(up, prev_up);
+    EXPECT_GT(lo, prev_lo);
+    prev_lo = lo;
+    prev_up = up;
+  }
+  EXPECT_GT(prev_lo, 2.0);  // the constant on B_3 is far above the one on B_0.5
+}
+
+TEST(lipschitz_test, stack_radius_and_composition) {
+  omp_set_num_threads(1);  // tiny problems: avoid thread start-up costs
+  std::mt19937_64 rng(10);
+  for (int t = 0; t < 30; ++t) {
+    const Index d = 1 + t % 3;
+    std::vector<Model<double>> layers;
+    for (int l = 0; l < 2; ++l)
+      layers.push_back(random_layer(rng, d, 1, true, t % 2 ? Potential::dot : Potential::l2, 0.7));
+    const bool residual = t % 2 == 0;
+    const StackBound sb = lipschitz_stack_upper_bound(layers, 1.0, residual);
+    ASSERT_EQ(sb.radii.size(), 3u);
+    AttendOptions ao;
+    ao.residual = residual;
+    for (int q = 0; q < 10; ++q) {
+      const MeasureD mu(in_ball(rng, 3, d, 1.0), random_weights(rng, 3));
+      const MeasureD nu(in_ball(rng, 2, d, 1.0), random_weights(rng, 2));
+      MeasureD fm = mu, fn = nu;
+      for (size_t l = 0; l < layers.size(); ++l) {
+        fm = self_attention(layers[l], fm, ao);
+        fn = self_attention(layers[l], fn, ao);
+        ASSERT_LE(fm.radius(), sb.radii[l + 1] * (1 + 1e-12));
+        ASSERT_LE(fn.radius(), sb.radii[l + 1] * (1 + 1e-12));
+      }
+      const double w_in = wasserstein_exact_value(mu, nu);
+      ASSERT_LE(wasserstein_exact_value(fm, fn), sb.value * w_in * (1 + 1e-9));
+    }
+  }
+}
+
+TEST(lipschitz_test, bad_options_throw) {
+  Model<double> m = Model<double>::canonical(2, 1.0);
+  EXPECT_THROW(lipschitz_upper_bounds(m, {.radius = -1}), measattn::invalid_argument);
+  EXPECT_THROW(lipschitz_upper_bounds(m, {.radius = 0}), measattn::invalid_argument);
+  LipschitzSearchOptions o;
+  o.restarts = 0;
+  EXPECT_THROW(lipschitz_lower_bound(m, 1.0, o), measattn::invalid_argument);
+  o = {};
+  o.atoms = 0;
+  EXPECT_THROW(lipschitz_lower_bound(m, 1.0, o), measattn::invalid_argument);
+  EXPECT_THROW(lipschitz_lower_bound(m, std::nan(""), {}), measattn::invalid_argument);
+  Model<double> wide = m;
+  wide.w_o = MatrixD::Ones(3, 2);
+  EXPECT_THROW(lipschitz_upper_bounds(wide, {.radius = 1, .residual = true}),
+               measattn::invalid_argument);
+}
