@@ -1,0 +1,99 @@
+// Internal helpers shared by the Wasserstein solvers (not installed).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "measattn/measure.hpp"
+#include "measattn/types.hpp"
+#include "measattn/wasserstein.hpp"
+
+namespace measattn::detail {
+
+/// The atoms and weights of a measure in double precision, without a copy when
+/// the measure already is double.
+struct DoubleAtoms {
+  MatrixD x_copy;
+  VectorD w_copy;
+  const MatrixD* x = nullptr;
+  const VectorD* w = nullptr;
+
+  explicit DoubleAtoms(const Measure<double>& m) : x(&m.atoms()), w(&m.weights()) {}
+  explicit DoubleAtoms(const Measure<float>& m)
+      : x_copy(m.atoms().cast<double>()), w_copy(m.weights().cast<double>()) {
+    // Renormalize in double so that the weights sum to one as closely as possible.
+    long double total = 0;
+    for (Index i = 0; i < w_copy.size(); ++i) total += w_copy[i];
+    for (Index i = 0; i < w_copy.size(); ++i)
+      w_copy[i] = static_cast<double>(static_cast<long double>(w_copy[i]) / total);
+    x = &x_copy;
+    w = &w_copy;
+  }
+  Index size() const { return x->rows(); }
+  Index dim() const { return x->cols(); }
+};
+
+/// |t|^p from t^2 (p = 1: sqrt; p = 2: identity).
+inline double cost_from_squared(double s, double p) {
+  if (p == 1) return std::sqrt(s);
+  if (p == 2) return s;
+  return std::pow(s, 0.5 * p);
+}
+inline double cost_from_abs(double t, double p) {
+  t = std::abs(t);
+  if (p == 1) return t;
+  if (p == 2) return t * t;
+  return std::pow(t, p);
+}
+
+/// Row i of the ground cost: out[j] = ||x_i - y_j||^p for j < m, with yt the
+/// d x m transpose of the target atoms (so each coordinate is contiguous).
+void cost_row(const MatrixD& x, Index i, const MatrixD& yt, double p, double* out);
+
+/// Squared Euclidean distance between row i of x and row j of y.
+inline double squared_distance(const MatrixD& x, Index i, const MatrixD& y, Index j) {
+  double s = 0;
+  for (Index k = 0; k < x.cols(); ++k) {
+    const double t = x(i, k) - y(j, k);
+    s += t * t;
+  }
+  return s;
+}
+
+/// Sorts keys ascending (LSD radix sort on the IEEE order; std::sort for small n),
+/// carrying the permutation along in `order` when it is non-null (order[k] = original
+/// index of the k-th smallest). Stable.
+void sort_doubles(std::vector<double>& keys, std::vector<std::uint32_t>* order);
+
+/// One-dimensional OT between sorted samples with weights (cumulative form).
+/// xs, ys sorted ascending; a, b the weights in the same order (empty = uniform).
+/// Returns sum over the monotone plan of mass * |x - y|^p; fills `plan`
+/// (indices into the sorted arrays) when non-null.
+double monotone_cost_sorted(const std::vector<double>& xs, const std::vector<double>& a,
+                            const std::vector<double>& ys, const std::vector<double>& b, double p,
+                            std::vector<TransportEntry>* plan);
+
+/// Thin state for evaluating projections repeatedly: projects both measures onto
+/// theta, sorts, and returns W_p^p of the projections (and the monotone plan in
+/// original indices when requested).
+double projected_cost(const DoubleAtoms& mu, const DoubleAtoms& nu, const VectorD& theta, double p,
+                      std::vector<TransportEntry>* plan);
+
+}  // namespace measattn::detail
+
+namespace measattn::detail {
+
+/// The exact solver on double atoms (exact.cpp).
+WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
+                                  const WassersteinOptions& options);
+
+/// Log-stabilized Sinkhorn with AWR rounding (sinkhorn.cpp).
+WassersteinResult sinkhorn_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
+                                     const WassersteinOptions& options);
+
+/// Columns [j0, j1) of row i of the ground cost (out has j1 - j0 entries).
+void cost_row_range(const MatrixD& x, Index i, const MatrixD& yt, Index j0, Index j1, double p,
+                    double* out);
+
+}  // namespace measattn::detail

@@ -1,0 +1,414 @@
+// Entropic OT by log-stabilized Sinkhorn iterations with absorption
+// (Schmitzer 2019), rounded onto the exact marginals by Altschuler, Weed and
+// Rigollet (2017, Algorithm 2).
+//
+// State: absorbed potentials f (n), g (m), the kernel Kt_ij = exp((f_i + g_j -
+// C_ij) / eps) stored once (n x m doubles, huge pages), and scalings u, v, so
+// that the current plan is P_ij = u_i Kt_ij v_j. An iteration is
+//   v = b / (Kt^T u),  u = a / (Kt v),
+// two streaming passes over Kt, OpenMP over rows (Kt v) and over column blocks
+// (Kt^T u) so that every sum is taken in the same order whatever the thread
+// count. When u or v leave [e^-30, e^30] they are absorbed into f, g and Kt is
+// rebuilt; a zero or non-finite denominator triggers an exact log-sum-exp
+// update instead. The stopping test is POT's: ||P^T 1 - b||_2 < tolerance,
+// computed for free from the next Kt^T u.
+// GCC 12 reports a false "used uninitialized" inside its AVX-512 intrinsics
+// when Eigen vectorizes exp/pow/sqrt (intrinsic header, not our code).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <omp.h>
+
+#include "common/progress.hpp"
+#include "measattn/error.hpp"
+#include "measattn/wasserstein.hpp"
+#include "wasserstein/detail.hpp"
+
+namespace measattn::detail {
+
+namespace {
+
+struct FreeDeleter {
+  void operator()(double* ptr) const { std::free(ptr); }
+};
+
+std::unique_ptr<double, FreeDeleter> allocate_large(size_t count) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  size_t bytes = count * sizeof(double);
+  bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* ptr = std::aligned_alloc(kHuge, bytes);
+  if (!ptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  madvise(ptr, bytes, MADV_HUGEPAGE);
+#endif
+  return std::unique_ptr<double, FreeDeleter>(static_cast<double*>(ptr));
+}
+
+/// Static partition [begin, end) of `count` items for thread t of `threads`.
+inline void block_range(Index count, int t, int threads, Index& begin, Index& end) {
+  const Index chunk = (count + threads - 1) / threads;
+  begin = std::min(count, chunk * t);
+  end = std::min(count, begin + chunk);
+}
+
+class SinkhornSolver {
+ public:
+  SinkhornSolver(const DoubleAtoms& mu, const DoubleAtoms& nu, const WassersteinOptions& o)
+      : x_(*mu.x),
+        a_(*mu.w),
+        b_(*nu.w),
+        yt_(nu.x->transpose()),
+        p_(o.p),
+        eps_(o.reg),
+        n_(mu.size()),
+        m_(nu.size()),
+        parallel_(static_cast<double>(n_) * static_cast<double>(m_) > 1e6) {
+    kernel_ = allocate_large(static_cast<size_t>(n_) * static_cast<size_t>(m_));
+    f_ = VectorD::Zero(n_);
+    g_ = VectorD::Zero(m_);
+    u_ = VectorD::Ones(n_);
+    v_ = VectorD::Ones(m_);
+    log_a_ = a_.array().log();
+    log_b_ = b_.array().log();
+  }
+
+  double* row(Index i) { return kernel_.get() + static_cast<size_t>(i) * static_cast<size_t>(m_); }
+
+  /// Exact update f_i = eps log a_i - eps LSE_j((g_j - C_ij)/eps); fills Kt with
+  /// the new (f, g) at the same time (rows of Kt sum to a_i).
+  void log_update_f_and_kernel() {
+#pragma omp parallel if (parallel_)
+    {
+      Eigen::ArrayXd t(m_);
+#pragma omp for schedule(static)
+      for (Index i = 0; i < n_; ++i) {
+        cost_row(x_, i, yt_, p_, t.data());
+        t = (g_.array() - t) / eps_;
+        const double mx = t.maxCoeff();
+        Eigen::Map<Eigen::ArrayXd> k(row(i), m_);
+        if (a_[i] == 0) {
+          f_[i] = -std::numeric_limits<double>::infinity();
+          k.setZero();
+          continue;
+        }
+        k = (t - mx).exp();
+        const double s = k.sum();
+        f_[i] = eps_ * log_a_[i] - eps_ * (mx + std::log(s));
+        k *= a_[i] / s;
+      }
+    }
+    u_.setOnes();
+    v_.setOnes();
+  }
+
+  /// Exact update g_j = eps log b_j - eps LSE_i((f_i - C_ij)/eps) (two passes).
+  void log_update_g() {
+    VectorD mx = VectorD::Constant(m_, -std::numeric_limits<double>::infinity());
+    VectorD s = VectorD::Zero(m_);
+#pragma omp parallel if (parallel_)
+    {
+      Index j0, j1;
+      block_range(m_, omp_get_thread_num(), omp_get_num_threads(), j0, j1);
+      const Index w = j1 - j0;
+      if (w > 0) {
+        Eigen::ArrayXd t(w);
+        for (Index i = 0; i < n_; ++i) {
+          if (a_[i] == 0) continue;
+          cost_row_range(x_, i, yt_, j0, j1, p_, t.data());
+          mx.segment(j0, w).array() = mx.segment(j0, w).array().max((f_[i] - t) / eps_);
+        }
+        for (Index i = 0; i < n_; ++i) {
+          if (a_[i] == 0) continue;
+          cost_row_range(x_, i, yt_, j0, j1, p_, t.data());
+          s.segment(j0, w).array() += ((f_[i] - t) / eps_ - mx.segment(j0, w).array()).exp();
+        }
+      }
+    }
+    for (Index j = 0; j < m_; ++j) {
+      g_[j] = b_[j] == 0 ? -std::numeric_limits<double>::infinity()
+                         : eps_ * log_b_[j] - eps_ * (mx[j] + std::log(s[j]));
+    }
+  }
+
+  /// f += eps log u, g += eps log v, rebuild Kt, u = v = 1.
+  void absorb() {
+    for (Index i = 0; i < n_; ++i) f_[i] += eps_ * std::log(u_[i]);
+    for (Index j = 0; j < m_; ++j) g_[j] += eps_ * std::log(v_[j]);
+    rebuild_kernel();
+    u_.setOnes();
+    v_.setOnes();
+  }
+
+  void rebuild_kernel() {
+#pragma omp parallel if (parallel_)
+    {
+      Eigen::ArrayXd t(m_);
+#pragma omp for schedule(static)
+      for (Index i = 0; i < n_; ++i) {
+        cost_row(x_, i, yt_, p_, t.data());
+        Eigen::Map<Eigen::ArrayXd> k(row(i), m_);
+        if (!std::isfinite(f_[i])) {
+          k.setZero();
+          continue;
+        }
+        k = ((f_[i] + g_.array() - t) / eps_).exp();
+        // Columns of zero weight (g = -inf) give exp(-inf) = 0: fine.
+      }
+    }
+  }
+
+  /// out = Kt^T w (size m), summed over i in order for every column.
+  void kernel_t_times(const VectorD& w, VectorD& out) {
+    out.setZero(m_);
+#pragma omp parallel if (parallel_)
+    {
+      Index j0, j1;
+      block_range(m_, omp_get_thread_num(), omp_get_num_threads(), j0, j1);
+      const Index len = j1 - j0;
+      if (len > 0) {
+        auto acc = out.segment(j0, len);
+        for (Index i = 0; i < n_; ++i) {
+          const double wi = w[i];
+          if (wi == 0) continue;
+          acc += wi * Eigen::Map<const VectorD>(row(i) + j0, len);
+        }
+      }
+    }
+  }
+
+  /// out = Kt w (size n).
+  void kernel_times(const VectorD& w, VectorD& out) {
+    out.resize(n_);
+#pragma omp parallel for schedule(static) if (parallel_)
+    for (Index i = 0; i < n_; ++i) out[i] = Eigen::Map<const VectorD>(row(i), m_).dot(w);
+  }
+
+  static bool positive_finite(const VectorD& v, const VectorD& weights) {
+    for (Index k = 0; k < v.size(); ++k) {
+      if (weights[k] > 0 && !(v[k] > 0 && v[k] < std::numeric_limits<double>::infinity()))
+        return false;
+    }
+    return true;
+  }
+
+  /// Safe division w / d (0 where the weight is 0).
+  static void divide(const VectorD& w, const VectorD& d, VectorD& out) {
+    out.resize(w.size());
+    for (Index k = 0; k < w.size(); ++k) out[k] = w[k] > 0 ? w[k] / d[k] : 0.0;
+  }
+
+  WassersteinResult run(const WassersteinOptions& o) {
+    WassersteinResult result;
+    result.p = p_;
+    result.method = WassersteinMethod::sinkhorn;
+    result.kind = Bound::estimate;
+    // Start from the c-transform-like exact updates: g (with f = 0), then f.
+    log_update_g();
+    log_update_f_and_kernel();
+    VectorD ktu(m_), kv(n_);
+    double err = std::numeric_limits<double>::infinity();
+    Index it = 0;
+    bool converged = false;
+    Progress progress("sinkhorn", o.max_iterations);
+    const bool show = o.progress && parallel_;
+    for (it = 0; it < o.max_iterations; ++it) {
+      kernel_t_times(u_, ktu);
+      if (!positive_finite(ktu, b_)) {
+        absorb_and_refresh();
+        continue;
+      }
+      // Column marginal of the current plan (its row marginal is a).
+      err = 0;
+      for (Index j = 0; j < m_; ++j) {
+        const double e = v_[j] * ktu[j] - b_[j];
+        err += e * e;
+      }
+      err = std::sqrt(err);
+      if (err < o.tolerance) {
+        converged = true;
+        break;
+      }
+      divide(b_, ktu, v_);
+      kernel_times(v_, kv);
+      if (!positive_finite(kv, a_)) {
+        absorb_and_refresh();
+        continue;
+      }
+      divide(a_, kv, u_);
+      if (needs_absorb(u_, a_) || needs_absorb(v_, b_)) absorb();
+      if (show && it % 10 == 0) progress.update(it, "err=" + std::to_string(err));
+    }
+    progress.finish();
+    result.iterations = it;
+    result.marginal_violation = err;
+    result.status = converged ? WassersteinStatus::converged : WassersteinStatus::iteration_limit;
+    result.message = converged ? "converged: ||P^T 1 - b||_2 = " + std::to_string(err)
+                               : "iteration cap " + std::to_string(o.max_iterations) +
+                                     " reached with ||P^T 1 - b||_2 = " + std::to_string(err);
+    finish(o, result);
+    return result;
+  }
+
+  static bool needs_absorb(const VectorD& s, const VectorD& w) {
+    constexpr double kHigh = 1e13, kLow = 1e-13;
+    for (Index k = 0; k < s.size(); ++k) {
+      if (w[k] > 0 && (s[k] > kHigh || s[k] < kLow)) return true;
+    }
+    return false;
+  }
+
+  void absorb_and_refresh() {
+    for (Index i = 0; i < n_; ++i)
+      if (u_[i] > 0 && std::isfinite(u_[i])) f_[i] += eps_ * std::log(u_[i]);
+    for (Index j = 0; j < m_; ++j)
+      if (v_[j] > 0 && std::isfinite(v_[j])) g_[j] += eps_ * std::log(v_[j]);
+    log_update_g();
+    log_update_f_and_kernel();
+  }
+
+  /// Costs of the final plan and of its rounding; optional dense plan.
+  void finish(const WassersteinOptions& o, WassersteinResult& result) {
+    VectorD kv(n_), c(m_), r(n_), xs(n_), ys(m_);
+    kernel_times(v_, kv);
+    for (Index i = 0; i < n_; ++i) {
+      r[i] = u_[i] * kv[i];
+      xs[i] = r[i] > 0 ? std::min(a_[i] / r[i], 1.0) : 0.0;
+    }
+    VectorD xu = xs.cwiseProduct(u_);
+    kernel_t_times(xu, c);  // column sums of X, divided by v
+    VectorD err_c(m_);
+    for (Index j = 0; j < m_; ++j) {
+      const double cj = v_[j] * c[j];
+      ys[j] = cj > 0 ? std::min(b_[j] / cj, 1.0) : 0.0;
+      err_c[j] = b_[j] - ys[j] * cj;
+    }
+    const VectorD vy = v_.cwiseProduct(ys);
+    // Final potentials for the dual bound: G_j = g_j + eps log v_j.
+    VectorD G(m_);
+    for (Index j = 0; j < m_; ++j)
+      G[j] = (b_[j] > 0 && v_[j] > 0) ? g_[j] + eps_ * std::log(v_[j]) : 0.0;
+    VectorD s_pc(n_), s_plogp(n_), s_yc(n_), row_y(n_), s_cerr(n_), ftrans(n_);
+    const bool dense = o.want_dense_plan || o.want_plan;
+    MatrixD plan;
+    if (dense) plan.resize(n_, m_);
+#pragma omp parallel if (parallel_)
+    {
+      Eigen::ArrayXd cost(m_);
+#pragma omp for schedule(static)
+      for (Index i = 0; i < n_; ++i) {
+        cost_row(x_, i, yt_, p_, cost.data());
+        const double* k = row(i);
+        double pc = 0, plogp = 0, yc = 0, ry = 0, ce = 0;
+        const double lu = u_[i] > 0 ? std::log(u_[i]) : 0.0;
+        for (Index j = 0; j < m_; ++j) {
+          const double pij = u_[i] * k[j] * v_[j];
+          pc += pij * cost[j];
+          if (pij > 0) {
+            const double lp = lu + std::log(v_[j]) + (f_[i] + g_[j] - cost[j]) / eps_;
+            plogp += pij * lp;
+          }
+          const double yij = xu[i] * k[j] * vy[j];
+          yc += yij * cost[j];
+          ry += yij;
+          ce += cost[j] * err_c[j];
+        }
+        s_pc[i] = pc;
+        s_plogp[i] = plogp;
+        s_yc[i] = yc;
+        row_y[i] = ry;
+        s_cerr[i] = ce;
+        ftrans[i] = (cost - G.array()).minCoeff();
+        if (dense) {
+          for (Index j = 0; j < m_; ++j) plan(i, j) = xu[i] * k[j] * vy[j];
+        }
+      }
+    }
+    double transport = 0, entropy = 0, rounded = 0, err_r_l1 = 0;
+    VectorD err_r(n_);
+    for (Index i = 0; i < n_; ++i) {
+      transport += s_pc[i];
+      entropy += s_plogp[i];
+      rounded += s_yc[i];
+      err_r[i] = std::max(0.0, a_[i] - row_y[i]);
+      err_r_l1 += err_r[i];
+    }
+    if (err_r_l1 > 0) {
+      double corr = 0;
+      for (Index i = 0; i < n_; ++i) corr += err_r[i] * s_cerr[i];
+      rounded += corr / err_r_l1;
+    }
+    double dual = 0;
+    for (Index i = 0; i < n_; ++i)
+      if (a_[i] > 0) dual += a_[i] * ftrans[i];
+    for (Index j = 0; j < m_; ++j) dual += b_[j] * G[j];
+    result.transport_cost = transport;
+    result.entropic_cost = transport + eps_ * entropy;
+    result.rounded_cost = std::max(rounded, 0.0);
+    dual = std::clamp(dual, 0.0, result.rounded_cost);
+    auto root = [&](double c) { return p_ == 1 ? c : std::pow(std::max(c, 0.0), 1.0 / p_); };
+    result.cost = transport;
+    result.value = root(transport);
+    result.upper = root(result.rounded_cost);
+    result.lower = root(dual);
+    if (dense) {
+      if (err_r_l1 > 0) {
+        for (Index i = 0; i < n_; ++i)
+          if (err_r[i] > 0) plan.row(i) += (err_r[i] / err_r_l1) * err_c.transpose();
+      }
+      TransportPlan tp;
+      const VectorD rows = plan.rowwise().sum();
+      const VectorD cols = plan.colwise().sum().transpose();
+      tp.marginal_error = std::max((rows - a_).lpNorm<1>(), (cols - b_).lpNorm<1>());
+      if (o.want_plan) {
+        for (Index i = 0; i < n_; ++i)
+          for (Index j = 0; j < m_; ++j)
+            if (plan(i, j) > 0) tp.entries.push_back({i, j, plan(i, j)});
+      }
+      if (o.want_dense_plan) tp.dense = std::move(plan);
+      result.plan = std::move(tp);
+    }
+    if (o.want_potentials) {
+      Potentials pot;
+      pot.f = ftrans;
+      pot.g = G;
+      result.potentials = std::move(pot);
+    }
+  }
+
+ private:
+  const MatrixD& x_;
+  const VectorD& a_;
+  const VectorD& b_;
+  MatrixD yt_;
+  double p_, eps_;
+  Index n_, m_;
+  bool parallel_;
+  std::unique_ptr<double, FreeDeleter> kernel_;
+  VectorD f_, g_, u_, v_, log_a_, log_b_;
+};
+
+}  // namespace
+
+WassersteinResult sinkhorn_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
+                                     const WassersteinOptions& options) {
+  const double bytes = static_cast<double>(mu.size()) * static_cast<double>(nu.size()) * 8.0;
+  if (bytes > static_cast<double>(options.max_dense_bytes)) {
+    throw invalid_argument("max_dense_bytes: the Sinkhorn kernel needs " +
+                           std::to_string(static_cast<long long>(bytes)) + " bytes (n*m*8), over " +
+                           std::to_string(options.max_dense_bytes));
+  }
+  SinkhornSolver solver(mu, nu, options);
+  return solver.run(options);
+}
+
+}  // namespace measattn::detail

@@ -1,0 +1,351 @@
+// Tests of the Wasserstein module: brute force on small instances, agreement
+// between independent methods (dense vs column generation, 1-D formula vs
+// network simplex), and properties over many random instances (fixed seeds).
+// The comparisons with POT and SciPy live in tests/python/test_wasserstein.py.
+#include "measattn/wasserstein.hpp"
+
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "measattn/error.hpp"
+#include "measattn/measure.hpp"
+
+using namespace measattn;
+
+namespace {
+
+MatrixD random_atoms(std::mt19937_64& rng, Index n, Index d, double shift = 0, double scale = 1) {
+  std::normal_distribution<double> normal(0, 1);
+  MatrixD x(n, d);
+  for (Index i = 0; i < n; ++i)
+    for (Index k = 0; k < d; ++k) x(i, k) = shift + scale * normal(rng);
+  return x;
+}
+
+VectorD random_weights(std::mt19937_64& rng, Index n) {
+  std::uniform_real_distribution<double> u(0.05, 1.0);
+  VectorD w(n);
+  for (Index i = 0; i < n; ++i) w[i] = u(rng);
+  return w;
+}
+
+MeasureD random_measure(std::mt19937_64& rng, Index n, Index d, bool weighted, double shift = 0) {
+  return MeasureD(random_atoms(rng, n, d, shift),
+                  weighted ? random_weights(rng, n) : VectorD::Ones(n));
+}
+
+double exact(const MeasureD& a, const MeasureD& b, double p = 1) {
+  WassersteinOptions o;
+  o.p = p;
+  return wasserstein_exact(a, b, o).value;
+}
+
+/// min over permutations of the mean cost: W_p^p for uniform measures of equal size.
+double brute_force_uniform(const MatrixD& x, const MatrixD& y, double p) {
+  const Index n = x.rows();
+  std::vector<int> perm(static_cast<size_t>(n));
+  std::iota(perm.begin(), perm.end(), 0);
+  double best = std::numeric_limits<double>::infinity();
+  do {
+    double c = 0;
+    for (Index i = 0; i < n; ++i)
+      c += std::pow((x.row(i) - y.row(perm[static_cast<size_t>(i)])).norm(), p);
+    best = std::min(best, c / static_cast<double>(n));
+  } while (std::next_permutation(perm.begin(), perm.end()));
+  return std::pow(best, 1.0 / p);
+}
+
+void expect_rel(double got, double want, double rel, const char* what = "") {
+  EXPECT_NEAR(got, want, rel * std::max(1.0, std::abs(want))) << what;
+}
+
+}  // namespace
+
+TEST(wasserstein_test, exact_matches_permutation_brute_force) {
+  std::mt19937_64 rng(1);
+  for (int trial = 0; trial < 40; ++trial) {
+    const Index n = 1 + trial % 7;
+    const Index d = 1 + trial % 4;
+    const double p = trial % 3 == 0 ? 2.0 : (trial % 3 == 1 ? 1.0 : 1.5);
+    MatrixD x = random_atoms(rng, n, d), y = random_atoms(rng, n, d, 0.5);
+    WassersteinOptions o;
+    o.p = p;
+    o.want_potentials = true;  // forces the network simplex also for d == 1
+    const WassersteinResult r =
+        wasserstein_exact(MeasureD::empirical(x), MeasureD::empirical(y), o);
+    expect_rel(r.value, brute_force_uniform(x, y, p), 1e-12);
+    EXPECT_EQ(r.kind, Bound::exact);
+    EXPECT_EQ(r.status, WassersteinStatus::optimal);
+    EXPECT_EQ(r.lower, r.value);
+    EXPECT_EQ(r.upper, r.value);
+  }
+}
+
+TEST(wasserstein_test, column_generation_matches_dense_solve) {
+  std::mt19937_64 rng(2);
+  for (int trial = 0; trial < 12; ++trial) {
+    const Index n = 40 + 30 * trial, m = 30 + 25 * trial, d = 1 + trial % 9;
+    const double p = trial % 2 ? 2.0 : 1.0;
+    const MeasureD a = random_measure(rng, n, d, trial % 3 != 0);
+    const MeasureD b = random_measure(rng, m, d, trial % 4 != 0, 0.2);
+    WassersteinOptions dense, sparse;
+    dense.p = sparse.p = p;
+    dense.want_potentials = sparse.want_potentials = true;  // network simplex for d == 1
+    dense.dense_arc_limit = 1 << 30;
+    sparse.dense_arc_limit = 0;
+    sparse.neighbours = 2;
+    sparse.arcs_per_round = 3;
+    const auto rd = wasserstein_exact(a, b, dense);
+    const auto rs = wasserstein_exact(a, b, sparse);
+    EXPECT_EQ(rs.status, WassersteinStatus::optimal);
+    expect_rel(rs.value, rd.value, 1e-11, "sparse vs dense");
+  }
+}
+
+TEST(wasserstein_test, one_d_formula_matches_network_simplex) {
+  std::mt19937_64 rng(3);
+  for (int trial = 0; trial < 20; ++trial) {
+    const Index n = 1 + 17 * trial % 90, m = 2 + 11 * trial % 70;
+    const double p = 1 + 0.5 * (trial % 4);
+    const MeasureD a = random_measure(rng, n, 1, trial % 2);
+    const MeasureD b = random_measure(rng, m, 1, trial % 3, 0.3);
+    WassersteinOptions o;
+    o.p = p;
+    const double formula = wasserstein_1d(a, b, o).value;
+    o.want_potentials = true;
+    const double simplex = wasserstein_exact(a, b, o).value;
+    expect_rel(formula, simplex, 1e-12);
+  }
+  // Large 1-D instance through the radix sort path against std::sort.
+  std::vector<double> x(5000), y(3000);
+  std::normal_distribution<double> normal;
+  for (auto& v : x) v = normal(rng);
+  for (auto& v : y) v = 2 * normal(rng) + 1;
+  std::vector<double> xs = x, ys = y;
+  std::sort(xs.begin(), xs.end());
+  std::sort(ys.begin(), ys.end());
+  // W1 = int |F - G|: evaluate on the merged grid.
+  std::vector<double> all = xs;
+  all.insert(all.end(), ys.begin(), ys.end());
+  std::sort(all.begin(), all.end());
+  double w1 = 0;
+  for (size_t k = 0; k + 1 < all.size(); ++k) {
+    const double F =
+        static_cast<double>(std::upper_bound(xs.begin(), xs.end(), all[k]) - xs.begin()) / 5000.0;
+    const double G =
+        static_cast<double>(std::upper_bound(ys.begin(), ys.end(), all[k]) - ys.begin()) / 3000.0;
+    w1 += std::abs(F - G) * (all[k + 1] - all[k]);
+  }
+  expect_rel(wasserstein_1d_values(x, {}, y, {}, 1), w1, 1e-12);
+}
+
+TEST(wasserstein_test, symmetry_triangle_and_monotonicity_in_p) {
+  std::mt19937_64 rng(4);
+  for (int trial = 0; trial < 25; ++trial) {
+    const Index d = 1 + trial % 5;
+    const MeasureD a = random_measure(rng, 5 + trial % 13, d, trial % 2);
+    const MeasureD b = random_measure(rng, 3 + trial % 11, d, trial % 3, 0.5);
+    const MeasureD c = random_measure(rng, 4 + trial % 7, d, true, -0.5);
+    const double ab = exact(a, b), ba = exact(b, a), bc = exact(b, c), ac = exact(a, c);
+    expect_rel(ab, ba, 1e-12, "symmetry");
+    EXPECT_LE(ac, ab + bc + 1e-12) << "triangle";
+    EXPECT_LE(ab, exact(a, b, 2) + 1e-12) << "W1 <= W2";
+    EXPECT_LE(exact(a, b, 2), exact(a, b, 3) + 1e-12) << "W2 <= W3";
+  }
+}
+
+TEST(wasserstein_test, every_bound_brackets_the_exact_value) {
+  std::mt19937_64 rng(5);
+  for (int trial = 0; trial < 20; ++trial) {
+    const Index d = 2 + trial % 6, n = 20 + 7 * trial, m = 15 + 5 * trial;
+    const double p = trial % 2 ? 2.0 : 1.0;
+    const MeasureD a = random_measure(rng, n, d, trial % 2);
+    const MeasureD b = random_measure(rng, m, d, trial % 3, 0.4);
+    WassersteinOptions o;
+    o.p = p;
+    o.projections = 16;
+    const double w = wasserstein_exact(a, b, o).value;
+    const double tol = 1e-12 * std::max(1.0, w);
+    VectorD theta = VectorD::Ones(d);
+    const auto one = sliced_lower_bound(a, b, theta, p);
+    EXPECT_EQ(one.kind, Bound::lower);
+    EXPECT_LE(one.lower, w + tol);
+    EXPECT_GE(one.upper, w - tol);
+    const auto rnd = random_sliced_lower_bound(a, b, o);
+    EXPECT_LE(rnd.lower, w + tol);
+    EXPECT_GE(rnd.upper, w - tol);
+    const auto ms = max_sliced_bounds(a, b, o);
+    EXPECT_GE(ms.lower, rnd.lower - tol) << "max-sliced starts from the random directions";
+    EXPECT_LE(ms.lower, w + tol);
+    EXPECT_GE(ms.upper, w - tol);
+    EXPECT_LE(mean_difference_lower_bound(a, b), exact(a, b, 1) + tol);
+    WassersteinOptions s = o;
+    s.reg = 0.05;
+    s.max_iterations = 5000;
+    const auto sk = wasserstein_sinkhorn(a, b, s);
+    EXPECT_EQ(sk.kind, Bound::estimate);
+    EXPECT_GE(sk.upper, w - tol) << "rounded Sinkhorn plan";
+    EXPECT_LE(sk.lower, w + tol) << "Sinkhorn dual bound";
+    EXPECT_GE(sk.rounded_cost, sk.transport_cost - 1e-6) << "rounding only adds a correction";
+  }
+  // Identity coupling of equally weighted sequences.
+  for (int trial = 0; trial < 10; ++trial) {
+    const MeasureD a = random_measure(rng, 30, 3, trial % 2);
+    const MeasureD b(random_atoms(rng, 30, 3, 0.2), a.weights());
+    const double w = exact(a, b, 2);
+    const auto id = identity_coupling_upper_bound(a, b, 2.0);
+    EXPECT_EQ(id.kind, Bound::upper);
+    EXPECT_GE(id.upper, w - 1e-12);
+  }
+}
+
+TEST(wasserstein_test, merging_duplicates_and_translation) {
+  std::mt19937_64 rng(6);
+  for (int trial = 0; trial < 15; ++trial) {
+    const Index d = 1 + trial % 4;
+    MatrixD x = random_atoms(rng, 12, d);
+    // Duplicate some atoms.
+    x.row(3) = x.row(0);
+    x.row(7) = x.row(0);
+    x.row(9) = x.row(5);
+    const MeasureD a(x, random_weights(rng, 12));
+    const MeasureD b = random_measure(rng, 9, d, true, 0.3);
+    const MeasureD am = a.merged();
+    EXPECT_LT(am.size(), a.size());
+    expect_rel(exact(a, b), exact(am, b), 1e-12, "merge invariance W1");
+    expect_rel(exact(a, b, 2), exact(am, b, 2), 1e-12, "merge invariance W2");
+    // Translation: W_p(mu + t, mu) = ||t|| for every p.
+    VectorD t = random_atoms(rng, 1, d).row(0).transpose();
+    MatrixD shifted = x.rowwise() + t.transpose();
+    const MeasureD at(shifted, a.weights());
+    for (double p : {1.0, 2.0, 3.0}) expect_rel(exact(at, a, p), t.norm(), 1e-12, "translation");
+    // Identity: zero cost, diagonal plan.
+    WassersteinOptions o;
+    o.want_plan = true;
+    o.want_potentials = true;
+    const auto self = wasserstein_exact(am, am, o);
+    EXPECT_NEAR(self.value, 0, 1e-15);
+    for (const auto& e : self.plan->entries) EXPECT_EQ(e.i, e.j);
+  }
+}
+
+TEST(wasserstein_test, plan_marginals_and_potentials) {
+  std::mt19937_64 rng(7);
+  for (int trial = 0; trial < 10; ++trial) {
+    const Index n = 30 + 40 * trial, m = 20 + 35 * trial, d = 3;
+    const MeasureD a = random_measure(rng, n, d, true);
+    const MeasureD b = random_measure(rng, m, d, true, 0.7);
+    WassersteinOptions o;
+    o.p = trial % 2 ? 2.0 : 1.0;
+    o.want_plan = o.want_dense_plan = o.want_potentials = true;
+    o.dense_arc_limit = trial % 2 ? 0 : 1 << 30;
+    const auto r = wasserstein_exact(a, b, o);
+    ASSERT_TRUE(r.plan && r.plan->dense && r.potentials);
+    const MatrixD& P = *r.plan->dense;
+    EXPECT_LT((P.rowwise().sum() - a.weights()).lpNorm<1>(), 1e-13);
+    EXPECT_LT((P.colwise().sum().transpose() - b.weights()).lpNorm<1>(), 1e-13);
+    EXPECT_LT(r.plan->marginal_error, 1e-13);
+    EXPECT_GE(P.minCoeff(), 0.0);
+    EXPECT_LE(static_cast<Index>(r.plan->entries.size()), n + m - 1) << "basic solution";
+    const VectorD& f = r.potentials->f;
+    const VectorD& g = r.potentials->g;
+    double dual = f.dot(a.weights()) + g.dot(b.weights());
+    expect_rel(dual, r.cost, 1e-10, "strong duality");
+    double worst = 0;
+    for (Index i = 0; i < n; ++i)
+      for (Index j = 0; j < m; ++j) {
+        const double c = std::pow((a.atom(i) - b.atom(j)).norm(), o.p);
+        worst = std::min(worst, c - f[i] - g[j]);
+      }
+    EXPECT_GE(worst, -1e-10) << "dual feasibility";
+  }
+}
+
+TEST(wasserstein_test, far_apart_and_coincident_atoms) {
+  MatrixD x(3, 2), y(3, 2);
+  x << 0, 0, 1e6, 0, 0, 1e-9;
+  y << 0, 0, 1e6, 1, 0, 1e-9;
+  const MeasureD a = MeasureD::empirical(x), b = MeasureD::empirical(y);
+  expect_rel(exact(a, b), 1.0 / 3.0, 1e-12);
+  // One atom against many.
+  MatrixD one(1, 2);
+  one << 1, 1;
+  const MeasureD single = MeasureD::empirical(one);
+  double mean = 0;
+  for (Index i = 0; i < 3; ++i) mean += (x.row(i) - one.row(0)).norm() / 3;
+  expect_rel(exact(a, single), mean, 1e-12);
+  expect_rel(exact(single, a), mean, 1e-12);
+}
+
+TEST(wasserstein_test, float_measures_and_small_hot_path_is_thread_safe) {
+  std::mt19937_64 rng(8);
+  std::vector<MeasureD> ms;
+  for (int k = 0; k < 16; ++k) ms.push_back(random_measure(rng, 10 + k, 4, k % 2));
+  std::vector<double> serial(ms.size() - 1), parallel(ms.size() - 1);
+  for (size_t k = 0; k + 1 < ms.size(); ++k) serial[k] = wasserstein_exact_value(ms[k], ms[k + 1]);
+#pragma omp parallel for
+  for (int k = 0; k < static_cast<int>(ms.size()) - 1; ++k)
+    parallel[static_cast<size_t>(k)] =
+        wasserstein_exact_value(ms[static_cast<size_t>(k)], ms[static_cast<size_t>(k) + 1]);
+  EXPECT_EQ(serial, parallel);
+  const MeasureF af = ms[0].cast<float>(), bf = ms[1].cast<float>();
+  EXPECT_NEAR(wasserstein_exact_value(af, bf), serial[0], 1e-5);
+}
+
+TEST(wasserstein_test, sinkhorn_is_deterministic_across_thread_counts_and_converges) {
+  std::mt19937_64 rng(9);
+  const MeasureD a = random_measure(rng, 1200, 4, true);
+  const MeasureD b = random_measure(rng, 1000, 4, false, 0.5);
+  WassersteinOptions o;
+  o.reg = 0.1;
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const auto r1 = wasserstein_sinkhorn(a, b, o);
+  omp_set_num_threads(2);
+  const auto r2 = wasserstein_sinkhorn(a, b, o);
+  omp_set_num_threads(saved);
+  EXPECT_EQ(r1.transport_cost, r2.transport_cost);
+  EXPECT_EQ(r1.rounded_cost, r2.rounded_cost);
+  EXPECT_EQ(r1.iterations, r2.iterations);
+  EXPECT_EQ(r1.status, WassersteinStatus::converged);
+  EXPECT_LT(r1.marginal_violation, o.tolerance);
+  // Small epsilon: entropic estimate close to the exact value (log-domain stability).
+  const MeasureD c = random_measure(rng, 60, 3, true), e = random_measure(rng, 50, 3, true, 1.0);
+  WassersteinOptions s;
+  s.reg = 5e-3;
+  s.max_iterations = 5000;
+  s.want_dense_plan = true;
+  const auto sk = wasserstein_sinkhorn(c, e, s);
+  const double w = exact(c, e);
+  EXPECT_NEAR(sk.value, w, 0.05 * w);
+  EXPECT_GE(sk.upper, w - 1e-12);
+  EXPECT_LE(sk.lower, w + 1e-12);
+  EXPECT_LT(sk.plan->marginal_error, 1e-12) << "rounded plan is feasible";
+  // Iteration cap is a status, not an exception.
+  s.max_iterations = 2;
+  const auto capped = wasserstein_sinkhorn(c, e, s);
+  EXPECT_EQ(capped.status, WassersteinStatus::iteration_limit);
+  EXPECT_GE(capped.upper, w - 1e-12);
+}
+
+TEST(wasserstein_test, invalid_input_throws) {
+  std::mt19937_64 rng(10);
+  const MeasureD a = random_measure(rng, 5, 2, true), b = random_measure(rng, 5, 3, true);
+  EXPECT_THROW(wasserstein_exact(a, b), invalid_argument);
+  WassersteinOptions o;
+  o.p = 0.5;
+  EXPECT_THROW(wasserstein_exact(a, a, o), invalid_argument);
+  o = {};
+  o.reg = 0;
+  EXPECT_THROW(wasserstein_sinkhorn(a, a, o), invalid_argument);
+  EXPECT_THROW(wasserstein_1d(a, a), invalid_argument);
+  EXPECT_THROW(sliced_lower_bound(a, a, VectorD::Zero(2)), invalid_argument);
+  EXPECT_THROW(parse_wasserstein_method("bogus"), invalid_argument);
+  EXPECT_THROW(identity_coupling_upper_bound(a, random_measure(rng, 4, 2, true)), invalid_argument);
+}
