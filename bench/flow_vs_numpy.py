@@ -11,7 +11,11 @@ particles in R^d.
 - measattn: bench/flow_bench (Google Benchmark; times flow_field + the axpy, no
   start-up), one process per case, its real time per iteration; peak RSS from wait4.
 
-Usage: flow_vs_numpy.py BUILD_DIR [--quick]
+Both sides use the same thread count: OMP_NUM_THREADS (measattn's OpenMP) and
+OPENBLAS_NUM_THREADS (NumPy's BLAS) are set to --threads (default 2). On a loaded
+machine --threads 1 gives the steadier comparison.
+
+Usage: flow_vs_numpy.py BUILD_DIR [--quick] [--threads N]
 """
 
 import json
@@ -52,17 +56,25 @@ def run_measuring_rss(cmd, env=None):
     return out.decode(), usage.ru_maxrss / 1024.0  # MiB
 
 
-def numpy_step(n, d, repeats):
+THREADS = "2"
+
+
+def thread_env():
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env["OMP_NUM_THREADS"] = THREADS
+    env["OPENBLAS_NUM_THREADS"] = THREADS
+    return env
+
+
+def numpy_step(n, d, repeats):
+    env = thread_env()
     out, rss = run_measuring_rss(["/usr/bin/python3", "-c", NUMPY_STEP, str(n), str(d),
                                   str(repeats)], env)
     return float(out.strip().splitlines()[-1]), rss
 
 
 def measattn_step(bench, n, d):
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env = thread_env()
     out, rss = run_measuring_rss([bench, f"--benchmark_filter=^euler_step/{n}/{d}/",
                                   "--benchmark_format=json", "--benchmark_min_time=0.5"], env)
     data = json.loads(out)
@@ -77,6 +89,10 @@ def main():
         sys.exit(2)
     bench = os.path.join(sys.argv[1], "bench", "flow_bench")
     quick = "--quick" in sys.argv
+    global THREADS
+    if "--threads" in sys.argv:
+        THREADS = sys.argv[sys.argv.index("--threads") + 1]
+    print(f"threads per side: {THREADS}; load average before: {os.getloadavg()}")
     cases = [(1000, 3), (4000, 3), (16000, 3), (1000, 64), (4000, 64), (16000, 64)]
     if quick:
         cases = [(1000, 3), (4000, 3), (1000, 64), (4000, 64)]

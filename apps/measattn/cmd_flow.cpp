@@ -266,11 +266,13 @@ void run_flow(const FlowArgs& a) {
   }
   std::string png;
   if (!a.no_plot) {
-    const std::string title = "measattn flow: " + a.scheme + (a.sphere ? ", sphere" : "") +
-                              ", n = " + std::to_string(n) + ", d = " + std::to_string(d) +
-                              ", T = " + std::to_string(a.time);
+    std::ostringstream title;
+    title << "measattn flow: " << a.scheme << (a.sphere ? ", sphere" : "")
+          << (a.unnormalized ? ", unnormalized" : "") << ", n = " << n << ", d = " << d
+          << ", T = " << a.time;
+    if (builtin) title << ", beta = " << a.beta;
     const std::string path = (fs::path(dir) / "trajectories.png").string();
-    if (plot_trajectories(r.frames, path, title)) png = "trajectories.png";
+    if (plot_trajectories(r.frames, path, title.str())) png = "trajectories.png";
   }
   std::ostringstream fp;
   fp << std::hex << std::setw(16) << std::setfill('0') << flow_fingerprint(model, *mu, options);
