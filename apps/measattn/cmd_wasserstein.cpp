@@ -97,8 +97,6 @@ void run(const WassersteinArgs& args) {
   o.seed = args.seed;
   o.method = parse_wasserstein_method(args.method, "--method");
   o.progress = true;
-  if (const char* e = std::getenv("MEASATTN_NB")) o.neighbours = std::atoi(e);
-  if (const char* e = std::getenv("MEASATTN_APR")) o.arcs_per_round = std::atoi(e);
   o.want_dense_plan = !args.plan.empty();
 
   const MeasureD mu = load_measure(args.a, "A", args.wa, "--wa");

@@ -2,7 +2,9 @@
 //
 // Supplies are integers: the weights are scaled to 2^53 units with exact
 // largest-remainder rounding, so that LEMON balances them exactly (its
-// documented requirement); costs stay double. The optimal integer flow is then
+// documented requirement); costs are quantized to int64 for the simplex only
+// (see solve_network), so that it runs in exact arithmetic and cannot cycle.
+// Every reported number uses the exact double costs. The optimal integer flow is then
 // re-solved on its own support forest with the exact double weights ("polish"),
 // which gives the plan for the true weights; its marginal error is reported.
 //
@@ -18,7 +20,6 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -36,6 +37,7 @@
 
 #include "common/progress.hpp"
 #include "measattn/error.hpp"
+#include "measattn/interrupt.hpp"
 #include "measattn/wasserstein.hpp"
 #include "wasserstein/detail.hpp"
 
@@ -316,6 +318,7 @@ WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
   Progress progress("wasserstein exact", options.max_rounds);
   const bool show = options.progress && !dense;
   while (true) {
+    measattn::detail::check_interrupt();  // Ctrl-C from Python (no-op without a handler)
     ++rounds;
     arcs.clear();
     costs.clear();
@@ -325,11 +328,7 @@ WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
         costs.push_back(arc_cost(static_cast<int>(i), j));
       }
     }
-    const auto t0 = std::chrono::steady_clock::now();
     sol = solve_network(n, m, A, B, arcs, costs);
-    if (std::getenv("MEASATTN_DEBUG_OT"))
-      fprintf(stderr, "round %d: %zu arcs, solve %.3f s\n", rounds, arcs.size(),
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (!sol.ok) throw std::runtime_error("wasserstein_exact: network simplex failed (infeasible)");
     if (dense) {
       optimal = true;

@@ -31,6 +31,7 @@
 
 #include "common/progress.hpp"
 #include "measattn/error.hpp"
+#include "measattn/interrupt.hpp"
 #include "measattn/wasserstein.hpp"
 #include "wasserstein/detail.hpp"
 
@@ -222,6 +223,7 @@ class SinkhornSolver {
     Progress progress("sinkhorn", o.max_iterations);
     const bool show = o.progress && parallel_;
     for (it = 0; it < o.max_iterations; ++it) {
+      measattn::detail::check_interrupt();  // Ctrl-C from Python (no-op without a handler)
       kernel_t_times(u_, ktu);
       if (!positive_finite(ktu, b_)) {
         absorb_and_refresh();
