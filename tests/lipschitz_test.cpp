@@ -367,7 +367,7 @@ TEST(lipschitz_test, deterministic_across_thread_counts) {
   const double again = lipschitz_ratio(m, MeasureD(a.witness.mu_atoms, a.witness.mu_weights),
                                        MeasureD(a.witness.nu_atoms, a.witness.nu_weights));
   EXPECT_NEAR(again, a.ratio, 1e-12 * a.ratio);
-  EXPECT_NEAR(a.witness.w1_output / a.witness.w1_input, a.ratio, 1e-12 * a.ratio);
+  EXPECT_NEAR(a.witness.w1_output / a.witness.w1_input, a.ratio, 1e-9 * a.ratio);
 }
 
 TEST(lipschitz_test, radius_sweep_shows_growth_for_dot_attention) {

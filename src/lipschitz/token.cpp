@@ -14,6 +14,7 @@
 
 #include "lipschitz/engine.hpp"
 #include "measattn/error.hpp"
+#include "measattn/interrupt.hpp"
 #include "measattn/lipschitz.hpp"
 
 namespace measattn {
@@ -122,6 +123,7 @@ Power power_iteration(const LayerParams& p, const MatrixD& x, MatrixD v, int ite
   v /= std::max(v.norm(), 1e-300);
   double prev = -1;
   for (int it = 0; it < iterations; ++it) {
+    measattn::detail::check_interrupt();  // Ctrl-C from Python (no-op without a handler)
     const MatrixD jv = jvp_impl(p, x, v);
     const double s = jv.norm();
     r.value = s;
