@@ -2,7 +2,6 @@
 // by its own analyze_<section>.cpp as the module lands.
 #include "analyze.hpp"
 namespace measattn::cli {
-void section_entropy(SectionContext&) {}
 void section_lipschitz(SectionContext&) {}
 void section_misspec(SectionContext&) {}
 }  // namespace measattn::cli
