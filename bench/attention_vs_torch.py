@@ -161,7 +161,7 @@ def main():
                         tm = time_torch(lambda: mha(xb, xb, xb, need_weights=False), args.repetitions)
                         mha_ms = statistics.median(tm["wall"])
                         del mha, xb
-                    del x, w
+
 
                     flops = 4.0 * n * n * k
                     mm, tt = statistics.median(m["wall"]), statistics.median(t["wall"])
