@@ -44,7 +44,7 @@ namespace {
 
 // Rows per query block and keys per key block of the small-dimension kernel.
 constexpr Index kRowBlock = 64;
-constexpr Index kKeyBlock = 1024;
+constexpr Index kKeyBlock = 256;
 // Below this many query-key pairs a field evaluation runs on one thread.
 constexpr Index kParallelWork = 1 << 16;
 
