@@ -204,9 +204,13 @@ WassersteinResult identity_coupling_upper_bound(const Measure<Scalar>& mu,
                                                 const Measure<Scalar>& nu, double p = 1);
 
 /// Entropic OT: minimizes <P, C> + reg * sum_ij P_ij log P_ij over Pi(a, b), C_ij =
-/// ||x_i - y_j||^p. value = transport_cost^(1/p) (kind estimate; what POT's
-/// ot.sinkhorn2 returns is transport_cost), upper = rounded_cost^(1/p) (certified),
-/// lower = max-sliced... no: lower = the mean-difference bound. O(n m) per iteration.
+/// ||x_i - y_j||^p, by log-stabilized Sinkhorn (stop when ||P^T 1 - b||_2 < tolerance,
+/// POT's criterion). value = transport_cost^(1/p), kind estimate (transport_cost =
+/// <P, C> of the unrounded plan is what POT's ot.sinkhorn2 returns); upper =
+/// rounded_cost^(1/p), certified (AWR rounding onto Pi(a, b)); lower = the larger of
+/// ||mean difference|| and the dual value of the c-transformed Sinkhorn potentials,
+/// both certified. The plan (on request) is the rounded, feasible one.
+/// O(n m) memory (max_dense_bytes) and O(n m) time per iteration.
 template <class Scalar>
 WassersteinResult wasserstein_sinkhorn(const Measure<Scalar>& mu, const Measure<Scalar>& nu,
                                        const WassersteinOptions& options = {});
