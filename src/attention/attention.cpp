@@ -343,6 +343,7 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
   const MatrixRef<Scalar> key_atoms =
       all_positive ? MatrixRef<Scalar>(mu.atoms()) : MatrixRef<Scalar>(dropped.atoms);
   const Index m = key_atoms.rows();
+  if (m == 0) throw invalid_argument("weights: every token has weight zero");
   auto key_index = [&](Index j) {
     return all_positive ? j : dropped.index[static_cast<size_t>(j)];
   };
