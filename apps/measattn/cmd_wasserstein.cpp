@@ -158,7 +158,8 @@ void run(const WassersteinArgs& args) {
             << "  lower   " << number(r.lower) << "\n"
             << "  upper   " << number(r.upper) << "\n"
             << "  method  " << to_string(r.method) << "\n"
-            << "  status  " << to_string(r.status) << ": " << r.message << "\n";
+            << "  status  " << to_string(r.status) << "\n"
+            << "  note    " << r.message << "\n";
   if (r.method == WassersteinMethod::sinkhorn) {
     std::cout << "  <P,C> = " << number(r.transport_cost)
               << "  entropic = " << number(r.entropic_cost)

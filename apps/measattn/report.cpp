@@ -50,7 +50,11 @@ std::string Report::markdown() const {
         md << "\n";
         for (const auto& row : b.rows) {
           md << "|";
-          for (const auto& cell : row) md << " " << cell << " |";
+          for (const auto& cell : row) {
+            std::string escaped;  // a '|' inside a cell would end it
+            for (char c : cell) escaped += c == '|' ? std::string("\\|") : std::string(1, c);
+            md << " " << escaped << " |";
+          }
           md << "\n";
         }
         md << "\n";
