@@ -16,8 +16,8 @@ Model<double> example_model() {
   // Random N(0, 1/d) weights, with the query and key maps scaled up so that the
   // heads attend selectively (logits of order a few units on B_1).
   Model<double> m = Model<double>::random(8, 2, true, 2020);
-  m.w_q *= 3;
-  m.w_k *= 3;
+  m.w_q *= 2;
+  m.w_k *= 2;
   return m;
 }
 
