@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <memory>
@@ -268,9 +269,11 @@ class SinkhornSolver {
     result.iterations = it;
     result.marginal_violation = err;
     result.status = converged ? WassersteinStatus::converged : WassersteinStatus::iteration_limit;
-    result.message = converged ? "converged: ||P^T 1 - b||_2 = " + std::to_string(err)
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.3e", err);
+    result.message = converged ? std::string("converged: ||P^T 1 - b||_2 = ") + buf
                                : "iteration cap " + std::to_string(o.max_iterations) +
-                                     " reached with ||P^T 1 - b||_2 = " + std::to_string(err);
+                                     " reached with ||P^T 1 - b||_2 = " + buf;
     finish(o, result);
     return result;
   }
