@@ -63,7 +63,7 @@ _OPTIONAL = [
     "token_jacobian", "token_lipschitz_lower_bound", "NamedBound", "HeadBound", "UpperBounds",
     "LipschitzWitness", "LipschitzSearchResult", "TokenJacobianResult", "TokenSearchResult",
     # misspec.hpp
-    "misspec", "MisspecResult",
+    "misspec", "MisspecResult", "MisspecRow", "expected_gaussian_norm",
 ]
 for _name in _OPTIONAL:
     if hasattr(_measattn, _name):

@@ -350,3 +350,31 @@ def token_lipschitz_lower_bound(model: Model, tokens: int = 8, restarts: int = 8
                                 steps: int = 100, step_size: float = 0.05, radius: float = 0.0,
                                 seed: int = 11, residual: bool = False,
                                 threads: int = 0) -> TokenSearchResult: ...
+
+# ---- misspec --------------------------------------------------------------------
+
+class MisspecRow:
+    parameter: float
+    w1_input: float
+    w1_output: float
+    bound: float
+    a_priori: float
+    max_ratio: float
+
+class MisspecResult:
+    kind: str
+    radius: float
+    lipschitz: float
+    bound_name: str
+    rows: List[MisspecRow]
+    output_rate: float
+    input_rate: float
+    violated: bool
+
+def misspec(model: Model, tokens: Tokens, weights: Optional[ArrayLike] = None,
+            kind: str = "sample", sizes: Optional[Sequence[int]] = None,
+            sigmas: Optional[Sequence[float]] = None, eps: Optional[Sequence[float]] = None,
+            repeats: int = 3, radius: float = 0.0, adversarial: bool = True,
+            residual: bool = False, seed: int = 1) -> MisspecResult:
+    """W1(F(mu'), F(mu)) <= L(R) W1(mu', mu) next to the realized deviation."""
+def expected_gaussian_norm(d: int) -> float: ...

@@ -30,6 +30,7 @@
 #include "maxent/logit_tiles.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
+#include "measattn/interrupt.hpp"
 #include "measattn/maxent.hpp"
 
 namespace measattn {
@@ -193,6 +194,7 @@ void solve(SinkhornState<Scalar>& s, int iterations, double tolerance, bool want
   };
   bool error_known = false;
   for (int it = 0; it < iterations || (want_error && !error_known); ++it) {
+    measattn::detail::check_interrupt();  // Ctrl-C from Python (no-op without a handler)
     const Vector<Scalar> f_support = gather(s.f, s.keys.index);
     Vector<Scalar> g_new = -row_logsumexp(s.columns, Vector<Scalar>(lw + f_support), block);
     Vector<Scalar> g_new_support = gather(g_new, s.keys.index);

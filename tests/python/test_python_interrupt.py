@@ -29,10 +29,12 @@ def test_keyboard_interrupt_stops_a_long_flow():
     # About 10^6 steps of ~0.1 ms: minutes without the interrupt.
     timer = send_sigint_after(0.5)
     start = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        measattn.flow(model, x, time=1000.0, steps=1_000_000, sphere=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            measattn.flow(model, x, time=1000.0, steps=1_000_000, sphere=True)
+    finally:
+        timer.cancel()
     elapsed = time.perf_counter() - start
-    timer.cancel()
     assert elapsed < 10, elapsed
     # Still usable, and a second interrupt-free call completes.
     r = measattn.flow(model, x, time=0.1, steps=3, sphere=True)
@@ -53,11 +55,13 @@ def test_custom_signal_handler_exception_propagates():
     old = signal.signal(signal.SIGINT, handler)
     try:
         timer = send_sigint_after(0.3)
-        with pytest.raises(Stop, match="stopped by handler"):
-            measattn.flow(measattn.Model.canonical(3, 1.0),
-                          np.random.default_rng(1).normal(size=(200, 3)),
-                          time=1000.0, steps=1_000_000, sphere=True)
-        timer.cancel()
+        try:
+            with pytest.raises(Stop, match="stopped by handler"):
+                measattn.flow(measattn.Model.canonical(3, 1.0),
+                              np.random.default_rng(1).normal(size=(200, 3)),
+                              time=1000.0, steps=1_000_000, sphere=True)
+        finally:
+            timer.cancel()
     finally:
         signal.signal(signal.SIGINT, old)
 
@@ -66,5 +70,23 @@ def test_no_handler_cost_in_short_calls():
     """Short calls complete normally with the handler installed (no spurious stops)."""
     model = measattn.Model.random(4, 1, seed=0)
     x = np.random.default_rng(2).normal(size=(10, 4))
-    for _ in range(100):
+    for _ in range(20):
         model.attend(x)
+
+
+def test_keyboard_interrupt_stops_sinkhorn():
+    if not hasattr(measattn, "wasserstein"):
+        pytest.skip("measattn built without wasserstein")
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(1500, 4)), rng.normal(size=(1500, 4))
+    timer = send_sigint_after(0.5)
+    start = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            # tolerance 1e-300 is never reached: runs max_iterations (minutes) unless
+            # interrupted.
+            measattn.wasserstein(x, y, method="sinkhorn", reg=1e-3, tolerance=1e-300,
+                                 max_iterations=10_000_000)
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - start < 10

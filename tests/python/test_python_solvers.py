@@ -198,3 +198,26 @@ def test_lipschitz_bounds_bracket_realized_ratios():
         ours = measattn.lipschitz_ratio(model, measattn.Measure(x), measattn.Measure(y))
         assert ours == pytest.approx(ratio, rel=1e-8)
         assert ratio <= up.best_w1 * (1 + 1e-12)
+
+
+# ---- Mis-specified inputs -------------------------------------------------------
+
+def test_misspec_bounds_hold():
+    need("misspec")
+    special = pytest.importorskip("scipy.special")
+    rng = np.random.default_rng(8)
+    model = measattn.Model.random(3, 1, bias=False, seed=5)
+    x = rng.normal(size=(12, 3))
+    x /= np.linalg.norm(x, axis=1).max()
+    up = measattn.lipschitz_upper_bounds(model, 1.0)
+    for kind in ("noise", "corrupt", "sample"):
+        r = measattn.misspec(model, x, kind=kind, sigmas=[0.01, 0.1], eps=[0.05, 0.2],
+                             sizes=[4, 16], repeats=2)
+        assert r.kind == kind and len(r.rows) == 2 and not r.violated
+        assert r.lipschitz >= up.best_w1 * (1 - 1e-12) or r.radius != 1.0
+        for row in r.rows:
+            assert row.w1_output <= row.bound * (1 + 1e-9)
+            assert row.max_ratio <= 1 + 1e-9
+    d = 5
+    ref = np.sqrt(2) * np.exp(special.gammaln((d + 1) / 2) - special.gammaln(d / 2))
+    assert measattn.expected_gaussian_norm(d) == pytest.approx(ref, rel=1e-13)
