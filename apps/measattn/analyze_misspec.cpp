@@ -22,7 +22,7 @@ void section_misspec(SectionContext& ctx) {
       "Each row averages 3 draws; the bound holds for every draw.");
 
   Table all;
-  all.columns = {"kind", "parameter", "w1_input", "w1_output", "bound", "a_priori"};
+  all.columns = {"kind", "parameter", "w1_input", "w1_output", "bound"};
   const std::pair<MisspecKind, const char*> kinds[] = {
       {MisspecKind::sample, "n"}, {MisspecKind::noise, "sigma"}, {MisspecKind::corrupt, "eps"}};
   std::string plot =
@@ -47,8 +47,8 @@ void section_misspec(SectionContext& ctx) {
                       std::isnan(row.a_priori) ? std::string("-") : fmt(row.a_priori, 4),
                       fmt(row.max_ratio, 3)});
       t.rows.push_back({row.parameter, row.w1_input, row.w1_output, row.bound});
-      all.rows.push_back({static_cast<double>(kind), row.parameter, row.w1_input, row.w1_output,
-                          row.bound, row.a_priori});
+      all.rows.push_back(
+          {static_cast<double>(kind), row.parameter, row.w1_input, row.w1_output, row.bound});
     }
     std::string caption = to_string(kind) + ": L = " + fmt(res.lipschitz, 5) + " (" +
                           res.bound_name + ", R = " + fmt(res.radius, 4) + ")";
