@@ -243,3 +243,12 @@ def test_import_does_not_import_torch():
     env = dict(os.environ)
     code = "import sys, measattn; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+def test_quickstart_example_runs():
+    from conftest import REPO_ROOT
+    script = REPO_ROOT / "examples" / "python_quickstart.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "max |measattn - torch|" in proc.stdout
