@@ -9,6 +9,9 @@ export MEASATTN_BUILD_DIR="${MEASATTN_ASAN_BUILD_DIR:-$root/build-asan}"
   -DMEASATTN_BUILD_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+# ctest runs two test programs at once on two cores: OpenMP threads that spin
+# at barriers would steal the other program's core.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 cd "$MEASATTN_BUILD_DIR"
 # The pytest suites that load torch are left to the plain build: torch itself is
 # not built with ASan, so the GoogleTest suites are the sanitized part.

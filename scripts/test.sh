@@ -5,5 +5,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${MEASATTN_BUILD_DIR:-$root/build}"
 "$root/scripts/build.sh" "$@"
+# ctest runs two test programs at once on two cores: OpenMP threads that spin
+# at barriers would steal the other program's core.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 cd "$build"
 ctest --output-on-failure --timeout 1800 -j "$(nproc)"

@@ -109,7 +109,8 @@ struct AttendOptions {
   bool causal = false;    // query i sees keys j <= i
   bool residual = false;  // add the query to the output (needs d_out == d_q)
   Normalization normalization = Normalization::softmax;
-  int sinkhorn_iterations = 0;  // Sinkhorn half-steps beyond softmax (0 = softmax)
+  int sinkhorn_iterations = 0;  // Sinkhorn iterations (columns, then rows) beyond softmax
+                                // (0 = softmax)
   /// Rows per query block and key block of the streaming kernel; 0 = automatic.
   /// Results do not depend on the thread count; they may depend on block sizes
   /// only in the last bits.

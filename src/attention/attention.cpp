@@ -381,7 +381,9 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
   const Matrix<Scalar> wo_t = model.w_o.transpose();             // E x d_out
   const Index d_in = queries.cols();
 
-#pragma omp parallel
+  // A single block of queries and keys is not worth waking the thread team
+  // (tens of microseconds, and much more on a loaded machine).
+#pragma omp parallel if (query_blocks > 1 || key_blocks > 1)
   {
     std::vector<Scalar> s_buf(static_cast<size_t>(bq * bk));
     std::vector<Scalar> acc_buf(static_cast<size_t>(bq * k_pad));
