@@ -167,8 +167,10 @@ struct LipschitzWitness {
 struct LipschitzSearchResult {
   double ratio = 0;  ///< certified lower bound on the W1 constant on B_R
   LipschitzWitness witness;
-  std::vector<double> restart_ratios;  ///< best certified ratio of each restart
-  std::int64_t evaluations = 0;        ///< pairs evaluated (objective evaluations)
+  /// Best certified ratio of each restart (restarts + 1 entries when atoms >= 3: the
+  /// last is the covariance seed).
+  std::vector<double> restart_ratios;
+  std::int64_t evaluations = 0;  ///< pairs evaluated (objective evaluations)
   SearchStatus status = SearchStatus::completed;
   std::string message;
 };

@@ -13,6 +13,7 @@
 #include <omp.h>
 
 #include <Eigen/Eigenvalues>
+#include <Eigen/SVD>
 
 #include <algorithm>
 #include <cmath>
@@ -198,6 +199,36 @@ MatrixD castin_seed(const Model<double>& model, Index n, double radius, bool top
   return x;
 }
 
+MatrixD covariance_seed(const Model<double>& model, Index n, double radius) {
+  const Head<double> hd = model.head(0);
+  const MatrixD a = hd.q.transpose() * hd.k / hd.tau;
+  const VectorD c = hd.k.transpose() * hd.b_q / hd.tau;
+  const Index d = a.rows();
+  // u maximizing ||V u|| ||A u|| among the top right singular vectors of A and V.
+  VectorD best = VectorD::Unit(d, 0);
+  double score = -1;
+  for (const MatrixD* m : {&a, &hd.v}) {
+    Eigen::JacobiSVD<Eigen::MatrixXd> svd(*m, Eigen::ComputeFullV);
+    for (Index j = 0; j < std::min<Index>(d, 2); ++j) {
+      const VectorD u = svd.matrixV().col(j);
+      const double sc = (hd.v * u).norm() * (a * u).norm();
+      if (sc > score) {
+        score = sc;
+        best = u;
+      }
+    }
+  }
+  const VectorD au = a * best;
+  VectorD x0 = VectorD::Zero(d);
+  if (au.squaredNorm() > 0) x0 = -(best.dot(c) / au.squaredNorm()) * au;
+  if (x0.norm() > radius) x0 *= radius / x0.norm();
+  MatrixD x(n, d);
+  x.row(0) = radius * best.transpose();
+  x.row(1) = -radius * best.transpose();
+  for (Index i = 2; i < n; ++i) x.row(i) = x0.transpose();
+  return x;
+}
+
 struct RestartOut {
   double ratio = 0;  // certified
   PairState best;
@@ -234,6 +265,10 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
   // Nearby moves keep nu = mu + (D, E) and move (mu, D, E).
   bool nearby = false;
   std::string origin;
+  // Restart kinds: 0, 1 Castin's seeds; then cycling random (2), nearby
+  // positions (3), nearby weights (4), both (5), Castin (6).
+  // The covariance seed is one extra restart (index = restarts) when n >= 3.
+  const bool cov_seed = r == o.restarts;
   const int kind = r < 2 ? r : 2 + (r - 2) % 5;
   const double delta = o.nearby;
   auto random_logits = [&](Index m) {
@@ -241,7 +276,21 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
     for (Index i = 0; i < m; ++i) a[i] = nd(rng);
     return a;
   };
-  if (kind <= 1 || kind == 6) {
+  if (cov_seed) {
+    // Two heavy atoms at +-R u split the kernel of light query atoms placed where
+    // both logits are equal: there the Jacobian of Gamma_mu is R^2 (V u)(A u)^T
+    // (the covariance is R^2 u u^T), the largest the x-part allows. Moving the
+    // light atoms a little gives a ratio close to R^2 ||V u|| ||A u||.
+    origin = "covariance";
+    s.x = covariance_seed(model, n, radius);
+    s.a = VectorD::Constant(n, -6.0);
+    s.a[0] = s.a[1] = 0;
+    s.b = s.a;
+    s.y = s.x;
+    s.y.bottomRows(n - 2) += gaussian(rng, n - 2, d, delta * radius);
+    project_to_ball(s.y, radius);
+    nearby = true;
+  } else if (kind <= 1 || kind == 6) {
     origin = "adversarial";
     // Castin et al.'s sequences as the first measure, a nearby second one:
     // R (u, u/2, ..., u/2) with u the top eigenvector of sym(A), and
@@ -408,15 +457,16 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
   if (!(radius > 0) || !std::isfinite(radius))
     throw invalid_argument("--radius: must be positive and finite");
   const LayerParams p = LayerParams::from(model, options.residual);
-  std::vector<RestartOut> outs(static_cast<size_t>(options.restarts));
+  const int total = options.restarts + (options.atoms >= 3 ? 1 : 0);
+  std::vector<RestartOut> outs(static_cast<size_t>(total));
   const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
-  detail::Progress progress("lipschitz search", options.restarts);
+  detail::Progress progress("lipschitz search", total);
   const bool show = options.progress;
   std::mutex mtx;
   int done = 0;
   double best_so_far = 0;
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
-  for (int r = 0; r < options.restarts; ++r) {
+  for (int r = 0; r < total; ++r) {
     outs[static_cast<size_t>(r)] = run_restart(model, p, radius, options, r);
     if (show) {
       std::lock_guard<std::mutex> lock(mtx);
@@ -428,7 +478,7 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
   if (show) progress.finish();
   LipschitzSearchResult res;
   int best = -1;
-  for (int r = 0; r < options.restarts; ++r) {
+  for (int r = 0; r < total; ++r) {
     const auto& o = outs[static_cast<size_t>(r)];
     res.evaluations += o.evals;
     res.restart_ratios.push_back(o.ratio);
@@ -452,8 +502,8 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
   w.origin = o.origin;
   w.restart = best;
   res.status = SearchStatus::completed;
-  res.message = "best of " + std::to_string(options.restarts) + " restarts (restart " +
-                std::to_string(best) + ", " + o.origin + ")";
+  res.message = "best of " + std::to_string(total) + " restarts (restart " + std::to_string(best) +
+                ", " + o.origin + ")";
   return res;
 }
 
