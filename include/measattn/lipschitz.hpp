@@ -1,5 +1,5 @@
 // measattn/lipschitz.hpp — Lipschitz constants of attention in W1: certified
-// upper bounds (proved in docs/theory-lipschitz.md) and certified lower bounds
+// upper bounds (proved in docs/theory.md (lipschitz)) and certified lower bounds
 // (a search for the worst pair of measures, every ratio recomputed exactly).
 //
 // For a layer F(mu) = (Gamma_mu)#mu (THEORY Sections 2 and 6) and mu, nu

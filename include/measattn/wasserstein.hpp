@@ -13,7 +13,7 @@
 // `upper` always bracket the true W_p (lower = upper = value for exact results;
 // lower = 0 or upper = +inf when nothing better is known).
 //
-// Methods (docs/theory-wasserstein.md maps each result to its proof):
+// Methods (docs/theory.md (wasserstein) maps each result to its proof):
 //  - wasserstein_exact: min-cost flow with LEMON's network simplex on the
 //    bipartite graph, by column generation on a sparse candidate set of arcs
 //    (k nearest neighbours + a feasible projected plan), certified optimal by a

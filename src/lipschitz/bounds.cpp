@@ -1,5 +1,5 @@
 // Certified upper bounds on the W1 Lipschitz constant of attention layers
-// (docs/theory-lipschitz.md gives the proofs) and Kim et al.'s token-level bounds.
+// (docs/theory.md (lipschitz) gives the proofs) and Kim et al.'s token-level bounds.
 // GCC 12 false positive inside its AVX-512 intrinsics when Eigen kernels are inlined.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
