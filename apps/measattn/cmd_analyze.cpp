@@ -17,6 +17,7 @@
 #include "analyze.hpp"
 #include "command.hpp"
 #include "common/progress.hpp"
+#include "inputs.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 #include "measattn/version.hpp"
@@ -46,21 +47,14 @@ void run_analyze(const AnalyzeArgs& args) {
     in.model_name = args.model_path;
   }
   if (args.tokens_path.empty()) {
+    if (!args.weights_path.empty()) throw invalid_argument("--weights: needs --tokens");
     if (in.model.query_dim() != in.model.key_dim()) {
       throw invalid_argument("--tokens: required for a model whose query and key dims differ");
     }
     in.tokens = example_tokens(in.model.key_dim());
     in.tokens_name = "built-in example tokens (48 points in 3 clusters, radius 1)";
   } else {
-    Matrix<double> x = read_npy_matrix<double>(args.tokens_path, "--tokens");
-    Vector<double> w = args.weights_path.empty()
-                           ? Vector<double>::Constant(x.rows(), 1.0 / static_cast<double>(x.rows()))
-                           : read_npy_vector<double>(args.weights_path, "--weights");
-    try {
-      in.tokens = std::make_shared<Measure<double>>(std::move(x), std::move(w));
-    } catch (const invalid_argument& e) {
-      throw invalid_argument(args.tokens_path + ": " + e.what());
-    }
+    in.tokens = read_token_measure<double>(args.tokens_path, args.weights_path);
     in.tokens_name = args.tokens_path;
   }
   if (in.tokens->dim() != in.model.key_dim() || in.tokens->dim() != in.model.query_dim()) {

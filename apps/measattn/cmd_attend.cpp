@@ -13,6 +13,7 @@
 #include <string>
 
 #include "command.hpp"
+#include "inputs.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
@@ -34,31 +35,11 @@ std::string dim_text(Index d) { return std::to_string(d); }
 template <class Scalar>
 void run_attend(const AttendArgs& a, const AttendOptions& options) {
   const Model<Scalar> model = load_model<Scalar>(a.model);
-  Matrix<Scalar> tokens = read_npy_matrix<Scalar>(a.tokens, "--tokens");
-  if (tokens.rows() == 0) throw invalid_argument("--tokens: " + a.tokens + ": no tokens (0 rows)");
-  if (tokens.cols() != model.key_dim()) {
+  const auto mu = read_token_measure<Scalar>(a.tokens, a.weights);
+  if (mu->dim() != model.key_dim()) {
     throw invalid_argument("--tokens: " + a.tokens + ": tokens have dimension " +
-                           dim_text(tokens.cols()) + ", the model " + a.model +
+                           dim_text(mu->dim()) + ", the model " + a.model +
                            " expects keys of dimension " + dim_text(model.key_dim()));
-  }
-  Vector<Scalar> weights;
-  if (!a.weights.empty()) {
-    weights = read_npy_vector<Scalar>(a.weights, "--weights");
-    if (weights.size() != tokens.rows()) {
-      throw invalid_argument("--weights: " + a.weights + ": " + dim_text(weights.size()) +
-                             " weights for " + dim_text(tokens.rows()) + " tokens");
-    }
-  } else {
-    weights = Vector<Scalar>::Ones(tokens.rows());
-  }
-  std::unique_ptr<Measure<Scalar>> mu;
-  try {
-    mu = std::make_unique<Measure<Scalar>>(std::move(tokens), std::move(weights));
-  } catch (const invalid_argument& e) {
-    const std::string what = e.what();
-    const bool about_weights = what.rfind("weights", 0) == 0 && !a.weights.empty();
-    throw invalid_argument(about_weights ? "--weights: " + a.weights + ": " + what
-                                         : "--tokens: " + a.tokens + ": " + what);
   }
   Matrix<Scalar> queries;
   const bool cross = !a.queries.empty();

@@ -22,6 +22,7 @@
 #include <string>
 
 #include "command.hpp"
+#include "inputs.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 #include "measattn/maxent.hpp"
@@ -78,30 +79,12 @@ void run(const EntropyArgs& a) {
     }
   }
   const Model<double> model = load_model<double>(a.model);
-  MatrixD tokens = read_npy_matrix<double>(a.tokens, "--tokens");
-  if (tokens.rows() == 0) throw invalid_argument("--tokens: " + a.tokens + ": no tokens (0 rows)");
-  if (tokens.cols() != model.key_dim() || model.query_dim() != model.key_dim()) {
+  const auto mu = read_token_measure<double>(a.tokens, a.weights);
+  if (mu->dim() != model.key_dim() || model.query_dim() != model.key_dim()) {
     throw invalid_argument("--tokens: " + a.tokens + ": tokens have dimension " +
-                           std::to_string(tokens.cols()) + ", the model " + a.model +
+                           std::to_string(mu->dim()) + ", the model " + a.model +
                            " needs query and key dimension " + std::to_string(model.key_dim()) +
                            " (self-attention)");
-  }
-  VectorD weights = VectorD::Ones(tokens.rows());
-  if (!a.weights.empty()) {
-    weights = read_npy_vector<double>(a.weights, "--weights");
-    if (weights.size() != tokens.rows()) {
-      throw invalid_argument("--weights: " + a.weights + ": " + std::to_string(weights.size()) +
-                             " weights for " + std::to_string(tokens.rows()) + " tokens");
-    }
-  }
-  std::unique_ptr<MeasureD> mu;
-  try {
-    mu = std::make_unique<MeasureD>(std::move(tokens), std::move(weights));
-  } catch (const invalid_argument& e) {
-    const std::string what = e.what();
-    const bool about_weights = what.rfind("weights", 0) == 0 && !a.weights.empty();
-    throw invalid_argument(about_weights ? "--weights: " + a.weights + ": " + what
-                                         : "--tokens: " + a.tokens + ": " + what);
   }
   EntropyResult<double> r;
   try {

@@ -33,6 +33,7 @@
 #include <Eigen/Eigenvalues>
 
 #include "command.hpp"
+#include "inputs.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
 #include "measattn/flow.hpp"
@@ -171,32 +172,14 @@ void run_flow(const FlowArgs& a) {
     throw invalid_argument("--beta: the unnormalized field overflows (exp(beta)) for beta > 700");
   }
 
-  MatrixD tokens = read_npy_matrix<double>(a.tokens, "--tokens");
-  if (tokens.rows() == 0) throw invalid_argument("--tokens: " + a.tokens + ": no tokens (0 rows)");
-  const Index n = tokens.rows(), d = tokens.cols();
+  const auto mu = read_token_measure<double>(a.tokens, a.weights);
+  const Index n = mu->size(), d = mu->dim();
   Model<double> model = builtin ? Model<double>::canonical(d, a.beta) : load_model<double>(a.model);
   if (model.query_dim() != d || model.key_dim() != d || model.out_dim() != d) {
     throw invalid_argument(
         "--model: " + a.model + ": a flow needs d_out == d_q == d_kv == " + std::to_string(d) +
         " (the token dimension); the model has d_out " + std::to_string(model.out_dim()) +
         ", d_q " + std::to_string(model.query_dim()) + ", d_kv " + std::to_string(model.key_dim()));
-  }
-  VectorD weights = VectorD::Ones(n);
-  if (!a.weights.empty()) {
-    weights = read_npy_vector<double>(a.weights, "--weights");
-    if (weights.size() != n) {
-      throw invalid_argument("--weights: " + a.weights + ": " + std::to_string(weights.size()) +
-                             " weights for " + std::to_string(n) + " tokens");
-    }
-  }
-  std::unique_ptr<MeasureD> mu;
-  try {
-    mu = std::make_unique<MeasureD>(std::move(tokens), std::move(weights));
-  } catch (const invalid_argument& e) {
-    const std::string what = e.what();
-    const bool about_weights = what.rfind("weights", 0) == 0 && !a.weights.empty();
-    throw invalid_argument(about_weights ? "--weights: " + a.weights + ": " + what
-                                         : "--tokens: " + a.tokens + ": " + what);
   }
   if (a.sphere) {
     for (Index i = 0; i < n; ++i) {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "command.hpp"
+#include "inputs.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 #include "measattn/misspec.hpp"
@@ -77,26 +78,11 @@ void run(const MisspecArgs& args) {
     throw invalid_argument("--model: self-attention needs equal query and key dimensions");
   if (args.residual && model.out_dim() != model.query_dim())
     throw invalid_argument("--residual: the model's output dimension differs from its input");
-  MatrixD atoms = read_npy_matrix<double>(args.tokens, "--tokens");
-  if (atoms.rows() == 0) throw invalid_argument("--tokens: " + args.tokens + ": no tokens");
-  if (atoms.cols() != model.query_dim())
+  const auto mu = read_token_measure<double>(args.tokens, args.weights);
+  if (mu->dim() != model.query_dim())
     throw invalid_argument("--tokens: " + args.tokens + ": tokens have dimension " +
-                           std::to_string(atoms.cols()) + ", the model expects " +
+                           std::to_string(mu->dim()) + ", the model expects " +
                            std::to_string(model.query_dim()));
-  VectorD w = VectorD::Ones(atoms.rows());
-  if (!args.weights.empty()) {
-    w = read_npy_vector<double>(args.weights, "--weights");
-    if (w.size() != atoms.rows())
-      throw invalid_argument("--weights: " + args.weights + ": " + std::to_string(w.size()) +
-                             " weights for " + std::to_string(atoms.rows()) + " tokens");
-  }
-  std::optional<MeasureD> mu;
-  try {
-    mu.emplace(std::move(atoms), std::move(w));
-  } catch (const invalid_argument& e) {
-    throw invalid_argument((args.weights.empty() ? "--tokens: " : "--weights: ") +
-                           std::string(e.what()));
-  }
 
   const MisspecResult r = misspecification(model, *mu, o);
   const std::string pname = o.kind == MisspecKind::sample  ? "n"
