@@ -68,8 +68,8 @@ void section_misspec(SectionContext& ctx) {
   write_csv(ctx.dir + "/misspec.csv", all);
   render_png(ctx.dir + "/misspec.png", plot + plot_cmd + "\n");
   r.image("misspec.png",
-          "Output deviation against input deviation for the three kinds; the bound is the line "
-          "of slope one times L, far above",
+          "Output deviation against input deviation for the three kinds (the certified bounds "
+          "L W1(mu', mu), in the tables above, lie far above and are not drawn)",
           "misspec.csv");
   r.paragraph(violated ? "**A bound was violated: please report this.**"
                        : "No draw exceeded its bound.");
