@@ -163,7 +163,8 @@ struct Reader {
     const size_t bytes = static_cast<size_t>(r * c) * sizeof(Scalar);
     need(bytes);
     Matrix<Scalar> m(r, c);
-    std::memcpy(m.data(), buf.data() + pos, bytes);
+    if (bytes > 0)
+      std::memcpy(m.data(), buf.data() + pos, bytes);  // an empty matrix has no data pointer
     pos += bytes;
     return m;
   }
