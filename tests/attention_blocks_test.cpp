@@ -10,6 +10,7 @@
 #include <random>
 
 #include "measattn/attention.hpp"
+#include "test_measures.hpp"
 
 using namespace measattn;
 
@@ -21,19 +22,7 @@ double rel_error(const Matrix<Scalar>& a, const Matrix<Scalar>& b) {
   return static_cast<double>((a - b).cwiseAbs().maxCoeff()) / scale;
 }
 
-MeasureD random_measure(Index n, Index d, unsigned seed, int zero_every = 0, double spread = 1) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal(0.0, spread);
-  std::uniform_real_distribution<double> uniform(0.05, 1.0);
-  MatrixD x(n, d);
-  VectorD w(n);
-  for (Index i = 0; i < n; ++i) {
-    for (Index c = 0; c < d; ++c) x(i, c) = normal(rng);
-    w[i] = uniform(rng);
-    if (zero_every > 0 && i % zero_every == zero_every - 1) w[i] = 0;
-  }
-  return MeasureD(x, w);
-}
+using measattn::testing::random_measure;
 
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include "attention/internal.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
+#include "test_measures.hpp"
 
 using namespace measattn;
 
@@ -53,19 +54,7 @@ double shannon(const VectorD& p) {
   return s;
 }
 
-MeasureD random_measure(Index n, Index d, unsigned seed, bool zero_weights = false) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal;
-  std::uniform_real_distribution<double> uniform(0.05, 1.0);
-  MatrixD x(n, d);
-  VectorD w(n);
-  for (Index i = 0; i < n; ++i) {
-    for (Index c = 0; c < d; ++c) x(i, c) = normal(rng);
-    w[i] = uniform(rng);
-    if (zero_weights && i % 3 == 2) w[i] = 0;
-  }
-  return MeasureD(x, w);
-}
+using measattn::testing::random_measure;
 
 // A feasible candidate: a random distribution on supp(w) mixed with the point
 // mass at the argmax (or argmin) of g so that E_nu[g] = c exactly (up to rounding).
@@ -379,7 +368,7 @@ MatrixD dense_sinkhorn(const MatrixD& logits, const VectorD& w, int iterations) 
 TEST(maxent_test, zero_sinkhorn_iterations_is_softmax_bit_for_bit) {
   for (auto potential : {Potential::dot, Potential::l2}) {
     const auto model = Model<double>::random(6, 2, true, 7, potential);
-    const auto mu = random_measure(40, 6, 8, true);
+    const auto mu = random_measure(40, 6, 8, 3);
     AttendOptions soft, sink;
     sink.normalization = Normalization::sinkhorn;
     sink.sinkhorn_iterations = 0;
@@ -466,7 +455,7 @@ TEST(maxent_test, sinkhorn_converges_to_doubly_stochastic) {
 TEST(maxent_test, sinkhorn_with_zero_weights_and_extreme_logits) {
   // Zero-weight atoms get zero columns; their rows use the same potential g.
   const auto model = Model<double>::random(5, 1, true, 31);
-  const auto mu = random_measure(30, 5, 32, true);
+  const auto mu = random_measure(30, 5, 32, 3);
   AttendOptions o;
   o.normalization = Normalization::sinkhorn;
   o.sinkhorn_iterations = 100;
@@ -516,7 +505,7 @@ TEST(maxent_test, entropy_matches_dense_kernel_rows) {
     for (bool causal : {false, true}) {
       for (Index n : {1, 9, 150}) {
         const auto model = Model<double>::random(6, 3, true, 50 + n, potential);
-        const auto mu = random_measure(n, 6, static_cast<unsigned>(60 + n), !causal);
+        const auto mu = random_measure(n, 6, static_cast<unsigned>(60 + n), causal ? 0 : 3);
         EntropyOptions eo;
         eo.causal = causal;
         eo.betas = {-3.0, 0.0, 0.5, 1.0, 4.0};
