@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -88,23 +89,65 @@ TEST(wasserstein_test, exact_matches_permutation_brute_force) {
 }
 
 TEST(wasserstein_test, column_generation_matches_dense_solve) {
+  // Column generation in every configuration (tiny starting sets so that many
+  // rounds run; pruning off, default, and aggressive: every non-support arc
+  // dropped for many rounds) against the complete graph, with the duals checked
+  // for feasibility on all n*m arcs and for a zero duality gap.
   std::mt19937_64 rng(2);
-  for (int trial = 0; trial < 12; ++trial) {
+  struct Config {
+    int neighbours, arcs_per_round;
+    double prune;
+    int prune_rounds;
+  };
+  const Config configs[] = {{2, 3, std::numeric_limits<double>::infinity(), 0},
+                            {2, 3, 0.03, 8},
+                            {2, 4, 0.0, 1000},
+                            {48, 32, 0.03, 8}};
+  for (int trial = 0; trial < 16; ++trial) {
     const Index n = 40 + 30 * trial, m = 30 + 25 * trial, d = 1 + trial % 9;
     const double p = trial % 2 ? 2.0 : 1.0;
-    const MeasureD a = random_measure(rng, n, d, trial % 3 != 0);
-    const MeasureD b = random_measure(rng, m, d, trial % 4 != 0, 0.2);
-    WassersteinOptions dense, sparse;
-    dense.p = sparse.p = p;
-    dense.want_potentials = sparse.want_potentials = true;  // network simplex for d == 1
+    MeasureD a = random_measure(rng, n, d, trial % 3 != 0);
+    MeasureD b = random_measure(rng, m, d, trial % 4 != 0, 0.2);
+    if (trial % 5 == 4) {
+      // Duplicate and coincident atoms: a degenerate problem.
+      MatrixD x = a.atoms(), y = b.atoms();
+      for (Index i = 1; i < n; i += 3) x.row(i) = x.row(i - 1);
+      for (Index j = 0; j < std::min(n, m); j += 4) y.row(j) = x.row(j);
+      a = MeasureD(x, a.weights());
+      b = MeasureD(y, b.weights());
+    }
+    WassersteinOptions dense;
+    dense.p = p;
+    dense.want_potentials = true;  // network simplex for d == 1
     dense.dense_arc_limit = 1 << 30;
-    sparse.dense_arc_limit = 0;
-    sparse.neighbours = 2;
-    sparse.arcs_per_round = 3;
     const auto rd = wasserstein_exact(a, b, dense);
-    const auto rs = wasserstein_exact(a, b, sparse);
-    EXPECT_EQ(rs.status, WassersteinStatus::optimal);
-    expect_rel(rs.value, rd.value, 1e-11, "sparse vs dense");
+    for (const Config& c : configs) {
+      WassersteinOptions sparse = dense;
+      sparse.dense_arc_limit = 0;
+      sparse.neighbours = c.neighbours;
+      sparse.arcs_per_round = c.arcs_per_round;
+      sparse.prune = c.prune;
+      sparse.prune_rounds = c.prune_rounds;
+      sparse.max_rounds = 100000;  // termination is what is tested
+      const auto rs = wasserstein_exact(a, b, sparse);
+      EXPECT_EQ(rs.status, WassersteinStatus::optimal)
+          << "trial " << trial << ", neighbours " << c.neighbours << ", prune " << c.prune << ": "
+          << rs.message;
+      expect_rel(rs.value, rd.value, 1e-11, "sparse vs dense");
+      ASSERT_TRUE(rs.potentials.has_value());
+      const VectorD& f = rs.potentials->f;
+      const VectorD& g = rs.potentials->g;
+      double worst = 0, cmax = 0;
+      for (Index i = 0; i < n; ++i)
+        for (Index j = 0; j < m; ++j) {
+          const double cij = std::pow((a.atoms().row(i) - b.atoms().row(j)).norm(), p);
+          cmax = std::max(cmax, cij);
+          worst = std::max(worst, f[i] + g[j] - cij);
+        }
+      EXPECT_LE(worst, 1e-10 * cmax) << "dual infeasible, trial " << trial;
+      const double dual = a.weights().dot(f) + b.weights().dot(g);
+      expect_rel(dual, rs.cost, 1e-10, "duality gap");
+    }
   }
 }
 

@@ -18,7 +18,9 @@
 //    bipartite graph, by column generation on a sparse candidate set of arcs
 //    (k nearest neighbours + a feasible projected plan), certified optimal by a
 //    full reduced-cost sweep. O(n m d) per sweep plus the simplex on O(k (n+m))
-//    arcs. Small problems (n m <= dense_arc_limit) solve the dense graph directly.
+//    arcs; each re-solve is warm-started by handing the simplex the reduced costs
+//    under the previous duals. Small problems (n m <= dense_arc_limit) solve the dense graph
+//    directly.
 //  - wasserstein_1d: quantile-function formula W_p^p = int_0^1 |F^-1(t) - G^-1(t)|^p dt,
 //    O((n + m) log(n + m)) (radix sort), exact for d = 1.
 //  - sliced bounds: W_p(theta#mu, theta#nu) <= W_p(mu, nu) for unit theta (projection
@@ -76,8 +78,15 @@ struct WassersteinOptions {
   /// Problems with n*m <= this many arcs are solved on the complete bipartite graph.
   std::int64_t dense_arc_limit = 40000;
   /// Column generation: initial nearest neighbours per atom, arcs added per row per round.
-  int neighbours = 8;
-  int arcs_per_round = 8;
+  /// (Defaults tuned on uniform measures in R^8, n = 500..4000; docs/performance.md.)
+  int neighbours = 48;
+  int arcs_per_round = 32;
+  /// In the first prune_rounds rounds, arcs off the current support whose reduced
+  /// cost exceeds prune * (largest arc cost) are dropped, which keeps the simplex
+  /// small; afterwards the arc set only grows, so column generation terminates.
+  /// prune = infinity keeps every arc.
+  double prune = 0.03;
+  int prune_rounds = 8;
   /// Column generation rounds before giving up (status iteration_limit).
   int max_rounds = 100;
 

@@ -10,12 +10,12 @@ using namespace pybind11::literals;
 // Applies keyword options to a WassersteinOptions (names as in the C++ struct;
 // plan / dense_plan / potentials for the want_* flags).
 void apply_options(WassersteinOptions& o, const py::dict& kw) {
-  reject_unknown(
-      kw,
-      {"plan", "dense_plan", "potentials", "dense_arc_limit", "neighbours", "arcs_per_round",
-       "max_rounds", "projections", "max_sliced_restarts", "max_sliced_iterations", "seed", "reg",
-       "tolerance", "max_iterations", "max_dense_bytes", "progress"},
-      "wasserstein");
+  reject_unknown(kw,
+                 {"plan", "dense_plan", "potentials", "dense_arc_limit", "neighbours",
+                  "arcs_per_round", "prune", "prune_rounds", "max_rounds", "projections",
+                  "max_sliced_restarts", "max_sliced_iterations", "seed", "reg", "tolerance",
+                  "max_iterations", "max_dense_bytes", "progress"},
+                 "wasserstein");
   auto get = [&](const char* k, auto& field) {
     if (kw.contains(k)) field = kw[k].cast<std::decay_t<decltype(field)>>();
   };
@@ -26,6 +26,8 @@ void apply_options(WassersteinOptions& o, const py::dict& kw) {
   get("dense_arc_limit", o.dense_arc_limit);
   get("neighbours", o.neighbours);
   get("arcs_per_round", o.arcs_per_round);
+  get("prune", o.prune);
+  get("prune_rounds", o.prune_rounds);
   get("max_rounds", o.max_rounds);
   get("projections", o.projections);
   get("max_sliced_restarts", o.max_sliced_restarts);
@@ -61,7 +63,8 @@ formula, d = 1), "sliced" (certified lower and upper bounds), "sinkhorn"
 
 Options (keyword): plan=True (sparse coupling), dense_plan=True (also the
 (n, m) matrix), potentials=True (Kantorovich potentials f, g),
-dense_arc_limit, neighbours, arcs_per_round, max_rounds (exact); projections,
+dense_arc_limit, neighbours, arcs_per_round, prune, prune_rounds,
+max_rounds (exact); projections,
 max_sliced_restarts, max_sliced_iterations, seed (sliced); reg, tolerance,
 max_iterations, max_dense_bytes (sinkhorn); progress.
 

@@ -82,6 +82,8 @@ void WassersteinOptions::validate() const {
   if (dense_arc_limit < 0) throw invalid_argument("dense_arc_limit: must be >= 0");
   if (neighbours < 1) throw invalid_argument("neighbours: must be >= 1");
   if (arcs_per_round < 1) throw invalid_argument("arcs_per_round: must be >= 1");
+  if (!(prune >= 0)) throw invalid_argument("prune: must be >= 0 (infinity keeps every arc)");
+  if (prune_rounds < 0) throw invalid_argument("prune_rounds: must be >= 0");
   if (max_rounds < 1) throw invalid_argument("max_rounds: must be >= 1");
   if (projections < 1) throw invalid_argument("projections: must be >= 1");
   if (max_sliced_restarts < 1) throw invalid_argument("max_sliced_restarts: must be >= 1");
