@@ -441,6 +441,73 @@ TEST(flow_test, resume_is_bit_identical) {
   EXPECT_THROW(flow(canonical, mu0, missing), invalid_argument);
 }
 
+TEST(flow_test, tied_kernel_matches_core_kernel) {
+  // W_Q = W_K (the canonical model is one): the symmetric kernel against the
+  // core streaming kernel, for every head size it serves, several heads,
+  // value/output biases, zero weights, sizes that are not whole vectors or
+  // blocks, and the larger block size above n = 8192.
+  for (unsigned seed = 0; seed < 16; ++seed) {
+    const Index k = 1 + seed % 8;
+    const Index heads = seed % 3 == 0 ? 2 : 1;
+    auto model = ModelD::random(k * heads, heads, seed % 2 == 1, 500 + seed);
+    model.w_k = model.w_q;
+    if (model.b_q.size()) model.b_q.setZero();
+    if (model.b_k.size()) model.b_k.setZero();
+    ASSERT_TRUE(detail::tied_query_key(model));
+    const Index sizes[] = {1, 7, 9, 300, 1001};
+    const Index n = sizes[seed % 5];
+    const MatrixD x = random_points(n, k * heads, 600 + seed, seed % 5 == 3 ? 3.0 : 1.0);
+    const VectorD w = random_weights(n, 700 + seed, n > 2 && seed % 4 == 1);
+    const MatrixD fast = detail::tied_small_dim_attention_field(model, w, x);
+    const MatrixD ref = attention_field(model, MeasureD(x, w), x);
+    EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-11 * (1 + ref.cwiseAbs().maxCoeff()))
+        << "seed " << seed << ", n " << n << ", k " << k;
+  }
+  {
+    const auto model = ModelD::canonical(2, 1.0);
+    const MatrixD x = random_points(9000, 2, 11);
+    const VectorD w = random_weights(9000, 12, true);
+    const MatrixD fast = detail::tied_small_dim_attention_field(model, w, x);
+    const MatrixD ref = attention_field(model, MeasureD(x, w), x);
+    EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-11 * (1 + ref.cwiseAbs().maxCoeff()));
+  }
+  // Underflow: far-apart particles with a large beta leave some rows with a
+  // vanishing shifted sum; they are recomputed exactly.
+  const auto model = ModelD::canonical(3, 400.0);
+  MatrixD x = random_points(300, 3, 7);
+  x.row(0) *= 30;
+  x.row(1) *= 0.01;
+  const VectorD w = VectorD::Constant(300, 1.0 / 300);
+  ASSERT_TRUE(detail::tied_query_key(model));
+  const MatrixD fast = detail::tied_small_dim_attention_field(model, w, x);
+  const MatrixD ref = attention_field(model, MeasureD(x, w), x);
+  ASSERT_TRUE(fast.allFinite());
+  EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-9 * (1 + ref.cwiseAbs().maxCoeff()));
+  // Untied models are not taken for tied ones.
+  EXPECT_FALSE(detail::tied_query_key(ModelD::random(4, 1, false, 3)));
+}
+
+TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
+  const auto model = ModelD::canonical(3, 1.0);
+  const MatrixD x = random_points(3001, 3, 81);
+  const VectorD w = random_weights(3001, 82, true);
+  const int threads = omp_get_max_threads();
+  MatrixD first;
+  // Repeated calls too: buffers land at other addresses (this caught an
+  // alignment-dependent rounding).
+  for (int t : {2, 1, 1, 2, 3, 5}) {
+    omp_set_num_threads(t);
+    const MatrixD f = detail::tied_small_dim_attention_field(model, w, x);
+    if (first.size() == 0) {
+      first = f;
+    } else {
+      EXPECT_EQ(std::memcmp(first.data(), f.data(), sizeof(double) * first.size()), 0)
+          << t << " threads, max difference " << (first - f).cwiseAbs().maxCoeff();
+    }
+  }
+  omp_set_num_threads(threads);
+}
+
 TEST(flow_test, results_do_not_depend_on_thread_count) {
   const auto model = ModelD::random(6, 2, true, 61);
   const MeasureD mu0 = MeasureD::empirical(random_points(700, 6, 62));

@@ -21,6 +21,14 @@ Matrix<Scalar> small_dim_attention_field(const Model<Scalar>& model, const Vecto
                                          const MatrixRef<Scalar>& particles);
 
 /// sum_j w_j exp(beta <x_i, x_j>) x_j for each row i (no projection). O(n^2 d).
+/// True when the logits are symmetric: W_Q = W_K, no query/key bias, dot potential.
+bool tied_query_key(const Model<double>& model);
+
+/// The field for tied query/key projections and head_dim <= 8 (field.cpp):
+/// one exponential per unordered pair, deterministic for any thread count.
+Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const VectorD& weights,
+                                              const MatrixRef<double>& particles);
+
 template <class Scalar>
 Matrix<Scalar> unnormalized_field(const Vector<Scalar>& weights, const MatrixRef<Scalar>& particles,
                                   double beta);
