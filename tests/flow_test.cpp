@@ -487,11 +487,64 @@ TEST(flow_test, tied_kernel_matches_core_kernel) {
   EXPECT_FALSE(detail::tied_query_key(ModelD::random(4, 1, false, 3)));
 }
 
+TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
+  // Head sizes above 8: the symmetric kernel on the attention module's tiles.
+  for (unsigned seed = 0; seed < 10; ++seed) {
+    const Index ks[] = {9, 16, 33, 64};
+    const Index k = ks[seed % 4];
+    const Index heads = seed % 3 == 0 ? 2 : 1;
+    auto model = ModelD::random(k * heads, heads, seed % 2 == 1, 900 + seed);
+    model.w_k = model.w_q;
+    if (model.b_q.size()) model.b_q.setZero();
+    if (model.b_k.size()) model.b_k.setZero();
+    const Index sizes[] = {1, 95, 97, 300, 1001};
+    const Index n = sizes[seed % 5];
+    const MatrixD x = random_points(n, k * heads, 910 + seed, seed % 5 == 3 ? 2.0 : 1.0);
+    const VectorD w = random_weights(n, 920 + seed, n > 2 && seed % 4 == 1);
+    const MatrixD fast = detail::tied_gemm_attention_field(model, w, x);
+    const MatrixD ref = attention_field(model, MeasureD(x, w), x);
+    EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-11 * (1 + ref.cwiseAbs().maxCoeff()))
+        << "seed " << seed << ", n " << n << ", k " << k;
+  }
+  // Underflowed rows are recomputed exactly.
+  const auto model = ModelD::canonical(16, 100.0);
+  MatrixD x = random_points(200, 16, 17);
+  x.row(0) *= 20;
+  x.row(1) *= 0.01;
+  const VectorD w = VectorD::Constant(200, 1.0 / 200);
+  const MatrixD fast = detail::tied_gemm_attention_field(model, w, x);
+  const MatrixD ref = attention_field(model, MeasureD(x, w), x);
+  ASSERT_TRUE(fast.allFinite());
+  EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-9 * (1 + ref.cwiseAbs().maxCoeff()));
+  // And the flow takes it for the canonical model in R^64.
+  const MatrixD x64 = random_points(150, 64, 18);
+  FlowOptions o;
+  o.steps = 2;
+  const auto r = flow(ModelD::canonical(64, 1.0), MeasureD::empirical(x64), o);
+  EXPECT_EQ(r.status, FlowStatus::completed);
+}
+
 TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
+  const int threads = omp_get_max_threads();
+  {
+    const auto model = ModelD::canonical(64, 1.0);
+    const MatrixD x = random_points(700, 64, 83);
+    const VectorD w = random_weights(700, 84, true);
+    MatrixD first;
+    for (int t : {2, 1, 1, 3}) {
+      omp_set_num_threads(t);
+      const MatrixD f = detail::tied_gemm_attention_field(model, w, x);
+      if (first.size() == 0) {
+        first = f;
+      } else {
+        EXPECT_EQ(std::memcmp(first.data(), f.data(), sizeof(double) * first.size()), 0)
+            << "d = 64, " << t << " threads";
+      }
+    }
+  }
   const auto model = ModelD::canonical(3, 1.0);
   const MatrixD x = random_points(3001, 3, 81);
   const VectorD w = random_weights(3001, 82, true);
-  const int threads = omp_get_max_threads();
   MatrixD first;
   // Repeated calls too: buffers land at other addresses (this caught an
   // alignment-dependent rounding).

@@ -27,6 +27,12 @@
 #include <string>
 #include <vector>
 
+#include <sys/mman.h>
+
+#include <cstdlib>
+#include <memory>
+
+#include "attention/tiles.hpp"
 #include "flow/internal.hpp"
 #include "measattn/error.hpp"
 
@@ -511,6 +517,205 @@ Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const 
   return result;
 }
 
+namespace {
+
+struct FreeDeleter {
+  void operator()(double* p) const { std::free(p); }
+};
+
+/// count doubles, 2 MiB aligned and advised to use huge pages: first touch of
+/// fresh 4 KiB pages costs ~11 us each on this kind of machine (MACHINE.md).
+std::unique_ptr<double[], FreeDeleter> huge_buffer(size_t count) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t bytes =
+      std::max<size_t>(kHuge, (count * sizeof(double) + kHuge - 1) / kHuge * kHuge);
+  void* p = std::aligned_alloc(kHuge, bytes);
+  if (!p) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+  return std::unique_ptr<double[], FreeDeleter>(static_cast<double*>(p));
+}
+
+}  // namespace
+
+Matrix<double> tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
+                                         const MatrixRef<double>& x) {
+  using namespace Eigen::internal;
+  using Packet = Simd<double>::Packet;
+  constexpr Index L = Simd<double>::L;
+  const Index n = x.rows();
+  const Index heads = model.num_heads;
+  const Index k = model.head_dim();
+  const Index e = model.embed_dim();
+  // Square blocks: a multiple of the logits chunk (3 packets) and of the values
+  // tile rows (24) for every packet size. Blocks and slots depend on n and k only.
+  constexpr Index B = 96;
+  const Index chunk = kLogitPackets * L;
+  const Index np = round_up(n, B);
+  const Index nb = np / B;
+  const Index k_pad = round_up(k, L);
+  const Index pairs = nb * (nb + 1) / 2;
+  const size_t slot_size = static_cast<size_t>(np * (k_pad + 1));
+  // Accumulators: about 16 MiB in all, but at least 4 slots (parallel work)
+  // and at most one per two block pairs.
+  constexpr double kSlotBudget = 16.0 * (1 << 20);
+  const Index slots = std::max<Index>(
+      1, std::min<Index>(pairs / 2, std::clamp<Index>(
+                                        static_cast<Index>(kSlotBudget / (8.0 * double(slot_size))),
+                                        4, kTiedSlots)));
+  const double threshold = underflow_threshold<double>();
+  const bool parallel = nb > 1;
+
+  const double inv_root_tau = 1.0 / std::sqrt(static_cast<double>(model.tau()));
+  MatrixD out(n, e);
+  // Per head, zero-padded to np rows: A (np x k) the scaled keys a = kappa /
+  // sqrt(tau), KT the same as key panels (per block: k x B in chunks of `chunk`
+  // columns), V (np x k) the values, WV (np x k_pad) the omega-weighted values,
+  // minus_h = -|a|^2 / 2, omega. Prepared in parallel over the row blocks (the
+  // projections are 10 % of the work at n = 1000, d = 64).
+  MatrixD A(np, k), V(np, k), WV(np, k_pad), KT(nb * k, B);
+  Eigen::ArrayXd minus_h(np), omega(np), log_omega(np);
+  // The accumulators are kept by the calling thread from one call to the next:
+  // a flow evaluates the field at every step, and fresh pages cost ~11 us each.
+  thread_local std::unique_ptr<double[], FreeDeleter> cached;
+  thread_local size_t cached_size = 0;
+  if (cached_size < static_cast<size_t>(slots) * slot_size) {
+    cached.reset();
+    cached = huge_buffer(static_cast<size_t>(slots) * slot_size);
+    cached_size = static_cast<size_t>(slots) * slot_size;
+  }
+  double* const acc_base = cached.get();
+  for (Index h = 0; h < heads; ++h) {
+    const MatrixD wk_t = model.w_k.middleRows(h * k, k).transpose() * inv_root_tau;  // d x k
+    const MatrixD wv_t = model.w_v.middleRows(h * k, k).transpose();
+    const VectorD bv = model.b_v.size() ? VectorD(model.b_v.segment(h * k, k)) : VectorD::Zero(k);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (Index blk = 0; blk < nb; ++blk) {
+      const Index r0 = blk * B;
+      const Index rows = std::clamp<Index>(n - r0, 0, B);
+      A.middleRows(r0, B).setZero();
+      V.middleRows(r0, B).setZero();
+      if (rows > 0) {
+        A.middleRows(r0, rows).noalias() = x.middleRows(r0, rows) * wk_t;
+        V.middleRows(r0, rows).noalias() = x.middleRows(r0, rows) * wv_t;
+        V.middleRows(r0, rows).rowwise() += bv.transpose();
+      }
+      for (Index j = r0; j < r0 + B; ++j) {
+        double sq = 0;
+        for (Index c = 0; c < k; ++c) sq += A(j, c) * A(j, c);
+        minus_h[j] = -0.5 * sq;
+        log_omega[j] = j < n && weights[j] > 0 ? std::log(weights[j]) + 0.5 * sq
+                                               : -std::numeric_limits<double>::infinity();
+      }
+      double* dst = KT.data() + blk * k * B;
+      for (Index t = 0; t < B / chunk; ++t)
+        for (Index c = 0; c < k; ++c)
+          for (Index jj = 0; jj < chunk; ++jj)
+            dst[(t * k + c) * chunk + jj] = A(r0 + t * chunk + jj, c);
+    }
+    const double top = log_omega.maxCoeff();
+#pragma omp parallel for schedule(static) if (parallel)
+    for (Index blk = 0; blk < nb; ++blk) {
+      for (Index j = blk * B; j < (blk + 1) * B; ++j) {
+        omega[j] = std::exp(log_omega[j] - top);  // exp(-inf) = 0 for padding
+        for (Index c = 0; c < k; ++c) WV(j, c) = omega[j] * V(j, c);
+        for (Index c = k; c < k_pad; ++c) WV(j, c) = 0;
+      }
+    }
+#pragma omp parallel if (parallel)
+    {
+      std::vector<double> s_buf(static_cast<size_t>(B * B)), t_buf(static_cast<size_t>(B * B));
+      double* S = s_buf.data();
+      double* T = t_buf.data();
+#pragma omp for schedule(dynamic, 1)
+      for (Index sl = 0; sl < slots; ++sl) {
+        const Index p0 = sl * pairs / slots, p1 = (sl + 1) * pairs / slots;
+        double* num = acc_base + static_cast<size_t>(sl) * slot_size;
+        double* den = num + np * k_pad;
+        std::fill(num, num + slot_size, 0.0);  // by the thread that uses it
+        Index I = 0, p = 0;
+        while (p + (nb - I) <= p0) {
+          p += nb - I;
+          ++I;
+        }
+        Index J = I + (p0 - p);
+        for (Index q = p0; q < p1; ++q) {
+          const Index i0 = I * B, j0 = J * B;
+          // S_ij = <a_i, a_j> - h_j, then G_ij = exp(S_ij - h_i) <= 1.
+          logits_block<double>(A.data() + i0 * k, B, k, KT.data() + J * k * B, chunk, B / L,
+                               minus_h.data() + j0, S, B);
+          for (Index r = 0; r < B; ++r) {
+            const Packet shift = pset1<Packet>(minus_h[i0 + r]);
+            Packet sum = pset1<Packet>(0.0);
+            double* sr = S + r * B;
+            for (Index c = 0; c < B; c += L) {
+              const Packet g = pexp(padd(ploadu<Packet>(sr + c), shift));
+              pstoreu(sr + c, g);
+              sum = pmadd(g, ploadu<Packet>(omega.data() + j0 + c), sum);
+            }
+            den[i0 + r] += predux(sum);
+          }
+          values_block<double>(S, B, B, B, WV.data() + j0 * k_pad, k_pad, num + i0 * k_pad);
+          if (I != J) {
+            // The pairs (j, i): G^T against the rows of block I.
+            for (Index r = 0; r < B; ++r)
+              for (Index c = 0; c < B; ++c) T[c * B + r] = S[r * B + c];
+            for (Index c = 0; c < B; ++c) {
+              const double* tc = T + c * B;
+              Packet sum = pset1<Packet>(0.0);
+              for (Index r = 0; r < B; r += L)
+                sum = pmadd(ploadu<Packet>(tc + r), ploadu<Packet>(omega.data() + i0 + r), sum);
+              den[j0 + c] += predux(sum);
+            }
+            values_block<double>(T, B, B, B, WV.data() + i0 * k_pad, k_pad, num + j0 * k_pad);
+          }
+          if (++J == nb) {
+            ++I;
+            J = I;
+          }
+        }
+      }
+    }
+#pragma omp parallel for schedule(static) if (parallel)
+    for (Index i = 0; i < n; ++i) {
+      Eigen::VectorXd numer = Eigen::VectorXd::Zero(k);
+      double dsum = 0;
+      for (Index sl = 0; sl < slots; ++sl) {
+        const double* num = acc_base + static_cast<size_t>(sl) * slot_size;
+        for (Index c = 0; c < k; ++c) numer[c] += num[i * k_pad + c];
+        dsum += num[np * k_pad + i];
+      }
+      if (!(dsum >= threshold) || !std::isfinite(dsum)) {
+        // Exact two-pass row: logits log w_j + <a_i, a_j>, true maximum.
+        Eigen::ArrayXd row = (A.topRows(n) * A.row(i).transpose()).array();
+        double mx = -std::numeric_limits<double>::infinity();
+        for (Index j = 0; j < n; ++j) {
+          row[j] = weights[j] > 0 ? row[j] + std::log(weights[j])
+                                  : -std::numeric_limits<double>::infinity();
+          mx = std::max(mx, row[j]);
+        }
+        row = (row - mx).exp();
+        dsum = row.sum();
+        for (Index c = 0; c < k; ++c) numer[c] = (row * V.col(c).head(n).array()).sum();
+      }
+      out.row(i).segment(h * k, k) = numer.transpose() / dsum;
+    }
+  }
+  // W_O and b_O, in parallel over the row blocks.
+  MatrixD result(n, model.w_o.rows());
+  const MatrixD wo_t = model.w_o.transpose();
+#pragma omp parallel for schedule(static) if (parallel)
+  for (Index blk = 0; blk < nb; ++blk) {
+    const Index r0 = blk * B;
+    const Index rows = std::clamp<Index>(n - r0, 0, B);
+    if (rows == 0) continue;
+    result.middleRows(r0, rows).noalias() = out.middleRows(r0, rows) * wo_t;
+    if (model.b_o.size()) result.middleRows(r0, rows).rowwise() += model.b_o.transpose();
+  }
+  return result;
+}
+
 template <class Scalar>
 Matrix<Scalar> particle_attention_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
                                         const MatrixRef<Scalar>& particles,
@@ -521,6 +726,10 @@ Matrix<Scalar> particle_attention_field(const Model<Scalar>& model, const Vector
       if (tied_query_key(model)) return tied_small_dim_attention_field(model, weights, particles);
     }
     return small_dim_attention_field(model, weights, particles);
+  }
+  if constexpr (std::is_same_v<Scalar, double>) {
+    if (options.query_block == 0 && options.key_block == 0 && tied_query_key(model))
+      return tied_gemm_attention_field(model, weights, particles);
   }
   const Measure<Scalar> mu(Matrix<Scalar>(particles), weights);
   return attention_field(model, mu, particles, options);

@@ -29,6 +29,11 @@ bool tied_query_key(const Model<double>& model);
 Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const VectorD& weights,
                                               const MatrixRef<double>& particles);
 
+/// The same for head_dim > 8, on the register-tiled blocks of the attention
+/// kernel: half the logits and half the exponentials of the general kernel.
+Matrix<double> tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
+                                         const MatrixRef<double>& particles);
+
 template <class Scalar>
 Matrix<Scalar> unnormalized_field(const Vector<Scalar>& weights, const MatrixRef<Scalar>& particles,
                                   double beta);
