@@ -317,9 +317,10 @@ inline double horizontal_sum(Vd v) {
 
 // One block pair: rows [i0, i1) against keys [j0, j1) (both multiples of 8,
 // inside the padded range). Layout: b (K x np) the keys scaled so that
-// G_ij = exp(-|b_i - b_j|^2), wv (K x np) omega-weighted values, omega (np);
-// acc (K + 1 rows of np): numerators, then normalizers. Four rows at a time
-// share every load of the keys and every update of the column sums. Diagonal
+// G_ij = exp(-|b_i - b_j|^2), norm = |b|^2, wv (K x np) omega-weighted values, omega (np);
+// acc (K + 1 rows of np): numerators, then normalizers. Two rows at a time
+// share every load of the keys and every update of the column sums (measured
+// against 1, 4 and 8: 2 spills least). Diagonal
 // blocks (i0 == j0) add only the row side, over all keys.
 template <int K, bool Diagonal>
 void tied_block_pair(const double* b, const double* norm, const double* wv, const double* omega,
