@@ -577,16 +577,27 @@ Matrix<double> tied_gemm_attention_field(const Model<double>& model, const Vecto
   // projections are 10 % of the work at n = 1000, d = 64).
   MatrixD A(np, k), V(np, k), WV(np, k_pad), KT(nb * k, B);
   Eigen::ArrayXd minus_h(np), omega(np), log_omega(np);
-  // The accumulators are kept by the calling thread from one call to the next:
-  // a flow evaluates the field at every step, and fresh pages cost ~11 us each.
+  // Up to 64 MiB, the accumulators are kept by the calling thread from one call
+  // to the next: a flow evaluates the field at every step, and fresh pages cost
+  // ~11 us each (~10 % of a step at n = 1000, d = 64). Larger ones (where the
+  // page cost is small next to the O(n^2 k) work) are returned after the call.
+  const size_t acc_size = static_cast<size_t>(slots) * slot_size;
+  constexpr size_t kKeep = size_t{8} << 20;  // doubles
   thread_local std::unique_ptr<double[], FreeDeleter> cached;
   thread_local size_t cached_size = 0;
-  if (cached_size < static_cast<size_t>(slots) * slot_size) {
-    cached.reset();
-    cached = huge_buffer(static_cast<size_t>(slots) * slot_size);
-    cached_size = static_cast<size_t>(slots) * slot_size;
+  std::unique_ptr<double[], FreeDeleter> local;
+  double* acc_base = nullptr;
+  if (acc_size <= kKeep) {
+    if (cached_size < acc_size) {
+      cached.reset();
+      cached = huge_buffer(acc_size);
+      cached_size = acc_size;
+    }
+    acc_base = cached.get();
+  } else {
+    local = huge_buffer(acc_size);
+    acc_base = local.get();
   }
-  double* const acc_base = cached.get();
   for (Index h = 0; h < heads; ++h) {
     const MatrixD wk_t = model.w_k.middleRows(h * k, k).transpose() * inv_root_tau;  // d x k
     const MatrixD wv_t = model.w_v.middleRows(h * k, k).transpose();
