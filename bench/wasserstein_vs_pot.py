@@ -13,7 +13,7 @@ Each number is the median of --reps repetitions. POT's emd2 runs with
 numItermax=10**8 (its default 1e5 stops short of optimality at n = 4000 and
 returns a wrong value with a warning); the values are compared too.
 
-Usage: /usr/bin/python3 bench/wasserstein_vs_pot.py --bin build/apps/measattn [--reps 3]
+Usage: /usr/bin/python3 bench/wasserstein_vs_pot.py --bin build/apps/measattn [--reps 5]
        [--quick]
 """
 import argparse
@@ -32,6 +32,10 @@ import scipy.stats
 
 
 def measattn(binary, args):
+    # The parent's BLAS threads keep spinning for a while after a POT call and
+    # would share the two cores with the child being timed (seen as 11-84 ms
+    # for a 12 ms Sinkhorn at n = 1000): let them go idle first.
+    time.sleep(0.3)
     proc = subprocess.run([binary, "wasserstein", *map(str, args), "--json"],
                           capture_output=True, text=True, check=True)
     return json.loads(proc.stdout)
@@ -49,7 +53,7 @@ def median_time(fn, reps):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.environ.get("MEASATTN_BIN", "build/apps/measattn"))
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="sizes 500 and 1000 only")
     ap.add_argument("--reg", type=float, default=0.2)
     ap.add_argument("--tol", type=float, default=1e-9)
