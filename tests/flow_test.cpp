@@ -45,6 +45,23 @@ double max_distance(const MatrixD& a, const MatrixD& b) {
   return (a - b).rowwise().norm().maxCoeff();
 }
 
+// A random model with W_K = W_Q and no query/key bias (logits symmetric).
+ModelD tied_model(Index k, Index heads, bool bias, unsigned seed) {
+  auto model = ModelD::random(k * heads, heads, bias, seed);
+  model.w_k = model.w_q;
+  if (model.b_q.size()) model.b_q.setZero();
+  if (model.b_k.size()) model.b_k.setZero();
+  return model;
+}
+
+// A flow-field kernel against the core streaming kernel, relative to the field's size.
+void expect_matches_core(const MatrixD& fast, const ModelD& model, const MatrixD& x,
+                         const VectorD& w, double rel, const std::string& what) {
+  const MatrixD ref = attention_field(model, MeasureD(x, w), x);
+  ASSERT_TRUE(fast.allFinite()) << what;
+  EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), rel * (1 + ref.cwiseAbs().maxCoeff())) << what;
+}
+
 // Least-squares slope of log(err) against log(L).
 double fitted_order(const std::vector<Index>& steps, const std::vector<double>& errors) {
   const size_t n = steps.size();
@@ -449,27 +466,21 @@ TEST(flow_test, tied_kernel_matches_core_kernel) {
   for (unsigned seed = 0; seed < 16; ++seed) {
     const Index k = 1 + seed % 8;
     const Index heads = seed % 3 == 0 ? 2 : 1;
-    auto model = ModelD::random(k * heads, heads, seed % 2 == 1, 500 + seed);
-    model.w_k = model.w_q;
-    if (model.b_q.size()) model.b_q.setZero();
-    if (model.b_k.size()) model.b_k.setZero();
+    const auto model = tied_model(k, heads, seed % 2 == 1, 500 + seed);
     ASSERT_TRUE(detail::tied_query_key(model));
     const Index sizes[] = {1, 7, 9, 300, 1001};
     const Index n = sizes[seed % 5];
     const MatrixD x = random_points(n, k * heads, 600 + seed, seed % 5 == 3 ? 3.0 : 1.0);
     const VectorD w = random_weights(n, 700 + seed, n > 2 && seed % 4 == 1);
-    const MatrixD fast = detail::tied_small_dim_attention_field(model, w, x);
-    const MatrixD ref = attention_field(model, MeasureD(x, w), x);
-    EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-11 * (1 + ref.cwiseAbs().maxCoeff()))
-        << "seed " << seed << ", n " << n << ", k " << k;
+    expect_matches_core(detail::tied_small_dim_attention_field(model, w, x), model, x, w, 1e-11,
+                        "seed " + std::to_string(seed));
   }
   {
     const auto model = ModelD::canonical(2, 1.0);
     const MatrixD x = random_points(9000, 2, 11);
     const VectorD w = random_weights(9000, 12, true);
-    const MatrixD fast = detail::tied_small_dim_attention_field(model, w, x);
-    const MatrixD ref = attention_field(model, MeasureD(x, w), x);
-    EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-11 * (1 + ref.cwiseAbs().maxCoeff()));
+    expect_matches_core(detail::tied_small_dim_attention_field(model, w, x), model, x, w, 1e-11,
+                        "n = 9000 (256-wide blocks)");
   }
   // Underflow: far-apart particles with a large beta leave some rows with a
   // vanishing shifted sum; they are recomputed exactly.
@@ -479,10 +490,8 @@ TEST(flow_test, tied_kernel_matches_core_kernel) {
   x.row(1) *= 0.01;
   const VectorD w = VectorD::Constant(300, 1.0 / 300);
   ASSERT_TRUE(detail::tied_query_key(model));
-  const MatrixD fast = detail::tied_small_dim_attention_field(model, w, x);
-  const MatrixD ref = attention_field(model, MeasureD(x, w), x);
-  ASSERT_TRUE(fast.allFinite());
-  EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-9 * (1 + ref.cwiseAbs().maxCoeff()));
+  expect_matches_core(detail::tied_small_dim_attention_field(model, w, x), model, x, w, 1e-9,
+                      "underflow fallback");
   // Untied models are not taken for tied ones.
   EXPECT_FALSE(detail::tied_query_key(ModelD::random(4, 1, false, 3)));
 }
@@ -493,18 +502,13 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
     const Index ks[] = {9, 16, 33, 64};
     const Index k = ks[seed % 4];
     const Index heads = seed % 3 == 0 ? 2 : 1;
-    auto model = ModelD::random(k * heads, heads, seed % 2 == 1, 900 + seed);
-    model.w_k = model.w_q;
-    if (model.b_q.size()) model.b_q.setZero();
-    if (model.b_k.size()) model.b_k.setZero();
+    const auto model = tied_model(k, heads, seed % 2 == 1, 900 + seed);
     const Index sizes[] = {1, 95, 97, 300, 1001};
     const Index n = sizes[seed % 5];
     const MatrixD x = random_points(n, k * heads, 910 + seed, seed % 5 == 3 ? 2.0 : 1.0);
     const VectorD w = random_weights(n, 920 + seed, n > 2 && seed % 4 == 1);
-    const MatrixD fast = detail::tied_gemm_attention_field(model, w, x);
-    const MatrixD ref = attention_field(model, MeasureD(x, w), x);
-    EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-11 * (1 + ref.cwiseAbs().maxCoeff()))
-        << "seed " << seed << ", n " << n << ", k " << k;
+    expect_matches_core(detail::tied_gemm_attention_field(model, w, x), model, x, w, 1e-11,
+                        "seed " + std::to_string(seed));
   }
   // Underflowed rows are recomputed exactly.
   const auto model = ModelD::canonical(16, 100.0);
@@ -512,10 +516,8 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
   x.row(0) *= 20;
   x.row(1) *= 0.01;
   const VectorD w = VectorD::Constant(200, 1.0 / 200);
-  const MatrixD fast = detail::tied_gemm_attention_field(model, w, x);
-  const MatrixD ref = attention_field(model, MeasureD(x, w), x);
-  ASSERT_TRUE(fast.allFinite());
-  EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-9 * (1 + ref.cwiseAbs().maxCoeff()));
+  expect_matches_core(detail::tied_gemm_attention_field(model, w, x), model, x, w, 1e-9,
+                      "underflow fallback");
   // And the flow takes it for the canonical model in R^64.
   const MatrixD x64 = random_points(150, 64, 18);
   FlowOptions o;
