@@ -341,6 +341,41 @@ TEST(wasserstein_test, float_measures_and_small_hot_path_is_thread_safe) {
   EXPECT_NEAR(wasserstein_exact_value(af, bf), serial[0], 1e-5);
 }
 
+TEST(wasserstein_test, sinkhorn_ignores_zero_weight_atoms) {
+  // Atoms of zero weight change nothing: the same entropic plan as without them
+  // (small and parallel sizes, zeros in either measure).
+  std::mt19937_64 rng(21);
+  for (const Index n : {40, 700}) {
+    MeasureD a = random_measure(rng, n, 3, true);
+    MeasureD b = random_measure(rng, n + 13, 3, true, 0.3);
+    VectorD wa = a.weights(), wb = b.weights();
+    for (Index i = 0; i < n; i += 5) wa[i] = 0;
+    for (Index j = 1; j < n + 13; j += 7) wb[j] = 0;
+    const MeasureD az(a.atoms(), wa), bz(b.atoms(), wb);
+    auto keep = [](const MeasureD& m) {
+      std::vector<Index> idx;
+      for (Index i = 0; i < m.size(); ++i)
+        if (m.weights()[i] > 0) idx.push_back(i);
+      MatrixD x(static_cast<Index>(idx.size()), m.dim());
+      VectorD w(static_cast<Index>(idx.size()));
+      for (size_t t = 0; t < idx.size(); ++t) {
+        x.row(static_cast<Index>(t)) = m.atoms().row(idx[t]);
+        w[static_cast<Index>(t)] = m.weights()[idx[t]];
+      }
+      return MeasureD(x, w);
+    };
+    WassersteinOptions o;
+    o.reg = 0.1;
+    o.tolerance = 1e-12;
+    o.max_iterations = 100000;
+    const auto with_zeros = wasserstein_sinkhorn(az, bz, o);
+    const auto without = wasserstein_sinkhorn(keep(az), keep(bz), o);
+    EXPECT_EQ(with_zeros.status, WassersteinStatus::converged);
+    expect_rel(with_zeros.transport_cost, without.transport_cost, 1e-9, "transport cost");
+    expect_rel(with_zeros.rounded_cost, without.rounded_cost, 1e-9, "rounded cost");
+  }
+}
+
 TEST(wasserstein_test, sinkhorn_is_deterministic_across_thread_counts_and_converges) {
   std::mt19937_64 rng(9);
   const MeasureD a = random_measure(rng, 1200, 4, true);

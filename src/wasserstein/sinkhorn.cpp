@@ -76,7 +76,11 @@ class SinkhornSolver {
         chunks_(std::clamp<Index>(n_ / 32, 1, 32)) {
     kernel_ = allocate_large(static_cast<size_t>(n_) * static_cast<size_t>(m_));
     f_ = VectorD::Zero(n_);
-    g_ = VectorD::Zero(m_);
+    // g = 0 on the support of b, -inf off it (zero-weight columns carry no mass
+    // and must not enter the first f-update).
+    g_.resize(m_);
+    for (Index j = 0; j < m_; ++j)
+      g_[j] = b_[j] > 0 ? 0.0 : -std::numeric_limits<double>::infinity();
     u_ = VectorD::Ones(n_);
     v_ = VectorD::Ones(m_);
     log_a_ = a_.array().log();
