@@ -315,13 +315,52 @@ inline double horizontal_sum(Vd v) {
   return s;
 }
 
+// The pairs of rows i, i + 1 with one vector of keys [j, j + 8): the row sums of
+// i, i + 1 in den/num, and with ColSide the column sums of the keys in acc.
+template <int K, bool ColSide>
+inline void tied_rows_keys(const double* b, const double* norm, const double* wv,
+                           const double* omega, Index np, Index j, const double (&bi)[2][K],
+                           const double (&wvi)[2][K], const double (&oi)[2], const double (&ni)[2],
+                           Vd (&den)[2], Vd (&num)[2][K], double* acc) {
+  constexpr int R = 2;
+  Vd bj[K], wvj[K];
+  for (int c = 0; c < K; ++c) {
+    bj[c] = load(b + c * np + j);
+    wvj[c] = load(wv + c * np + j);
+  }
+  const Vd oj = load(omega + j);
+  const Vd nj = load(norm + j);
+  Vd col_den = {}, col_num[K] = {};
+  for (int r = 0; r < R; ++r) {
+    // |b_i - b_j|^2 = |b_i|^2 + |b_j|^2 - 2 <b_i, b_j>: four operations
+    // per pair instead of six; the rounding, ~1e-16 (|b_i|^2 + |b_j|^2) in
+    // the exponent, is that of the logits <a_i, a_j> themselves.
+    Vd d2 = nj + ni[r];
+    for (int c = 0; c < K; ++c) d2 -= bi[r][c] * bj[c];
+    const Vd g = exp_negative(d2);
+    den[r] += g * oj;
+    for (int c = 0; c < K; ++c) num[r][c] += g * wvj[c];
+    if constexpr (ColSide) {
+      col_den += g * oi[r];
+      for (int c = 0; c < K; ++c) col_num[c] += g * wvi[r][c];
+    }
+  }
+  if constexpr (ColSide) {
+    store(acc + K * np + j, load(acc + K * np + j) + col_den);
+    for (int c = 0; c < K; ++c) store(acc + c * np + j, load(acc + c * np + j) + col_num[c]);
+  }
+}
+
 // One block pair: rows [i0, i1) against keys [j0, j1) (both multiples of 8,
 // inside the padded range). Layout: b (K x np) the keys scaled so that
-// G_ij = exp(-|b_i - b_j|^2), norm = |b|^2, wv (K x np) omega-weighted values, omega (np);
-// acc (K + 1 rows of np): numerators, then normalizers. Two rows at a time
-// share every load of the keys and every update of the column sums (measured
-// against 1, 4 and 8: 2 spills least). Diagonal
-// blocks (i0 == j0) add only the row side, over all keys.
+// G_ij = exp(-|b_i - b_j|^2), norm = |b|^2, wv (K x np) omega-weighted values,
+// omega (np); acc (K + 1 rows of np): numerators, then normalizers. Two rows at
+// a time share every load of the keys and every update of the column sums
+// (measured against 1, 4 and 8: 2 spills least). In a diagonal block
+// (i0 == j0) each 8-wide group of keys is paired once: the group holding the
+// rows themselves gives row sums only (all 8 keys, the rows included), the
+// groups after it give both sides, the groups before it nothing (done from
+// their side): half the exponentials of the full block.
 template <int K, bool Diagonal>
 void tied_block_pair(const double* b, const double* norm, const double* wv, const double* omega,
                      Index np, Index i0, Index i1, Index j0, Index j1, double* acc) {
@@ -337,33 +376,17 @@ void tied_block_pair(const double* b, const double* norm, const double* wv, cons
       ni[r] = norm[i + r];
     }
     Vd den[R] = {}, num[R][K] = {};
-    for (Index j = j0; j < j1; j += kLanes) {
-      Vd bj[K], wvj[K];
-      for (int c = 0; c < K; ++c) {
-        bj[c] = load(b + c * np + j);
-        wvj[c] = load(wv + c * np + j);
-      }
-      const Vd oj = load(omega + j);
-      const Vd nj = load(norm + j);
-      Vd col_den = {}, col_num[K] = {};
-      for (int r = 0; r < R; ++r) {
-        // |b_i - b_j|^2 = |b_i|^2 + |b_j|^2 - 2 <b_i, b_j>: four operations
-        // per pair instead of six; the rounding, ~1e-16 (|b_i|^2 + |b_j|^2) in
-        // the exponent, is that of the logits <a_i, a_j> themselves.
-        Vd d2 = nj + ni[r];
-        for (int c = 0; c < K; ++c) d2 -= bi[r][c] * bj[c];
-        const Vd g = exp_negative(d2);
-        den[r] += g * oj;
-        for (int c = 0; c < K; ++c) num[r][c] += g * wvj[c];
-        if constexpr (!Diagonal) {
-          col_den += g * oi[r];
-          for (int c = 0; c < K; ++c) col_num[c] += g * wvi[r][c];
-        }
-      }
-      if constexpr (!Diagonal) {
-        store(acc + K * np + j, load(acc + K * np + j) + col_den);
-        for (int c = 0; c < K; ++c) store(acc + c * np + j, load(acc + c * np + j) + col_num[c]);
-      }
+    if constexpr (Diagonal) {
+      const Index own = j0 + (i - i0) / kLanes * kLanes;
+      tied_rows_keys<K, false>(b, norm, wv, omega, np, own, bi, wvi, oi, ni, den, num, acc);
+      // Within the own group, rows i, i+1 and the other 6 rows of the group
+      // pair up from both ends: the row side above covers every key of the
+      // group for these two rows, and the group's other rows do the same.
+      for (Index j = own + kLanes; j < j1; j += kLanes)
+        tied_rows_keys<K, true>(b, norm, wv, omega, np, j, bi, wvi, oi, ni, den, num, acc);
+    } else {
+      for (Index j = j0; j < j1; j += kLanes)
+        tied_rows_keys<K, true>(b, norm, wv, omega, np, j, bi, wvi, oi, ni, den, num, acc);
     }
     for (int r = 0; r < R; ++r) {
       for (int c = 0; c < K; ++c) acc[c * np + i + r] += horizontal_sum(num[r][c]);
