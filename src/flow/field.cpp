@@ -490,50 +490,55 @@ Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const 
     }
     omega.head(n) = om;
     norm.head(n) = half_norm;
-    acc.setZero();
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-    for (Index s = 0; s < slots; ++s) {
-      const Index p0 = s * pairs / slots, p1 = (s + 1) * pairs / slots;
-      double* mine = acc.data() + s * (k + 1) * np;
-      // Pair p0 in the order (0,0), (0,1), ..., (0,nb-1), (1,1), ...
-      Index I = 0, p = 0;
-      while (p + (nb - I) <= p0) {
-        p += nb - I;
-        ++I;
-      }
-      Index J = I + (p0 - p);
-      for (Index q = p0; q < p1; ++q) {
-        kernel(bh.data(), norm.data(), wv.data(), omega.data(), np, I * block,
-               std::min(np, (I + 1) * block), J * block, std::min(np, (J + 1) * block), mine);
-        if (++J == nb) {
-          ++I;
-          J = I;
-        }
-      }
-    }
-    // Sum the slots in order; exact fallback for rows whose sum underflowed.
-#pragma omp parallel for schedule(static) if (parallel)
-    for (Index i = 0; i < n; ++i) {
-      double num[8] = {}, den = 0;
+    // One parallel region: the slots (each zeroed by the thread that fills
+    // it), then, after the loop's barrier, the sum over slots by rows.
+#pragma omp parallel if (parallel)
+    {
+#pragma omp for schedule(dynamic, 1)
       for (Index s = 0; s < slots; ++s) {
-        const double* mine = acc.data() + s * (k + 1) * np;
-        for (Index c = 0; c < k; ++c) num[c] += mine[c * np + i];
-        den += mine[k * np + i];
-      }
-      if (!(den >= threshold) || !std::isfinite(den)) {
-        // Exact two-pass row: logits log w_j + <a_i, a_j>, true maximum.
-        Eigen::ArrayXd row = (a.transpose() * a.col(i)).array();
-        double mx = -std::numeric_limits<double>::infinity();
-        for (Index j = 0; j < n; ++j) {
-          row[j] = weights[j] > 0 ? row[j] + std::log(weights[j])
-                                  : -std::numeric_limits<double>::infinity();
-          mx = std::max(mx, row[j]);
+        const Index p0 = s * pairs / slots, p1 = (s + 1) * pairs / slots;
+        double* mine = acc.data() + s * (k + 1) * np;
+        std::fill(mine, mine + (k + 1) * np, 0.0);
+        // Pair p0 in the order (0,0), (0,1), ..., (0,nb-1), (1,1), ...
+        Index I = 0, p = 0;
+        while (p + (nb - I) <= p0) {
+          p += nb - I;
+          ++I;
         }
-        row = (row - mx).exp();
-        den = row.sum();
-        for (Index c = 0; c < k; ++c) num[c] = (row * v.row(c).transpose().array()).sum();
+        Index J = I + (p0 - p);
+        for (Index q = p0; q < p1; ++q) {
+          kernel(bh.data(), norm.data(), wv.data(), omega.data(), np, I * block,
+                 std::min(np, (I + 1) * block), J * block, std::min(np, (J + 1) * block), mine);
+          if (++J == nb) {
+            ++I;
+            J = I;
+          }
+        }
       }
-      for (Index c = 0; c < k; ++c) out(i, h * k + c) = num[c] / den;
+      // Sum the slots in order; exact fallback for rows whose sum underflowed.
+#pragma omp for schedule(static)
+      for (Index i = 0; i < n; ++i) {
+        double num[8] = {}, den = 0;
+        for (Index s = 0; s < slots; ++s) {
+          const double* mine = acc.data() + s * (k + 1) * np;
+          for (Index c = 0; c < k; ++c) num[c] += mine[c * np + i];
+          den += mine[k * np + i];
+        }
+        if (!(den >= threshold) || !std::isfinite(den)) {
+          // Exact two-pass row: logits log w_j + <a_i, a_j>, true maximum.
+          Eigen::ArrayXd row = (a.transpose() * a.col(i)).array();
+          double mx = -std::numeric_limits<double>::infinity();
+          for (Index j = 0; j < n; ++j) {
+            row[j] = weights[j] > 0 ? row[j] + std::log(weights[j])
+                                    : -std::numeric_limits<double>::infinity();
+            mx = std::max(mx, row[j]);
+          }
+          row = (row - mx).exp();
+          den = row.sum();
+          for (Index c = 0; c < k; ++c) num[c] = (row * v.row(c).transpose().array()).sum();
+        }
+        for (Index c = 0; c < k; ++c) out(i, h * k + c) = num[c] / den;
+      }
     }
   }
   MatrixD result = out * model.w_o.transpose();
