@@ -27,12 +27,8 @@
 #include <string>
 #include <vector>
 
-#include <sys/mman.h>
-
-#include <cstdlib>
-#include <memory>
-
 #include "attention/tiles.hpp"
+#include "common/huge_buffer.hpp"
 #include "flow/internal.hpp"
 #include "measattn/error.hpp"
 
@@ -429,6 +425,50 @@ TiedBlockFn tied_block_function(Index k) {
   }
 }
 
+// Block pairs (I, J), I <= J, of nb blocks in the order (0,0), (0,1), ...,
+// (0,nb-1), (1,1), ...: the fixed order in which the tied kernels cut them into
+// slots. Starts at pair number p0.
+struct BlockPairCursor {
+  Index nb, I = 0, J = 0;
+  BlockPairCursor(Index blocks, Index p0) : nb(blocks) {
+    Index p = 0;
+    while (p + (nb - I) <= p0) {
+      p += nb - I;
+      ++I;
+    }
+    J = I + (p0 - p);
+  }
+  void next() {
+    if (++J == nb) {
+      ++I;
+      J = I;
+    }
+  }
+};
+
+// The exact two-pass softmax row of a tied kernel, for a row whose shifted sum
+// underflowed: logits dots_j + log w_j (dots_j = <a_i, a_j>; zero weights
+// excluded), true maximum. Returns the normalizer and sets num[c] =
+// sum_j e^{logit_j - max} value(c, j) for c < k.
+template <class ValueAt>
+double exact_tied_row(Eigen::ArrayXd dots, const VectorD& weights, Index k, ValueAt value,
+                      double* num) {
+  const Index n = dots.size();
+  double mx = -std::numeric_limits<double>::infinity();
+  for (Index j = 0; j < n; ++j) {
+    dots[j] =
+        weights[j] > 0 ? dots[j] + std::log(weights[j]) : -std::numeric_limits<double>::infinity();
+    mx = std::max(mx, dots[j]);
+  }
+  dots = (dots - mx).exp();
+  for (Index c = 0; c < k; ++c) {
+    double sum = 0;
+    for (Index j = 0; j < n; ++j) sum += dots[j] * value(c, j);
+    num[c] = sum;
+  }
+  return dots.sum();
+}
+
 }  // namespace
 
 bool tied_query_key(const Model<double>& model) {
@@ -499,20 +539,11 @@ Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const 
         const Index p0 = s * pairs / slots, p1 = (s + 1) * pairs / slots;
         double* mine = acc.data() + s * (k + 1) * np;
         std::fill(mine, mine + (k + 1) * np, 0.0);
-        // Pair p0 in the order (0,0), (0,1), ..., (0,nb-1), (1,1), ...
-        Index I = 0, p = 0;
-        while (p + (nb - I) <= p0) {
-          p += nb - I;
-          ++I;
-        }
-        Index J = I + (p0 - p);
-        for (Index q = p0; q < p1; ++q) {
-          kernel(bh.data(), norm.data(), wv.data(), omega.data(), np, I * block,
-                 std::min(np, (I + 1) * block), J * block, std::min(np, (J + 1) * block), mine);
-          if (++J == nb) {
-            ++I;
-            J = I;
-          }
+        BlockPairCursor pair(nb, p0);
+        for (Index q = p0; q < p1; ++q, pair.next()) {
+          kernel(bh.data(), norm.data(), wv.data(), omega.data(), np, pair.I * block,
+                 std::min(np, (pair.I + 1) * block), pair.J * block,
+                 std::min(np, (pair.J + 1) * block), mine);
         }
       }
       // Sum the slots in order; exact fallback for rows whose sum underflowed.
@@ -525,17 +556,8 @@ Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const 
           den += mine[k * np + i];
         }
         if (!(den >= threshold) || !std::isfinite(den)) {
-          // Exact two-pass row: logits log w_j + <a_i, a_j>, true maximum.
-          Eigen::ArrayXd row = (a.transpose() * a.col(i)).array();
-          double mx = -std::numeric_limits<double>::infinity();
-          for (Index j = 0; j < n; ++j) {
-            row[j] = weights[j] > 0 ? row[j] + std::log(weights[j])
-                                    : -std::numeric_limits<double>::infinity();
-            mx = std::max(mx, row[j]);
-          }
-          row = (row - mx).exp();
-          den = row.sum();
-          for (Index c = 0; c < k; ++c) num[c] = (row * v.row(c).transpose().array()).sum();
+          den = exact_tied_row((a.transpose() * a.col(i)).array(), weights, k,
+                               [&](Index c, Index j) { return v(c, j); }, num);
         }
         for (Index c = 0; c < k; ++c) out(i, h * k + c) = num[c] / den;
       }
@@ -545,28 +567,6 @@ Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const 
   if (model.b_o.size()) result.rowwise() += model.b_o.transpose();
   return result;
 }
-
-namespace {
-
-struct FreeDeleter {
-  void operator()(double* p) const { std::free(p); }
-};
-
-/// count doubles, 2 MiB aligned and advised to use huge pages: first touch of
-/// fresh 4 KiB pages costs ~11 us each on this kind of machine (MACHINE.md).
-std::unique_ptr<double[], FreeDeleter> huge_buffer(size_t count) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  const size_t bytes =
-      std::max<size_t>(kHuge, (count * sizeof(double) + kHuge - 1) / kHuge * kHuge);
-  void* p = std::aligned_alloc(kHuge, bytes);
-  if (!p) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-  madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-  return std::unique_ptr<double[], FreeDeleter>(static_cast<double*>(p));
-}
-
-}  // namespace
 
 Matrix<double> tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
                                          const MatrixRef<double>& x) {
@@ -611,9 +611,9 @@ Matrix<double> tied_gemm_attention_field(const Model<double>& model, const Vecto
   // page cost is small next to the O(n^2 k) work) are returned after the call.
   const size_t acc_size = static_cast<size_t>(slots) * slot_size;
   constexpr size_t kKeep = size_t{8} << 20;  // doubles
-  thread_local std::unique_ptr<double[], FreeDeleter> cached;
+  thread_local HugeBuffer cached;
   thread_local size_t cached_size = 0;
-  std::unique_ptr<double[], FreeDeleter> local;
+  HugeBuffer local;
   double* acc_base = nullptr;
   if (acc_size <= kKeep) {
     if (cached_size < acc_size) {
@@ -674,13 +674,9 @@ Matrix<double> tied_gemm_attention_field(const Model<double>& model, const Vecto
         double* num = acc_base + static_cast<size_t>(sl) * slot_size;
         double* den = num + np * k_pad;
         std::fill(num, num + slot_size, 0.0);  // by the thread that uses it
-        Index I = 0, p = 0;
-        while (p + (nb - I) <= p0) {
-          p += nb - I;
-          ++I;
-        }
-        Index J = I + (p0 - p);
-        for (Index q = p0; q < p1; ++q) {
+        BlockPairCursor pair(nb, p0);
+        for (Index q = p0; q < p1; ++q, pair.next()) {
+          const Index I = pair.I, J = pair.J;
           const Index i0 = I * B, j0 = J * B;
           // S_ij = <a_i, a_j> - h_j, then G_ij = exp(S_ij - h_i) <= 1.
           logits_block<double>(A.data() + i0 * k, B, k, KT.data() + J * k * B, chunk, B / L,
@@ -710,10 +706,6 @@ Matrix<double> tied_gemm_attention_field(const Model<double>& model, const Vecto
             }
             values_block<double>(T, B, B, B, WV.data() + i0 * k_pad, k_pad, num + j0 * k_pad);
           }
-          if (++J == nb) {
-            ++I;
-            J = I;
-          }
         }
       }
     }
@@ -727,17 +719,8 @@ Matrix<double> tied_gemm_attention_field(const Model<double>& model, const Vecto
         dsum += num[np * k_pad + i];
       }
       if (!(dsum >= threshold) || !std::isfinite(dsum)) {
-        // Exact two-pass row: logits log w_j + <a_i, a_j>, true maximum.
-        Eigen::ArrayXd row = (A.topRows(n) * A.row(i).transpose()).array();
-        double mx = -std::numeric_limits<double>::infinity();
-        for (Index j = 0; j < n; ++j) {
-          row[j] = weights[j] > 0 ? row[j] + std::log(weights[j])
-                                  : -std::numeric_limits<double>::infinity();
-          mx = std::max(mx, row[j]);
-        }
-        row = (row - mx).exp();
-        dsum = row.sum();
-        for (Index c = 0; c < k; ++c) numer[c] = (row * V.col(c).head(n).array()).sum();
+        dsum = exact_tied_row((A.topRows(n) * A.row(i).transpose()).array(), weights, k,
+                              [&](Index c, Index j) { return V(j, c); }, numer.data());
       }
       out.row(i).segment(h * k, k) = numer.transpose() / dsum;
     }

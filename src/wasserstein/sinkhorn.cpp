@@ -21,8 +21,6 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -34,6 +32,7 @@
 
 #include <omp.h>
 
+#include "common/huge_buffer.hpp"
 #include "common/progress.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
@@ -43,22 +42,6 @@
 namespace measattn::detail {
 
 namespace {
-
-struct FreeDeleter {
-  void operator()(double* ptr) const { std::free(ptr); }
-};
-
-std::unique_ptr<double, FreeDeleter> allocate_large(size_t count) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  size_t bytes = count * sizeof(double);
-  bytes = (bytes + kHuge - 1) / kHuge * kHuge;
-  void* ptr = std::aligned_alloc(kHuge, bytes);
-  if (!ptr) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-  madvise(ptr, bytes, MADV_HUGEPAGE);
-#endif
-  return std::unique_ptr<double, FreeDeleter>(static_cast<double*>(ptr));
-}
 
 class SinkhornSolver {
  public:
@@ -74,7 +57,7 @@ class SinkhornSolver {
         parallel_(static_cast<double>(n_) * static_cast<double>(m_) > 2e5),
         parallel_matvec_(static_cast<double>(n_) * static_cast<double>(m_) > 2e5),
         chunks_(std::clamp<Index>(n_ / 32, 1, 32)) {
-    kernel_ = allocate_large(static_cast<size_t>(n_) * static_cast<size_t>(m_));
+    kernel_ = huge_buffer(static_cast<size_t>(n_) * static_cast<size_t>(m_));
     f_ = VectorD::Zero(n_);
     // g = 0 on the support of b, -inf off it (zero-weight columns carry no mass
     // and must not enter the first f-update).
@@ -487,7 +470,7 @@ class SinkhornSolver {
   bool parallel_matvec_;
   Index chunks_;     // fixed row chunks of the fused pass (not one per thread)
   MatrixD partial_;  // chunks_ x m accumulators of Kt^T u
-  std::unique_ptr<double, FreeDeleter> kernel_;
+  HugeBuffer kernel_;
   VectorD f_, g_, u_, v_, log_a_, log_b_;
 };
 
