@@ -74,6 +74,15 @@ double monotone_cost_sorted(const std::vector<double>& xs, const std::vector<dou
                             const std::vector<double>& ys, const std::vector<double>& b, double p,
                             std::vector<TransportEntry>* plan);
 
+/// Both measures' atoms projected onto theta and sorted ascending, with the
+/// permutations (ox[k] = original index of the k-th smallest of xs).
+struct SortedProjections {
+  std::vector<double> xs, ys;
+  std::vector<std::uint32_t> ox, oy;
+};
+SortedProjections sorted_projections(const DoubleAtoms& mu, const DoubleAtoms& nu,
+                                     const VectorD& theta);
+
 /// Thin state for evaluating projections repeatedly: projects both measures onto
 /// theta, sorts, and returns W_p^p of the projections (and the monotone plan in
 /// original indices when requested).

@@ -244,12 +244,9 @@ std::vector<std::pair<int, int>> projected_plan_arcs(const DoubleAtoms& mu, cons
                                                      const std::vector<std::int64_t>& A,
                                                      const std::vector<std::int64_t>& B) {
   const Index n = mu.size(), m = nu.size();
-  std::vector<double> xs(static_cast<size_t>(n)), ys(static_cast<size_t>(m));
-  Eigen::Map<VectorD>(xs.data(), n) = (*mu.x) * theta;
-  Eigen::Map<VectorD>(ys.data(), m) = (*nu.x) * theta;
-  std::vector<std::uint32_t> ox, oy;
-  sort_doubles(xs, &ox);
-  sort_doubles(ys, &oy);
+  const SortedProjections proj = sorted_projections(mu, nu, theta);
+  const auto& ox = proj.ox;
+  const auto& oy = proj.oy;
   std::vector<std::pair<int, int>> out;
   size_t i = 0, j = 0;
   std::int64_t ra = A[ox[0]], rb = B[oy[0]];

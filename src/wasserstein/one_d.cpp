@@ -151,16 +151,23 @@ double monotone_cost_sorted(const std::vector<double>& xs, const std::vector<dou
   return cost;
 }
 
+SortedProjections sorted_projections(const DoubleAtoms& mu, const DoubleAtoms& nu,
+                                     const VectorD& theta) {
+  SortedProjections s;
+  s.xs.resize(static_cast<size_t>(mu.size()));
+  s.ys.resize(static_cast<size_t>(nu.size()));
+  Eigen::Map<VectorD>(s.xs.data(), mu.size()) = (*mu.x) * theta;
+  Eigen::Map<VectorD>(s.ys.data(), nu.size()) = (*nu.x) * theta;
+  sort_doubles(s.xs, &s.ox);
+  sort_doubles(s.ys, &s.oy);
+  return s;
+}
+
 double projected_cost(const DoubleAtoms& mu, const DoubleAtoms& nu, const VectorD& theta, double p,
                       std::vector<TransportEntry>* plan) {
   const Index n = mu.size();
   const Index m = nu.size();
-  std::vector<double> xs(static_cast<size_t>(n)), ys(static_cast<size_t>(m));
-  Eigen::Map<VectorD>(xs.data(), n) = (*mu.x) * theta;
-  Eigen::Map<VectorD>(ys.data(), m) = (*nu.x) * theta;
-  std::vector<std::uint32_t> ox, oy;
-  sort_doubles(xs, &ox);
-  sort_doubles(ys, &oy);
+  const auto [xs, ys, ox, oy] = sorted_projections(mu, nu, theta);
   std::vector<double> a(static_cast<size_t>(n)), b(static_cast<size_t>(m));
   for (Index k = 0; k < n; ++k) a[static_cast<size_t>(k)] = (*mu.w)[ox[static_cast<size_t>(k)]];
   for (Index k = 0; k < m; ++k) b[static_cast<size_t>(k)] = (*nu.w)[oy[static_cast<size_t>(k)]];
