@@ -28,14 +28,13 @@ constexpr int kLogitPackets = 3;
 
 inline Index round_up(Index x, Index m) { return (x + m - 1) / m * m; }
 
-/// s[r][j] = bias[j] + sum_c q[r][c] kt[c][j] for 8 rows and NS packets of columns.
-template <class Scalar, int NS>
+/// s[r][j] = bias[j] + sum_c q[r][c] kt[c][j] for R rows and NS packets of columns.
+template <class Scalar, int NS, int R = kLogitRows>
 inline void logits_tile(const Scalar* q, Index depth, const Scalar* kt, Index kt_stride,
                         const Scalar* bias, Scalar* s, Index s_stride) {
   using namespace Eigen::internal;
   using Packet = typename Simd<Scalar>::Packet;
   constexpr int L = Simd<Scalar>::L;
-  constexpr int R = kLogitRows;
   Packet acc[R][NS];
   for (int t = 0; t < NS; ++t) {
     const Packet b = ploadu<Packet>(bias + t * L);
@@ -54,7 +53,9 @@ inline void logits_tile(const Scalar* q, Index depth, const Scalar* kt, Index kt
 }
 
 /// acc[r][:] += sum_{j < cols} p[r][j] v[j][:] for R rows and KV packets of columns.
-template <class Scalar, int KV, int R>
+/// With Transposed, p[r][j] is read at p[j * p_stride + r] (P stored by columns:
+/// the R broadcasts of one j are then adjacent in memory).
+template <class Scalar, int KV, int R, bool Transposed = false>
 inline void values_tile(const Scalar* p, Index p_stride, Index cols, const Scalar* v,
                         Index v_stride, Scalar* out, Index out_stride) {
   using namespace Eigen::internal;
@@ -67,7 +68,7 @@ inline void values_tile(const Scalar* p, Index p_stride, Index cols, const Scala
     Packet vv[KV];
     for (int t = 0; t < KV; ++t) vv[t] = ploadu<Packet>(v + j * v_stride + t * L);
     for (int r = 0; r < R; ++r) {
-      const Packet pb = pset1<Packet>(p[r * p_stride + j]);
+      const Packet pb = pset1<Packet>(Transposed ? p[j * p_stride + r] : p[r * p_stride + j]);
       for (int t = 0; t < KV; ++t) acc[r][t] = pmadd(pb, vv[t], acc[r][t]);
     }
   }
@@ -75,43 +76,49 @@ inline void values_tile(const Scalar* p, Index p_stride, Index cols, const Scala
     for (int t = 0; t < KV; ++t) pstoreu(out + r * out_stride + t * L, acc[r][t]);
 }
 
-/// S (rows x packets*L, rows a multiple of 8) = Q_blk Kt_panel + bias; the panel is
-/// a sequence of depth x kt_stride chunks, kt_stride = kLogitPackets L.
-template <class Scalar>
+/// S (rows x packets*L, rows a multiple of R) = Q_blk Kt_panel + bias; the panel is
+/// a sequence of depth x kt_stride chunks, kt_stride = NS L (the last chunk may
+/// be narrower when packets is not a multiple of NS; NS <= 4).
+template <class Scalar, int NS = kLogitPackets, int R = kLogitRows>
 void logits_block(const Scalar* q, Index rows, Index depth, const Scalar* kt, Index kt_stride,
                   Index packets, const Scalar* bias, Scalar* s, Index s_stride) {
+  static_assert(NS >= 1 && NS <= 4);
   constexpr int L = Simd<Scalar>::L;
-  constexpr int NS = kLogitPackets;
   // Column chunks outermost: the chunk of Kt stays in L1 across the row tiles.
   for (Index p0 = 0; p0 < packets; p0 += NS) {
     const int np = static_cast<int>(std::min<Index>(NS, packets - p0));
     const Scalar* ktc = kt + (p0 / NS) * depth * kt_stride;
     const Scalar* bc = bias + p0 * L;
-    for (Index r0 = 0; r0 < rows; r0 += kLogitRows) {
+    for (Index r0 = 0; r0 < rows; r0 += R) {
       const Scalar* qr = q + r0 * depth;
       Scalar* sr = s + r0 * s_stride + p0 * L;
       switch (np) {
+        case 4:
+          if constexpr (NS >= 4)
+            logits_tile<Scalar, 4, R>(qr, depth, ktc, kt_stride, bc, sr, s_stride);
+          break;
         case 3:
-          logits_tile<Scalar, 3>(qr, depth, ktc, kt_stride, bc, sr, s_stride);
+          if constexpr (NS >= 3)
+            logits_tile<Scalar, 3, R>(qr, depth, ktc, kt_stride, bc, sr, s_stride);
           break;
         case 2:
-          logits_tile<Scalar, 2>(qr, depth, ktc, kt_stride, bc, sr, s_stride);
+          logits_tile<Scalar, 2, R>(qr, depth, ktc, kt_stride, bc, sr, s_stride);
           break;
         default:
-          logits_tile<Scalar, 1>(qr, depth, ktc, kt_stride, bc, sr, s_stride);
+          logits_tile<Scalar, 1, R>(qr, depth, ktc, kt_stride, bc, sr, s_stride);
           break;
       }
     }
   }
 }
 
-template <class Scalar, int KV>
+template <class Scalar, int KV, bool Transposed>
 void values_chunk(const Scalar* p, Index p_stride, Index rows, Index cols, const Scalar* v,
                   Index v_stride, Scalar* acc, Index acc_stride) {
   constexpr int R = KV <= 3 ? 8 : 6;  // KV <= 4 (values_block)
   for (Index r0 = 0; r0 < rows; r0 += R) {
-    values_tile<Scalar, KV, R>(p + r0 * p_stride, p_stride, cols, v, v_stride,
-                               acc + r0 * acc_stride, acc_stride);
+    values_tile<Scalar, KV, R, Transposed>(p + (Transposed ? r0 : r0 * p_stride), p_stride, cols, v,
+                                           v_stride, acc + r0 * acc_stride, acc_stride);
   }
 }
 
@@ -120,7 +127,9 @@ void values_chunk(const Scalar* p, Index p_stride, Index rows, Index cols, const
 /// 3 rows x 8 packets in double (55 against 46 GFLOP/s per core, data in cache,
 /// measured here), the loads of V and broadcasts of P being better balanced.
 /// Every entry is still summed over j in order: the chunking changes no bit.
-template <class Scalar>
+/// With Transposed, P is given by columns: p[j * p_stride + r] (P^T stored by
+/// rows), which spares an explicit transpose when both G and G^T are applied.
+template <class Scalar, bool Transposed = false>
 void values_block(const Scalar* p, Index p_stride, Index rows, Index cols, const Scalar* v,
                   Index k_pad, Scalar* acc) {
   constexpr int L = Simd<Scalar>::L;
@@ -131,16 +140,16 @@ void values_block(const Scalar* p, Index p_stride, Index rows, Index cols, const
     Scalar* ac = acc + c0 * L;
     switch (np) {
       case 4:
-        values_chunk<Scalar, 4>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        values_chunk<Scalar, 4, Transposed>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
         break;
       case 3:
-        values_chunk<Scalar, 3>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        values_chunk<Scalar, 3, Transposed>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
         break;
       case 2:
-        values_chunk<Scalar, 2>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        values_chunk<Scalar, 2, Transposed>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
         break;
       default:
-        values_chunk<Scalar, 1>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        values_chunk<Scalar, 1, Transposed>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
         break;
     }
     c0 += np;
