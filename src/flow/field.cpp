@@ -2,9 +2,6 @@
 // field of the particles' own measure, its tangent projection on the sphere, the
 // unnormalized ("USA") field, and the observables E_beta and cluster counts.
 #include <omp.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 
 // GCC 12 reports a false "used uninitialized" inside its own AVX-512 intrinsics
 // when Eigen's vectorized exp is inlined into the fused expressions below.
@@ -29,6 +26,7 @@
 
 #include "attention/tiles.hpp"
 #include "common/huge_buffer.hpp"
+#include "common/vector_exp.hpp"
 #include "flow/internal.hpp"
 #include "measattn/error.hpp"
 
@@ -255,61 +253,14 @@ namespace {
 // ---------------------------------------------------------------------------
 
 constexpr Index kTiedSlots = 16;
-constexpr Index kLanes = 8;  // doubles per vector (one AVX-512 register; split elsewhere)
+constexpr Index kLanes = vexp::kLanes;
 
-// GCC/Clang vector extensions: portable code that compiles to one AVX-512
-// instruction per operation here and to two or four narrower ones elsewhere.
-typedef double Vd __attribute__((vector_size(64)));
-typedef std::int64_t Vl __attribute__((vector_size(64)));
-
-inline Vd load(const double* p) {
-  Vd v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store(double* p, Vd v) { std::memcpy(p, &v, sizeof v); }
-inline Vd splat(double x) { return Vd{} + x; }
-
-// exp(-x) for x >= 0, lane-wise (x > 708 gives exp(-708) ~ 3e-308, negligible
-// next to a row sum >= 1e-280): -x = k ln 2 + r, |r| <= ln(2)/2, exp(r) by a
-// degree-11 polynomial interpolating exp at the Chebyshev nodes of that
-// interval (relative error 1.7e-17 with these double coefficients, computed and
-// checked in 50-digit arithmetic; Taylor needs degree 13 for the same), 2^k
-// built in the exponent bits. A few ulp; 18 operations per vector.
-inline Vd exp_negative(Vd x) {
-  constexpr double log2e = 1.4426950408889634074;
-  constexpr double ln2_hi = 6.93145751953125e-1;
-  constexpr double ln2_lo = 1.42860682030941723212e-6;
-  constexpr double magic = 6755399441055744.0;  // 1.5 * 2^52: round to nearest
-  constexpr std::int64_t bias = 1023 - std::bit_cast<std::int64_t>(magic);
-#ifdef __AVX512F__
-  x = (Vd)_mm512_min_pd((__m512d)x, (__m512d)splat(708.0));  // one instruction
-#else
-  x = x > 708.0 ? splat(708.0) : x;
-#endif
-  const Vd t = x * -log2e + magic;
-  const Vd k = t - magic;
-  const Vd r = (-(k * ln2_hi) - x) - k * ln2_lo;
-  // Estrin's scheme: 14 operations instead of Horner's 11, but a dependency
-  // chain of 5 instead of 11 (measured 6 % faster on one thread).
-  const Vd r2 = r * r;
-  const Vd r4 = r2 * r2;
-  const Vd r8 = r4 * r4;
-  const Vd q0 = 1.0 + r;
-  const Vd q1 = 0.5000000000000019 + 0.1666666666666668 * r;
-  const Vd q2 = 0.0416666666664881 + 0.008333333333319601 * r;
-  const Vd q3 = 0.0013888888952314775 + 0.00019841269890047113 * r;
-  const Vd q4 = 2.4801485482328494e-05 + 2.755724091857897e-06 * r;
-  const Vd q5 = 2.763263963904103e-07 + 2.5110037605963777e-08 * r;
-  const Vd p = ((q0 + q1 * r2) + (q2 + q3 * r2) * r4) + (q4 + q5 * r2) * r8;
-  return p * (Vd)(((Vl)t + bias) << 52);
-}
-
-inline double horizontal_sum(Vd v) {
-  double s = 0;
-  for (Index l = 0; l < kLanes; ++l) s += v[l];
-  return s;
-}
+using vexp::exp_negative;
+using vexp::horizontal_sum;
+using vexp::load;
+using vexp::splat;
+using vexp::store;
+using vexp::Vd;
 
 // The pairs of rows i, i + 1 with one vector of keys [j, j + 8): the row sums of
 // i, i + 1 in den/num, and with ColSide the column sums of the keys in acc.
@@ -568,174 +519,282 @@ Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const 
   return result;
 }
 
+namespace {
+
+// The work arrays of the tied kernels, kept by the calling thread from one call
+// to the next up to 64 MiB: a flow evaluates the field at every step, and fresh
+// pages cost ~11 us each here (MACHINE.md). Arrays freed at the end of a call
+// are no better: glibc trims the heap top and the next call faults them in
+// again (~760 faults per step at n = 1000, d = 64, 20 % of the step). Larger
+// work (where the pages are small next to the O(n^2 k) work) gets a buffer of
+// its own, returned after the call.
+double* caller_workspace(size_t count, HugeBuffer& local) {
+  constexpr size_t kKeep = size_t{8} << 20;  // doubles
+  thread_local HugeBuffer cached;
+  thread_local size_t cached_size = 0;
+  if (count > kKeep) {
+    local = huge_buffer(count);
+    return local.get();
+  }
+  if (cached_size < count) {
+    cached.reset();
+    cached = huge_buffer(count);
+    cached_size = count;
+  }
+  return cached.get();
+}
+
+// One block pair of the tied GEMM kernel after its logits (rows x cols, both
+// multiples of 8, row stride `stride`): G = exp(S - h_i) in place (S_ij =
+// <a_i, a_j> - h_j, so G_ij = exp(-|a_i - a_j|^2 / 2) <= 1), the row sums
+// sum_j G_ij omega_j into den_I and, for an off-diagonal pair, the column
+// sums sum_i G_ij omega_i into den_J (no transposed copy of G needed).
+template <bool OffDiagonal>
+void tied_exponentials(double* S, Index stride, Index rows, Index cols, const double* minus_h_i,
+                       const double* omega_i, const double* omega_j, double* den_i, double* den_j,
+                       double* colsum) {
+  if constexpr (OffDiagonal) std::fill(colsum, colsum + cols, 0.0);
+  for (Index r = 0; r < rows; ++r) {
+    double* sr = S + r * stride;
+    const double hi = minus_h_i[r];
+    const Vd oi = splat(omega_i[r]);
+    Vd rowsum = {};
+    for (Index c = 0; c < cols; c += kLanes) {
+      const Vd g = exp_negative(-(load(sr + c) + hi));
+      store(sr + c, g);
+      rowsum += g * load(omega_j + c);
+      if constexpr (OffDiagonal) store(colsum + c, load(colsum + c) + g * oi);
+    }
+    den_i[r] += horizontal_sum(rowsum);
+  }
+  if constexpr (OffDiagonal)
+    for (Index c = 0; c < cols; ++c) den_j[c] += colsum[c];
+}
+
+bool is_identity(const MatrixD& m) {
+  return m.rows() == m.cols() && m == MatrixD::Identity(m.rows(), m.cols());
+}
+
+}  // namespace
+
 Matrix<double> tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
                                          const MatrixRef<double>& x) {
-  using namespace Eigen::internal;
-  using Packet = Simd<double>::Packet;
   constexpr Index L = Simd<double>::L;
   const Index n = x.rows();
   const Index heads = model.num_heads;
   const Index k = model.head_dim();
   const Index e = model.embed_dim();
-  // Square blocks: a multiple of the logits chunk (3 packets) and of the values
-  // tile rows (24) for every packet size. Blocks and slots depend on n and k only.
+  // Blocks of B particles, the last one narrower: rows are padded to a
+  // multiple of 24 only (the values tiles take 6 or 8 rows, the exponentials
+  // 8 lanes; the logits' last column chunk may be narrow). Padding to whole
+  // blocks of 96 was 11 % more work at n = 1000. Blocks and slots depend on n
+  // and k only.
   constexpr Index B = 96;
-  const Index chunk = kLogitPackets * L;
-  const Index np = round_up(n, B);
-  const Index nb = np / B;
+  constexpr Index kRowQuantum = 24;
+  static_assert(B % kRowQuantum == 0 && kRowQuantum % kLanes == 0);
+  constexpr int kNS = 4, kR = 6;  // logits tiles: 6 rows x 4 packets
+  const Index chunk = kNS * L;
+  const Index np = round_up(n, kRowQuantum);
+  const Index nb = (np + B - 1) / B;
+  auto width = [np](Index blk) { return np - blk * B < B ? np - blk * B : B; };
   const Index k_pad = round_up(k, L);
   const Index pairs = nb * (nb + 1) / 2;
   const size_t slot_size = static_cast<size_t>(np * (k_pad + 1));
-  // Accumulators: about 16 MiB in all, but at least 4 slots (parallel work)
-  // and at most one per two block pairs.
-  constexpr double kSlotBudget = 16.0 * (1 << 20);
-  const Index slots = std::max<Index>(
-      1, std::min<Index>(pairs / 2, std::clamp<Index>(
-                                        static_cast<Index>(kSlotBudget / (8.0 * double(slot_size))),
-                                        4, kTiedSlots)));
+  // Slots: a power of two (even shares for 1, 2, 4, ... threads), more of them
+  // for more pairs (balance on larger machines), at most ~32 MiB of them
+  // unless that leaves fewer than 4; never more than the pairs. Every slot is
+  // zeroed and summed once per head: at n = 1000 the old 30 slots of 16 MiB
+  // cost 15 % of the step.
+  const Index wanted = pairs < 256 ? 4 : pairs < 2048 ? 8 : kTiedSlots;
+  const Index affordable = std::max<Index>(
+      4, static_cast<Index>((32.0 * (1 << 20)) / (8.0 * static_cast<double>(slot_size))));
+  const Index slots = std::max<Index>(1, std::min({wanted, affordable, pairs}));
+  // The slots cut the pair sequence at equal work, not equal counts: a
+  // diagonal pair applies its block once, an off-diagonal one twice (logits
+  // + values: 2 against 3 units per entry), and the last block is narrower.
+  std::vector<Index> cut(static_cast<size_t>(slots) + 1, pairs);
+  {
+    std::vector<double> cost;
+    cost.reserve(static_cast<size_t>(pairs));
+    double total = 0;
+    for (BlockPairCursor pair(nb, 0); static_cast<Index>(cost.size()) < pairs; pair.next()) {
+      const double c =
+          static_cast<double>(width(pair.I) * width(pair.J)) * (pair.I == pair.J ? 2 : 3);
+      cost.push_back(c);
+      total += c;
+    }
+    double run = 0;
+    Index s = 0;
+    for (Index q = 0; q < pairs; ++q) {
+      while (s < slots && run >= total * static_cast<double>(s) / static_cast<double>(slots))
+        cut[static_cast<size_t>(s++)] = q;
+      run += cost[static_cast<size_t>(q)];
+    }
+  }
   const double threshold = underflow_threshold<double>();
   const bool parallel = nb > 1;
 
+  // The canonical model's projections are identities: copies, not products.
+  const bool key_identity = is_identity(model.w_k);
+  const bool value_identity = is_identity(model.w_v);
+  const bool output_identity = is_identity(model.w_o);
   const double inv_root_tau = 1.0 / std::sqrt(static_cast<double>(model.tau()));
-  MatrixD out(n, e);
-  // Per head, zero-padded to np rows: A (np x k) the scaled keys a = kappa /
-  // sqrt(tau), KT the same as key panels (per block: k x B in chunks of `chunk`
-  // columns), V (np x k) the values, WV (np x k_pad) the omega-weighted values,
-  // minus_h = -|a|^2 / 2, omega. Prepared in parallel over the row blocks (the
-  // projections are 10 % of the work at n = 1000, d = 64).
-  MatrixD A(np, k), V(np, k), WV(np, k_pad), KT(nb * k, B);
-  Eigen::ArrayXd minus_h(np), omega(np), log_omega(np);
-  // Up to 64 MiB, the accumulators are kept by the calling thread from one call
-  // to the next: a flow evaluates the field at every step, and fresh pages cost
-  // ~11 us each (~10 % of a step at n = 1000, d = 64). Larger ones (where the
-  // page cost is small next to the O(n^2 k) work) are returned after the call.
-  const size_t acc_size = static_cast<size_t>(slots) * slot_size;
-  constexpr size_t kKeep = size_t{8} << 20;  // doubles
-  thread_local HugeBuffer cached;
-  thread_local size_t cached_size = 0;
+  MatrixD result(n, model.w_o.rows());
+
+  // Work arrays (64-byte aligned segments), per head, zero-padded to np rows:
+  // A (np x k) the scaled keys a = kappa / sqrt(tau), KT the same as key panels
+  // (per block: k x B in chunks of `chunk` columns), V (np x k) the values, WV
+  // (np x k_pad) the omega-weighted values, minus_h = -|a|^2 / 2, omega; out
+  // (n x e, row-major) unless W_O = I (then the result itself); the slots.
+  auto seg = [](size_t count) { return (count + 7) / 8 * 8; };
+  const size_t nk = static_cast<size_t>(np * k);
+  const size_t kt_size = static_cast<size_t>(nb * B * k);
+  const size_t out_size = output_identity ? 0 : static_cast<size_t>(n * e);
+  const size_t total = 2 * seg(nk) + seg(kt_size) + seg(static_cast<size_t>(np * k_pad)) +
+                       3 * seg(static_cast<size_t>(np)) + seg(out_size) +
+                       static_cast<size_t>(slots) * seg(slot_size);
   HugeBuffer local;
-  double* acc_base = nullptr;
-  if (acc_size <= kKeep) {
-    if (cached_size < acc_size) {
-      cached.reset();
-      cached = huge_buffer(acc_size);
-      cached_size = acc_size;
-    }
-    acc_base = cached.get();
-  } else {
-    local = huge_buffer(acc_size);
-    acc_base = local.get();
-  }
+  double* w = caller_workspace(total, local);
+  auto take = [&w, &seg](size_t count) {
+    double* p = w;
+    w += seg(count);
+    return p;
+  };
+  double* A = take(nk);
+  double* V = take(nk);
+  double* KT = take(kt_size);
+  double* WV = take(static_cast<size_t>(np * k_pad));
+  double* minus_h = take(static_cast<size_t>(np));
+  double* omega = take(static_cast<size_t>(np));
+  double* log_omega = take(static_cast<size_t>(np));
+  double* out = output_identity ? result.data() : take(out_size);
+  double* acc_base = w;
+  const size_t slot_stride = seg(slot_size);
+  using RowMajorMap = Eigen::Map<MatrixD>;
+
   for (Index h = 0; h < heads; ++h) {
     const MatrixD wk_t = model.w_k.middleRows(h * k, k).transpose() * inv_root_tau;  // d x k
     const MatrixD wv_t = model.w_v.middleRows(h * k, k).transpose();
     const VectorD bv = model.b_v.size() ? VectorD(model.b_v.segment(h * k, k)) : VectorD::Zero(k);
+    // Prepared in parallel over the row blocks (the projections are 10 % of
+    // the work at n = 1000, d = 64 when they are products).
 #pragma omp parallel for schedule(static) if (parallel)
     for (Index blk = 0; blk < nb; ++blk) {
-      const Index r0 = blk * B;
-      const Index rows = std::clamp<Index>(n - r0, 0, B);
-      A.middleRows(r0, B).setZero();
-      V.middleRows(r0, B).setZero();
+      const Index r0 = blk * B, wb = width(blk);
+      const Index rows = std::clamp<Index>(n - r0, 0, wb);
+      RowMajorMap a(A + r0 * k, wb, k), v(V + r0 * k, wb, k);
+      a.setZero();
+      v.setZero();
       if (rows > 0) {
-        A.middleRows(r0, rows).noalias() = x.middleRows(r0, rows) * wk_t;
-        V.middleRows(r0, rows).noalias() = x.middleRows(r0, rows) * wv_t;
-        V.middleRows(r0, rows).rowwise() += bv.transpose();
+        if (key_identity) {
+          a.topRows(rows) = x.block(r0, h * k, rows, k) * inv_root_tau;
+        } else {
+          a.topRows(rows).noalias() = x.middleRows(r0, rows) * wk_t;
+        }
+        if (value_identity) {
+          v.topRows(rows) = x.block(r0, h * k, rows, k);
+        } else {
+          v.topRows(rows).noalias() = x.middleRows(r0, rows) * wv_t;
+        }
+        v.topRows(rows).rowwise() += bv.transpose();
       }
-      for (Index j = r0; j < r0 + B; ++j) {
+      for (Index j = r0; j < r0 + wb; ++j) {
         double sq = 0;
-        for (Index c = 0; c < k; ++c) sq += A(j, c) * A(j, c);
+        for (Index c = 0; c < k; ++c) sq += A[j * k + c] * A[j * k + c];
         minus_h[j] = -0.5 * sq;
         log_omega[j] = j < n && weights[j] > 0 ? std::log(weights[j]) + 0.5 * sq
                                                : -std::numeric_limits<double>::infinity();
       }
-      double* dst = KT.data() + blk * k * B;
-      for (Index t = 0; t < B / chunk; ++t)
+      double* dst = KT + blk * k * B;
+      for (Index t = 0; t * chunk < wb; ++t) {
+        const Index cols = std::min(chunk, wb - t * chunk);
         for (Index c = 0; c < k; ++c)
-          for (Index jj = 0; jj < chunk; ++jj)
-            dst[(t * k + c) * chunk + jj] = A(r0 + t * chunk + jj, c);
+          for (Index jj = 0; jj < cols; ++jj)
+            dst[(t * k + c) * chunk + jj] = A[(r0 + t * chunk + jj) * k + c];
+      }
     }
-    const double top = log_omega.maxCoeff();
+    const double top = *std::max_element(log_omega, log_omega + np);
 #pragma omp parallel for schedule(static) if (parallel)
     for (Index blk = 0; blk < nb; ++blk) {
-      for (Index j = blk * B; j < (blk + 1) * B; ++j) {
+      for (Index j = blk * B; j < blk * B + width(blk); ++j) {
         omega[j] = std::exp(log_omega[j] - top);  // exp(-inf) = 0 for padding
-        for (Index c = 0; c < k; ++c) WV(j, c) = omega[j] * V(j, c);
-        for (Index c = k; c < k_pad; ++c) WV(j, c) = 0;
+        for (Index c = 0; c < k; ++c) WV[j * k_pad + c] = omega[j] * V[j * k + c];
+        for (Index c = k; c < k_pad; ++c) WV[j * k_pad + c] = 0;
       }
     }
 #pragma omp parallel if (parallel)
     {
-      std::vector<double> s_buf(static_cast<size_t>(B * B)), t_buf(static_cast<size_t>(B * B));
+      // The block of logits and exponentials: one per thread, kept by the
+      // (pooled) threads across calls.
+      thread_local Eigen::ArrayXd s_buf;
+      if (s_buf.size() < B * B + B) s_buf.resize(B * B + B);
       double* S = s_buf.data();
-      double* T = t_buf.data();
+      double* colsum = S + B * B;
 #pragma omp for schedule(dynamic, 1)
       for (Index sl = 0; sl < slots; ++sl) {
-        const Index p0 = sl * pairs / slots, p1 = (sl + 1) * pairs / slots;
-        double* num = acc_base + static_cast<size_t>(sl) * slot_size;
+        const Index p0 = cut[static_cast<size_t>(sl)], p1 = cut[static_cast<size_t>(sl) + 1];
+        double* num = acc_base + static_cast<size_t>(sl) * slot_stride;
         double* den = num + np * k_pad;
         std::fill(num, num + slot_size, 0.0);  // by the thread that uses it
         BlockPairCursor pair(nb, p0);
         for (Index q = p0; q < p1; ++q, pair.next()) {
-          const Index I = pair.I, J = pair.J;
-          const Index i0 = I * B, j0 = J * B;
-          // S_ij = <a_i, a_j> - h_j, then G_ij = exp(S_ij - h_i) <= 1.
-          logits_block<double>(A.data() + i0 * k, B, k, KT.data() + J * k * B, chunk, B / L,
-                               minus_h.data() + j0, S, B);
-          for (Index r = 0; r < B; ++r) {
-            const Packet shift = pset1<Packet>(minus_h[i0 + r]);
-            Packet sum = pset1<Packet>(0.0);
-            double* sr = S + r * B;
-            for (Index c = 0; c < B; c += L) {
-              const Packet g = pexp(padd(ploadu<Packet>(sr + c), shift));
-              pstoreu(sr + c, g);
-              sum = pmadd(g, ploadu<Packet>(omega.data() + j0 + c), sum);
-            }
-            den[i0 + r] += predux(sum);
-          }
-          values_block<double>(S, B, B, B, WV.data() + j0 * k_pad, k_pad, num + i0 * k_pad);
-          if (I != J) {
-            // The pairs (j, i): G^T against the rows of block I.
-            for (Index r = 0; r < B; ++r)
-              for (Index c = 0; c < B; ++c) T[c * B + r] = S[r * B + c];
-            for (Index c = 0; c < B; ++c) {
-              const double* tc = T + c * B;
-              Packet sum = pset1<Packet>(0.0);
-              for (Index r = 0; r < B; r += L)
-                sum = pmadd(ploadu<Packet>(tc + r), ploadu<Packet>(omega.data() + i0 + r), sum);
-              den[j0 + c] += predux(sum);
-            }
-            values_block<double>(T, B, B, B, WV.data() + i0 * k_pad, k_pad, num + j0 * k_pad);
+          const Index i0 = pair.I * B, j0 = pair.J * B;
+          const Index wi = width(pair.I), wj = width(pair.J);
+          // S_ij = <a_i, a_j> - h_j, then G_ij = exp(S_ij - h_i).
+          logits_block<double, kNS, kR>(A + i0 * k, wi, k, KT + pair.J * k * B, chunk, wj / L,
+                                        minus_h + j0, S, B);
+          if (pair.I == pair.J) {
+            tied_exponentials<false>(S, B, wi, wj, minus_h + i0, omega + i0, omega + j0, den + i0,
+                                     nullptr, colsum);
+            values_block<double>(S, B, wi, wj, WV + j0 * k_pad, k_pad, num + i0 * k_pad);
+          } else {
+            tied_exponentials<true>(S, B, wi, wj, minus_h + i0, omega + i0, omega + j0, den + i0,
+                                    den + j0, colsum);
+            values_block<double>(S, B, wi, wj, WV + j0 * k_pad, k_pad, num + i0 * k_pad);
+            // The pairs (j, i): G^T, read by columns, against the rows of block I.
+            values_block<double, true>(S, B, wj, wi, WV + i0 * k_pad, k_pad, num + j0 * k_pad);
           }
         }
       }
-    }
-#pragma omp parallel for schedule(static) if (parallel)
-    for (Index i = 0; i < n; ++i) {
-      Eigen::VectorXd numer = Eigen::VectorXd::Zero(k);
-      double dsum = 0;
-      for (Index sl = 0; sl < slots; ++sl) {
-        const double* num = acc_base + static_cast<size_t>(sl) * slot_size;
-        for (Index c = 0; c < k; ++c) numer[c] += num[i * k_pad + c];
-        dsum += num[np * k_pad + i];
+      // The slots summed in order into the first (vectorized over contiguous
+      // rows); the exact fallback for rows whose sum underflowed.
+#pragma omp for schedule(static)
+      for (Index blk = 0; blk < nb; ++blk) {
+        const Index r0 = blk * B, r1 = r0 + width(blk);
+        double* num0 = acc_base;
+        double* den0 = num0 + np * k_pad;
+        for (Index sl = 1; sl < slots; ++sl) {
+          const double* num = acc_base + static_cast<size_t>(sl) * slot_stride;
+          const double* den = num + np * k_pad;
+          for (Index t = r0 * k_pad; t < r1 * k_pad; ++t) num0[t] += num[t];
+          for (Index i = r0; i < r1; ++i) den0[i] += den[i];
+        }
+        for (Index i = r0; i < std::min(n, r1); ++i) {
+          double* numer = num0 + i * k_pad;
+          double dsum = den0[i];
+          if (!(dsum >= threshold) || !std::isfinite(dsum)) {
+            const Eigen::Map<const MatrixD> a(A, n, k);
+            dsum = exact_tied_row((a * a.row(i).transpose()).array(), weights, k,
+                                  [&](Index c, Index j) { return V[j * k + c]; }, numer);
+          }
+          double* o = out + i * e + h * k;
+          for (Index c = 0; c < k; ++c) o[c] = numer[c] / dsum;
+        }
       }
-      if (!(dsum >= threshold) || !std::isfinite(dsum)) {
-        dsum = exact_tied_row((A.topRows(n) * A.row(i).transpose()).array(), weights, k,
-                              [&](Index c, Index j) { return V(j, c); }, numer.data());
-      }
-      out.row(i).segment(h * k, k) = numer.transpose() / dsum;
     }
   }
-  // W_O and b_O, in parallel over the row blocks.
-  MatrixD result(n, model.w_o.rows());
-  const MatrixD wo_t = model.w_o.transpose();
+  if (!output_identity) {
+    // W_O, in parallel over the row blocks.
+    const MatrixD wo_t = model.w_o.transpose();
+    const Eigen::Map<const MatrixD> o(out, n, e);
 #pragma omp parallel for schedule(static) if (parallel)
-  for (Index blk = 0; blk < nb; ++blk) {
-    const Index r0 = blk * B;
-    const Index rows = std::clamp<Index>(n - r0, 0, B);
-    if (rows == 0) continue;
-    result.middleRows(r0, rows).noalias() = out.middleRows(r0, rows) * wo_t;
-    if (model.b_o.size()) result.middleRows(r0, rows).rowwise() += model.b_o.transpose();
+    for (Index blk = 0; blk < nb; ++blk) {
+      const Index r0 = blk * B;
+      const Index rows = std::clamp<Index>(n - r0, 0, width(blk));
+      if (rows > 0) result.middleRows(r0, rows).noalias() = o.middleRows(r0, rows) * wo_t;
+    }
   }
+  if (model.b_o.size()) result.rowwise() += model.b_o.transpose();
   return result;
 }
 
