@@ -511,9 +511,14 @@ TEST(flow_test, vector_exp_is_accurate) {
     v::Vd x;
     for (int l = 0; l < v::kLanes; ++l) x[l] = it % 2 ? wide(rng) : std::pow(10.0, decades(rng));
     const v::Vd g = v::exp_negative(x);
+    // The same exponential given in sixteenths of a bit (y = -16 x / ln 2).
+    const v::Vd y = x * -v::kSixteenthsPerNat;
+    const v::Vd g2 = v::exp2_sixteenths(y);
     for (int l = 0; l < v::kLanes; ++l) {
       const long double ref = std::exp(-static_cast<long double>(x[l]));
       worst = std::max(worst, static_cast<double>(std::fabs((g[l] - ref) / ref)));
+      const long double ref2 = std::exp2(static_cast<long double>(y[l]) / 16);
+      worst = std::max(worst, static_cast<double>(std::fabs((g2[l] - ref2) / ref2)));
     }
   }
   EXPECT_LT(worst, 3 * std::ldexp(1.0, -53));
@@ -523,6 +528,12 @@ TEST(flow_test, vector_exp_is_accurate) {
   EXPECT_EQ(edge[5], 1.0);
   EXPECT_EQ(edge[6], 1.0);
   EXPECT_NEAR(edge[7], std::exp(-0.5), 1e-16);
+  const v::Vd edge2 = v::exp2_sixteenths(v::Vd{0, -16343, -16400, -1e6, -1e300, -0.0, 1e-300, -8});
+  EXPECT_EQ(edge2[0], 1.0);
+  for (int l = 1; l < 5; ++l) EXPECT_TRUE(edge2[l] > 0 && edge2[l] < 1e-307) << l;
+  EXPECT_EQ(edge2[5], 1.0);
+  EXPECT_EQ(edge2[6], 1.0);
+  EXPECT_NEAR(edge2[7], std::sqrt(0.5), 2e-16);
 }
 
 TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {

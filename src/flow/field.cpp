@@ -255,6 +255,7 @@ namespace {
 constexpr Index kTiedSlots = 16;
 constexpr Index kLanes = vexp::kLanes;
 
+using vexp::exp2_sixteenths;
 using vexp::exp_negative;
 using vexp::horizontal_sum;
 using vexp::load;
@@ -279,12 +280,15 @@ inline void tied_rows_keys(const double* b, const double* norm, const double* wv
   const Vd nj = load(norm + j);
   Vd col_den = {}, col_num[K] = {};
   for (int r = 0; r < R; ++r) {
-    // |b_i - b_j|^2 = |b_i|^2 + |b_j|^2 - 2 <b_i, b_j>: four operations
-    // per pair instead of six; the rounding, ~1e-16 (|b_i|^2 + |b_j|^2) in
-    // the exponent, is that of the logits <a_i, a_j> themselves.
-    Vd d2 = nj + ni[r];
-    for (int c = 0; c < K; ++c) d2 -= bi[r][c] * bj[c];
-    const Vd g = exp_negative(d2);
+    // y = -kappa |b_i - b_j|^2 = -kappa |b_i|^2 - kappa |b_j|^2 + 2 kappa
+    // <b_i, b_j>, kappa = 16 / ln 2 (norm holds -kappa |b|^2 and bi is
+    // 2 kappa b_i): four operations per pair instead of six, and the
+    // exponential's range reduction needs no multiply-adds. The rounding, a
+    // few 1e-16 (|b_i|^2 + |b_j|^2) in the exponent, is that of the logits
+    // <a_i, a_j> themselves.
+    Vd y = nj + ni[r];
+    for (int c = 0; c < K; ++c) y += bi[r][c] * bj[c];
+    const Vd g = exp2_sixteenths(y);
     den[r] += g * oj;
     for (int c = 0; c < K; ++c) num[r][c] += g * wvj[c];
     if constexpr (ColSide) {
@@ -300,14 +304,13 @@ inline void tied_rows_keys(const double* b, const double* norm, const double* wv
 
 // One block pair: rows [i0, i1) against keys [j0, j1) (both multiples of 8,
 // inside the padded range). Layout: b (K x np) the keys scaled so that
-// G_ij = exp(-|b_i - b_j|^2), norm = |b|^2, wv (K x np) omega-weighted values,
-// omega (np); acc (K + 1 rows of np): numerators, then normalizers. Two rows at
-// a time share every load of the keys and every update of the column sums
-// (measured against 1, 4 and 8: 2 spills least). In a diagonal block
-// (i0 == j0) each 8-wide group of keys is paired once: the group holding the
-// rows themselves gives row sums only (all 8 keys, the rows included), the
-// groups after it give both sides, the groups before it nothing (done from
-// their side): half the exponentials of the full block.
+// G_ij = exp(-|b_i - b_j|^2), norm = -kappa |b|^2 (kappa = 16 / ln 2), wv (K x np) omega-weighted
+// values, omega (np); acc (K + 1 rows of np): numerators, then normalizers. Two rows at a time
+// share every load of the keys and every update of the column sums (measured against 1, 4 and 8: 2
+// spills least). In a diagonal block (i0 == j0) each 8-wide group of keys is paired once: the group
+// holding the rows themselves gives row sums only (all 8 keys, the rows included), the groups after
+// it give both sides, the groups before it nothing (done from their side): half the exponentials of
+// the full block.
 template <int K, bool Diagonal>
 void tied_block_pair(const double* b, const double* norm, const double* wv, const double* omega,
                      Index np, Index i0, Index i1, Index j0, Index j1, double* acc) {
@@ -316,7 +319,7 @@ void tied_block_pair(const double* b, const double* norm, const double* wv, cons
     double bi[R][K], wvi[R][K], oi[R], ni[R];
     for (int r = 0; r < R; ++r) {
       for (int c = 0; c < K; ++c) {
-        bi[r][c] = 2 * b[c * np + i + r];
+        bi[r][c] = 2 * vexp::kSixteenthsPerNat * b[c * np + i + r];
         wvi[r][c] = wv[c * np + i + r];
       }
       oi[r] = omega[i + r];
@@ -420,6 +423,74 @@ double exact_tied_row(Eigen::ArrayXd dots, const VectorD& weights, Index k, Valu
   return dots.sum();
 }
 
+// The work arrays of the tied kernels, kept by the calling thread from one call
+// to the next up to 64 MiB: a flow evaluates the field at every step, and fresh
+// pages cost ~11 us each here (MACHINE.md). Arrays freed at the end of a call
+// are no better: glibc trims the heap top and the next call faults them in
+// again (~760 faults per step at n = 1000, d = 64, 20 % of the step). Larger
+// work (where the pages are small next to the O(n^2 k) work) gets a buffer of
+// its own, returned after the call.
+double* caller_workspace(size_t count, HugeBuffer& local) {
+  constexpr size_t kKeep = size_t{8} << 20;  // doubles
+  thread_local HugeBuffer cached;
+  thread_local size_t cached_size = 0;
+  if (count > kKeep) {
+    local = huge_buffer(count);
+    return local.get();
+  }
+  if (cached_size < count) {
+    cached.reset();
+    cached = huge_buffer(count);
+    cached_size = count;
+  }
+  return cached.get();
+}
+
+bool is_identity(const MatrixD& m) {
+  return m.rows() == m.cols() && m == MatrixD::Identity(m.rows(), m.cols());
+}
+
+// The number of slots of a tied kernel: a power of two (even shares for 1, 2,
+// 4, ... threads), more of them for more block pairs (balance on larger
+// machines), at most ~32 MiB of accumulators unless that leaves fewer than 4,
+// never more than the pairs. Every slot is zeroed and summed once per head:
+// at n = 1000 the former 16-30 slots cost 15 % of the step. Depends on the
+// sizes only, never on the thread count.
+Index tied_slot_count(Index pairs, size_t slot_doubles) {
+  const Index wanted = pairs < 256 ? 4 : pairs < 2048 ? 8 : kTiedSlots;
+  const Index affordable = std::max<Index>(
+      4, static_cast<Index>((32.0 * (1 << 20)) / (8.0 * static_cast<double>(slot_doubles))));
+  return std::max<Index>(1, std::min({wanted, affordable, pairs}));
+}
+
+// Cuts of the block-pair sequence (BlockPairCursor order) into `slots` runs of
+// equal work rather than equal counts: pair (I, J) costs
+// width(I) width(J) (diagonal or off_diagonal). cut[s] is the first pair of
+// slot s, cut[slots] = pairs.
+template <class Width>
+std::vector<Index> balanced_cuts(Index nb, Index slots, Width width, double diagonal,
+                                 double off_diagonal) {
+  const Index pairs = nb * (nb + 1) / 2;
+  std::vector<double> cost;
+  cost.reserve(static_cast<size_t>(pairs));
+  double total = 0;
+  for (BlockPairCursor pair(nb, 0); static_cast<Index>(cost.size()) < pairs; pair.next()) {
+    const double c = static_cast<double>(width(pair.I) * width(pair.J)) *
+                     (pair.I == pair.J ? diagonal : off_diagonal);
+    cost.push_back(c);
+    total += c;
+  }
+  std::vector<Index> cut(static_cast<size_t>(slots) + 1, pairs);
+  double run = 0;
+  Index s = 0;
+  for (Index q = 0; q < pairs; ++q) {
+    while (s < slots && run >= total * static_cast<double>(s) / static_cast<double>(slots))
+      cut[static_cast<size_t>(s++)] = q;
+    run += cost[static_cast<size_t>(q)];
+  }
+  return cut;
+}
+
 }  // namespace
 
 bool tied_query_key(const Model<double>& model) {
@@ -444,17 +515,36 @@ Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const 
   const Index block = n <= 8192 ? 128 : 256;
   const Index nb = (np + block - 1) / block;
   const Index pairs = nb * (nb + 1) / 2;
-  const Index slots = std::clamp<Index>(pairs / 2, 1, kTiedSlots);
+  auto width = [np, block](Index blk) { return std::min(block, np - blk * block); };
+  const size_t slot_size = static_cast<size_t>((k + 1) * np);
+  const Index slots = tied_slot_count(pairs, slot_size);
+  // A diagonal block takes half the exponentials of an off-diagonal one.
+  const std::vector<Index> cut = balanced_cuts(nb, slots, width, 1.0, 2.0);
   const TiedBlockFn kernel = tied_block_function(k);
   const double threshold = underflow_threshold<double>();
-  MatrixD out(n, e);
-  // Eigen arrays: 64-byte aligned, so that Eigen's vectorized expressions
-  // below never take the scalar path for an unaligned head (whose fused
-  // multiply-adds round differently), which made results depend on where
-  // malloc put the buffers.
-  Eigen::ArrayXd acc(slots * (k + 1) * np);
-  Eigen::ArrayXd bh = Eigen::ArrayXd::Zero(k * np), wv = Eigen::ArrayXd::Zero(k * np),
-                 omega = Eigen::ArrayXd::Zero(np), norm = Eigen::ArrayXd::Zero(np);
+  const bool output_identity = is_identity(model.w_o);
+  MatrixD result(n, model.w_o.rows());
+  // Work arrays (64-byte aligned segments, kept by the caller): bh, wv (k x np),
+  // omega, norm (np), out (n x e unless W_O = I), the slots ((k + 1) x np each).
+  auto seg = [](size_t count) { return (count + 7) / 8 * 8; };
+  const size_t kn = static_cast<size_t>(k * np);
+  const size_t out_size = output_identity ? 0 : static_cast<size_t>(n * e);
+  HugeBuffer local;
+  double* w = caller_workspace(2 * seg(kn) + 2 * seg(static_cast<size_t>(np)) + seg(out_size) +
+                                   static_cast<size_t>(slots) * seg(slot_size),
+                               local);
+  auto take = [&w, &seg](size_t count) {
+    double* p = w;
+    w += seg(count);
+    return p;
+  };
+  double* bh = take(kn);
+  double* wv = take(kn);
+  double* omega = take(static_cast<size_t>(np));
+  double* norm = take(static_cast<size_t>(np));
+  double* out = output_identity ? result.data() : take(out_size);
+  double* acc = w;
+  const size_t slot_stride = seg(slot_size);
   const bool parallel = n * n > kParallelWork;
   for (Index h = 0; h < heads; ++h) {
     const auto a = at.middleRows(h * k, k);
@@ -478,71 +568,57 @@ Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const 
         bh[c * np + j] = root_half * a(c, j);
         wv[c * np + j] = om[j] * v(c, j);
       }
+      std::fill(bh + c * np + n, bh + (c + 1) * np, 0.0);
+      std::fill(wv + c * np + n, wv + (c + 1) * np, 0.0);
     }
-    omega.head(n) = om;
-    norm.head(n) = half_norm;
+    for (Index j = 0; j < np; ++j) {
+      omega[j] = j < n ? om[j] : 0.0;
+      norm[j] = j < n ? -vexp::kSixteenthsPerNat * half_norm[j] : 0.0;
+    }
     // One parallel region: the slots (each zeroed by the thread that fills
-    // it), then, after the loop's barrier, the sum over slots by rows.
+    // it), then, after the loop's barrier, the sum over slots by row blocks.
 #pragma omp parallel if (parallel)
     {
 #pragma omp for schedule(dynamic, 1)
-      for (Index s = 0; s < slots; ++s) {
-        const Index p0 = s * pairs / slots, p1 = (s + 1) * pairs / slots;
-        double* mine = acc.data() + s * (k + 1) * np;
-        std::fill(mine, mine + (k + 1) * np, 0.0);
+      for (Index sl = 0; sl < slots; ++sl) {
+        const Index p0 = cut[static_cast<size_t>(sl)], p1 = cut[static_cast<size_t>(sl) + 1];
+        double* mine = acc + static_cast<size_t>(sl) * slot_stride;
+        std::fill(mine, mine + slot_size, 0.0);
         BlockPairCursor pair(nb, p0);
         for (Index q = p0; q < p1; ++q, pair.next()) {
-          kernel(bh.data(), norm.data(), wv.data(), omega.data(), np, pair.I * block,
-                 std::min(np, (pair.I + 1) * block), pair.J * block,
-                 std::min(np, (pair.J + 1) * block), mine);
+          kernel(bh, norm, wv, omega, np, pair.I * block, pair.I * block + width(pair.I),
+                 pair.J * block, pair.J * block + width(pair.J), mine);
         }
       }
-      // Sum the slots in order; exact fallback for rows whose sum underflowed.
+      // The slots summed in order into the first (vectorized over contiguous
+      // rows); exact fallback for rows whose sum underflowed.
 #pragma omp for schedule(static)
-      for (Index i = 0; i < n; ++i) {
-        double num[8] = {}, den = 0;
-        for (Index s = 0; s < slots; ++s) {
-          const double* mine = acc.data() + s * (k + 1) * np;
-          for (Index c = 0; c < k; ++c) num[c] += mine[c * np + i];
-          den += mine[k * np + i];
+      for (Index blk = 0; blk < nb; ++blk) {
+        const Index r0 = blk * block, r1 = r0 + width(blk);
+        for (Index sl = 1; sl < slots; ++sl) {
+          const double* mine = acc + static_cast<size_t>(sl) * slot_stride;
+          for (Index c = 0; c <= k; ++c)
+            for (Index i = r0; i < r1; ++i) acc[c * np + i] += mine[c * np + i];
         }
-        if (!(den >= threshold) || !std::isfinite(den)) {
-          den = exact_tied_row((a.transpose() * a.col(i)).array(), weights, k,
-                               [&](Index c, Index j) { return v(c, j); }, num);
+        for (Index i = r0; i < std::min(n, r1); ++i) {
+          double num[8], den = acc[k * np + i];
+          for (Index c = 0; c < k; ++c) num[c] = acc[c * np + i];
+          if (!(den >= threshold) || !std::isfinite(den)) {
+            den = exact_tied_row((a.transpose() * a.col(i)).array(), weights, k,
+                                 [&](Index c, Index j) { return v(c, j); }, num);
+          }
+          for (Index c = 0; c < k; ++c) out[i * e + h * k + c] = num[c] / den;
         }
-        for (Index c = 0; c < k; ++c) out(i, h * k + c) = num[c] / den;
       }
     }
   }
-  MatrixD result = out * model.w_o.transpose();
+  if (!output_identity)
+    result.noalias() = Eigen::Map<const MatrixD>(out, n, e) * model.w_o.transpose();
   if (model.b_o.size()) result.rowwise() += model.b_o.transpose();
   return result;
 }
 
 namespace {
-
-// The work arrays of the tied kernels, kept by the calling thread from one call
-// to the next up to 64 MiB: a flow evaluates the field at every step, and fresh
-// pages cost ~11 us each here (MACHINE.md). Arrays freed at the end of a call
-// are no better: glibc trims the heap top and the next call faults them in
-// again (~760 faults per step at n = 1000, d = 64, 20 % of the step). Larger
-// work (where the pages are small next to the O(n^2 k) work) gets a buffer of
-// its own, returned after the call.
-double* caller_workspace(size_t count, HugeBuffer& local) {
-  constexpr size_t kKeep = size_t{8} << 20;  // doubles
-  thread_local HugeBuffer cached;
-  thread_local size_t cached_size = 0;
-  if (count > kKeep) {
-    local = huge_buffer(count);
-    return local.get();
-  }
-  if (cached_size < count) {
-    cached.reset();
-    cached = huge_buffer(count);
-    cached_size = count;
-  }
-  return cached.get();
-}
 
 // One block pair of the tied GEMM kernel after its logits (rows x cols, both
 // multiples of 8, row stride `stride`): G = exp(S - h_i) in place (S_ij =
@@ -571,10 +647,6 @@ void tied_exponentials(double* S, Index stride, Index rows, Index cols, const do
     for (Index c = 0; c < cols; ++c) den_j[c] += colsum[c];
 }
 
-bool is_identity(const MatrixD& m) {
-  return m.rows() == m.cols() && m == MatrixD::Identity(m.rows(), m.cols());
-}
-
 }  // namespace
 
 Matrix<double> tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
@@ -600,37 +672,10 @@ Matrix<double> tied_gemm_attention_field(const Model<double>& model, const Vecto
   const Index k_pad = round_up(k, L);
   const Index pairs = nb * (nb + 1) / 2;
   const size_t slot_size = static_cast<size_t>(np * (k_pad + 1));
-  // Slots: a power of two (even shares for 1, 2, 4, ... threads), more of them
-  // for more pairs (balance on larger machines), at most ~32 MiB of them
-  // unless that leaves fewer than 4; never more than the pairs. Every slot is
-  // zeroed and summed once per head: at n = 1000 the old 30 slots of 16 MiB
-  // cost 15 % of the step.
-  const Index wanted = pairs < 256 ? 4 : pairs < 2048 ? 8 : kTiedSlots;
-  const Index affordable = std::max<Index>(
-      4, static_cast<Index>((32.0 * (1 << 20)) / (8.0 * static_cast<double>(slot_size))));
-  const Index slots = std::max<Index>(1, std::min({wanted, affordable, pairs}));
-  // The slots cut the pair sequence at equal work, not equal counts: a
-  // diagonal pair applies its block once, an off-diagonal one twice (logits
-  // + values: 2 against 3 units per entry), and the last block is narrower.
-  std::vector<Index> cut(static_cast<size_t>(slots) + 1, pairs);
-  {
-    std::vector<double> cost;
-    cost.reserve(static_cast<size_t>(pairs));
-    double total = 0;
-    for (BlockPairCursor pair(nb, 0); static_cast<Index>(cost.size()) < pairs; pair.next()) {
-      const double c =
-          static_cast<double>(width(pair.I) * width(pair.J)) * (pair.I == pair.J ? 2 : 3);
-      cost.push_back(c);
-      total += c;
-    }
-    double run = 0;
-    Index s = 0;
-    for (Index q = 0; q < pairs; ++q) {
-      while (s < slots && run >= total * static_cast<double>(s) / static_cast<double>(slots))
-        cut[static_cast<size_t>(s++)] = q;
-      run += cost[static_cast<size_t>(q)];
-    }
-  }
+  const Index slots = tied_slot_count(pairs, slot_size);
+  // A diagonal pair applies its block once, an off-diagonal one twice (logits
+  // + values: 2 against 3 units per entry).
+  const std::vector<Index> cut = balanced_cuts(nb, slots, width, 2.0, 3.0);
   const double threshold = underflow_threshold<double>();
   const bool parallel = nb > 1;
 
