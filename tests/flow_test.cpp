@@ -550,6 +550,14 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
     expect_matches_core(detail::tied_gemm_attention_field(model, w, x), model, x, w, 1e-11,
                         "seed " + std::to_string(seed));
   }
+  // From n = 2048 on the blocks are twice as large (and the last one narrower).
+  {
+    const auto model = tied_model(16, 1, true, 940);
+    const MatrixD x = random_points(2101, 16, 941);
+    const VectorD w = random_weights(2101, 942, true);
+    expect_matches_core(detail::tied_gemm_attention_field(model, w, x), model, x, w, 1e-11,
+                        "n = 2101");
+  }
   // Identity projections are copied, not multiplied: two heads of the
   // identity with value and output biases, and a non-identity W_O.
   for (int variant = 0; variant < 2; ++variant) {
@@ -582,10 +590,10 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
 
 TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
   const int threads = omp_get_max_threads();
-  {
-    const auto model = ModelD::canonical(64, 1.0);
-    const MatrixD x = random_points(700, 64, 83);
-    const VectorD w = random_weights(700, 84, true);
+  for (const Index n : {700, 2101}) {
+    const auto model = ModelD::canonical(n < 1000 ? 64 : 16, 1.0);
+    const MatrixD x = random_points(n, model.w_q.cols(), 83);
+    const VectorD w = random_weights(n, 84, true);
     MatrixD first;
     for (int t : {2, 1, 1, 3}) {
       omp_set_num_threads(t);
@@ -594,7 +602,7 @@ TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
         first = f;
       } else {
         EXPECT_EQ(std::memcmp(first.data(), f.data(), sizeof(double) * first.size()), 0)
-            << "d = 64, " << t << " threads";
+            << "n = " << n << ", " << t << " threads";
       }
     }
   }
