@@ -138,6 +138,17 @@ template <class Scalar>
 Matrix<Scalar> flow_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
                           const MatrixRef<Scalar>& particles, const FlowOptions& options);
 
+/// The same written into out (resized to n x d). For models with tied query and
+/// key projections (the canonical one among them) the storage of an out that
+/// already has that size is reused, which a loop over steps should do: fresh
+/// arrays cost a page fault per 4 KiB each time (glibc returns freed ones to the
+/// system; 15 % of a step at n = 1000, d = 64 here). out may be the particles'
+/// own matrix (then it is replaced after the computation).
+template <class Scalar>
+void flow_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
+                const MatrixRef<Scalar>& particles, const FlowOptions& options,
+                Matrix<Scalar>& out);
+
 /// True when model is the canonical one (one head, Q = K = V = W_O = I, no bias,
 /// dot potential); then *beta = 1 / tau.
 template <class Scalar>

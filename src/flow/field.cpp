@@ -499,8 +499,8 @@ bool tied_query_key(const Model<double>& model) {
          model.w_q == model.w_k;
 }
 
-Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const VectorD& weights,
-                                              const MatrixRef<double>& x) {
+void tied_small_dim_attention_field(const Model<double>& model, const VectorD& weights,
+                                    const MatrixRef<double>& x, MatrixD& result) {
   const Index n = x.rows();
   const Index heads = model.num_heads;
   const Index k = model.head_dim();
@@ -523,7 +523,7 @@ Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const 
   const TiedBlockFn kernel = tied_block_function(k);
   const double threshold = underflow_threshold<double>();
   const bool output_identity = is_identity(model.w_o);
-  MatrixD result(n, model.w_o.rows());
+  result.resize(n, model.w_o.rows());  // storage kept when the size matches
   // Work arrays (64-byte aligned segments, kept by the caller): bh, wv (k x np),
   // omega, norm (np), out (n x e unless W_O = I), the slots ((k + 1) x np each).
   auto seg = [](size_t count) { return (count + 7) / 8 * 8; };
@@ -615,7 +615,6 @@ Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const 
   if (!output_identity)
     result.noalias() = Eigen::Map<const MatrixD>(out, n, e) * model.w_o.transpose();
   if (model.b_o.size()) result.rowwise() += model.b_o.transpose();
-  return result;
 }
 
 namespace {
@@ -649,8 +648,8 @@ void tied_exponentials(double* S, Index stride, Index rows, Index cols, const do
 
 }  // namespace
 
-Matrix<double> tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
-                                         const MatrixRef<double>& x) {
+void tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
+                               const MatrixRef<double>& x, MatrixD& result) {
   constexpr Index L = Simd<double>::L;
   const Index n = x.rows();
   const Index heads = model.num_heads;
@@ -686,7 +685,7 @@ Matrix<double> tied_gemm_attention_field(const Model<double>& model, const Vecto
   const bool value_identity = is_identity(model.w_v);
   const bool output_identity = is_identity(model.w_o);
   const double inv_root_tau = 1.0 / std::sqrt(static_cast<double>(model.tau()));
-  MatrixD result(n, model.w_o.rows());
+  result.resize(n, model.w_o.rows());  // storage kept when the size matches
 
   // Work arrays (64-byte aligned segments), per head, zero-padded to np rows:
   // A (np x k) the scaled keys a = kappa / sqrt(tau), KT the same as key panels
@@ -842,26 +841,27 @@ Matrix<double> tied_gemm_attention_field(const Model<double>& model, const Vecto
     }
   }
   if (model.b_o.size()) result.rowwise() += model.b_o.transpose();
-  return result;
 }
 
 template <class Scalar>
-Matrix<Scalar> particle_attention_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
-                                        const MatrixRef<Scalar>& particles,
-                                        const AttendOptions& options) {
+void particle_attention_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
+                              const MatrixRef<Scalar>& particles, const AttendOptions& options,
+                              Matrix<Scalar>& out) {
   if (model.potential == Potential::dot && model.head_dim() <= 8 && options.query_block == 0 &&
       options.key_block == 0) {
     if constexpr (std::is_same_v<Scalar, double>) {
-      if (tied_query_key(model)) return tied_small_dim_attention_field(model, weights, particles);
+      if (tied_query_key(model))
+        return tied_small_dim_attention_field(model, weights, particles, out);
     }
-    return small_dim_attention_field(model, weights, particles);
+    out = small_dim_attention_field(model, weights, particles);
+    return;
   }
   if constexpr (std::is_same_v<Scalar, double>) {
     if (options.query_block == 0 && options.key_block == 0 && tied_query_key(model))
-      return tied_gemm_attention_field(model, weights, particles);
+      return tied_gemm_attention_field(model, weights, particles, out);
   }
   const Measure<Scalar> mu(Matrix<Scalar>(particles), weights);
-  return attention_field(model, mu, particles, options);
+  out = attention_field(model, mu, particles, options);
 }
 
 template <class Scalar>
@@ -928,19 +928,35 @@ bool normalize_rows(Matrix<Scalar>& x, const char* what) {
 }  // namespace detail
 
 template <class Scalar>
-Matrix<Scalar> flow_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
-                          const MatrixRef<Scalar>& particles, const FlowOptions& options) {
-  Matrix<Scalar> f;
+void flow_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
+                const MatrixRef<Scalar>& particles, const FlowOptions& options,
+                Matrix<Scalar>& out) {
+  const auto* p0 = particles.data();
+  const auto* p1 = p0 + (particles.rows() - 1) * particles.outerStride() + particles.cols();
+  if (out.size() > 0 && particles.size() > 0 && out.data() < p1 && p0 < out.data() + out.size()) {
+    // out overlaps the particles: computed aside, then moved in.
+    Matrix<Scalar> f;
+    flow_field(model, weights, particles, options, f);
+    out = std::move(f);
+    return;
+  }
   if (options.field == FlowField::unnormalized) {
     double beta = 0;
     if (!is_canonical(model, &beta)) {
       throw invalid_argument("field: the unnormalized field needs the canonical model");
     }
-    f = detail::unnormalized_field(weights, particles, beta);
+    out = detail::unnormalized_field(weights, particles, beta);
   } else {
-    f = detail::particle_attention_field(model, weights, particles, options.attention);
+    detail::particle_attention_field(model, weights, particles, options.attention, out);
   }
-  if (options.sphere) detail::project_tangent<Scalar>(particles, f);
+  if (options.sphere) detail::project_tangent<Scalar>(particles, out);
+}
+
+template <class Scalar>
+Matrix<Scalar> flow_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
+                          const MatrixRef<Scalar>& particles, const FlowOptions& options) {
+  Matrix<Scalar> f;
+  flow_field(model, weights, particles, options, f);
   return f;
 }
 
@@ -1075,17 +1091,19 @@ double orthogonal_start_cosine(Index n, double beta, double t, Index steps) {
   return g;
 }
 
-#define MEASATTN_INSTANTIATE(S)                                                                   \
-  template bool is_canonical(const Model<S>&, double*);                                           \
-  template Matrix<S> flow_field(const Model<S>&, const Vector<S>&, const MatrixRef<S>&,           \
-                                const FlowOptions&);                                              \
-  template double sphere_energy(const MatrixRef<S>&, const Vector<S>&, double);                   \
-  template Matrix<S> detail::small_dim_attention_field(const Model<S>&, const Vector<S>&,         \
-                                                       const MatrixRef<S>&);                      \
-  template Matrix<S> detail::particle_attention_field(const Model<S>&, const Vector<S>&,          \
-                                                      const MatrixRef<S>&, const AttendOptions&); \
-  template Matrix<S> detail::unnormalized_field(const Vector<S>&, const MatrixRef<S>&, double);   \
-  template void detail::project_tangent(const MatrixRef<S>&, Matrix<S>&);                         \
+#define MEASATTN_INSTANTIATE(S)                                                                  \
+  template bool is_canonical(const Model<S>&, double*);                                          \
+  template Matrix<S> flow_field(const Model<S>&, const Vector<S>&, const MatrixRef<S>&,          \
+                                const FlowOptions&);                                             \
+  template void flow_field(const Model<S>&, const Vector<S>&, const MatrixRef<S>&,               \
+                           const FlowOptions&, Matrix<S>&);                                      \
+  template double sphere_energy(const MatrixRef<S>&, const Vector<S>&, double);                  \
+  template Matrix<S> detail::small_dim_attention_field(const Model<S>&, const Vector<S>&,        \
+                                                       const MatrixRef<S>&);                     \
+  template void detail::particle_attention_field(                                                \
+      const Model<S>&, const Vector<S>&, const MatrixRef<S>&, const AttendOptions&, Matrix<S>&); \
+  template Matrix<S> detail::unnormalized_field(const Vector<S>&, const MatrixRef<S>&, double);  \
+  template void detail::project_tangent(const MatrixRef<S>&, Matrix<S>&);                        \
   template bool detail::normalize_rows(Matrix<S>&, const char*);
 
 MEASATTN_INSTANTIATE(float)

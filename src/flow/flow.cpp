@@ -2,6 +2,7 @@
 // Heun, classical RK4 and adaptive Dormand–Prince 5(4); frames, checkpoints and
 // bit-identical resume.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -301,8 +302,16 @@ class Integrator {
         canonical_(canonical) {}
 
   Matrix<Scalar> f(const Matrix<Scalar>& y) {
+    Matrix<Scalar> out;
+    f(y, out);
+    return out;
+  }
+  // Into a work matrix of the integrator: the same arrays every step (fresh
+  // ones cost a page fault per 4 KiB each step: 15 % of an Euler step at
+  // n = 1000, d = 64).
+  void f(const Matrix<Scalar>& y, Matrix<Scalar>& out) {
     ++s_.evaluations;
-    return flow_field<Scalar>(model_, w_, y, o_);
+    flow_field<Scalar>(model_, w_, y, o_, out);
   }
 
   void record_frame() {
@@ -356,32 +365,39 @@ class Integrator {
     const double T = o_.time;
     const Scalar h = static_cast<Scalar>(T / static_cast<double>(L));
     const Scalar half = h / 2, sixth = h / 6;
+    Matrix<Scalar>& k1 = k_[0];
+    Matrix<Scalar>& k2 = k_[1];
+    Matrix<Scalar>& k3 = k_[2];
+    Matrix<Scalar>& k4 = k_[3];
+    Matrix<Scalar>& next = next_;
     while (s_.step < L) {
       const Matrix<Scalar>& y = s_.y;
-      Matrix<Scalar> next;
       switch (o_.scheme) {
         case FlowScheme::euler:
-          next = y + h * f(y);
+          f(y, k1);
+          next.noalias() = y + h * k1;
           break;
-        case FlowScheme::heun: {
-          const Matrix<Scalar> k1 = f(y);
-          const Matrix<Scalar> k2 = f(y + h * k1);
-          next = y + half * (k1 + k2);
+        case FlowScheme::heun:
+          f(y, k1);
+          stage_.noalias() = y + h * k1;
+          f(stage_, k2);
+          next.noalias() = y + half * (k1 + k2);
           break;
-        }
-        case FlowScheme::rk4: {
-          const Matrix<Scalar> k1 = f(y);
-          const Matrix<Scalar> k2 = f(y + half * k1);
-          const Matrix<Scalar> k3 = f(y + half * k2);
-          const Matrix<Scalar> k4 = f(y + h * k3);
-          next = y + sixth * (k1 + Scalar(2) * k2 + Scalar(2) * k3 + k4);
+        case FlowScheme::rk4:
+          f(y, k1);
+          stage_.noalias() = y + half * k1;
+          f(stage_, k2);
+          stage_.noalias() = y + half * k2;
+          f(stage_, k3);
+          stage_.noalias() = y + h * k3;
+          f(stage_, k4);
+          next.noalias() = y + sixth * (k1 + Scalar(2) * k2 + Scalar(2) * k3 + k4);
           break;
-        }
         case FlowScheme::dopri5:
           break;
       }
       if (!finite_or_stop(next)) return;
-      s_.y = std::move(next);
+      s_.y.swap(next);
       ++s_.step;
       // Time from the step index, never accumulated: identical after a resume.
       s_.time = s_.step == L ? T : static_cast<double>(s_.step) * (T / static_cast<double>(L));
@@ -447,15 +463,27 @@ class Integrator {
       auto c = [&](double a) { return static_cast<Scalar>(a * h); };
       const Matrix<Scalar>& y = s_.y;
       const Matrix<Scalar>& k1 = s_.fsal;
-      const Matrix<Scalar> k2 = f(y + c(a21) * k1);
-      const Matrix<Scalar> k3 = f(y + c(a31) * k1 + c(a32) * k2);
-      const Matrix<Scalar> k4 = f(y + c(a41) * k1 + c(a42) * k2 + c(a43) * k3);
-      const Matrix<Scalar> k5 = f(y + c(a51) * k1 + c(a52) * k2 + c(a53) * k3 + c(a54) * k4);
-      const Matrix<Scalar> k6 =
-          f(y + c(a61) * k1 + c(a62) * k2 + c(a63) * k3 + c(a64) * k4 + c(a65) * k5);
-      Matrix<Scalar> y5 = y + c(a71) * k1 + c(a73) * k3 + c(a74) * k4 + c(a75) * k5 + c(a76) * k6;
-      Matrix<Scalar> k7 = f(y5);
-      const Matrix<Scalar> err_vec =
+      Matrix<Scalar>& k2 = k_[0];
+      Matrix<Scalar>& k3 = k_[1];
+      Matrix<Scalar>& k4 = k_[2];
+      Matrix<Scalar>& k5 = k_[3];
+      Matrix<Scalar>& k6 = k_[4];
+      Matrix<Scalar>& k7 = k_[5];
+      Matrix<Scalar>& err_vec = k_[6];
+      Matrix<Scalar>& y5 = next_;
+      stage_.noalias() = y + c(a21) * k1;
+      f(stage_, k2);
+      stage_.noalias() = y + c(a31) * k1 + c(a32) * k2;
+      f(stage_, k3);
+      stage_.noalias() = y + c(a41) * k1 + c(a42) * k2 + c(a43) * k3;
+      f(stage_, k4);
+      stage_.noalias() = y + c(a51) * k1 + c(a52) * k2 + c(a53) * k3 + c(a54) * k4;
+      f(stage_, k5);
+      stage_.noalias() = y + c(a61) * k1 + c(a62) * k2 + c(a63) * k3 + c(a64) * k4 + c(a65) * k5;
+      f(stage_, k6);
+      y5.noalias() = y + c(a71) * k1 + c(a73) * k3 + c(a74) * k4 + c(a75) * k5 + c(a76) * k6;
+      f(y5, k7);
+      err_vec.noalias() =
           c(e1) * k1 + c(e3) * k3 + c(e4) * k4 + c(e5) * k5 + c(e6) * k6 + c(e7) * k7;
       double err = scaled_rms(err_vec, y, y5);
       if (!std::isfinite(err)) err = 1e10;
@@ -466,13 +494,13 @@ class Integrator {
       if (err <= 1) {
         if (!finite_or_stop(y5)) return;
         s_.err_old = std::max(err, 1e-4);
-        s_.y = std::move(y5);
+        s_.y.swap(y5);
         ++s_.step;
         s_.time = last ? T : s_.time + h;
         if (o_.sphere) {
-          s_.fsal = f(s_.y);  // the renormalized point has its own derivative
+          f(s_.y, s_.fsal);  // the renormalized point has its own derivative
         } else {
-          s_.fsal = std::move(k7);
+          s_.fsal.swap(k7);
         }
         if (s_.last_rejected) h_new = std::min(h_new, h);
         s_.last_rejected = false;
@@ -527,6 +555,10 @@ class Integrator {
   bool canonical_;
   State<Scalar> s_;
   FlowResult<Scalar> r_;
+  // Work matrices of the steps (stage derivatives, stage points, the next
+  // state), kept from step to step.
+  std::array<Matrix<Scalar>, 7> k_;
+  Matrix<Scalar> stage_, next_;
 };
 
 }  // namespace

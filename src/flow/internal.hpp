@@ -7,10 +7,12 @@ namespace measattn::detail {
 
 /// Gamma_{mu_X}(x_i) for all i without any projection; chooses the small-dimension
 /// kernel (small_dim_attention_field) when it applies, else attention_field.
+/// Written into out (resized; its storage reused when the size matches). out
+/// must not alias particles.
 template <class Scalar>
-Matrix<Scalar> particle_attention_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
-                                        const MatrixRef<Scalar>& particles,
-                                        const AttendOptions& options);
+void particle_attention_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
+                              const MatrixRef<Scalar>& particles, const AttendOptions& options,
+                              Matrix<Scalar>& out);
 
 /// Streaming attention specialized to small head dimensions (k <= 8): a fused
 /// single pass per key block with a per-row upper bound on the logits as shift
@@ -26,13 +28,27 @@ bool tied_query_key(const Model<double>& model);
 
 /// The field for tied query/key projections and head_dim <= 8 (field.cpp):
 /// one exponential per unordered pair, deterministic for any thread count.
-Matrix<double> tied_small_dim_attention_field(const Model<double>& model, const VectorD& weights,
-                                              const MatrixRef<double>& particles);
+/// Written into out (resized; not aliasing particles).
+void tied_small_dim_attention_field(const Model<double>& model, const VectorD& weights,
+                                    const MatrixRef<double>& particles, MatrixD& out);
+inline MatrixD tied_small_dim_attention_field(const Model<double>& model, const VectorD& weights,
+                                              const MatrixRef<double>& particles) {
+  MatrixD out;
+  tied_small_dim_attention_field(model, weights, particles, out);
+  return out;
+}
 
 /// The same for head_dim > 8, on the register-tiled blocks of the attention
 /// kernel: half the logits and half the exponentials of the general kernel.
-Matrix<double> tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
-                                         const MatrixRef<double>& particles);
+/// Written into out (resized; not aliasing particles).
+void tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
+                               const MatrixRef<double>& particles, MatrixD& out);
+inline MatrixD tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
+                                         const MatrixRef<double>& particles) {
+  MatrixD out;
+  tied_gemm_attention_field(model, weights, particles, out);
+  return out;
+}
 
 template <class Scalar>
 Matrix<Scalar> unnormalized_field(const Vector<Scalar>& weights, const MatrixRef<Scalar>& particles,
