@@ -446,6 +446,17 @@ double* caller_workspace(size_t count, HugeBuffer& local) {
   return cached.get();
 }
 
+// Consecutive 64-byte aligned segments of one work buffer.
+struct Segments {
+  static size_t rounded(size_t count) { return (count + 7) / 8 * 8; }
+  double* next;
+  double* take(size_t count) {
+    double* p = next;
+    next += rounded(count);
+    return p;
+  }
+};
+
 bool is_identity(const MatrixD& m) {
   return m.rows() == m.cols() && m == MatrixD::Identity(m.rows(), m.cols());
 }
@@ -526,24 +537,19 @@ void tied_small_dim_attention_field(const Model<double>& model, const VectorD& w
   result.resize(n, model.w_o.rows());  // storage kept when the size matches
   // Work arrays (64-byte aligned segments, kept by the caller): bh, wv (k x np),
   // omega, norm (np), out (n x e unless W_O = I), the slots ((k + 1) x np each).
-  auto seg = [](size_t count) { return (count + 7) / 8 * 8; };
   const size_t kn = static_cast<size_t>(k * np);
   const size_t out_size = output_identity ? 0 : static_cast<size_t>(n * e);
   HugeBuffer local;
-  double* w = caller_workspace(2 * seg(kn) + 2 * seg(static_cast<size_t>(np)) + seg(out_size) +
-                                   static_cast<size_t>(slots) * seg(slot_size),
-                               local);
-  auto take = [&w, &seg](size_t count) {
-    double* p = w;
-    w += seg(count);
-    return p;
-  };
-  double* bh = take(kn);
-  double* wv = take(kn);
-  double* omega = take(static_cast<size_t>(np));
-  double* norm = take(static_cast<size_t>(np));
-  double* out = output_identity ? result.data() : take(out_size);
-  double* acc = w;
+  const auto seg = Segments::rounded;
+  Segments w{caller_workspace(2 * seg(kn) + 2 * seg(static_cast<size_t>(np)) + seg(out_size) +
+                                  static_cast<size_t>(slots) * seg(slot_size),
+                              local)};
+  double* bh = w.take(kn);
+  double* wv = w.take(kn);
+  double* omega = w.take(static_cast<size_t>(np));
+  double* norm = w.take(static_cast<size_t>(np));
+  double* out = output_identity ? result.data() : w.take(out_size);
+  double* acc = w.next;
   const size_t slot_stride = seg(slot_size);
   const bool parallel = n * n > kParallelWork;
   for (Index h = 0; h < heads; ++h) {
@@ -692,29 +698,24 @@ void tied_gemm_attention_field(const Model<double>& model, const VectorD& weight
   // (per block: k x B in chunks of `chunk` columns), V (np x k) the values, WV
   // (np x k_pad) the omega-weighted values, minus_h = -|a|^2 / 2, omega; out
   // (n x e, row-major) unless W_O = I (then the result itself); the slots.
-  auto seg = [](size_t count) { return (count + 7) / 8 * 8; };
   const size_t nk = static_cast<size_t>(np * k);
   const size_t kt_size = static_cast<size_t>(nb * B * k);
   const size_t out_size = output_identity ? 0 : static_cast<size_t>(n * e);
+  const auto seg = Segments::rounded;
   const size_t total = 2 * seg(nk) + seg(kt_size) + seg(static_cast<size_t>(np * k_pad)) +
                        3 * seg(static_cast<size_t>(np)) + seg(out_size) +
                        static_cast<size_t>(slots) * seg(slot_size);
   HugeBuffer local;
-  double* w = caller_workspace(total, local);
-  auto take = [&w, &seg](size_t count) {
-    double* p = w;
-    w += seg(count);
-    return p;
-  };
-  double* A = take(nk);
-  double* V = take(nk);
-  double* KT = take(kt_size);
-  double* WV = take(static_cast<size_t>(np * k_pad));
-  double* minus_h = take(static_cast<size_t>(np));
-  double* omega = take(static_cast<size_t>(np));
-  double* log_omega = take(static_cast<size_t>(np));
-  double* out = output_identity ? result.data() : take(out_size);
-  double* acc_base = w;
+  Segments w{caller_workspace(total, local)};
+  double* A = w.take(nk);
+  double* V = w.take(nk);
+  double* KT = w.take(kt_size);
+  double* WV = w.take(static_cast<size_t>(np * k_pad));
+  double* minus_h = w.take(static_cast<size_t>(np));
+  double* omega = w.take(static_cast<size_t>(np));
+  double* log_omega = w.take(static_cast<size_t>(np));
+  double* out = output_identity ? result.data() : w.take(out_size);
+  double* acc_base = w.next;
   const size_t slot_stride = seg(slot_size);
   using RowMajorMap = Eigen::Map<MatrixD>;
 
