@@ -32,13 +32,22 @@
 
 namespace measattn {
 
+namespace detail {
+namespace {
+
+template <class Scalar>
+bool is_identity(const Matrix<Scalar>& m) {
+  return m.rows() == m.cols() && m == Matrix<Scalar>::Identity(m.rows(), m.cols());
+}
+
+}  // namespace
+}  // namespace detail
+
 template <class Scalar>
 bool is_canonical(const Model<Scalar>& model, double* beta) {
   if (model.num_heads != 1 || model.potential != Potential::dot || model.has_bias()) return false;
   const Index d = model.w_q.rows();
-  auto identity = [d](const Matrix<Scalar>& m) {
-    return m.rows() == d && m.cols() == d && m == Matrix<Scalar>::Identity(d, d);
-  };
+  auto identity = [d](const Matrix<Scalar>& m) { return m.rows() == d && detail::is_identity(m); };
   if (!identity(model.w_q) || !identity(model.w_k) || !identity(model.w_v) ||
       !identity(model.w_o)) {
     return false;
@@ -456,10 +465,6 @@ struct Segments {
     return p;
   }
 };
-
-bool is_identity(const MatrixD& m) {
-  return m.rows() == m.cols() && m == MatrixD::Identity(m.rows(), m.cols());
-}
 
 // The number of slots of a tied kernel: a power of two (even shares for 1, 2,
 // 4, ... threads), more of them for more block pairs (balance on larger
@@ -932,9 +937,13 @@ template <class Scalar>
 void flow_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
                 const MatrixRef<Scalar>& particles, const FlowOptions& options,
                 Matrix<Scalar>& out) {
-  const auto* p0 = particles.data();
-  const auto* p1 = p0 + (particles.rows() - 1) * particles.outerStride() + particles.cols();
-  if (out.size() > 0 && particles.size() > 0 && out.data() < p1 && p0 < out.data() + out.size()) {
+  auto overlaps = [&] {
+    if (out.size() == 0 || particles.size() == 0) return false;
+    const auto* p0 = particles.data();
+    const auto* p1 = p0 + (particles.rows() - 1) * particles.outerStride() + particles.cols();
+    return out.data() < p1 && p0 < out.data() + out.size();
+  };
+  if (overlaps()) {
     // out overlaps the particles: computed aside, then moved in.
     Matrix<Scalar> f;
     flow_field(model, weights, particles, options, f);

@@ -22,7 +22,6 @@ template <class Scalar>
 Matrix<Scalar> small_dim_attention_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
                                          const MatrixRef<Scalar>& particles);
 
-/// sum_j w_j exp(beta <x_i, x_j>) x_j for each row i (no projection). O(n^2 d).
 /// True when the logits are symmetric: W_Q = W_K, no query/key bias, dot potential.
 bool tied_query_key(const Model<double>& model);
 
@@ -50,6 +49,7 @@ inline MatrixD tied_gemm_attention_field(const Model<double>& model, const Vecto
   return out;
 }
 
+/// sum_j w_j exp(beta <x_i, x_j>) x_j for each row i (no projection). O(n^2 d).
 template <class Scalar>
 Matrix<Scalar> unnormalized_field(const Vector<Scalar>& weights, const MatrixRef<Scalar>& particles,
                                   double beta);
