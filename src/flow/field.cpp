@@ -674,11 +674,10 @@ void tied_gemm_attention_field(const Model<double>& model, const VectorD& weight
   // at n = 4000, 9 % at 16000, but balance the slots worse below ~2000.
   // Blocks and slots depend on n and k only.
   const Index B = n < 2048 ? 96 : 192;
-  constexpr Index kRowQuantum = 24;
-  static_assert(96 % kRowQuantum == 0 && kRowQuantum % kLanes == 0);
+  static_assert(96 % kTileRows == 0 && kTileRows % kLanes == 0);
   constexpr int kNS = 4, kR = 6;  // logits tiles: 6 rows x 4 packets (B % 32 == 0)
   const Index chunk = kNS * L;
-  const Index np = round_up(n, kRowQuantum);
+  const Index np = round_up(n, kTileRows);
   const Index nb = (np + B - 1) / B;
   auto width = [np, B](Index blk) { return std::min(B, np - blk * B); };
   const Index k_pad = round_up(k, L);
