@@ -16,11 +16,19 @@ Both sides use the same thread count: OMP_NUM_THREADS (measattn's OpenMP) and
 OPENBLAS_NUM_THREADS (NumPy's BLAS) are set to --threads (default 2). On a loaded
 machine --threads 1 gives the steadier comparison.
 
-Usage: flow_vs_numpy.py BUILD_DIR [--quick] [--threads N]
+Each case runs --rounds rounds (default 5, 3 with --quick); a round measures both
+sides back to back (alternating which goes first) and gives one ratio. Printed:
+the medians of both sides' times and of the per-round ratios, and the ratios'
+range. The machine this was written on drifts by up to 30 % within minutes, so a
+ratio from one pair of measurements can be far off; the median of same-round
+ratios is the figure to quote.
+
+Usage: flow_vs_numpy.py BUILD_DIR [--quick] [--threads N] [--rounds R]
 """
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -85,6 +93,12 @@ def measattn_step(bench, n, d):
     return min(b["real_time"] for b in runs) / 1000.0, rss
 
 
+def option(name, default):
+    if name in sys.argv:
+        return sys.argv[sys.argv.index(name) + 1]
+    return default
+
+
 def main():
     if len(sys.argv) < 2:
         print(__doc__)
@@ -92,21 +106,37 @@ def main():
     bench = os.path.join(sys.argv[1], "bench", "flow_bench")
     quick = "--quick" in sys.argv
     global THREADS
-    if "--threads" in sys.argv:
-        THREADS = sys.argv[sys.argv.index("--threads") + 1]
-    print(f"threads per side: {THREADS}; load average before: {os.getloadavg()}")
+    THREADS = option("--threads", THREADS)
+    rounds = int(option("--rounds", "3" if quick else "5"))
+    print(f"threads per side: {THREADS}; rounds per case: {rounds}; "
+          f"load average before: {os.getloadavg()}")
     cases = [(1000, 3), (4000, 3), (16000, 3), (1000, 64), (4000, 64), (16000, 64)]
     if quick:
         cases = [(1000, 3), (4000, 3), (1000, 64), (4000, 64)]
     print(f"{'n':>7} {'d':>3} | {'numpy s':>9} {'RSS MiB':>8} | {'measattn s':>10} {'RSS MiB':>8} |"
-          f" {'speed-up':>8}")
-    rows = []
+          f" {'speed-up':>8} {'(range)':>14}")
     for n, d in cases:
-        t_np, rss_np = numpy_step(n, d, 3 if n <= 4000 else 1)
-        t_ma, rss_ma = measattn_step(bench, n, d)
-        rows.append((n, d, t_np, rss_np, t_ma, rss_ma))
-        print(f"{n:>7} {d:>3} | {t_np:>9.4f} {rss_np:>8.0f} | {t_ma:>10.4f} {rss_ma:>8.0f} |"
-              f" {t_np / t_ma:>7.1f}x", flush=True)
+        t_np, t_ma, ratios = [], [], []
+        rss_np = rss_ma = 0.0
+        for r in range(rounds):
+            # Alternate which side goes first, so that a drift within a round
+            # favours neither.
+            order = ("numpy", "measattn") if r % 2 == 0 else ("measattn", "numpy")
+            got = {}
+            for side in order:
+                if side == "numpy":
+                    got[side] = numpy_step(n, d, 3 if n <= 4000 else 1)
+                else:
+                    got[side] = measattn_step(bench, n, d)
+            t_np.append(got["numpy"][0])
+            t_ma.append(got["measattn"][0])
+            rss_np = max(rss_np, got["numpy"][1])
+            rss_ma = max(rss_ma, got["measattn"][1])
+            ratios.append(t_np[-1] / t_ma[-1])
+        spread = f"({min(ratios):.1f}-{max(ratios):.1f})"
+        print(f"{n:>7} {d:>3} | {statistics.median(t_np):>9.4f} {rss_np:>8.0f} |"
+              f" {statistics.median(t_ma):>10.4f} {rss_ma:>8.0f} |"
+              f" {statistics.median(ratios):>7.1f}x {spread:>14}", flush=True)
     if not quick:
         t_ma, rss_ma = measattn_step(bench, 100000, 3)
         print(f"{100000:>7} {3:>3} | {'(~80 GB)':>9} {'-':>8} | {t_ma:>10.4f} {rss_ma:>8.0f} |"
