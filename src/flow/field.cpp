@@ -73,42 +73,20 @@ Scalar underflow_threshold() {
   return std::is_same_v<Scalar, float> ? Scalar(1e-28) : Scalar(1e-280);
 }
 
-// exp(x) for x <= 709 in double precision without a division (Eigen's exp uses a
-// rational approximation): x = k ln 2 + r, |r| <= ln(2)/2, exp(r) by its Taylor
-// polynomial of degree 13 (truncation < 5e-18 relative), times 2^k built in the
-// exponent bits. Arguments below -708 return exp(-708) ~ 3e-308 instead of a
-// subnormal or zero (harmless here: the row's normalizer is >= 1e-280 or the row
-// is recomputed exactly). Relative error a few ulp. A plain loop that GCC
-// vectorizes (no branches, no reductions).
-inline void exp_shifted_logits3(double* out, const double* lw, const double* k0, const double* k1,
-                                const double* k2, double q0, double q1, double q2, double shift,
-                                Index count) {
-  constexpr double log2e = 1.4426950408889634074;
-  constexpr double ln2_hi = 6.93145751953125e-1;
-  constexpr double ln2_lo = 1.42860682030941723212e-6;
-  constexpr double magic = 6755399441055744.0;  // 1.5 * 2^52: round to nearest integer
-  for (Index j = 0; j < count; ++j) {
-    double x = lw[j] + q0 * k0[j] + q1 * k1[j] + q2 * k2[j] - shift;
-    x = x < -708.0 ? -708.0 : (x > 709.0 ? 709.0 : x);
-    const double t = x * log2e + magic;
-    const double k = t - magic;
-    const double r = (x - k * ln2_hi) - k * ln2_lo;
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    const std::int64_t ki = std::bit_cast<std::int64_t>(t) - std::bit_cast<std::int64_t>(magic);
-    out[j] = p * std::bit_cast<double>((ki + 1023) << 52);
+// exp(s_j) in place for shifted logits s_j <= 0 (slightly positive from
+// rounding), by the tied kernels' vector exponential (vector_exp.hpp, about 1
+// ulp); arguments below -708 give ~3e-308 instead of a subnormal or zero
+// (harmless here: the row's normalizer is >= 1e-280 or the row is recomputed
+// exactly).
+inline void exp_shifted_logits(double* s, Index count) {
+  constexpr Index lanes = vexp::kLanes;
+  Index j = 0;
+  for (; j + lanes <= count; j += lanes) vexp::store(s + j, vexp::exp_negative(-vexp::load(s + j)));
+  if (j < count) {
+    double tail[lanes] = {};
+    std::copy(s + j, s + count, tail);
+    vexp::store(tail, vexp::exp_negative(-vexp::load(tail)));
+    std::copy(tail, tail + (count - j), s + j);
   }
 }
 
@@ -185,30 +163,29 @@ Matrix<Scalar> small_dim_attention_field(const Model<Scalar>& model, const Vecto
             auto sr = s.head(cols);
             const Scalar* qr = &q(i0 + r, h * k);
             const Scalar sh = shift[r];
-            // Logits and exponentials in one fused pass for the smallest head sizes.
+            // Logits (Eigen's vectorized expressions for the smallest head
+            // sizes), then the exponentials in place.
             switch (k) {
               case 1:
-                sr = (lw + qr[0] * key(0) - sh).exp();
+                sr = lw + qr[0] * key(0) - sh;
                 break;
               case 2:
-                sr = (lw + qr[0] * key(0) + qr[1] * key(1) - sh).exp();
+                sr = lw + qr[0] * key(0) + qr[1] * key(1) - sh;
                 break;
               case 3:
-                if constexpr (std::is_same_v<Scalar, double>) {
-                  exp_shifted_logits3(sr.data(), lw.data(), &kt(h * k, j0), &kt(h * k + 1, j0),
-                                      &kt(h * k + 2, j0), qr[0], qr[1], qr[2], sh, cols);
-                } else {
-                  sr = (lw + qr[0] * key(0) + qr[1] * key(1) + qr[2] * key(2) - sh).exp();
-                }
+                sr = lw + qr[0] * key(0) + qr[1] * key(1) + qr[2] * key(2) - sh;
                 break;
               case 4:
-                sr = (lw + qr[0] * key(0) + qr[1] * key(1) + qr[2] * key(2) + qr[3] * key(3) - sh)
-                         .exp();
+                sr = lw + qr[0] * key(0) + qr[1] * key(1) + qr[2] * key(2) + qr[3] * key(3) - sh;
                 break;
               default:
                 sr = lw - sh;
                 for (Index c = 0; c < k; ++c) sr += qr[c] * key(c);
-                sr = sr.exp();
+            }
+            if constexpr (std::is_same_v<Scalar, double>) {
+              exp_shifted_logits(sr.data(), cols);
+            } else {
+              sr = sr.exp();
             }
             sum[r] += sr.sum();
             acc.row(r).noalias() += (vt.block(h * k, j0, k, cols) * sr.matrix()).transpose();
