@@ -54,8 +54,10 @@ inline void logits_tile(const Scalar* q, Index depth, const Scalar* kt, Index kt
 
 /// acc[r][:] += sum_{j < cols} p[r][j] v[j][:] for R rows and KV packets of columns.
 /// With Transposed, p[r][j] is read at p[j * p_stride + r] (P stored by columns:
-/// the R broadcasts of one j are then adjacent in memory).
-template <class Scalar, int KV, int R, bool Transposed = false>
+/// the R broadcasts of one j are then adjacent in memory). With Init, acc is
+/// not read: the tile starts from zero (same bits as adding to zeros) and
+/// stores its sums, so that a caller need not zero its accumulators first.
+template <class Scalar, int KV, int R, bool Transposed = false, bool Init = false>
 inline void values_tile(const Scalar* p, Index p_stride, Index cols, const Scalar* v,
                         Index v_stride, Scalar* out, Index out_stride) {
   using namespace Eigen::internal;
@@ -63,7 +65,8 @@ inline void values_tile(const Scalar* p, Index p_stride, Index cols, const Scala
   constexpr int L = Simd<Scalar>::L;
   Packet acc[R][KV];
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < KV; ++t) acc[r][t] = ploadu<Packet>(out + r * out_stride + t * L);
+    for (int t = 0; t < KV; ++t)
+      acc[r][t] = Init ? pset1<Packet>(Scalar(0)) : ploadu<Packet>(out + r * out_stride + t * L);
   for (Index j = 0; j < cols; ++j) {
     Packet vv[KV];
     for (int t = 0; t < KV; ++t) vv[t] = ploadu<Packet>(v + j * v_stride + t * L);
@@ -112,13 +115,14 @@ void logits_block(const Scalar* q, Index rows, Index depth, const Scalar* kt, In
   }
 }
 
-template <class Scalar, int KV, bool Transposed>
+template <class Scalar, int KV, bool Transposed, bool Init>
 void values_chunk(const Scalar* p, Index p_stride, Index rows, Index cols, const Scalar* v,
                   Index v_stride, Scalar* acc, Index acc_stride) {
   constexpr int R = KV <= 3 ? 8 : 6;  // KV <= 4 (values_block)
   for (Index r0 = 0; r0 < rows; r0 += R) {
-    values_tile<Scalar, KV, R, Transposed>(p + (Transposed ? r0 : r0 * p_stride), p_stride, cols, v,
-                                           v_stride, acc + r0 * acc_stride, acc_stride);
+    values_tile<Scalar, KV, R, Transposed, Init>(p + (Transposed ? r0 : r0 * p_stride), p_stride,
+                                                 cols, v, v_stride, acc + r0 * acc_stride,
+                                                 acc_stride);
   }
 }
 
@@ -129,7 +133,8 @@ void values_chunk(const Scalar* p, Index p_stride, Index rows, Index cols, const
 /// Every entry is still summed over j in order: the chunking changes no bit.
 /// With Transposed, P is given by columns: p[j * p_stride + r] (P^T stored by
 /// rows), which spares an explicit transpose when both G and G^T are applied.
-template <class Scalar, bool Transposed = false>
+/// With Init, acc is overwritten with P V instead of added to.
+template <class Scalar, bool Transposed = false, bool Init = false>
 void values_block(const Scalar* p, Index p_stride, Index rows, Index cols, const Scalar* v,
                   Index k_pad, Scalar* acc) {
   constexpr int L = Simd<Scalar>::L;
@@ -140,16 +145,16 @@ void values_block(const Scalar* p, Index p_stride, Index rows, Index cols, const
     Scalar* ac = acc + c0 * L;
     switch (np) {
       case 4:
-        values_chunk<Scalar, 4, Transposed>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        values_chunk<Scalar, 4, Transposed, Init>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
         break;
       case 3:
-        values_chunk<Scalar, 3, Transposed>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        values_chunk<Scalar, 3, Transposed, Init>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
         break;
       case 2:
-        values_chunk<Scalar, 2, Transposed>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        values_chunk<Scalar, 2, Transposed, Init>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
         break;
       default:
-        values_chunk<Scalar, 1, Transposed>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
+        values_chunk<Scalar, 1, Transposed, Init>(p, p_stride, rows, cols, vc, k_pad, ac, k_pad);
         break;
     }
     c0 += np;

@@ -611,11 +611,13 @@ namespace {
 // multiples of 8, row stride `stride`): G = exp(S - h_i) in place (S_ij =
 // <a_i, a_j> - h_j, so G_ij = exp(-|a_i - a_j|^2 / 2) <= 1), the row sums
 // sum_j G_ij omega_j into den_I and, for an off-diagonal pair, the column
-// sums sum_i G_ij omega_i into den_J (no transposed copy of G needed).
+// sums sum_i G_ij omega_i into den_J (no transposed copy of G needed). With
+// set_i (set_j) the sums are stored rather than added: the slot's first
+// contribution to that block.
 template <bool OffDiagonal>
 void tied_exponentials(double* S, Index stride, Index rows, Index cols, const double* minus_h_i,
                        const double* omega_i, const double* omega_j, double* den_i, double* den_j,
-                       double* colsum) {
+                       bool set_i, bool set_j, double* colsum) {
   if constexpr (OffDiagonal) std::fill(colsum, colsum + cols, 0.0);
   for (Index r = 0; r < rows; ++r) {
     double* sr = S + r * stride;
@@ -628,10 +630,21 @@ void tied_exponentials(double* S, Index stride, Index rows, Index cols, const do
       rowsum += g * load(omega_j + c);
       if constexpr (OffDiagonal) store(colsum + c, load(colsum + c) + g * oi);
     }
-    den_i[r] += horizontal_sum(rowsum);
+    den_i[r] = (set_i ? 0.0 : den_i[r]) + horizontal_sum(rowsum);
   }
   if constexpr (OffDiagonal)
-    for (Index c = 0; c < cols; ++c) den_j[c] += colsum[c];
+    for (Index c = 0; c < cols; ++c) den_j[c] = (set_j ? 0.0 : den_j[c]) + colsum[c];
+}
+
+// acc (rows x k_pad) = or += P V (values_block), by a flag known at run time.
+template <bool Transposed>
+void tied_values(bool set, const double* p, Index p_stride, Index rows, Index cols, const double* v,
+                 Index k_pad, double* acc) {
+  if (set) {
+    values_block<double, Transposed, true>(p, p_stride, rows, cols, v, k_pad, acc);
+  } else {
+    values_block<double, Transposed, false>(p, p_stride, rows, cols, v, k_pad, acc);
+  }
 }
 
 }  // namespace
@@ -698,6 +711,8 @@ void tied_gemm_attention_field(const Model<double>& model, const VectorD& weight
   double* out = output_identity ? result.data() : w.take(out_size);
   double* acc_base = w.next;
   const size_t slot_stride = seg(slot_size);
+  // touched[s nb + I]: slot s has written row block I in this head.
+  std::vector<unsigned char> touched(static_cast<size_t>(slots * nb));
   using RowMajorMap = Eigen::Map<MatrixD>;
 
   for (Index h = 0; h < heads; ++h) {
@@ -772,50 +787,64 @@ void tied_gemm_attention_field(const Model<double>& model, const VectorD& weight
         const Index p0 = cut[static_cast<size_t>(sl)], p1 = cut[static_cast<size_t>(sl) + 1];
         double* num = acc_base + static_cast<size_t>(sl) * slot_stride;
         double* den = num + np * k_pad;
-        std::fill(num, num + slot_size, 0.0);  // by the thread that uses it
+        // No zeroing: a slot's first contribution to a row block is stored,
+        // later ones added (zeroing 4 slots was 2-3 % of the step, slowed by
+        // the stores' misses; a slot never touches the blocks left of its
+        // first pair's I).
+        unsigned char* seen = touched.data() + sl * nb;
+        std::fill(seen, seen + nb, 0);
         BlockPairCursor pair(nb, p0);
         for (Index q = p0; q < p1; ++q, pair.next()) {
           const Index i0 = pair.I * B, j0 = pair.J * B;
           const Index wi = width(pair.I), wj = width(pair.J);
+          const bool set_i = !seen[pair.I], set_j = !seen[pair.J] && pair.I != pair.J;
+          seen[pair.I] = seen[pair.J] = 1;
           // S_ij = <a_i, a_j> - h_j, then G_ij = exp(S_ij - h_i).
           logits_block<double, kNS, kR>(A + i0 * k, wi, k, KT + pair.J * k * B, chunk, wj / L,
                                         minus_h + j0, S, B);
           if (pair.I == pair.J) {
             tied_exponentials<false>(S, B, wi, wj, minus_h + i0, omega + i0, omega + j0, den + i0,
-                                     nullptr, colsum);
-            values_block<double>(S, B, wi, wj, WV + j0 * k_pad, k_pad, num + i0 * k_pad);
+                                     nullptr, set_i, false, colsum);
+            tied_values<false>(set_i, S, B, wi, wj, WV + j0 * k_pad, k_pad, num + i0 * k_pad);
           } else {
             tied_exponentials<true>(S, B, wi, wj, minus_h + i0, omega + i0, omega + j0, den + i0,
-                                    den + j0, colsum);
-            values_block<double>(S, B, wi, wj, WV + j0 * k_pad, k_pad, num + i0 * k_pad);
+                                    den + j0, set_i, set_j, colsum);
+            tied_values<false>(set_i, S, B, wi, wj, WV + j0 * k_pad, k_pad, num + i0 * k_pad);
             // The pairs (j, i): G^T, read by columns, against the rows of block I.
-            values_block<double, true>(S, B, wj, wi, WV + i0 * k_pad, k_pad, num + j0 * k_pad);
+            tied_values<true>(set_j, S, B, wj, wi, WV + i0 * k_pad, k_pad, num + j0 * k_pad);
           }
         }
       }
-      // The slots summed in order into the first (vectorized over contiguous
-      // rows); the exact fallback for rows whose sum underflowed.
+      // Per row: the slots that touched its block, summed in slot order (the
+      // same bits as adding all slots to zeros), divided by the row's sum into
+      // the output; the exact fallback for rows whose sum underflowed. Every
+      // block is touched by the slot holding its diagonal pair.
 #pragma omp for schedule(static)
       for (Index blk = 0; blk < nb; ++blk) {
-        const Index r0 = blk * B, r1 = r0 + width(blk);
-        double* num0 = acc_base;
-        double* den0 = num0 + np * k_pad;
-        for (Index sl = 1; sl < slots; ++sl) {
-          const double* num = acc_base + static_cast<size_t>(sl) * slot_stride;
-          const double* den = num + np * k_pad;
-          for (Index t = r0 * k_pad; t < r1 * k_pad; ++t) num0[t] += num[t];
-          for (Index i = r0; i < r1; ++i) den0[i] += den[i];
-        }
-        for (Index i = r0; i < std::min(n, r1); ++i) {
-          double* numer = num0 + i * k_pad;
-          double dsum = den0[i];
+        const Index r0 = blk * B;
+        for (Index i = r0; i < std::min(n, r0 + width(blk)); ++i) {
+          double* o = out + i * e + h * k;
+          double dsum = 0;
+          bool first = true;
+          for (Index sl = 0; sl < slots; ++sl) {
+            if (!touched[static_cast<size_t>(sl * nb + blk)]) continue;
+            const double* num = acc_base + static_cast<size_t>(sl) * slot_stride + i * k_pad;
+            const double den = acc_base[static_cast<size_t>(sl) * slot_stride + np * k_pad + i];
+            if (first) {
+              std::copy(num, num + k, o);
+              dsum = den;
+              first = false;
+            } else {
+              for (Index c = 0; c < k; ++c) o[c] += num[c];
+              dsum += den;
+            }
+          }
           if (!(dsum >= threshold) || !std::isfinite(dsum)) {
             const Eigen::Map<const MatrixD> a(A, n, k);
             dsum = exact_tied_row((a * a.row(i).transpose()).array(), weights, k,
-                                  [&](Index c, Index j) { return V[j * k + c]; }, numer);
+                                  [&](Index c, Index j) { return V[j * k + c]; }, o);
           }
-          double* o = out + i * e + h * k;
-          for (Index c = 0; c < k; ++c) o[c] = numer[c] / dsum;
+          for (Index c = 0; c < k; ++c) o[c] /= dsum;
         }
       }
     }
