@@ -55,6 +55,14 @@ ModelD tied_model(Index k, Index heads, bool bias, unsigned seed) {
   return model;
 }
 
+// One of the tied kernels (which write into a caller's matrix), returning its field.
+using TiedKernel = void (*)(const ModelD&, const VectorD&, const MatrixRef<double>&, MatrixD&);
+MatrixD tied_field(TiedKernel kernel, const ModelD& model, const VectorD& w, const MatrixD& x) {
+  MatrixD out;
+  kernel(model, w, x, out);
+  return out;
+}
+
 // A flow-field kernel against the core streaming kernel, relative to the field's size.
 void expect_matches_core(const MatrixD& fast, const ModelD& model, const MatrixD& x,
                          const VectorD& w, double rel, const std::string& what) {
@@ -473,15 +481,15 @@ TEST(flow_test, tied_kernel_matches_core_kernel) {
     const Index n = sizes[seed % 5];
     const MatrixD x = random_points(n, k * heads, 600 + seed, seed % 5 == 3 ? 3.0 : 1.0);
     const VectorD w = random_weights(n, 700 + seed, n > 2 && seed % 4 == 1);
-    expect_matches_core(detail::tied_small_dim_attention_field(model, w, x), model, x, w, 1e-11,
-                        "seed " + std::to_string(seed));
+    expect_matches_core(tied_field(detail::tied_small_dim_attention_field, model, w, x), model, x,
+                        w, 1e-11, "seed " + std::to_string(seed));
   }
   {
     const auto model = ModelD::canonical(2, 1.0);
     const MatrixD x = random_points(9000, 2, 11);
     const VectorD w = random_weights(9000, 12, true);
-    expect_matches_core(detail::tied_small_dim_attention_field(model, w, x), model, x, w, 1e-11,
-                        "n = 9000 (256-wide blocks)");
+    expect_matches_core(tied_field(detail::tied_small_dim_attention_field, model, w, x), model, x,
+                        w, 1e-11, "n = 9000 (256-wide blocks)");
   }
   // Underflow: far-apart particles with a large beta leave some rows with a
   // vanishing shifted sum; they are recomputed exactly.
@@ -491,8 +499,8 @@ TEST(flow_test, tied_kernel_matches_core_kernel) {
   x.row(1) *= 0.01;
   const VectorD w = VectorD::Constant(300, 1.0 / 300);
   ASSERT_TRUE(detail::tied_query_key(model));
-  expect_matches_core(detail::tied_small_dim_attention_field(model, w, x), model, x, w, 1e-9,
-                      "underflow fallback");
+  expect_matches_core(tied_field(detail::tied_small_dim_attention_field, model, w, x), model, x, w,
+                      1e-9, "underflow fallback");
   // Untied models are not taken for tied ones.
   EXPECT_FALSE(detail::tied_query_key(ModelD::random(4, 1, false, 3)));
 }
@@ -547,16 +555,16 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
     const Index n = sizes[seed % 5];
     const MatrixD x = random_points(n, k * heads, 910 + seed, seed % 5 == 3 ? 2.0 : 1.0);
     const VectorD w = random_weights(n, 920 + seed, n > 2 && seed % 4 == 1);
-    expect_matches_core(detail::tied_gemm_attention_field(model, w, x), model, x, w, 1e-11,
-                        "seed " + std::to_string(seed));
+    expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w,
+                        1e-11, "seed " + std::to_string(seed));
   }
   // From n = 2048 on the blocks are twice as large (and the last one narrower).
   {
     const auto model = tied_model(16, 1, true, 940);
     const MatrixD x = random_points(2101, 16, 941);
     const VectorD w = random_weights(2101, 942, true);
-    expect_matches_core(detail::tied_gemm_attention_field(model, w, x), model, x, w, 1e-11,
-                        "n = 2101");
+    expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w,
+                        1e-11, "n = 2101");
   }
   // Identity projections are copied, not multiplied: two heads of the
   // identity with value and output biases, and a non-identity W_O.
@@ -569,8 +577,8 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
     const MatrixD x = random_points(250, 32, 933 + variant);
     const VectorD w = random_weights(250, 935 + variant, variant == 1);
     ASSERT_TRUE(detail::tied_query_key(model));
-    expect_matches_core(detail::tied_gemm_attention_field(model, w, x), model, x, w, 1e-11,
-                        "identity projections, variant " + std::to_string(variant));
+    expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w,
+                        1e-11, "identity projections, variant " + std::to_string(variant));
   }
   // Underflowed rows are recomputed exactly.
   const auto model = ModelD::canonical(16, 100.0);
@@ -578,7 +586,7 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
   x.row(0) *= 20;
   x.row(1) *= 0.01;
   const VectorD w = VectorD::Constant(200, 1.0 / 200);
-  expect_matches_core(detail::tied_gemm_attention_field(model, w, x), model, x, w, 1e-9,
+  expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w, 1e-9,
                       "underflow fallback");
   // And the flow takes it for the canonical model in R^64.
   const MatrixD x64 = random_points(150, 64, 18);
@@ -597,7 +605,7 @@ TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
     MatrixD first;
     for (int t : {2, 1, 1, 3}) {
       omp_set_num_threads(t);
-      const MatrixD f = detail::tied_gemm_attention_field(model, w, x);
+      const MatrixD f = tied_field(detail::tied_gemm_attention_field, model, w, x);
       if (first.size() == 0) {
         first = f;
       } else {
@@ -614,7 +622,7 @@ TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
   // alignment-dependent rounding).
   for (int t : {2, 1, 1, 2, 3, 5}) {
     omp_set_num_threads(t);
-    const MatrixD f = detail::tied_small_dim_attention_field(model, w, x);
+    const MatrixD f = tied_field(detail::tied_small_dim_attention_field, model, w, x);
     if (first.size() == 0) {
       first = f;
     } else {

@@ -446,8 +446,9 @@ struct Segments {
 // The number of slots of a tied kernel: a power of two (even shares for 1, 2,
 // 4, ... threads), more of them for more block pairs (balance on larger
 // machines), at most ~32 MiB of accumulators unless that leaves fewer than 4,
-// never more than the pairs. Every slot is zeroed and summed once per head:
-// at n = 1000 the former 16-30 slots cost 15 % of the step. Depends on the
+// never more than the pairs. Every slot is written (the d <= 8 kernel zeroes
+// it first) and summed once per head: at n = 1000 the former 16-30 slots cost
+// 15 % of the step. Depends on the
 // sizes only, never on the thread count.
 Index tied_slot_count(Index pairs, size_t slot_doubles) {
   const Index wanted = pairs < 256 ? 4 : pairs < 2048 ? 8 : kTiedSlots;

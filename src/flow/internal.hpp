@@ -30,24 +30,12 @@ bool tied_query_key(const Model<double>& model);
 /// Written into out (resized; not aliasing particles).
 void tied_small_dim_attention_field(const Model<double>& model, const VectorD& weights,
                                     const MatrixRef<double>& particles, MatrixD& out);
-inline MatrixD tied_small_dim_attention_field(const Model<double>& model, const VectorD& weights,
-                                              const MatrixRef<double>& particles) {
-  MatrixD out;
-  tied_small_dim_attention_field(model, weights, particles, out);
-  return out;
-}
 
 /// The same for head_dim > 8, on the register-tiled blocks of the attention
 /// kernel: half the logits and half the exponentials of the general kernel.
 /// Written into out (resized; not aliasing particles).
 void tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
                                const MatrixRef<double>& particles, MatrixD& out);
-inline MatrixD tied_gemm_attention_field(const Model<double>& model, const VectorD& weights,
-                                         const MatrixRef<double>& particles) {
-  MatrixD out;
-  tied_gemm_attention_field(model, weights, particles, out);
-  return out;
-}
 
 /// sum_j w_j exp(beta <x_i, x_j>) x_j for each row i (no projection). O(n^2 d).
 template <class Scalar>
