@@ -6,7 +6,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${MEASATTN_BUILD_DIR:-$root/build}"
 "$root/scripts/bootstrap.sh"
 generator=()
+# ccache (Debian) makes the repeated configurations of CI (plain, sanitized,
+# fuzz, portable) and rebuilds cheap; CCACHE_BASEDIR lets checkouts in other
+# folders share the cache.
+launcher=()
+if command -v ccache >/dev/null 2>&1; then
+  export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}"
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+fi
 if command -v ninja >/dev/null 2>&1 && [ ! -f "$build/Makefile" ]; then generator=(-G Ninja); fi
-cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+cmake -S "$root" -B "$build" "${generator[@]}" "${launcher[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DPython3_EXECUTABLE=/usr/bin/python3 "$@" >/dev/null
 cmake --build "$build" --parallel "$(nproc)"

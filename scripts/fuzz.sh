@@ -10,9 +10,14 @@ build="${MEASATTN_FUZZ_BUILD_DIR:-$root/build-fuzz}"
 seconds="${FUZZ_SECONDS:-60}"
 "$root/scripts/bootstrap.sh"
 generator=()
+launcher=()
+if command -v ccache >/dev/null 2>&1; then
+  export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}"
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+fi
 if command -v ninja >/dev/null 2>&1 && [ ! -f "$build/Makefile" ]; then generator=(-G Ninja); fi
 # Only the modules the parsers need: io and what Model/Measure live in.
-CXX=clang++ cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+CXX=clang++ cmake -S "$root" -B "$build" "${generator[@]}" "${launcher[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DMEASATTN_BUILD_FUZZ=ON -DMEASATTN_SANITIZE=ON -DMEASATTN_MODULES="measure;attention;io" \
   -DMEASATTN_BUILD_TESTS=OFF -DMEASATTN_BUILD_BENCH=OFF -DMEASATTN_BUILD_PYTHON=OFF \
   -DMEASATTN_BUILD_APPS=OFF >/dev/null
