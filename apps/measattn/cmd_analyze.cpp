@@ -3,10 +3,10 @@
 //
 // Without arguments it analyzes the built-in example layer on the built-in
 // example token measure. Inputs are read and validated before anything is
-// written; the report is assembled in a temporary directory that replaces the
-// output directory only when complete, so a failed run leaves no partial report.
-#include <unistd.h>
-
+// written; the report is assembled in a hidden temporary directory that takes
+// the place of the output directory only when complete, so a failed run leaves
+// no partial report. An existing --out is used only if it is empty or a previous
+// analyze report (see output.hpp); nothing else is ever deleted.
 #include <cmath>
 #include <filesystem>
 #include <iostream>
@@ -21,6 +21,8 @@
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 #include "measattn/version.hpp"
+#include "output.hpp"
+#include "signals.hpp"
 
 namespace measattn::cli {
 
@@ -37,6 +39,9 @@ struct AnalyzeArgs {
 
 void run_analyze(const AnalyzeArgs& args) {
   namespace fs = std::filesystem;
+  // The output directory is checked before any work; the report is built in a
+  // hidden temporary directory next to it and put in place only when complete.
+  OutputDirectory out(args.out, "analyze", "--out");
   AnalysisInput in;
   in.seed = args.seed;
   if (args.model_path.empty()) {
@@ -73,26 +78,13 @@ void run_analyze(const AnalyzeArgs& args) {
   }
   if (in.radius == 0) in.radius = 1;  // every token at the origin
 
-  const fs::path out(args.out);
-  const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
-  if (!fs::is_directory(parent)) {
-    throw invalid_argument("--out: parent directory " + parent.string() + " does not exist");
-  }
-  const fs::path tmp = parent / ("." + out.filename().string() + ".tmp-" +
-                                 std::to_string(static_cast<long long>(::getpid())));
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  try {
-    const std::string summary = write_analysis(in, tmp.string());
-    fs::remove_all(out);
-    fs::rename(tmp, out);
-    std::cout << summary << "report: " << (out / "report.md").string() << " and "
-              << (out / "report.html").string() << "\n";
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  check_signal();
+  const std::string stage = out.stage();
+  const std::string summary = write_analysis(in, stage);
+  out.commit();
+  const fs::path dir(args.out);
+  std::cout << summary << "report: " << (dir / "report.md").string() << " and "
+            << (dir / "report.html").string() << "\n";
 }
 
 const bool registered = register_command(
@@ -108,7 +100,8 @@ const bool registered = register_command(
       app.add_option("--radius", args->radius,
                      "Radius R of the ball B_R for the Lipschitz analysis; default: the "
                      "tokens' radius");
-      app.add_option("--out", args->out, "Output directory (replaced when complete)")
+      app.add_option("--out", args->out,
+                     "Output directory: new, empty or a previous report (replaced when complete)")
           ->capture_default_str();
       app.add_option("--seed", args->seed, "Seed of every random choice")->capture_default_str();
       app.callback([args] { run_analyze(*args); });

@@ -18,6 +18,7 @@
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 #include "measattn/measure.hpp"
+#include "output.hpp"
 
 namespace measattn::cli {
 namespace {
@@ -125,6 +126,7 @@ const bool registered = register_command(
               "--normalization: sinkhorn attention is defined for self-attention only "
               "(drop --queries)");
         }
+        check_output_file(a->out, "--out");  // before any work
         if (dtype == DType::f32) {
           run_attend<float>(*a, options);
         } else {

@@ -27,6 +27,7 @@
 #include "measattn/io.hpp"
 #include "measattn/maxent.hpp"
 #include "measattn/measure.hpp"
+#include "output.hpp"
 #include "plot.hpp"
 
 namespace measattn::cli {
@@ -70,13 +71,10 @@ void run(const EntropyArgs& a) {
   EntropyOptions options;
   options.causal = a.causal;
   if (!a.betas.empty()) options.betas = parse_betas(a.betas);
+  // Output paths (the PNG and the CSV beside it) are checked before any work.
   if (!a.plot.empty()) {
-    const fs::path p(a.plot);
-    const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
-    if (!fs::is_directory(dir)) {
-      throw invalid_argument("--plot: " + a.plot + ": directory " + dir.string() +
-                             " does not exist");
-    }
+    check_output_file(a.plot, "--plot");
+    check_output_file(fs::path(a.plot).replace_extension(".csv").string(), "--plot");
   }
   const Model<double> model = load_model<double>(a.model);
   const auto mu = read_token_measure<double>(a.tokens, a.weights);

@@ -13,15 +13,12 @@
 // continues from it (refused, exit 2, if it was written for other arguments).
 // Every input is validated before the computation; every output is written
 // atomically, and only once the run has finished.
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <limits>
 #include <memory>
@@ -39,6 +36,8 @@
 #include "measattn/flow.hpp"
 #include "measattn/io.hpp"
 #include "measattn/measure.hpp"
+#include "output.hpp"
+#include "plot.hpp"
 
 namespace measattn::cli {
 namespace {
@@ -50,20 +49,10 @@ struct FlowArgs {
   bool sphere = false, unnormalized = false, resume = false, no_plot = false;
 };
 
-std::string quote_gnuplot(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'')
-      out += "''";
-    else
-      out += c;
-  }
-  return out + "'";
-}
-
 // Trajectories projected to 2-D (top-2 principal directions of all saved points
-// when d > 2), at most 400 particles drawn; PNG via gnuplot pngcairo, written to
-// a temporary name and renamed. Returns false (and writes nothing) on failure.
+// when d > 2), at most 400 particles drawn; PNG via gnuplot pngcairo (render_png:
+// no temporary outside the registry, written atomically). Returns false (and
+// writes nothing) when gnuplot fails; an interrupt propagates.
 bool plot_trajectories(const std::vector<MatrixD>& frames, const std::string& png,
                        const std::string& title) {
   if (frames.empty()) return false;
@@ -85,52 +74,40 @@ bool plot_trajectories(const std::vector<MatrixD>& frames, const std::string& pn
     basis.col(0) = eig.eigenvectors().col(d - 1);
     basis.col(1) = eig.eigenvectors().col(d - 2);
   }
-  const std::string data = png + ".dat.tmp";
-  const std::string tmp_png = png + ".tmp.png";
-  {
-    std::ofstream out(data);
-    if (!out) return false;
-    out << std::setprecision(9);
-    const Index step = std::max<Index>(1, n / 400);
-    for (Index i = 0; i < n; i += step) {
-      for (Index f = 0; f < count; ++f) {
-        const Eigen::RowVectorXd p = frames[static_cast<size_t>(f)].row(i) * basis;
-        if (d == 1) {
-          out << f << " " << p[0] << "\n";
-        } else {
-          out << p[0] << " " << p[1] << "\n";
-        }
-      }
-      out << "\n\n";
-    }
-  }
   std::ostringstream script;
-  script << "set terminal pngcairo size 900,800 noenhanced\n"
-         << "set output " << quote_gnuplot(tmp_png) << "\n"
-         << "set title " << quote_gnuplot(title) << "\n"
+  script << std::setprecision(9) << "$traj << EOD\n";
+  const Index step = std::max<Index>(1, n / 400);
+  for (Index i = 0; i < n; i += step) {
+    for (Index f = 0; f < count; ++f) {
+      const Eigen::RowVectorXd p = frames[static_cast<size_t>(f)].row(i) * basis;
+      if (d == 1) {
+        script << f << " " << p[0] << "\n";
+      } else {
+        script << p[0] << " " << p[1] << "\n";
+      }
+    }
+    script << "\n\n";
+  }
+  script << "EOD\n"
+         << "set termoption noenhanced\n"
+         << "set title " << gnuplot_quote(title) << "\n"
          << "unset key\n"
          << (d == 1   ? "set xlabel 'frame'\nset ylabel 'x'\n"
              : d == 2 ? "set xlabel 'x_1'\nset ylabel 'x_2'\nset size ratio -1\n"
                       : "set xlabel 'principal direction 1'\nset ylabel 'principal "
                         "direction 2'\nset size ratio -1\n")
-         << "plot " << quote_gnuplot(data) << " using 1:2 with lines lc rgb '#7f1f77b4' lw 1, "
-         << quote_gnuplot(data) << " using 1:2 every ::0::0 with points pt 7 ps 0.5 lc rgb "
-         << "'#2ca02c', " << quote_gnuplot(data) << " using 1:2 every ::" << (count - 1)
-         << "::" << (count - 1) << " with points pt 7 ps 0.8 lc rgb '#d62728'\n";
-  const std::string script_path = png + ".gp.tmp";
-  {
-    std::ofstream s(script_path);
-    s << script.str();
+         << "plot $traj using 1:2 with lines lc rgb '#7f1f77b4' lw 1, "
+         << "$traj using 1:2 every ::0::0 with points pt 7 ps 0.5 lc rgb "
+         << "'#2ca02c', $traj using 1:2 every ::" << (count - 1) << "::" << (count - 1)
+         << " with points pt 7 ps 0.8 lc rgb '#d62728'\n";
+  try {
+    render_png(png, script.str(), 900, 800);
+  } catch (const interrupted&) {
+    throw;
+  } catch (const std::runtime_error&) {
+    return false;
   }
-  const std::string command = "gnuplot " + quote_gnuplot(script_path) + " >/dev/null 2>&1";
-  // The quoting above is gnuplot's; for the shell, single quotes with '' do not
-  // escape, so refuse odd paths instead.
-  bool ok = script_path.find('\'') == std::string::npos && std::system(command.c_str()) == 0;
-  std::remove(script_path.c_str());
-  std::remove(data.c_str());
-  if (ok) ok = std::rename(tmp_png.c_str(), png.c_str()) == 0;
-  if (!ok) std::remove(tmp_png.c_str());
-  return ok;
+  return true;
 }
 
 nlohmann::json number_or_null(double v) {
@@ -172,6 +149,18 @@ void run_flow(const FlowArgs& a) {
     throw invalid_argument("--beta: the unnormalized field overflows (exp(beta)) for beta > 700");
   }
 
+  // The output directory is checked before any work: created (last component
+  // only) when the results are written, or now when checkpoints go into it.
+  namespace fs = std::filesystem;
+  OutputDirectory out(a.out, "flow", "--out");
+  const std::vector<std::string> owned = {"final.npy", "trajectory.npy", "summary.json",
+                                          "trajectories.png", "checkpoint.bin"};
+  const std::string checkpoint = (fs::path(a.out) / "checkpoint.bin").string();
+  std::error_code ec;
+  if (a.resume && !fs::exists(checkpoint, ec)) {
+    throw invalid_argument("--resume: " + checkpoint + " does not exist");
+  }
+
   const auto mu = read_token_measure<double>(a.tokens, a.weights);
   const Index n = mu->size(), d = mu->dim();
   Model<double> model = builtin ? Model<double>::canonical(d, a.beta) : load_model<double>(a.model);
@@ -190,18 +179,6 @@ void run_flow(const FlowArgs& a) {
     }
   }
 
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (fs::exists(a.out, ec) && !fs::is_directory(a.out, ec)) {
-    throw invalid_argument("--out: " + a.out + " exists and is not a directory");
-  }
-  const std::string checkpoint = (fs::path(a.out) / "checkpoint.bin").string();
-  if (a.resume && !fs::exists(checkpoint, ec)) {
-    throw invalid_argument("--resume: " + checkpoint + " does not exist");
-  }
-  fs::create_directories(a.out, ec);
-  if (ec) throw invalid_argument("--out: cannot create directory " + a.out + ": " + ec.message());
-
   FlowOptions options;
   options.time = a.time;
   options.steps = scheme == FlowScheme::dopri5 ? std::max<long long>(a.steps, 1) : a.steps;
@@ -219,6 +196,8 @@ void run_flow(const FlowArgs& a) {
   if (options.save_every == 0) options.save_every = std::numeric_limits<Index>::max();
   options.validate();
 
+  std::string dir;
+  if (a.checkpoint_every > 0 || a.resume) dir = out.open_in_place(owned);
   const auto started = std::chrono::steady_clock::now();
   const FlowResult<double> r = flow(model, *mu, options);
   const double seconds =
@@ -228,7 +207,7 @@ void run_flow(const FlowArgs& a) {
   }
 
   // ---- outputs ----------------------------------------------------------------
-  const std::string dir = a.out;
+  if (dir.empty()) dir = out.open_in_place(owned);
   write_npy((fs::path(dir) / "final.npy").string(), r.particles);
   if (a.save_every > 0) {
     std::vector<double> values;
@@ -295,6 +274,10 @@ void run_flow(const FlowArgs& a) {
          a.save_every > 0 ? nlohmann::json("trajectory.npy") : nlohmann::json(nullptr)},
         {"plot", png.empty() ? nlohmann::json(nullptr) : nlohmann::json(png)}}}};
   write_file_atomic((fs::path(dir) / "summary.json").string(), summary.dump(2) + "\n");
+  std::vector<std::string> keep = {"final.npy", "summary.json", "checkpoint.bin"};
+  if (a.save_every > 0) keep.push_back("trajectory.npy");
+  if (!png.empty()) keep.push_back(png);
+  out.finish(keep);
 }
 
 const bool registered = register_command(

@@ -29,6 +29,7 @@
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 #include "measattn/lipschitz.hpp"
+#include "output.hpp"
 
 namespace measattn::cli {
 namespace {
@@ -66,12 +67,10 @@ void run(const LipschitzArgs& args) {
   so.residual = args.residual;
   so.progress = true;
   so.validate();
-  if (!args.witness.empty()) {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    if (fs::exists(args.witness, ec) && !fs::is_directory(args.witness, ec))
-      throw invalid_argument("--witness: " + args.witness + ": exists and is not a directory");
-  }
+  // Checked before any work; the witness is built aside and put in place whole.
+  std::unique_ptr<OutputDirectory> witness;
+  if (!args.witness.empty())
+    witness = std::make_unique<OutputDirectory>(args.witness, "lipschitz", "--witness");
   const Model<double> model = load_model<double>(args.model);
   try {
     model.validate();
@@ -109,13 +108,10 @@ void run(const LipschitzArgs& args) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double gap = lo.ratio > 0 ? ub.best_w1 / lo.ratio : INFINITY;
 
-  if (!args.witness.empty() && lo.status == SearchStatus::completed) {
+  if (witness && lo.status == SearchStatus::completed) {
     namespace fs = std::filesystem;
-    std::error_code ec;
-    fs::create_directories(args.witness, ec);
-    if (ec) throw invalid_argument("--witness: " + args.witness + ": " + ec.message());
     const LipschitzWitness& w = lo.witness;
-    const fs::path dir(args.witness);
+    const fs::path dir(witness->stage());
     write_npy((dir / "mu_atoms.npy").string(), w.mu_atoms);
     write_npy((dir / "mu_weights.npy").string(), w.mu_weights);
     write_npy((dir / "nu_atoms.npy").string(), w.nu_atoms);
@@ -134,6 +130,7 @@ void run(const LipschitzArgs& args) {
     j["files"] = {"mu_atoms.npy",   "mu_weights.npy", "nu_atoms.npy",
                   "nu_weights.npy", "f_mu_atoms.npy", "f_nu_atoms.npy"};
     write_file_atomic((dir / "witness.json").string(), j.dump(2) + "\n");
+    witness->commit();
   }
 
   if (args.json) {

@@ -28,6 +28,7 @@
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 #include "measattn/misspec.hpp"
+#include "output.hpp"
 #include "plot.hpp"
 
 namespace measattn::cli {
@@ -62,9 +63,9 @@ void run(const MisspecArgs& args) {
   o.residual = args.residual;
   o.seed = args.seed;
   o.validate();
-  for (const std::string& out : {args.csv, args.plot})
-    if (!out.empty() && out.back() == '/')
-      throw invalid_argument("--csv/--plot: " + out + ": is a directory");
+  // Output paths are checked before any work.
+  if (!args.csv.empty()) check_output_file(args.csv, "--csv");
+  if (!args.plot.empty()) check_output_file(args.plot, "--plot");
 
   const Model<double> model = load_model<double>(args.model);
   try {

@@ -26,6 +26,7 @@
 #include "measattn/io.hpp"
 #include "measattn/measure.hpp"
 #include "measattn/wasserstein.hpp"
+#include "output.hpp"
 
 namespace measattn::cli {
 namespace {
@@ -89,6 +90,7 @@ void run(const WassersteinArgs& args) {
     throw invalid_argument("--tol: must be a finite number > 0");
   if (args.max_iter < 1) throw invalid_argument("--max-iter: must be >= 1");
   if (args.projections < 1) throw invalid_argument("--projections: must be >= 1");
+  if (!args.plan.empty()) check_output_file(args.plan, "--plan");  // before any work
   o.p = args.p;
   o.reg = args.reg;
   o.tolerance = args.tol;

@@ -1,13 +1,18 @@
 // measattn — the command-line tool. Exit codes: 0 success, 2 bad input (one
-// line on stderr naming the file/field and the reason), 1 internal error.
+// line on stderr naming the file/field and the reason), 1 internal error,
+// 128 + N after signal N (SIGINT 130, SIGTERM 143, SIGHUP 129).
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <iostream>
 
 #include "command.hpp"
 #include "measattn/error.hpp"
 #include "measattn/version.hpp"
+#include "signals.hpp"
 
 int main(int argc, char** argv) {
+  // SIGINT/SIGTERM/SIGHUP: temporaries removed, exit 128 + signal (signals.hpp).
+  measattn::cli::install_signal_handlers();
   CLI::App app{"measattn: attention as a map on probability measures"};
   app.set_version_flag("--version", std::string("measattn ") + measattn::version);
   app.require_subcommand(1);
@@ -26,12 +31,20 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::cerr << "measattn: error: " << e.what() << "\n";
     return 2;
+  } catch (const measattn::interrupted&) {
+    const int sig = measattn::cli::received_signal() ? measattn::cli::received_signal() : SIGINT;
+    std::cerr << "measattn: interrupted by " << measattn::cli::signal_name(sig) << "\n";
+    return 128 + sig;
   } catch (const measattn::invalid_argument& e) {
     std::cerr << "measattn: error: " << e.what() << "\n";
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "measattn: internal error: " << e.what() << "\n";
     return 1;
+  }
+  if (const int sig = measattn::cli::received_signal()) {  // after the outputs were complete
+    std::cerr << "measattn: interrupted by " << measattn::cli::signal_name(sig) << "\n";
+    return 128 + sig;
   }
   return 0;
 }

@@ -1,5 +1,6 @@
-// Whole-file reads and atomic writes (temporary file in the target's directory,
-// then rename), plus the DType names.
+// Whole-file reads and atomic writes (temporary file `.<name>.tmp.XXXXXX` in the
+// real target's directory, then rename; devices and FIFOs are written through),
+// plus the DType names.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <filesystem>
 #include <string>
 
+#include "common/temporaries.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 
@@ -52,44 +54,131 @@ class TempFile {
 
 }  // namespace
 
-void write_file_atomic(const std::string& path, const std::string& content) {
-  namespace fs = std::filesystem;
-  if (path.empty()) throw invalid_argument("output: empty file name");
-  struct stat target {};
-  const bool exists = ::stat(path.c_str(), &target) == 0;
-  if (exists && S_ISDIR(target.st_mode)) throw invalid_argument(path + ": is a directory");
-  const fs::path p(path);
-  fs::path dir = p.parent_path();
-  if (dir.empty()) dir = ".";
-  // (Built piecewise: GCC 12 warns spuriously (-Wrestrict) on "." + string.)
-  std::string base(".");
-  base.append(p.filename().string());
-  base.append(".tmp.XXXXXX");
-  std::string tmpl = (dir / base).string();
-  const int fd = ::mkstemp(tmpl.data());
-  if (fd < 0) {
-    throw invalid_argument(path + ": cannot create a temporary file in '" + dir.string() +
-                           "': " + errno_text(errno));
+namespace {
+
+// The file a write to `path` lands in: symbolic links of the last component are
+// followed (relative targets against the link's directory), so that a link
+// stays a link and its target gets the content.
+std::string resolve_output_link(const std::string& path) {
+  std::string p = path;
+  for (int depth = 0; depth < 40; ++depth) {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return p;
+    std::string target(4096, '\0');
+    const ssize_t n = ::readlink(p.c_str(), target.data(), target.size());
+    if (n < 0)
+      throw invalid_argument(path + ": cannot read the symbolic link: " + errno_text(errno));
+    target.resize(static_cast<std::size_t>(n));
+    if (!target.empty() && target[0] != '/') {
+      const auto slash = p.rfind('/');
+      if (slash != std::string::npos) target = p.substr(0, slash + 1) + target;
+    }
+    p = target;
   }
-  TempFile tmp(fd, tmpl);
-  // mkstemp creates mode 0600: keep an existing target's mode, else rw-r--r--.
-  const mode_t mode = exists ? (target.st_mode & 07777) : 0644;
-  if (::fchmod(tmp.fd(), mode) != 0) {
-    throw invalid_argument(path + ": cannot set permissions: " + errno_text(errno));
-  }
+  throw invalid_argument(path + ": too many levels of symbolic links");
+}
+
+void write_all(int fd, const std::string& path, const std::string& content) {
   const char* data = content.data();
   std::size_t left = content.size();
   while (left > 0) {
-    const ssize_t n = ::write(tmp.fd(), data, left);
+    const ssize_t n = ::write(fd, data, left);
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EPIPE) {
+        throw invalid_argument(path + ": write failed: the reader closed the pipe (EPIPE)");
+      }
       throw invalid_argument(path + ": write failed: " + errno_text(errno));
     }
     data += n;
     left -= static_cast<std::size_t>(n);
   }
-  if (tmp.close() != 0) throw invalid_argument(path + ": write failed: " + errno_text(errno));
-  if (::rename(tmp.path().c_str(), path.c_str()) != 0) {
+}
+
+// An existing character device or FIFO is written through, never replaced. A
+// FIFO without a reader is refused rather than waited for.
+void write_through(const std::string& path, const std::string& real, bool fifo,
+                   const std::string& content) {
+  const int fd = ::open(real.c_str(), O_WRONLY | O_CLOEXEC | O_NOCTTY | (fifo ? O_NONBLOCK : 0));
+  if (fd < 0) {
+    if (fifo && errno == ENXIO) {
+      throw invalid_argument(path + ": is a FIFO that no process is reading; nothing written");
+    }
+    throw invalid_argument(path + ": cannot open for writing: " + errno_text(errno));
+  }
+  TempFile guard(fd, "");  // closes fd; removes nothing
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !(S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode))) {
+    throw invalid_argument(path + ": changed while it was being opened; nothing written");
+  }
+  if (fifo) {
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+      throw invalid_argument(path + ": cannot set the FIFO to blocking: " + errno_text(errno));
+    }
+  }
+  write_all(fd, path, content);
+  if (guard.close() != 0) throw invalid_argument(path + ": write failed: " + errno_text(errno));
+}
+
+}  // namespace
+
+void write_file_atomic(const std::string& path, const std::string& content) {
+  if (path.empty()) throw invalid_argument("output: empty file name");
+  if (path.back() == '/') throw invalid_argument(path + ": is a directory name, not a file");
+  const std::string real = resolve_output_link(path);
+  struct stat target {};
+  const bool exists = ::stat(real.c_str(), &target) == 0;
+  if (!exists && errno != ENOENT) {
+    throw invalid_argument(path + ": cannot stat: " + errno_text(errno));
+  }
+  if (exists) {
+    if (S_ISDIR(target.st_mode)) throw invalid_argument(path + ": is a directory");
+    if (S_ISCHR(target.st_mode) || S_ISFIFO(target.st_mode)) {
+      write_through(path, real, S_ISFIFO(target.st_mode), content);
+      return;
+    }
+    if (!S_ISREG(target.st_mode)) {
+      throw invalid_argument(path +
+                             ": is neither a regular file nor a character device or FIFO; "
+                             "refusing to replace it");
+    }
+  }
+  // The temporary lives next to the real target, so that the rename is atomic
+  // and a symbolic link stays a link.
+  const auto slash = real.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : real.substr(0, slash);
+  const std::string base = slash == std::string::npos ? real : real.substr(slash + 1);
+  detail::RegisteredTemporary tmp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
+    // Registered before it exists: a signal handler can never miss it.
+    tmp =
+        detail::RegisteredTemporary(detail::temporary_name(dir, base), detail::TemporaryKind::file);
+    fd = ::open(tmp.path().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EEXIST) {
+      const int err = errno;
+      tmp.release();  // nothing was created
+      throw invalid_argument(path + ": cannot create a temporary file in '" + dir +
+                             "': " + errno_text(err));
+    }
+    if (fd < 0) tmp.release();  // someone else's file: keep it
+  }
+  if (fd < 0) throw invalid_argument(path + ": cannot create a temporary file in '" + dir + "'");
+  TempFile file(fd, "");  // closes fd; tmp removes the file unless renamed
+  // A new file gets rw-r--r--; an existing target keeps its mode.
+  const mode_t mode = exists ? (target.st_mode & 07777) : 0644;
+  if (::fchmod(file.fd(), mode) != 0) {
+    throw invalid_argument(path + ": cannot set permissions: " + errno_text(errno));
+  }
+  write_all(file.fd(), path, content);
+  if (::fsync(file.fd()) != 0 && errno != EINVAL && errno != EROFS) {
+    throw invalid_argument(path + ": write failed: " + errno_text(errno));
+  }
+  if (file.close() != 0) throw invalid_argument(path + ": write failed: " + errno_text(errno));
+  if (::rename(tmp.path().c_str(), real.c_str()) != 0) {
     throw invalid_argument(path +
                            ": cannot rename the temporary file over it: " + errno_text(errno));
   }
