@@ -1,6 +1,15 @@
 // Tests of measattn/io.hpp: .npy and safetensors round trips, and every kind of
 // malformed input rejected with invalid_argument naming the file.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
 
 #include <cmath>
 #include <cstdint>
@@ -12,8 +21,10 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "common/temporaries.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 
@@ -730,4 +741,149 @@ TEST(io_test, load_model_from_files) {
   write_raw(dir.file("m.safetensors"), st_bytes(mha_tensors(), {{"num_heads", "3"}}));
   expect_invalid([&] { measattn::load_model<double>(dir.file("m.safetensors")); }, "m.safetensors",
                  "num_heads: 3 does not divide");
+}
+
+// ---- write_file_atomic: special targets, links, failed writes, temporaries ---------
+
+namespace {
+
+std::vector<std::string> names_in(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+}  // namespace
+
+TEST(io_test, write_file_atomic_follows_symlinks) {
+  TempDir dir;
+  fs::create_directory(dir.path() / "real");
+  write_raw(dir.file("real/y.bin"), "old");
+  fs::create_symlink("real/y.bin", dir.path() / "link.bin");  // relative to the link's dir
+  measattn::write_file_atomic(dir.file("link.bin"), "new");
+  EXPECT_TRUE(fs::is_symlink(dir.path() / "link.bin"));
+  EXPECT_EQ(fs::read_symlink(dir.path() / "link.bin"), fs::path("real/y.bin"));
+  EXPECT_EQ(measattn::read_file(dir.file("real/y.bin")), "new");
+  // A dangling link: the file appears where it points.
+  fs::create_symlink("real/z.bin", dir.path() / "dangling.bin");
+  measattn::write_file_atomic(dir.file("dangling.bin"), "z");
+  EXPECT_TRUE(fs::is_symlink(dir.path() / "dangling.bin"));
+  EXPECT_EQ(measattn::read_file(dir.file("real/z.bin")), "z");
+  // No temporary anywhere.
+  EXPECT_EQ(names_in(dir.path()), (std::vector<std::string>{"dangling.bin", "link.bin", "real"}));
+  EXPECT_EQ(names_in(dir.path() / "real"), (std::vector<std::string>{"y.bin", "z.bin"}));
+}
+
+TEST(io_test, write_file_atomic_writes_through_devices_and_fifos) {
+  TempDir dir;
+  measattn::write_file_atomic("/dev/null", "discarded");
+  struct stat st {};
+  ASSERT_EQ(::stat("/dev/null", &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  if (::access("/dev/full", W_OK) == 0) {
+    expect_invalid([] { measattn::write_file_atomic("/dev/full", "x"); }, "/dev/full",
+                   "No space left");
+    ASSERT_EQ(::stat("/dev/full", &st), 0);
+    EXPECT_TRUE(S_ISCHR(st.st_mode));
+  }
+  const std::string fifo = dir.file("pipe");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  // No reader: refused at once, never replaced, never waited for.
+  expect_invalid([&] { measattn::write_file_atomic(fifo, "x"); }, "pipe", "no process is reading");
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  // With a reader: written through.
+  const int fd = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+  ASSERT_GE(fd, 0);
+  measattn::write_file_atomic(fifo, "through the pipe");
+  char buffer[64] = {};
+  EXPECT_EQ(::read(fd, buffer, sizeof buffer), 16);
+  EXPECT_EQ(std::string(buffer), "through the pipe");
+  // The reader goes away mid-write: EPIPE is an error, not a signal death.
+  const auto old_pipe = ::signal(SIGPIPE, SIG_IGN);
+  std::thread reader([fd] {
+    char c;
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    while (::read(fd, &c, 1) != 1) {
+    }
+    ::close(fd);
+  });
+  expect_invalid([&] { measattn::write_file_atomic(fifo, std::string(1 << 20, 'p')); }, "pipe",
+                 "EPIPE");
+  reader.join();
+  ::signal(SIGPIPE, old_pipe);
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  EXPECT_EQ(names_in(dir.path()), std::vector<std::string>{"pipe"});
+}
+
+TEST(io_test, write_file_atomic_failed_write_keeps_the_old_file) {
+  TempDir dir;
+  const std::string path = dir.file("keep.bin");
+  measattn::write_file_atomic(path, "precious");
+  // A file-size limit makes the write fail (EFBIG) part way.
+  const auto old_xfsz = ::signal(SIGXFSZ, SIG_IGN);
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+  rlimit small = old;
+  small.rlim_cur = 4096;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  bool threw = false;
+  try {
+    measattn::write_file_atomic(path, std::string(1 << 16, 'x'));
+  } catch (const invalid_argument& e) {
+    threw = true;
+    EXPECT_NE(std::string(e.what()).find("write failed"), std::string::npos) << e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  ::signal(SIGXFSZ, old_xfsz);
+  EXPECT_TRUE(threw);
+  EXPECT_EQ(measattn::read_file(path), "precious");
+  EXPECT_EQ(names_in(dir.path()), std::vector<std::string>{"keep.bin"});
+  // Sockets and the like are refused, never replaced.
+  const std::string sock = dir.file("s.sock");
+  const int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, sock.c_str(), sizeof addr.sun_path - 1);
+  if (s >= 0 && sock.size() < sizeof addr.sun_path &&
+      ::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    expect_invalid([&] { measattn::write_file_atomic(sock, "x"); }, "s.sock", "refusing");
+    EXPECT_TRUE(fs::is_socket(sock));
+  }
+  if (s >= 0) ::close(s);
+}
+
+TEST(io_test, temporaries_registry_removes_what_is_registered) {
+  using measattn::detail::TemporaryKind;
+  TempDir dir;
+  write_raw(dir.file("tmpfile"), "t");
+  fs::create_directory(dir.path() / "tree");
+  write_raw(dir.file("tree/a"), "a");
+  fs::create_directory(dir.path() / "tree/sub");
+  fs::create_directory(dir.path() / "own");
+  write_raw(dir.file("own/.measattn-output"), "measattn flow output\n");
+  fs::create_directory(dir.path() / "busy");
+  write_raw(dir.file("busy/.measattn-output"), "measattn flow output\n");
+  write_raw(dir.file("busy/checkpoint.bin"), "c");
+  fs::create_directory(dir.path() / "users");
+  write_raw(dir.file("users/.measattn-output"), "measattn flow output\n");
+  const int slots[] = {
+      measattn::detail::register_temporary(dir.file("tmpfile"), TemporaryKind::file),
+      measattn::detail::register_temporary(dir.file("tree"), TemporaryKind::tree),
+      measattn::detail::register_temporary(dir.file("own"), TemporaryKind::created_dir),
+      measattn::detail::register_temporary(dir.file("busy"), TemporaryKind::created_dir),
+      measattn::detail::register_temporary(dir.file("users"), TemporaryKind::marked_dir)};
+  for (int s : slots) EXPECT_GE(s, 0);
+  measattn::detail::remove_registered_temporaries();  // what a signal handler does
+  for (int s : slots) measattn::detail::unregister_temporary(s);
+  EXPECT_EQ(names_in(dir.path()), (std::vector<std::string>{"busy", "users"}));
+  EXPECT_EQ(names_in(dir.path() / "busy"),
+            (std::vector<std::string>{".measattn-output", "checkpoint.bin"}));
+  EXPECT_TRUE(names_in(dir.path() / "users").empty());
+  // Names are hidden and recognisable.
+  const std::string name = measattn::detail::temporary_name(dir.path().string(), "x.npy");
+  EXPECT_EQ(fs::path(name).filename().string().rfind(".x.npy.tmp.", 0), 0u);
+  EXPECT_EQ(fs::path(name).filename().string().size(), std::string(".x.npy.tmp.XXXXXX").size());
 }
