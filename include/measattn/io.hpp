@@ -13,8 +13,8 @@
 // "__metadata__" holds num_heads (required), and optionally potential
 // ("dot" default, or "l2") and scale (tau, default sqrt(E / num_heads)).
 //
-// Every writer writes to a temporary file in the target's directory and renames
-// it over the target, so no partial file is ever left behind.
+// Every writer goes through write_file_atomic (temporary file in the target's
+// directory, then rename), so no partial file is ever left behind.
 #pragma once
 
 #include <cstdint>
@@ -78,7 +78,12 @@ Model<Scalar> parse_model(const std::string& bytes, const std::string& name);
 template <class Scalar>
 void save_model(const std::string& path, const Model<Scalar>& model, DType dtype = DType::f64);
 
-/// Writes `content` to `path` atomically (temporary file + rename).
+/// Writes `content` to `path` atomically: a hidden temporary `.<name>.tmp.XXXXXX`
+/// in the real target's directory (symbolic links are followed), fsync, rename.
+/// An existing character device or FIFO is written through, never replaced (a
+/// FIFO without a reader is refused); a directory, socket or block device is
+/// refused. Any failure (ENOSPC, EPIPE, ...) throws invalid_argument("<path>:
+/// ...") and leaves the old file intact and no temporary behind.
 void write_file_atomic(const std::string& path, const std::string& content);
 /// Reads a whole file; throws invalid_argument("<path>: cannot open ...").
 std::string read_file(const std::string& path);
