@@ -170,7 +170,10 @@ void render_png(const std::string& png_path, const std::string& script, int widt
   // target like every other output (write_file_atomic: links followed, devices
   // written through, atomic rename).
   const char* tmpdir = std::getenv("TMPDIR");
-  const std::string dir = tmpdir && *tmpdir ? tmpdir : "/tmp";
+  struct stat ts {};
+  const bool usable = tmpdir && *tmpdir && ::stat(tmpdir, &ts) == 0 && S_ISDIR(ts.st_mode) &&
+                      ::access(tmpdir, W_OK | X_OK) == 0;
+  const std::string dir = usable ? tmpdir : "/tmp";
   detail::RegisteredTemporary tmp(detail::temporary_name(dir, "measattn-plot.png"),
                                   detail::TemporaryKind::file);
   std::ostringstream full;

@@ -7,6 +7,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -263,7 +264,7 @@ def start(cwd, args, env=None):
 
 def wait_for(proc, condition):
     while proc.poll() is None and not condition():
-        pass
+        time.sleep(0.005)
     assert proc.poll() is None, "the run ended before the signal: " + proc.stderr.read().decode()
 
 
