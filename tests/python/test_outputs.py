@@ -4,6 +4,7 @@ work; special files are written through, symbolic links followed; SIGINT, SIGTER
 and SIGHUP leave no temporary behind."""
 
 import os
+import pathlib
 import signal
 import stat
 import subprocess
@@ -175,19 +176,37 @@ def attend(cwd, small, out):
                         "--out", out])
 
 
-def test_attend_to_dev_null_keeps_the_device(scratch, small):
-    proc = attend(scratch, small, "/dev/null")
+def char_device(directory, name, minor):
+    """A private twin of /dev/null (minor 3) or /dev/full (minor 7) where device nodes
+    can be made (root), so that a regression replaces only the twin, never the system's
+    node; otherwise the system's node itself (which a non-root run cannot replace)."""
+    path = directory / name
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+        os.close(os.open(path, os.O_WRONLY))
+        return path
+    except OSError:
+        if path.exists():
+            path.unlink()
+    return pathlib.Path("/dev") / name
+
+
+def test_attend_to_dev_null_keeps_the_device(tmp_path, scratch, small):
+    null = char_device(tmp_path, "null", 3)
+    proc = attend(scratch, small, null)
     assert proc.returncode == 0, proc.stderr
-    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
-def test_dev_full_is_a_clear_error(scratch, small):
-    proc = attend(scratch, small, "/dev/full")
+def test_dev_full_is_a_clear_error(tmp_path, scratch, small):
+    full = char_device(tmp_path, "full", 7)
+    if not full.exists():
+        pytest.skip("no /dev/full")
+    proc = attend(scratch, small, full)
     assert proc.returncode != 0
-    assert "/dev/full" in proc.stderr and "No space left" in proc.stderr
+    assert str(full) in proc.stderr and "No space left" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
 
 
 def test_fifo_is_written_through_or_refused(scratch, small):
