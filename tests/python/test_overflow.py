@@ -1,0 +1,139 @@
+"""Overflow stories of the numeric paths (issue 14, items 3-6 and 8): huge and tiny
+magnitudes, large p, tiny regularization. Every result is finite and lies inside its
+own bounds, or the call is refused with exit 2 / ValueError naming the field.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, save_npy
+
+measattn = pytest.importorskip("measattn")
+
+SCALES = [1e-300, 1e-150, 1e-20, 1.0, 1e20, 1e150, 1e300]
+
+
+def cli_json(args, timeout=60):
+    proc = run_cli(list(args) + ["--json"], timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def inside(r, rel=1e-9):
+    assert math.isfinite(r["value"]) and math.isfinite(r["lower"]), r
+    assert r["lower"] <= r["value"] * (1 + rel) + 1e-300, r
+    if r["upper"] is not None:
+        assert r["value"] <= r["upper"] * (1 + rel), r
+
+
+def bottleneck(x, y, na, nb):
+    """W_inf for uniform measures with integer multiplicities na, nb (max flow)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_flow
+    c = np.sqrt(((x[:, None] - y[None]) ** 2).sum(-1))
+    n, m = c.shape
+    vals = np.unique(c)
+
+    def feasible(t):
+        s, t_ = n + m, n + m + 1
+        rows = [s] * n + list(range(n, n + m))
+        cols = list(range(n)) + [t_] * m
+        cap = [na] * n + [nb] * m
+        ii, jj = np.nonzero(c <= t)
+        rows += list(ii)
+        cols += list(n + jj)
+        cap += [10 ** 6] * len(ii)
+        g = csr_matrix((np.array(cap, dtype=np.int32), (rows, cols)), shape=(n + m + 2,) * 2)
+        return maximum_flow(g, s, t_).flow_value == na * n
+
+    lo, hi = 0, len(vals) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if feasible(vals[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return vals[lo]
+
+
+# ---- Wasserstein ------------------------------------------------------------------
+
+def test_wasserstein_large_p_finishes_and_tends_to_w_inf(tmp_path):
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((50, 2)), rng.standard_normal((40, 2)) + 0.5
+    xp, yp = save_npy(tmp_path / "x.npy", x), save_npy(tmp_path / "y.npy", y)
+    w_inf = bottleneck(x, y, 4, 5)
+    values = []
+    for p in [1, 2, 10, 100, 1000, 1e4, 1e6]:
+        r = cli_json(["wasserstein", xp, yp, "--p", str(p)], timeout=30)
+        inside(r)
+        values.append(r["value"])
+        assert r["value"] <= w_inf * (1 + 1e-9), (p, r)  # W_p <= W_inf
+    assert all(u <= v * (1 + 1e-9) for u, v in zip(values, values[1:]))  # monotone in p
+    assert values[-1] == pytest.approx(w_inf, rel=1e-4)
+    proc = run_cli(["wasserstein", xp, yp, "--p", "1e300"])
+    assert proc.returncode == 2 and "p: at most" in proc.stderr
+
+
+def test_wasserstein_moderate_p_matches_pot():
+    ot = pytest.importorskip("ot")
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((20, 3)), rng.standard_normal((15, 3))
+    a, b = np.full(20, 1 / 20), np.full(15, 1 / 15)
+    c = np.sqrt(((x[:, None] - y[None]) ** 2).sum(-1))
+    for p in [3.0, 6.0, 12.0]:
+        ref = ot.emd2(a, b, (c / c.max()) ** p) ** (1 / p) * c.max()
+        r = measattn.wasserstein(x, y, p=p)
+        assert r.value == pytest.approx(ref, rel=1e-7)
+        assert r.lower <= r.value <= r.upper
+
+
+@pytest.mark.parametrize("method", ["exact", "sliced", "sinkhorn"])
+def test_wasserstein_huge_coordinates(tmp_path, method):
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((6, 3)), rng.standard_normal((5, 3))
+    ref = measattn.wasserstein(x, y).value
+    r = cli_json(["wasserstein", save_npy(tmp_path / "x.npy", x * 1e154),
+                  save_npy(tmp_path / "y.npy", y * 1e154), "--method", method])
+    inside(r)
+    assert r["lower"] <= ref * 1e154 * (1 + 1e-9)
+    if r["upper"] is not None:
+        assert ref * 1e154 <= r["upper"] * (1 + 1e-9)
+    if method == "exact":
+        assert r["value"] == pytest.approx(ref * 1e154, rel=1e-12)
+
+
+def test_sinkhorn_tiny_reg_stays_in_its_bracket(tmp_path):
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((30, 3)), rng.standard_normal((30, 3))
+    exact = measattn.wasserstein(x, y).value
+    r = cli_json(["wasserstein", save_npy(tmp_path / "x.npy", x), save_npy(tmp_path / "y.npy", y),
+                  "--method", "sinkhorn", "--reg", "1e-300"])
+    inside(r)
+    assert r["lower"] <= exact * (1 + 1e-9) and exact <= r["upper"] * (1 + 1e-9)
+    assert "raised" in r["message"]
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("p", [1.0, 2.0, 7.0])
+def test_wasserstein_hostile_magnitudes(scale, p):
+    rng = np.random.default_rng(int(p * 10))
+    x, y = rng.standard_normal((7, 2)), rng.standard_normal((6, 2))
+    a = np.array([0, 5e-324, 1, 2, 0.5, 1, 1])
+    b = np.array([1, 0, 1, 2, 1, 3])
+    ref = measattn.wasserstein(x, y, a / a.sum(), b / b.sum(), p=p).value
+    for method in ["exact", "sliced", "sinkhorn"]:
+        try:
+            r = measattn.wasserstein(x * scale, y * scale, a, b, p=p, method=method)
+        except ValueError:
+            continue
+        for v in (r.value, r.lower):
+            assert math.isfinite(v), (method, r)
+        assert r.lower <= r.value * (1 + 1e-9) and r.value <= r.upper * (1 + 1e-9), (method, r)
+        assert r.lower <= ref * scale * (1 + 1e-6), (method, r)
+        assert ref * scale <= r.upper * (1 + 1e-6), (method, r)
+        if method == "exact":
+            assert r.value == pytest.approx(ref * scale, rel=1e-9)
