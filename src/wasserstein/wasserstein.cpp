@@ -597,8 +597,13 @@ WassersteinResult wasserstein_sinkhorn(const Measure<Scalar>& mu, const Measure<
     note = buf;
   }
   WassersteinResult r = detail::sinkhorn_transport(np.a(), np.b(), scaled);
+  // A kernel that under- or overflowed despite the safeguards leaves NaN behind:
+  // fall back to the bounds that are always valid (mean difference, +inf).
+  if (!std::isfinite(r.lower)) r.lower = 0;
+  if (std::isnan(r.upper)) r.upper = std::numeric_limits<double>::infinity();
   r.lower = std::max(r.lower, mean_difference(np.a(), np.b()));
   r.upper = std::max(r.upper, r.lower);
+  if (std::isnan(r.value)) r.value = std::isfinite(r.upper) ? r.upper : r.lower;
   // The unrounded plan is not exactly in Pi(a, b): its cost may fall outside the
   // certified bracket; the reported estimate never does.
   const double clamped = std::clamp(r.value, r.lower, r.upper);

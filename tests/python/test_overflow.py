@@ -137,3 +137,58 @@ def test_wasserstein_hostile_magnitudes(scale, p):
         assert ref * scale <= r.upper * (1 + 1e-6), (method, r)
         if method == "exact":
             assert r.value == pytest.approx(ref * scale, rel=1e-9)
+
+
+# ---- Lipschitz ----------------------------------------------------------------------
+
+def small_model(scale_q=1.0, scale_v=1.0):
+    m = measattn.Model.random(4, 1, bias=False, seed=3)
+    return measattn.Model(np.asarray(m.w_q) * scale_q, np.asarray(m.w_k),
+                          np.asarray(m.w_v) * scale_v, np.asarray(m.w_o) * scale_v)
+
+
+@pytest.mark.parametrize("radius", ["1e100", "1e200", "1e300"])
+def test_lipschitz_huge_radius_is_refused(tmp_path, radius):
+    path = str(tmp_path / "m.safetensors")
+    small_model().save(path)
+    proc = run_cli(["lipschitz", "--model", path, "--radius", radius], timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "radius" in proc.stderr and "double" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="radius"):
+        measattn.lipschitz_lower_bound(small_model(), float(radius), restarts=1, steps=2, atoms=2)
+
+
+def test_lipschitz_huge_weights_refused_or_bracketed(tmp_path):
+    path = str(tmp_path / "m.safetensors")
+    small_model(scale_v=1e100).save(path)
+    proc = run_cli(["lipschitz", "--model", path, "--radius", "1"], timeout=60)
+    assert proc.returncode == 2 and "model" in proc.stderr, proc.stderr
+    # Huge queries: logits up to 1e100, still representable; the upper bound is +inf.
+    small_model(scale_q=1e100).save(path)
+    r = cli_json(["lipschitz", "--model", path, "--radius", "1", "--restarts", "2",
+                  "--steps", "3"])
+    assert math.isfinite(r["lower_bound"]) and r["lower_bound"] > 0
+    assert r["best_upper"] is None  # +inf (JSON null), with the reason in the meaning
+    assert "+inf" in r["upper_bound_meanings"]["w1_combined"]
+
+
+def test_lipschitz_upper_bounds_overflow_to_inf_not_nan():
+    up = measattn.lipschitz_upper_bounds(small_model(), 1e3)
+    for b in up.bounds:
+        assert not math.isnan(b.value)
+        if b.value == math.inf:
+            assert "overflows double" in b.meaning
+    assert up.best_w1 == math.inf and up.best_name
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_token_jacobian_norm_hostile_magnitudes(scale):
+    m = small_model()
+    x = np.random.default_rng(4).standard_normal((5, 4)) * scale
+    try:
+        r = measattn.token_jacobian_norm(m, x)
+    except ValueError as e:
+        assert "tokens" in str(e)
+        return
+    assert math.isfinite(r.value) and r.value >= 0
