@@ -192,3 +192,107 @@ def test_token_jacobian_norm_hostile_magnitudes(scale):
         assert "tokens" in str(e)
         return
     assert math.isfinite(r.value) and r.value >= 0
+
+
+# ---- Attention, entropy, maxent ---------------------------------------------------------
+
+def tokens(scale, n=5, d=4, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, d)) * scale
+
+
+def test_attend_huge_tokens_is_refused_in_python_and_cli(tmp_path):
+    m = small_model()
+    for s in (1e154, 1e300):
+        with pytest.raises(ValueError, match="tokens: the attention output is not finite"):
+            m.attend(tokens(s))
+    with pytest.raises(ValueError, match="float32"):
+        m.attend(tokens(1e30).astype(np.float32))
+    path = str(tmp_path / "m.safetensors")
+    m.save(path)
+    t = save_npy(tmp_path / "t.npy", tokens(1e154))
+    for extra in ([], ["--normalization", "sinkhorn"]):
+        proc = run_cli(["attend", "--model", path, "--tokens", t, "--out", tmp_path / "o.npy"]
+                       + extra)
+        assert proc.returncode == 2 and "not finite" in proc.stderr, proc.stderr
+        assert not (tmp_path / "o.npy").exists()
+
+
+def test_entropy_huge_tokens_is_refused(tmp_path):
+    m = small_model()
+    path = str(tmp_path / "m.safetensors")
+    m.save(path)
+    proc = run_cli(["entropy", "--model", path, "--tokens", save_npy(tmp_path / "t.npy",
+                                                                     tokens(1e154))])
+    assert proc.returncode == 2, proc.stdout
+    assert "nan" not in proc.stdout and "logits" in proc.stderr
+    with pytest.raises(ValueError, match="tokens: the attention logits"):
+        measattn.attention_entropy(m, tokens(1e154))
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_attention_functions_hostile_magnitudes(scale):
+    m = small_model()
+    x = tokens(scale)
+    w = np.array([0, 5e-324, 1, 2, 1])
+    for call in (lambda: m.attend(x), lambda: measattn.attention_entropy(m, x, w),
+                 lambda: measattn.attention_entropy(m, x)):
+        try:
+            out = call()
+        except ValueError as e:
+            assert "tokens" in str(e) or "weights" in str(e)
+            continue
+        if isinstance(out, np.ndarray):
+            assert np.all(np.isfinite(out))
+        else:
+            for h in out.heads:
+                assert np.all(np.isfinite(h.entropy)) and np.isfinite(h.mean_entropy)
+                assert np.all(np.isfinite(h.expected_score))
+
+
+def test_gibbs_extreme_scores_are_finite():
+    r = measattn.gibbs(np.array([1e308, -1e308, 0.0]))
+    assert r.entropy == 0 and r.kl == pytest.approx(math.log(3))
+    assert np.array_equal(r.probabilities, [1, 0, 0])
+    for scale in SCALES:
+        g = np.random.default_rng(1).standard_normal(6) * scale
+        w = np.array([0, 5e-324, 1, 2, 1, 1])
+        r = measattn.gibbs(g, w)
+        for v in (r.entropy, r.kl, r.log_partition, r.expected_score):
+            assert math.isfinite(v), (scale, r)
+        assert np.all(np.isfinite(r.probabilities))
+
+
+# ---- Flow ---------------------------------------------------------------------------
+
+def test_flow_tolerance_below_double_is_refused(tmp_path):
+    m = small_model()
+    path = str(tmp_path / "m.safetensors")
+    m.save(path)
+    proc = run_cli(["flow", "--model", path, "--tokens", save_npy(tmp_path / "t.npy", tokens(1)),
+                    "--time", "1", "--scheme", "dopri5", "--tol", "1e-300",
+                    "--out", tmp_path / "out"], timeout=60)
+    assert proc.returncode == 2 and "1e-14" in proc.stderr, proc.stderr
+    with pytest.raises(ValueError, match="tolerance: must be >= 1e-14"):
+        measattn.flow(m, tokens(1), scheme="dopri5", tolerance=1e-300)
+    r = measattn.flow(m, tokens(1), scheme="dopri5", tolerance=1e-14)
+    assert np.all(np.isfinite(r.particles))
+
+
+# ---- analyze ----------------------------------------------------------------------------
+
+def test_analyze_zero_weights_and_tiny_tokens(tmp_path):
+    m = small_model()
+    path = str(tmp_path / "m.safetensors")
+    m.save(path)
+    x = tokens(1, n=6)
+    w = save_npy(tmp_path / "w.npy", [1, 0, 2, 0, 1, 1])
+    proc = run_cli(["analyze", "--model", path, "--tokens", save_npy(tmp_path / "t.npy", x),
+                    "--weights", w, "--out", tmp_path / "a1"], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "scores are constant" not in proc.stderr
+    proc = run_cli(["analyze", "--model", path,
+                    "--tokens", save_npy(tmp_path / "tiny.npy", x * 1e-300),
+                    "--out", tmp_path / "a2"], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "a2" / "report.md").read_text()
+    assert " nan" not in report.lower()
