@@ -384,6 +384,7 @@ WassersteinResult max_sliced_impl(const DoubleAtoms& mu, const DoubleAtoms& nu,
   double best_lower = 0, best_upper = std::numeric_limits<double>::infinity();
   Index evaluations = 0;
   auto consider = [&](const VectorD& theta) {
+    detail::check_interrupt();
     const DirectionValue v = evaluate_direction(mu, nu, theta, p, false);
     ++evaluations;
     best_lower = std::max(best_lower, v.lower_cost);
@@ -402,6 +403,7 @@ WassersteinResult max_sliced_impl(const DoubleAtoms& mu, const DoubleAtoms& nu,
     DirectionValue cur = evaluate_direction(mu, nu, theta, p, true);
     double step = 0.5;
     for (int it = 0; it < o.max_sliced_iterations && step > 1e-6; ++it) {
+      detail::check_interrupt();  // Ctrl-C from Python (no-op without a handler)
       ++iterations;
       // Project the gradient onto the tangent space of the sphere.
       VectorD grad = cur.gradient - cur.gradient.dot(theta) * theta;

@@ -296,3 +296,23 @@ def test_analyze_zero_weights_and_tiny_tokens(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = (tmp_path / "a2" / "report.md").read_text()
     assert " nan" not in report.lower()
+
+
+# ---- misspec ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_misspec_hostile_magnitudes(scale):
+    m = small_model()
+    x = tokens(scale, n=6)
+    for kind in ("sample", "noise", "corrupt"):
+        try:
+            r = measattn.misspec(m, x, kind=kind, repeats=1)
+        except ValueError as e:
+            assert "tokens" in str(e)
+            continue
+        assert not r.violated
+        for row in r.rows:
+            for v in (row.w1_input, row.w1_output, row.max_ratio):
+                assert math.isfinite(v), (kind, row)
+            assert not math.isnan(row.bound)  # +inf allowed: L overflows at large R
+            assert row.w1_output <= row.bound * (1 + 1e-9) + 1e-12
