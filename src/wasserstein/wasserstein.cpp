@@ -592,10 +592,13 @@ WassersteinResult wasserstein_sinkhorn(const Measure<Scalar>& mu, const Measure<
   scaled.reg = std::min(std::exp(log_reg), 1e300);
   if (scaled.reg < kMinRelativeReg * max_cost) {
     scaled.reg = kMinRelativeReg * max_cost;
-    char buf[160];
+    char buf[200];
+    // In log form: the largest cost may be past double's range (large p).
+    const double log10_reg = (std::log(scaled.reg) + np.log_cost_unit(options.p)) / std::log(10.0);
     std::snprintf(buf, sizeof buf,
-                  "; reg = %.3g is below 1e-12 of the largest cost and was raised to %.3g",
-                  options.reg, std::exp(std::log(scaled.reg) + np.log_cost_unit(options.p)));
+                  "; reg = %.3g is below 1e-12 of the largest cost and was raised to 1e%.2f "
+                  "(cost units)",
+                  options.reg, log10_reg);
     note = buf;
   }
   WassersteinResult r = detail::sinkhorn_transport(np.a(), np.b(), scaled);
