@@ -212,3 +212,24 @@ TEST(attention_test, canonical_model_is_beta_dot_product) {
     EXPECT_LE((p.row(i).transpose() - logits).cwiseAbs().maxCoeff(), 1e-14);
   }
 }
+
+TEST(attention_test, overflowing_projections_are_refused_naming_the_tokens) {
+  const Model<double> m = Model<double>::random(4, 2, false, 5);
+  std::mt19937_64 rng(6);
+  std::normal_distribution<double> nd(0, 1);
+  MatrixD x(5, 4);
+  for (Index i = 0; i < x.rows(); ++i)
+    for (Index k = 0; k < x.cols(); ++k) x(i, k) = 1e300 * nd(rng);
+  const MeasureD mu = MeasureD::empirical(x);
+  try {
+    (void)self_attention(m, mu);
+    FAIL() << "no exception";
+  } catch (const invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("tokens: the attention output is not finite", 0), 0u)
+        << e.what();
+  }
+  // Huge queries against unit tokens: saturated but finite logits are fine.
+  const MatrixD q = x / 1e300 * 1e200;
+  const MatrixD out = attention_field(m, MeasureD::empirical(x / 1e300), q);
+  EXPECT_TRUE(out.allFinite());
+}

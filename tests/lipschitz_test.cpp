@@ -435,3 +435,24 @@ TEST(lipschitz_test, bad_options_throw) {
   EXPECT_THROW(lipschitz_upper_bounds(wide, {.radius = 1, .residual = true}),
                measattn::invalid_argument);
 }
+
+TEST(lipschitz_test, overflowing_radius_is_refused_and_bounds_are_inf_not_nan) {
+  const Model<double> m = Model<double>::random(4, 1, false, 3);
+  LipschitzSearchOptions o;
+  o.restarts = 1;
+  o.steps = 1;
+  for (double r : {1e100, 1e200, 1e300}) {
+    try {
+      (void)lipschitz_lower_bound(m, r, o);
+      FAIL() << r;
+    } catch (const invalid_argument& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("radius: ", 0), 0u) << e.what();
+    }
+  }
+  UpperBoundOptions u;
+  u.radius = 1e3;
+  const UpperBounds b = lipschitz_upper_bounds(m, u);
+  for (const auto& nb : b.bounds) EXPECT_FALSE(std::isnan(nb.value)) << nb.name;
+  EXPECT_TRUE(std::isinf(b.best_w1));
+  EXPECT_FALSE(b.best_name.empty());
+}

@@ -574,3 +574,13 @@ TEST(maxent_test, entropy_default_grid_and_extremes) {
   bad.betas = {1.0, INFINITY};
   EXPECT_THROW(attention_entropy(hot, mu, bad), invalid_argument);
 }
+
+TEST(maxent_test, gibbs_of_opposite_extreme_scores_is_finite) {
+  VectorD g(3);
+  g << 1e308, -1e308, 0;
+  const auto r = gibbs<double>(g, VectorD());
+  EXPECT_EQ(r.entropy, 0);
+  EXPECT_NEAR(r.kl, std::log(3.0), 1e-15);
+  EXPECT_EQ(r.probabilities[0], 1);
+  EXPECT_EQ(r.probabilities[1], 0);
+}

@@ -427,3 +427,65 @@ TEST(wasserstein_test, invalid_input_throws) {
   EXPECT_THROW(parse_wasserstein_method("bogus"), invalid_argument);
   EXPECT_THROW(identity_coupling_upper_bound(a, random_measure(rng, 4, 2, true)), invalid_argument);
 }
+
+// ---- Overflow stories (issue 14) --------------------------------------------------
+
+TEST(wasserstein_test, huge_and_tiny_coordinates_scale_exactly) {
+  std::mt19937_64 rng(140);
+  const MatrixD x = random_atoms(rng, 7, 3), y = random_atoms(rng, 6, 3, 0.5);
+  const double ref = wasserstein_exact(MeasureD::empirical(x), MeasureD::empirical(y)).value;
+  for (double s : {1e-300, 1e-150, 1e154, 1e300}) {
+    const WassersteinResult r =
+        wasserstein_exact(MeasureD::empirical(x * s), MeasureD::empirical(y * s));
+    EXPECT_EQ(r.kind, Bound::exact) << s;
+    EXPECT_NEAR(r.value / s, ref, 1e-12 * ref) << s;
+    WassersteinOptions o;
+    const WassersteinResult sl =
+        max_sliced_bounds(MeasureD::empirical(x * s), MeasureD::empirical(y * s), o);
+    EXPECT_TRUE(std::isfinite(sl.lower) && std::isfinite(sl.upper)) << s;
+    EXPECT_LE(sl.lower / s, ref * (1 + 1e-9)) << s;
+    EXPECT_GE(sl.upper / s, ref * (1 - 1e-9)) << s;
+    EXPECT_TRUE(std::isfinite(
+        mean_difference_lower_bound(MeasureD::empirical(x * s), MeasureD::empirical(y * s))));
+  }
+}
+
+TEST(wasserstein_test, large_p_is_monotone_and_bounded_by_the_largest_distance) {
+  std::mt19937_64 rng(141);
+  const MatrixD x = random_atoms(rng, 20, 2), y = random_atoms(rng, 15, 2, 0.5);
+  double previous = 0, largest = 0;
+  for (Index i = 0; i < x.rows(); ++i)
+    for (Index j = 0; j < y.rows(); ++j) largest = std::max(largest, (x.row(i) - y.row(j)).norm());
+  for (double p : {1.0, 4.0, 32.0, 100.0, 1000.0, 1e5, 1e6}) {
+    WassersteinOptions o;
+    o.p = p;
+    const WassersteinResult r =
+        wasserstein_exact(MeasureD::empirical(x), MeasureD::empirical(y), o);
+    ASSERT_TRUE(std::isfinite(r.value)) << p;
+    EXPECT_LE(r.lower, r.value) << p;
+    EXPECT_LE(r.value, r.upper) << p;
+    EXPECT_GE(r.value, previous * (1 - 1e-9)) << p;  // W_p is nondecreasing in p
+    EXPECT_LE(r.value, largest * (1 + 1e-12)) << p;
+    previous = r.value;
+  }
+  WassersteinOptions o;
+  o.p = 1e300;
+  EXPECT_THROW(o.validate(), invalid_argument);
+}
+
+TEST(wasserstein_test, sinkhorn_tiny_reg_keeps_value_in_its_bracket) {
+  std::mt19937_64 rng(142);
+  const MatrixD x = random_atoms(rng, 30, 3), y = random_atoms(rng, 30, 3);
+  const double exact = wasserstein_exact(MeasureD::empirical(x), MeasureD::empirical(y)).value;
+  for (double reg : {1e-300, 1e-20, 1e-3}) {
+    WassersteinOptions o;
+    o.reg = reg;
+    const WassersteinResult r =
+        wasserstein_sinkhorn(MeasureD::empirical(x), MeasureD::empirical(y), o);
+    ASSERT_TRUE(std::isfinite(r.value)) << reg;
+    EXPECT_LE(r.lower, r.value) << reg;
+    EXPECT_LE(r.value, r.upper) << reg;
+    EXPECT_LE(r.lower, exact * (1 + 1e-9)) << reg;
+    EXPECT_GE(r.upper, exact * (1 - 1e-9)) << reg;
+  }
+}

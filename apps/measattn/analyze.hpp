@@ -35,6 +35,15 @@ struct SectionContext {
   std::string& summary;
 };
 
+/// Renders a section's plot and adds it to the report; when gnuplot fails (say,
+/// no positive value on a log axis for inputs near 1e-300) the report keeps a note
+/// with the reason instead, so a plot can never lose the report.
+bool render_or_note(SectionContext& ctx, const std::string& png, const std::string& script,
+                    int width = 900, int height = 600);
+bool add_plot(SectionContext& ctx, const std::string& png, const std::string& script,
+              const std::string& caption, const std::string& csv = "", int width = 900,
+              int height = 600);
+
 void section_equivalence(SectionContext& ctx);
 void section_entropy(SectionContext& ctx);
 void section_lipschitz(SectionContext& ctx);

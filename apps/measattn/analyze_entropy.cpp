@@ -4,12 +4,32 @@
 // maximum-entropy measure at inverse temperature beta = 1.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "analyze.hpp"
 #include "attention/internal.hpp"
 #include "measattn/maxent.hpp"
 
 namespace measattn::cli {
+
+bool render_or_note(SectionContext& ctx, const std::string& png, const std::string& script,
+                    int width, int height) {
+  try {
+    render_png(ctx.dir + "/" + png, script, width, height);
+    return true;
+  } catch (const std::exception& e) {
+    ctx.report.paragraph("(The plot " + png + " could not be drawn: " + e.what() +
+                         "; the data are in the CSV files.)");
+    return false;
+  }
+}
+
+bool add_plot(SectionContext& ctx, const std::string& png, const std::string& script,
+              const std::string& caption, const std::string& csv, int width, int height) {
+  if (!render_or_note(ctx, png, script, width, height)) return false;
+  ctx.report.image(png, caption, csv);
+  return true;
+}
 
 void section_entropy(SectionContext& ctx) {
   const auto& model = ctx.in.model;
@@ -39,8 +59,19 @@ void section_entropy(SectionContext& ctx) {
     const Matrix<double> logits = detail::dense_logits(model, mu, mu.atoms(), h);
     for (Index i = 0; i < mu.size(); ++i) {
       const Vector<double> g = logits.row(i).transpose();
-      if (g.maxCoeff() - g.minCoeff() < 1e-12) continue;  // constant scores: every beta fits
-      const auto solved = maxent<double>(g, head.expected_score[i], mu.weights());
+      // The range that matters is over the support of mu (zero-weight tokens are
+      // not attended): constant scores there fit every beta; an expected score at
+      // an end of the range (saturated, hard attention) identifies no beta.
+      double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+      for (Index j = 0; j < mu.size(); ++j) {
+        if (!(mu.weight(j) > 0)) continue;
+        lo = std::min(lo, g[j]);
+        hi = std::max(hi, g[j]);
+      }
+      const double c = head.expected_score[i];
+      if (!(hi - lo >= 1e-12 * std::max(1.0, std::max(std::abs(lo), std::abs(hi))))) continue;
+      if (!(c > lo && c < hi)) continue;
+      const auto solved = maxent<double>(g, c, mu.weights());
       worst_beta = std::max(worst_beta, std::abs(solved.beta - 1));
     }
     rows.push_back({std::to_string(h), fmt(head.mean_entropy, 4), fmt(head.min_entropy, 4),
@@ -97,14 +128,12 @@ void section_entropy(SectionContext& ctx) {
               " with lines lw 2 title 'head " + hs + "', $C every ::" + one + "::" + one +
               " using " + cs + ":" + ce + " with points pt 7 ps 1.5 notitle";
   }
-  render_png(ctx.dir + "/entropy_per_query.png", plot_q + "\n");
-  render_png(ctx.dir + "/temperature_curve.png", plot_c + "\n");
-  r.image("entropy_per_query.png", "Entropy of each query's attention row, per head",
-          "entropy_per_query.csv");
-  r.image("temperature_curve.png",
-          "Entropy against expected score as the inverse temperature beta varies (beta < 0: "
-          "attention toward the lowest scores); the points mark standard attention, beta = 1",
-          "temperature_curve.csv");
+  add_plot(ctx, "entropy_per_query.png", plot_q + "\n",
+           "Entropy of each query's attention row, per head", "entropy_per_query.csv");
+  add_plot(ctx, "temperature_curve.png", plot_c + "\n",
+           "Entropy against expected score as the inverse temperature beta varies (beta < 0: "
+           "attention toward the lowest scores); the points mark standard attention, beta = 1",
+           "temperature_curve.csv");
   std::string line = "entropy: mean per head";
   for (const auto& head : result.heads) line += " " + fmt(head.mean_entropy, 4);
   ctx.summary +=

@@ -102,18 +102,20 @@ void section_equivalence(SectionContext& ctx) {
         t.rows.push_back({static_cast<double>(i), static_cast<double>(j), p(i, j)});
     const std::string base = "kernel_head" + std::to_string(h);
     write_csv(ctx.dir + "/" + base + ".csv", t);
-    render_png(ctx.dir + "/" + base + ".png",
-               t.gnuplot_block("K") + "set title 'Attention kernel K_{/Symbol m}(x_i, x_j), head " +
-                   std::to_string(h) + "'\nset xlabel 'key j'\nset ylabel 'query i'\n" +
-                   "set xrange [-0.5:" + std::to_string(shown) + "-0.5]\nset yrange [" +
-                   std::to_string(shown) + "-0.5:-0.5]\n" +
-                   "set palette defined (0 'white', 1 '#2166ac')\nset size ratio -1\n"
-                   "plot $K using 2:1:3 with image notitle\n",
-               700, 600);
-    r.image(base + ".png",
-            "Kernel of head " + std::to_string(h) + " (first " + std::to_string(shown) +
-                " tokens): row i is the probability measure the query x_i puts on the tokens",
-            base + ".csv");
+    const bool drawn = render_or_note(
+        ctx, base + ".png",
+        t.gnuplot_block("K") + "set title 'Attention kernel K_{/Symbol m}(x_i, x_j), head " +
+            std::to_string(h) + "'\nset xlabel 'key j'\nset ylabel 'query i'\n" +
+            "set xrange [-0.5:" + std::to_string(shown) + "-0.5]\nset yrange [" +
+            std::to_string(shown) + "-0.5:-0.5]\n" +
+            "set palette defined (0 'white', 1 '#2166ac')\nset size ratio -1\n"
+            "plot $K using 2:1:3 with image notitle\n",
+        700, 600);
+    if (drawn)
+      r.image(base + ".png",
+              "Kernel of head " + std::to_string(h) + " (first " + std::to_string(shown) +
+                  " tokens): row i is the probability measure the query x_i puts on the tokens",
+              base + ".csv");
   }
   r.paragraph(
       "The outputs (one row per token, its weight first) are in `outputs.csv` and "

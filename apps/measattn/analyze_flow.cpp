@@ -24,17 +24,25 @@ Matrix<double> top_directions(const Matrix<double>& x, Index count) {
 }
 
 // Least-squares slope of log(err) against log(L).
+// Only positive errors enter (log 0 is -inf); NaN when fewer than two remain.
 double fitted_order(const std::vector<double>& depths, const std::vector<double>& errors) {
-  double sx = 0, sy = 0, sxx = 0, sxy = 0;
-  const double n = static_cast<double>(depths.size());
+  double sx = 0, sy = 0, sxx = 0, sxy = 0, n = 0;
   for (size_t i = 0; i < depths.size(); ++i) {
+    if (!(errors[i] > 0) || !std::isfinite(errors[i])) continue;
+    n += 1;
     const double a = std::log(depths[i]), b = std::log(errors[i]);
     sx += a;
     sy += b;
     sxx += a * a;
     sxy += a * b;
   }
+  if (n < 2) return std::nan("");
   return -(n * sxy - sx * sy) / (n * sxx - sx * sx);
+}
+
+// An order for the report: "n/a" when it could not be fitted.
+std::string order_text(double order) {
+  return std::isfinite(order) ? fmt(order, 3) : std::string("n/a (errors at rounding level)");
 }
 
 }  // namespace
@@ -98,20 +106,22 @@ void section_flow(SectionContext& ctx) {
   r.table({"depth L", "W1(Euler network, mu_T)", "W1(RK4, mu_T)"}, rows,
           "Depth-L weight-shared residual network (Euler) and the RK4 scheme against the "
           "continuum at T = 1. Fitted convergence orders: Euler " +
-              fmt(order_euler, 3) + " (theory: 1), RK4 " + fmt(order_rk4, 3) + " (theory: 4).");
+              order_text(order_euler) + " (theory: 1), RK4 " + order_text(order_rk4) +
+              " (theory: 4).");
   write_csv(ctx.dir + "/flow_convergence.csv", t);
-  render_png(ctx.dir + "/flow_convergence.png",
-             t.gnuplot_block("D") +
-                 "set logscale xy\nset xlabel 'depth L (layers, h = 1/L)'\n"
-                 "set ylabel 'W1 to the continuum flow at T = 1'\nset key bottom left\n"
-                 "set grid\nset title 'Deep weight-shared network -> continuum flow'\n"
-                 "plot $D using 1:2 with linespoints lw 2 title 'Euler = residual network', "
-                 "$D using 1:3 with linespoints lw 2 title 'RK4', "
-                 "$D using 1:($2 > 0 ? $2 * 0 + " +
-                 fmt(euler_err.front(), 8) +
-                 " / $1 : 1/0) with lines dt 2 lc 'gray' title 'slope -1'\n");
-  r.image("flow_convergence.png", "Error of the depth-L network against the continuum (log-log)",
-          "flow_convergence.csv");
+  const bool convergence_drawn = render_or_note(
+      ctx, "flow_convergence.png",
+      t.gnuplot_block("D") +
+          "set logscale xy\nset xlabel 'depth L (layers, h = 1/L)'\n"
+          "set ylabel 'W1 to the continuum flow at T = 1'\nset key bottom left\n"
+          "set grid\nset title 'Deep weight-shared network -> continuum flow'\n"
+          "plot $D using 1:2 with linespoints lw 2 title 'Euler = residual network', "
+          "$D using 1:3 with linespoints lw 2 title 'RK4', "
+          "$D using 1:($2 > 0 ? $2 * 0 + " +
+          fmt(euler_err.front(), 8) + " / $1 : 1/0) with lines dt 2 lc 'gray' title 'slope -1'\n");
+  if (convergence_drawn)
+    r.image("flow_convergence.png", "Error of the depth-L network against the continuum (log-log)",
+            "flow_convergence.csv");
 
   // Clustering under the layer-norm dynamics on the sphere.
   const double t_end = 30;
@@ -133,15 +143,16 @@ void section_flow(SectionContext& ctx) {
                       static_cast<double>(canonical.cluster_counts[f]), canonical.energies[f]});
   }
   write_csv(ctx.dir + "/flow_clusters.csv", c);
-  render_png(ctx.dir + "/flow_clusters.png",
-             c.gnuplot_block("C") +
-                 "set xlabel 'time t (depth)'\nset ylabel 'clusters (tolerance 0.01)'\n"
-                 "set y2label 'energy E_4 (canonical model)'\nset ytics nomirror\n"
-                 "set y2tics\nset grid\nset key top right\n"
-                 "set title 'Tokens cluster under the layer-norm dynamics'\n"
-                 "plot $C using 1:2 with steps lw 2 title 'this layer on the sphere', "
-                 "$C using 1:3 with steps lw 2 title 'canonical V = I, beta = 4', "
-                 "$C using 1:4 axes x1y2 with lines dt 2 title 'energy E_4 (canonical)'\n");
+  const bool clusters_drawn =
+      render_or_note(ctx, "flow_clusters.png",
+                     c.gnuplot_block("C") +
+                         "set xlabel 'time t (depth)'\nset ylabel 'clusters (tolerance 0.01)'\n"
+                         "set y2label 'energy E_4 (canonical model)'\nset ytics nomirror\n"
+                         "set y2tics\nset grid\nset key top right\n"
+                         "set title 'Tokens cluster under the layer-norm dynamics'\n"
+                         "plot $C using 1:2 with steps lw 2 title 'this layer on the sphere', "
+                         "$C using 1:3 with steps lw 2 title 'canonical V = I, beta = 4', "
+                         "$C using 1:4 axes x1y2 with lines dt 2 title 'energy E_4 (canonical)'\n");
 
   // Trajectories of this layer's sphere flow, projected on the top-2 principal directions.
   const Matrix<double> dirs = top_directions(mu.atoms(), 2);
@@ -171,7 +182,7 @@ void section_flow(SectionContext& ctx) {
             "$T using ($2 == 0 ? $3 : 1/0):4 with points pt 7 ps 0.8 lc 'black', " +
             "$T using ($2 >= " + fmt(layer_norm.frame_times.back(), 17) +
             " ? $3 : 1/0):4 with points pt 6 ps 1.4 lc 'red'\n";
-  render_png(ctx.dir + "/flow_trajectories.png", script, 700, 650);
+  const bool trajectories_drawn = render_or_note(ctx, "flow_trajectories.png", script, 700, 650);
 
   const Index start_clusters = layer_norm.cluster_counts.front();
   r.paragraph(
@@ -184,14 +195,17 @@ void section_flow(SectionContext& ctx) {
       std::to_string(canonical.cluster_counts.back()) +
       ", and its energy E_4 never decreases (from " + fmt(canonical.energies.front(), 6) + " to " +
       fmt(canonical.energies.back(), 6) + ").");
-  r.image("flow_clusters.png", "Cluster count over time, and the canonical model's energy",
-          "flow_clusters.csv");
-  r.image("flow_trajectories.png",
-          "Trajectories of the tokens on the sphere (black: start, red: t = " + fmt(t_end, 3) +
-              "), projected on the top-2 principal directions of the start",
-          "flow_trajectories.csv");
-  ctx.summary += "flow: Euler (residual network) order " + fmt(order_euler, 3) + ", RK4 order " +
-                 fmt(order_rk4, 3) + "; clusters " + std::to_string(start_clusters) + " -> " +
+  if (clusters_drawn)
+    r.image("flow_clusters.png", "Cluster count over time, and the canonical model's energy",
+            "flow_clusters.csv");
+  if (trajectories_drawn)
+    r.image("flow_trajectories.png",
+            "Trajectories of the tokens on the sphere (black: start, red: t = " + fmt(t_end, 3) +
+                "), projected on the top-2 principal directions of the start",
+            "flow_trajectories.csv");
+  ctx.summary += "flow: Euler (residual network) order " + order_text(order_euler) +
+                 ", RK4 order " + order_text(order_rk4) + "; clusters " +
+                 std::to_string(start_clusters) + " -> " +
                  std::to_string(layer_norm.cluster_counts.back()) + " (this layer), -> " +
                  std::to_string(canonical.cluster_counts.back()) + " (canonical beta = 4)\n";
 }

@@ -89,19 +89,21 @@ void section_lipschitz(SectionContext& ctx) {
     sweep_rows.push_back({fmt(rr, 4), fmt(up, 5), fmt(lo, 5), fmt(lo > 0 ? up / lo : INFINITY, 4)});
   }
   write_csv(ctx.dir + "/lipschitz_radius_sweep.csv", sweep);
-  render_png(ctx.dir + "/lipschitz_radius_sweep.png",
-             sweep.gnuplot_block("S") +
-                 "set logscale y\nset xlabel 'radius R'\nset ylabel 'Lipschitz constant in W1'\n"
-                 "set grid\nset key top left\n"
-                 "set title 'Upper bound (proved) and lower bound (found) against R'\n"
-                 "plot $S using 1:2 with linespoints lw 2 pt 7 title 'best upper bound', "
-                 "$S using 1:3 with linespoints lw 2 pt 5 title 'certified lower bound'\n");
+  const bool drawn = render_or_note(
+      ctx, "lipschitz_radius_sweep.png",
+      sweep.gnuplot_block("S") +
+          "set logscale y\nset xlabel 'radius R'\nset ylabel 'Lipschitz constant in W1'\n"
+          "set grid\nset key top left\n"
+          "set title 'Upper bound (proved) and lower bound (found) against R'\n"
+          "plot $S using 1:2 with linespoints lw 2 pt 7 title 'best upper bound', "
+          "$S using 1:3 with linespoints lw 2 pt 5 title 'certified lower bound'\n");
   r.table({"R", "best upper", "lower bound", "gap"}, sweep_rows,
           "Radius sweep (16 restarts per radius; the lower bound at R is the best certified "
           "ratio found at any radius up to R, since B_r is inside B_R).");
-  r.image("lipschitz_radius_sweep.png",
-          "Both bounds grow with R: dot-product attention is not Lipschitz on all of R^d",
-          "lipschitz_radius_sweep.csv");
+  if (drawn)
+    r.image("lipschitz_radius_sweep.png",
+            "Both bounds grow with R: dot-product attention is not Lipschitz on all of R^d",
+            "lipschitz_radius_sweep.csv");
   ctx.summary += "lipschitz (R = " + fmt(radius, 4) + "): best upper " + fmt(bounds.best_w1, 5) +
                  ", certified lower " + fmt(lower.ratio, 5) + ", gap " + fmt(gap, 4) + "\n";
 }

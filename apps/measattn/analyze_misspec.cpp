@@ -66,11 +66,11 @@ void section_misspec(SectionContext& ctx) {
   }
   all.columns[0] = "kind(0=sample,1=noise,2=corrupt)";
   write_csv(ctx.dir + "/misspec.csv", all);
-  render_png(ctx.dir + "/misspec.png", plot + plot_cmd + "\n");
-  r.image("misspec.png",
-          "Output deviation against input deviation for the three kinds (the certified bounds "
-          "L W1(mu', mu), in the tables above, lie far above and are not drawn)",
-          "misspec.csv");
+  if (render_or_note(ctx, "misspec.png", plot + plot_cmd + "\n"))
+    r.image("misspec.png",
+            "Output deviation against input deviation for the three kinds (the certified bounds "
+            "L W1(mu', mu), in the tables above, lie far above and are not drawn)",
+            "misspec.csv");
   r.paragraph(violated ? "**A bound was violated: please report this.**"
                        : "No draw exceeded its bound.");
   ctx.summary += std::string("misspec: sample/noise/corrupt tables written; bound ") +

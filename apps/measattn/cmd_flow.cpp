@@ -172,7 +172,7 @@ void run_flow(const FlowArgs& a) {
   }
   if (a.sphere) {
     for (Index i = 0; i < n; ++i) {
-      if (!(mu->atoms().row(i).norm() > 0)) {
+      if (!(mu->atoms().row(i).stableNorm() > 0)) {
         throw invalid_argument("--tokens: " + a.tokens + ": token " + std::to_string(i) +
                                " is zero and cannot be put on the unit sphere (--sphere)");
       }

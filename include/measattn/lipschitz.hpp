@@ -97,7 +97,9 @@ struct UpperBounds {
   bool residual = false;
   std::vector<HeadBound> heads;
   std::vector<NamedBound> bounds;  ///< every bound that applies, W1 bounds first
-  double best_w1 = 0;              ///< the smallest "w1" bound
+  /// The smallest "w1" bound. A bound past double's range (e^oscillation overflows at
+  /// large R or large weights) is +inf, never NaN, and its meaning says so.
+  double best_w1 = 0;
   std::string best_name;
   /// Radius of a ball containing the outputs Gamma_mu(x), x in B_R, for any mu
   /// in B_R (the input radius of the next layer of a stack).
@@ -108,6 +110,10 @@ struct UpperBounds {
 
 /// Every upper bound that applies to `model` (dot or l2 potential; a custom
 /// potential throws invalid_argument) on B_R. Self-attention: d_q == d_kv.
+/// (The lower-bound searches and token_jacobian_norm instead refuse, with
+/// invalid_argument naming radius / model / tokens, inputs for which bounds on the
+/// projections, logits or outputs exceed 1e150: double cannot carry them through
+/// the layer and its derivatives.)
 UpperBounds lipschitz_upper_bounds(const Model<double>& model, const UpperBoundOptions& options);
 
 /// Kim et al.'s phi^{-1}(N - 1) = W_0((N - 1) / e) (Lambert W, principal branch).

@@ -67,8 +67,15 @@ std::string to_string(WassersteinStatus s);
 WassersteinMethod parse_wasserstein_method(const std::string& name,
                                            const std::string& field = "method");
 
+/// Largest exponent accepted. Every p in [1, 1e6] is computed in scaled form (atoms
+/// rescaled so the longest arc has length 1, costs in log form around the optimal
+/// value), so it finishes with finite values; `cost` = value^p and the potentials
+/// are in cost units and may overflow to +inf or underflow to 0 when value^p is not
+/// representable (value, lower and upper never do).
+inline constexpr double kMaxWassersteinP = 1e6;
+
 struct WassersteinOptions {
-  double p = 1;  ///< exponent, p >= 1
+  double p = 1;  ///< exponent, 1 <= p <= kMaxWassersteinP
   WassersteinMethod method = WassersteinMethod::automatic;
 
   // Exact solver.

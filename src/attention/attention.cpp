@@ -374,16 +374,44 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
   return project_out ? field : out;
 }
 
+template <class Scalar>
+void check_finite_result(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                         const MatrixRef<Scalar>& queries, const Matrix<Scalar>& out) {
+  if (out.allFinite()) return;
+  // Finite inputs, non-finite result: say which projection overflowed (only on this
+  // failure path, so it costs nothing otherwise).
+  const char* type = std::is_same_v<Scalar, float> ? "float32" : "float64";
+  const bool self = queries.data() == mu.atoms().data() && queries.rows() == mu.size();
+  auto finite = [](const MatrixRef<Scalar>& x, const Matrix<Scalar>& w, const Vector<Scalar>& b) {
+    return project<Scalar>(x, w, b).allFinite();
+  };
+  std::string field = "tokens", cause;
+  if (!finite(queries, model.w_q, model.b_q)) {
+    field = self ? "tokens" : "queries";
+    cause = "the query projections overflow ";
+  } else if (!finite(mu.atoms(), model.w_k, model.b_k)) {
+    cause = "the key projections overflow ";
+  } else if (!finite(mu.atoms(), model.w_v, model.b_v)) {
+    cause = "the value projections overflow ";
+  } else {
+    field = self ? "tokens" : "queries";
+    cause = "the logits or the weighted sums overflow ";
+  }
+  throw invalid_argument(field + ": the attention output is not finite: " + cause + type +
+                         " (inputs too large for " + type + ")");
+}
+
 }  // namespace detail
 
 template <class Scalar>
 Matrix<Scalar> head_fields(const Model<Scalar>& model, const Measure<Scalar>& mu,
                            const MatrixRef<Scalar>& queries, const AttendOptions& options) {
   detail::check_inputs(model, mu, queries, options);
-  if (options.normalization == Normalization::sinkhorn) {
-    return detail::sinkhorn_head_fields(model, mu, queries, options);
-  }
-  return detail::streaming_attention(model, mu, queries, options, false);
+  Matrix<Scalar> out = options.normalization == Normalization::sinkhorn
+                           ? detail::sinkhorn_head_fields(model, mu, queries, options)
+                           : detail::streaming_attention(model, mu, queries, options, false);
+  detail::check_finite_result(model, mu, queries, out);
+  return out;
 }
 
 template <class Scalar>
@@ -391,11 +419,14 @@ Matrix<Scalar> attention_field(const Model<Scalar>& model, const Measure<Scalar>
                                const MatrixRef<Scalar>& queries, const AttendOptions& options) {
   if (options.normalization == Normalization::softmax) {
     detail::check_inputs(model, mu, queries, options);
-    return detail::streaming_attention(model, mu, queries, options, true);
+    Matrix<Scalar> out = detail::streaming_attention(model, mu, queries, options, true);
+    detail::check_finite_result(model, mu, queries, out);
+    return out;
   }
   const Matrix<Scalar> heads = head_fields(model, mu, queries, options);
   Matrix<Scalar> out = detail::project<Scalar>(heads, model.w_o, model.b_o);
   if (options.residual) out += queries;
+  detail::check_finite_result(model, mu, queries, out);
   return out;
 }
 
@@ -405,10 +436,11 @@ Matrix<Scalar> attention_kernel(const Model<Scalar>& model, const Measure<Scalar
                                 const AttendOptions& options) {
   detail::check_inputs(model, mu, queries, options);
   if (head < 0 || head >= model.num_heads) throw invalid_argument("head: index out of range");
-  if (options.normalization == Normalization::sinkhorn) {
-    return detail::sinkhorn_kernel(model, mu, queries, head, options);
-  }
-  return detail::dense_kernel(model, mu, queries, head, options);
+  Matrix<Scalar> out = options.normalization == Normalization::sinkhorn
+                           ? detail::sinkhorn_kernel(model, mu, queries, head, options)
+                           : detail::dense_kernel(model, mu, queries, head, options);
+  detail::check_finite_result(model, mu, queries, out);
+  return out;
 }
 
 template <class Scalar>
@@ -439,6 +471,8 @@ Measure<Scalar> cross_attention(const Model<Scalar>& model, const Measure<Scalar
   template void detail::check_inputs(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,   \
                                      const AttendOptions&);                                     \
   template detail::KeySet<S> detail::positive_keys(const Measure<S>&);                          \
+  template void detail::check_finite_result(const Model<S>&, const Measure<S>&,                 \
+                                            const MatrixRef<S>&, const Matrix<S>&);             \
   template Matrix<S> detail::project(const MatrixRef<S>&, const Matrix<S>&, const Vector<S>&);
 
 MEASATTN_INSTANTIATE(float)

@@ -22,6 +22,12 @@ template <class Scalar>
 KeySet<Scalar> positive_keys(const Measure<Scalar>& mu);
 
 /// Validates model, measure, queries and options together (throws invalid_argument).
+/// Throws invalid_argument naming tokens / queries and the projection that
+/// overflowed when `out` (computed from finite inputs) is not finite.
+template <class Scalar>
+void check_finite_result(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                         const MatrixRef<Scalar>& queries, const Matrix<Scalar>& out);
+
 template <class Scalar>
 void check_inputs(const Model<Scalar>& model, const Measure<Scalar>& mu,
                   const MatrixRef<Scalar>& queries, const AttendOptions& options);

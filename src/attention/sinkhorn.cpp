@@ -293,6 +293,11 @@ SinkhornAttentionResult<Scalar> sinkhorn_attention(const Model<Scalar>& model,
   detail::SinkhornState<Scalar> s = detail::make_state(model, mu, head);
   const Index block = options.block > 0 ? options.block : detail::kDefaultBlock;
   detail::solve(s, options.iterations, options.tolerance, true, block);
+  if (!s.f.allFinite() || !s.g.allFinite()) {
+    const Matrix<Scalar> nan =
+        Matrix<Scalar>::Constant(1, 1, std::numeric_limits<Scalar>::quiet_NaN());
+    detail::check_finite_result(model, mu, mu.atoms(), nan);
+  }
   SinkhornAttentionResult<Scalar> r;
   r.f = std::move(s.f);
   r.g = std::move(s.g);

@@ -933,11 +933,13 @@ void project_tangent(const MatrixRef<Scalar>& x, Matrix<Scalar>& y) {
 template <class Scalar>
 bool normalize_rows(Matrix<Scalar>& x, const char* what) {
   for (Index i = 0; i < x.rows(); ++i) {
-    const Scalar norm = x.row(i).norm();
+    // Scaled norm: the plain one under- or overflows for entries near 1e-160 or 1e155.
+    const Scalar norm = x.row(i).stableNorm();
     if (!(norm > 0) || !std::isfinite(norm)) {
       if (what && *what) {
         throw invalid_argument(std::string(what) + ": atom " + std::to_string(i) +
-                               " has zero length and cannot be put on the unit sphere");
+                               (x.row(i).allFinite() ? " has zero length" : " is not finite") +
+                               " and cannot be put on the unit sphere");
       }
       return false;
     }

@@ -65,6 +65,13 @@ void FlowOptions::validate() const {
   if (!(tolerance > 0) || !std::isfinite(tolerance)) {
     throw invalid_argument("tolerance: must be finite and > 0");
   }
+  // Below ~45 ulps the error estimate of a step is rounding noise: the controller
+  // would shrink the step until max_steps instead of ever meeting the tolerance.
+  if (scheme == FlowScheme::dopri5 && tolerance < 1e-14) {
+    throw invalid_argument(
+        "tolerance: must be >= 1e-14 for dopri5 (smaller tolerances are below double's "
+        "rounding of the step error estimate and cannot be met)");
+  }
   if (max_steps < 1) throw invalid_argument("max_steps: must be >= 1");
   if (!(initial_step >= 0) || !std::isfinite(initial_step)) {
     throw invalid_argument("initial_step: must be finite and >= 0");

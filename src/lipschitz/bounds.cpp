@@ -5,6 +5,7 @@
 
 #include <Eigen/SVD>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 
@@ -157,7 +158,8 @@ UpperBounds lipschitz_upper_bounds(const Model<double>& model, const UpperBoundO
   out.residual = options.residual;
   const bool l2 = model.potential == Potential::l2;
   const Index heads = model.num_heads;
-  double sx2 = 0, sm2 = 0, px = 0, pm = 0;
+  double px = 0, pm = 0;
+  VectorD x_parts = VectorD::Zero(heads), m_parts = VectorD::Zero(heads);
   for (Index h = 0; h < heads; ++h) {
     const Head<double> hd = model.head(h);
     HeadBound hb;
@@ -179,17 +181,21 @@ UpperBounds lipschitz_upper_bounds(const Model<double>& model, const UpperBoundO
       hb.x_core = 2.0 * kq * r * r / hd.tau;
     }
     hb.measure_core = (1 + 2 * r * hb.rho) * std::exp(hb.oscillation);
-    hb.x_part = hb.value_norm * hb.x_core;
-    hb.measure_part = hb.value_norm * hb.measure_core;
-    sx2 += hb.x_part * hb.x_part;
-    sm2 += hb.measure_part * hb.measure_part;
-    px += hb.projected_value_norm * hb.x_core;
-    pm += hb.projected_value_norm * hb.measure_core;
+    // 0 * inf (a zero value map, an overflowing exponential) is 0: the head adds nothing.
+    auto times = [](double norm, double core) { return norm == 0 ? 0.0 : norm * core; };
+    hb.x_part = times(hb.value_norm, hb.x_core);
+    hb.measure_part = times(hb.value_norm, hb.measure_core);
+    x_parts[h] = hb.x_part;
+    m_parts[h] = hb.measure_part;
+    px += times(hb.projected_value_norm, hb.x_core);
+    pm += times(hb.projected_value_norm, hb.measure_core);
     out.heads.push_back(hb);
   }
+  // Scaled norms: the parts may be near the top of double's range.
+  const double sx = x_parts.stableNorm(), sm = m_parts.stableNorm();
   const double wo = spectral_norm(model.w_o);
   const double res = options.residual ? 1.0 : 0.0;
-  const double tx = wo * std::sqrt(sx2), tm = wo * std::sqrt(sm2);
+  const double tx = wo == 0 ? 0.0 : wo * sx, tm = wo == 0 ? 0.0 : wo * sm;
   const std::string pot = l2 ? "l2" : "dot";
   const std::string scope = " on measures supported in B_R (W1 Lipschitz constant of mu -> F(mu))";
   out.bounds.push_back(
@@ -199,12 +205,26 @@ UpperBounds lipschitz_upper_bounds(const Model<double>& model, const UpperBoundO
                         "sum_h ||W_O^h V_h|| (x_core_h + measure_core_h)" + scope});
   out.bounds.push_back({"w1_combined", std::min(tx, px) + std::min(tm, pm) + res, "w1",
                         "min of the two x-parts + min of the two measure parts" + scope});
+  // Upper bounds past double's range are +inf (documented), never NaN, and say so.
+  double osc = 0;
+  for (const auto& hb : out.heads) osc = std::max(osc, hb.oscillation);
+  for (auto& b : out.bounds) {
+    if (std::isfinite(b.value)) continue;
+    b.value = std::numeric_limits<double>::infinity();
+    char buf[160];
+    std::snprintf(buf, sizeof buf,
+                  "; +inf: the bound overflows double (e^oscillation with oscillation %.3g at "
+                  "R = %.3g)",
+                  osc, r);
+    b.meaning += buf;
+  }
   out.best_w1 = std::numeric_limits<double>::infinity();
   for (const auto& b : out.bounds)
     if (b.kind == "w1" && b.value < out.best_w1) {
       out.best_w1 = b.value;
       out.best_name = b.name;
     }
+  if (out.best_name.empty()) out.best_name = "w1_combined";  // every W1 bound is +inf
   out.output_radius = attention_output_radius(model, r, options.residual);
 
   if (options.tokens >= 1) {

@@ -55,6 +55,13 @@ struct LayerParams {
   static LayerParams from(const Model<double>& model, bool residual);
 };
 
+/// The overflow story of the search and the Jacobian kernels: with inputs of norm
+/// at most `radius`, bounds (in log form) on every projection, logit and output of
+/// the layer must stay below 1e150 (so that their squares and products with the
+/// derivatives stay finite in double). Throws invalid_argument naming `field` and
+/// saying which quantity overflows otherwise.
+void check_layer_range(const LayerParams& p, double radius, const std::string& field);
+
 /// Per-head intermediates of a forward pass.
 template <class T>
 struct HeadCache {

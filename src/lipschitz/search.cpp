@@ -433,6 +433,12 @@ double lipschitz_ratio(const Model<double>& model, const MeasureD& mu, const Mea
   const LayerParams p = LayerParams::from(model, residual);
   if (mu.dim() != p.d || nu.dim() != p.d)
     throw invalid_argument("measures: dimension differs from the model's input dimension");
+  {
+    double r = 0;
+    for (Index i = 0; i < mu.size(); ++i) r = std::max(r, mu.atoms().row(i).stableNorm());
+    for (Index i = 0; i < nu.size(); ++i) r = std::max(r, nu.atoms().row(i).stableNorm());
+    detail::check_layer_range(p, r, "measures");
+  }
   PairState s{mu.atoms(), nu.atoms(), mu.weights().array().log().matrix(),
               nu.weights().array().log().matrix()};
   // log(0) = -inf for atoms of zero weight: drop them.
@@ -457,6 +463,7 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
   if (!(radius > 0) || !std::isfinite(radius))
     throw invalid_argument("--radius: must be positive and finite");
   const LayerParams p = LayerParams::from(model, options.residual);
+  detail::check_layer_range(p, radius, radius > 1 ? "radius" : "model");
   const int total = options.restarts + (options.atoms >= 3 ? 1 : 0);
   std::vector<RestartOut> outs(static_cast<size_t>(total));
   const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();

@@ -7,7 +7,9 @@
 
 #include <Eigen/Eigenvalues>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
@@ -52,6 +54,50 @@ LayerParams LayerParams::from(const Model<double>& model, bool residual) {
   return p;
 }
 
+void check_layer_range(const LayerParams& p, double radius, const std::string& field) {
+  constexpr double kLimit = 1e150;
+  const double log_limit = std::log(kLimit);
+  // log(a R + b) without forming a R when it would overflow.
+  auto log_affine = [&](double a, double b) {
+    const double lr = std::log(radius);
+    const double la = a > 0 && radius > 0 ? std::log(a) + lr : -INFINITY;
+    const double lb = b > 0 ? std::log(b) : -INFINITY;
+    const double hi = std::max(la, lb);
+    if (hi == -INFINITY) return hi;
+    return hi + std::log1p(std::exp(std::min(la, lb) - hi));
+  };
+  auto fail = [&](Index h, const char* what, double log_value) {
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "%s: with inputs of norm up to %.3g, the %s of head %lld can reach about "
+                  "1e%.0f, beyond what double can carry through the layer and its derivatives "
+                  "(limit 1e150); %s",
+                  field.c_str(), radius, what, static_cast<long long>(h),
+                  log_value / std::log(10.0),
+                  field == "model" ? "the weights are too large"
+                                   : "use smaller inputs (or a model with smaller weights)");
+    throw invalid_argument(buf);
+  };
+  double log_out = -INFINITY;
+  for (size_t h = 0; h < p.heads.size(); ++h) {
+    const auto& hp = p.heads[h];
+    const Index hh = static_cast<Index>(h);
+    // Frobenius norms: upper bounds on the operator norms.
+    const double lq = log_affine(hp.q.stableNorm(), hp.bq.stableNorm());
+    const double lk = log_affine(hp.k.stableNorm(), hp.bk.stableNorm());
+    const double lv = log_affine(hp.v.stableNorm(), hp.bv.stableNorm());
+    if (lq > log_limit) fail(hh, "queries", lq);
+    if (lk > log_limit) fail(hh, "keys", lk);
+    if (lv > log_limit) fail(hh, "values", lv);
+    const double lt = std::log(hp.tau);
+    const double logit = hp.l2 ? 2 * (std::max(lq, lk) + std::log(2.0)) - lt : lq + lk - lt;
+    if (logit > log_limit) fail(hh, "logits", logit);
+    const double lo = std::log(hp.wo.stableNorm()) + lv;
+    log_out = std::max(log_out, lo + std::log(static_cast<double>(p.heads.size())));
+  }
+  if (log_out > log_limit) fail(0, "outputs", log_out);
+}
+
 }  // namespace detail
 
 namespace {
@@ -60,6 +106,11 @@ using detail::Dual;
 using detail::LayerParams;
 
 void check_tokens(const LayerParams& p, const MatrixD& x, const char* field) {
+  if (x.rows() >= 1 && x.cols() == p.d && x.allFinite()) {
+    double r = 0;
+    for (Index i = 0; i < x.rows(); ++i) r = std::max(r, x.row(i).stableNorm());
+    detail::check_layer_range(p, r, field);
+  }
   if (x.rows() < 1) throw invalid_argument(std::string(field) + ": no tokens");
   if (x.cols() != p.d)
     throw invalid_argument(std::string(field) + ": tokens have dimension " +
@@ -120,12 +171,12 @@ struct Power {
 Power power_iteration(const LayerParams& p, const MatrixD& x, MatrixD v, int iterations,
                       double tol) {
   Power r;
-  v /= std::max(v.norm(), 1e-300);
+  v /= std::max(v.stableNorm(), 1e-300);
   double prev = -1;
   for (int it = 0; it < iterations; ++it) {
     measattn::detail::check_interrupt();  // Ctrl-C from Python (no-op without a handler)
     const MatrixD jv = jvp_impl(p, x, v);
-    const double s = jv.norm();
+    const double s = jv.stableNorm();
     r.value = s;
     r.v = v;
     r.u = s > 0 ? MatrixD(jv / s) : MatrixD(MatrixD::Zero(jv.rows(), jv.cols()));
@@ -139,8 +190,9 @@ Power power_iteration(const LayerParams& p, const MatrixD& x, MatrixD v, int ite
       break;
     }
     prev = s;
-    MatrixD w = vjp_impl(p, x, jv);
-    const double wn = w.norm();
+    // J^T (J v / s): the same direction as J^T J v, without squaring s.
+    MatrixD w = vjp_impl(p, x, r.u);
+    const double wn = w.stableNorm();
     if (!(wn > 0)) {
       r.converged = true;
       break;
@@ -264,6 +316,7 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
                                               const TokenSearchOptions& options) {
   options.validate();
   const LayerParams p = LayerParams::from(model, options.residual);
+  detail::check_layer_range(p, options.radius > 0 ? options.radius : 1.0, "radius");
   const Index n = options.tokens, d = p.d;
   const double scale = options.radius > 0 ? options.radius : 1.0;
   struct Out {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "attention/internal.hpp"
@@ -127,6 +128,20 @@ EntropyResult<Scalar> attention_entropy(const Model<Scalar>& model, const Measur
           }
         }
       }
+    }
+    // Finite tokens, non-finite logits (or beta * logit): refuse, saying which.
+    if (!entropy.allFinite() || !expected.allFinite()) {
+      const char* type = std::is_same_v<Scalar, float> ? "float32" : "float64";
+      const bool own = entropy.col(0).allFinite() && expected.col(0).allFinite();
+      if (own) {
+        Index bad = 1;
+        while (bad < nb && entropy.col(bad).allFinite() && expected.col(bad).allFinite()) ++bad;
+        throw invalid_argument("betas: beta * logit overflows " + std::string(type) +
+                               " at beta = " + std::to_string(betas[static_cast<size_t>(bad)]) +
+                               " (head " + std::to_string(h) + ")");
+      }
+      throw invalid_argument("tokens: the attention logits of head " + std::to_string(h) +
+                             " overflow " + type + " (inputs too large for " + type + ")");
     }
     HeadEntropy<Scalar> he;
     he.entropy = entropy.col(0);

@@ -91,6 +91,9 @@ void fill(const Vector<Scalar>& scores, const Vector<Scalar>& lw, Scalar beta, S
     const Scalar lp = (a[j] - mx) - log_l;
     const Scalar p = std::exp(lp);
     r.probabilities[j] = p;
+    // p = 0 (underflow: a score ~1e308 below the top) contributes 0 log 0 = 0,
+    // not 0 * -inf = NaN.
+    if (!(p > 0)) continue;
     eu += p * (scores[j] - center);
     entropy -= p * lp;
     kl += p * (lp - lw[j]);

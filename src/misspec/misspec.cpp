@@ -224,13 +224,16 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
   res.lipschitz = ub.best_w1;
   res.bound_name = ub.best_name;
   const double L = ub.best_w1;
+  // L may be +inf (the bound overflows double at large R; documented): L * 0 is 0
+  // (no deviation in, none out), never NaN.
+  auto times_l = [&](double w) { return w == 0 ? 0.0 : L * w; };
 
   size_t at = 0;
   while (at < draws.size()) {
     MisspecRow row;
     row.parameter = draws[at].parameter;
     row.a_priori = options.kind == MisspecKind::sample ? std::numeric_limits<double>::quiet_NaN()
-                                                       : L * draws[at].a_priori_w1;
+                                                       : times_l(draws[at].a_priori_w1);
     int count = 0;
     for (; at < draws.size() && draws[at].parameter == row.parameter && count < options.repeats;
          ++at, ++count) {
@@ -239,9 +242,9 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
       const double w_out = wasserstein_exact_value(self_attention(model, mp, ao), f_mu);
       row.w1_input += w_in / options.repeats;
       row.w1_output += w_out / options.repeats;
-      row.bound += L * w_in / options.repeats;
+      row.bound += times_l(w_in) / options.repeats;
       // Allow the rounding of two exact solvers and two attention passes.
-      if (w_out > L * w_in * (1 + 1e-9) + 1e-12) res.violated = true;
+      if (w_out > times_l(w_in) * (1 + 1e-9) + 1e-12) res.violated = true;
       if (w_in > 0) row.max_ratio = std::max(row.max_ratio, w_out / (L * w_in));
     }
     res.rows.push_back(row);

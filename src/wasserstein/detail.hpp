@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "measattn/measure.hpp"
@@ -30,8 +32,41 @@ struct DoubleAtoms {
     x = &x_copy;
     w = &w_copy;
   }
+  /// Owns rescaled atoms (see normalize_pair), with the weights of `weights`.
+  DoubleAtoms(MatrixD atoms, const VectorD& weights)
+      : x_copy(std::move(atoms)), w_copy(weights), x(&x_copy), w(&w_copy) {}
+  DoubleAtoms(const DoubleAtoms&) = delete;
+  DoubleAtoms& operator=(const DoubleAtoms&) = delete;
   Index size() const { return x->rows(); }
   Index dim() const { return x->cols(); }
+};
+
+/// The overflow story of every solver: W_p is translation invariant and positively
+/// homogeneous, W_p(s mu + c, s nu + c) = s W_p(mu, nu). When the atoms are far from
+/// unit size (coordinates above 1e50 or below 1e-50 across the joint bounding box) or
+/// p > 2 (costs ||x - y||^p overflow or underflow long before the distances do), the
+/// solvers run on copies translated to the centre of the joint bounding box and divided
+/// by `length`, chosen so that every distance is at most 1 (the exact largest pairwise
+/// distance when `exact_diameter`, else the bounding-box diameter); then every cost
+/// lies in [0, 1] and results scale back by `length` (costs and potentials by
+/// length^p). Otherwise a() and b() are the inputs themselves and length is 1.
+class NormalizedPair {
+ public:
+  NormalizedPair(const DoubleAtoms& mu, const DoubleAtoms& nu, double p, bool exact_diameter);
+  const DoubleAtoms& a() const { return scaled_a_ ? *scaled_a_ : *mu_; }
+  const DoubleAtoms& b() const { return scaled_b_ ? *scaled_b_ : *nu_; }
+  bool scaled() const { return scaled_a_.has_value(); }
+  double length() const { return length_; }
+  /// length^p in log form (log of the factor that converts scaled costs back).
+  double log_cost_unit(double p) const { return p * std::log(length_); }
+  /// Multiplies a result's values and bounds by length, costs by length^p.
+  void scale_back(WassersteinResult& r) const;
+
+ private:
+  const DoubleAtoms* mu_;
+  const DoubleAtoms* nu_;
+  std::optional<DoubleAtoms> scaled_a_, scaled_b_;
+  double length_ = 1;
 };
 
 /// |t|^p from t^2 (p = 1: sqrt; p = 2: identity).

@@ -261,10 +261,27 @@ std::vector<std::pair<int, int>> projected_plan_arcs(const DoubleAtoms& mu, cons
   return out;
 }
 
-}  // namespace
+/// Costs handed to one solve: ||x - y||^p itself, or (large p) the costs in units of
+/// V^p, min((||x - y|| / V)^p, cap), computed in log form. See exact_transport.
+struct CostTransform {
+  bool active = false;
+  double log_unit = 0;  ///< p log V
+  double cap = std::numeric_limits<double>::infinity();
+  double operator()(double squared, double p) const {
+    if (!active) return cost_from_squared(squared, p);
+    if (!(squared > 0)) return 0;
+    return std::min(std::exp(0.5 * p * std::log(squared) - log_unit), cap);
+  }
+};
 
-WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
-                                  const WassersteinOptions& options) {
+struct SolveOutcome {
+  WassersteinResult result;
+  double true_value = 0;  ///< (cost of the plan under the true costs)^(1/p), robust
+  double dual = 0;        ///< certified dual value under the handed costs (<= optimum)
+};
+
+SolveOutcome solve_once(const DoubleAtoms& mu, const DoubleAtoms& nu,
+                        const WassersteinOptions& options, const CostTransform& transform) {
   const Index n = mu.size(), m = nu.size(), d = mu.dim();
   const double p = options.p;
   const VectorD& a = *mu.w;
@@ -277,8 +294,11 @@ WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
 
   const std::vector<std::int64_t> A = integer_weights(a);
   const std::vector<std::int64_t> B = integer_weights(b);
-  auto arc_cost = [&](int i, int j) {
-    return cost_from_squared(squared_distance(*mu.x, i, *nu.x, j), p);
+  auto arc_cost = [&](int i, int j) { return transform(squared_distance(*mu.x, i, *nu.x, j), p); };
+  auto row_costs = [&](Index i, const MatrixD& yt_, double* out) {
+    if (!transform.active) return cost_row(*mu.x, i, yt_, p, out);
+    cost_row(*mu.x, i, yt_, 2.0, out);
+    for (Index j = 0; j < m; ++j) out[j] = transform(out[j], p);
   };
 
   // Arc set: per source i, the sorted sink indices.
@@ -299,7 +319,7 @@ WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
       std::vector<double> row(static_cast<size_t>(m)), sorted(static_cast<size_t>(m));
 #pragma omp for schedule(static)
       for (Index i = 0; i < n; ++i) {
-        cost_row(*mu.x, i, yt, p, row.data());
+        row_costs(i, yt, row.data());
         // The k-th smallest cost by selection on the values, then the k nearest
         // in index order (ties broken by the smaller index: deterministic).
         sorted = row;
@@ -393,7 +413,7 @@ WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
       std::vector<std::pair<double, int>> cand;
 #pragma omp for schedule(static)
       for (Index i = 0; i < n; ++i) {
-        cost_row(*mu.x, i, yt, p, row.data());
+        row_costs(i, yt, row.data());
         cand.clear();
         const double fi = sol.f[i];
         // Vectorized minimum first; candidates are collected only from rows
@@ -462,6 +482,42 @@ WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
   for (size_t k = 0; k < support.size(); ++k)
     cost += flow[k] * arc_cost(support[k].first, support[k].second);
   cost = std::max(cost, 0.0);
+  // Certified dual value: f_i + min_j (c_ij - f_i - g_j) (the c-transform, from the
+  // last sweep; over the whole arc set when it is dense) and g.
+  if (dense) {
+    for (Index i = 0; i < n; ++i) min_reduced[static_cast<size_t>(i)] = 0;
+    for (size_t k = 0; k < arcs.size(); ++k) {
+      const double r = costs[k] - sol.f[arcs[k].first] - sol.g[arcs[k].second];
+      auto& mr = min_reduced[static_cast<size_t>(arcs[k].first)];
+      mr = std::min(mr, r);
+    }
+  }
+  double dual_value = 0;
+  for (Index i = 0; i < n; ++i)
+    if (a[i] > 0)
+      dual_value += a[i] * (sol.f[i] + std::min(0.0, min_reduced[static_cast<size_t>(i)]));
+  for (Index j = 0; j < m; ++j)
+    if (b[j] > 0) dual_value += b[j] * sol.g[j];
+  SolveOutcome outcome;
+  outcome.dual = dual_value;
+  {
+    // The plan's true cost, as M (sum flow (dist / M)^p)^(1/p) with M its longest arc.
+    double longest = 0;
+    for (size_t k = 0; k < support.size(); ++k)
+      if (flow[k] > 0)
+        longest = std::max(longest, std::sqrt(squared_distance(*mu.x, support[k].first, *nu.x,
+                                                               support[k].second)));
+    double sum = 0;
+    if (longest > 0) {
+      for (size_t k = 0; k < support.size(); ++k)
+        if (flow[k] > 0)
+          sum += flow[k] * cost_from_abs(std::sqrt(squared_distance(*mu.x, support[k].first, *nu.x,
+                                                                    support[k].second)) /
+                                             longest,
+                                         p);
+    }
+    outcome.true_value = longest > 0 ? longest * std::pow(sum, 1.0 / p) : 0.0;
+  }
 
   result.cost = cost;
   result.value = p == 1 ? cost : std::pow(cost, 1.0 / p);
@@ -510,7 +566,106 @@ WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
   }
   if (!(marginal_error <= 1e-12) && result.message.find("marginal") == std::string::npos)
     result.message += "; marginal error " + std::to_string(marginal_error);
-  return result;
+  outcome.result = std::move(result);
+  return outcome;
+}
+
+}  // namespace
+
+// Large p. The atoms arrive rescaled so that the longest arc has length 1 (see
+// NormalizedPair), so no cost overflows; but ||x - y||^p still spans far more than
+// the simplex's integer costs can resolve (about 2^58 / (n + m) of the largest), and
+// the arcs that matter (around the optimal value, often far shorter than the longest
+// arc) would all round to cost 0. So after the first solve, the problem is solved
+// again in units of V^p, V the true value of the best plan so far: costs
+// min((||x - y|| / V)^p, 2^20), computed in log form. The optimum is then about 1,
+// resolved to about 2^-38 (n + m); capped arcs can carry at most 2^-20 of mass in an
+// optimal plan. Every solve gives a feasible plan (its true cost, computed robustly,
+// is an upper bound) and dual potentials feasible for costs below the true ones (a
+// certified lower bound). The value is the best plan's; kind exact when the two
+// bounds agree to 1e-9, else upper with both bounds reported.
+WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
+                                  const WassersteinOptions& options) {
+  const double p = options.p;
+  if (!(p > 2)) return solve_once(mu, nu, options, CostTransform{}).result;
+  SolveOutcome best = solve_once(mu, nu, options, CostTransform{});
+  // First solve: costs <= 1 (unit 1), so the dual is in true units.
+  double lower = best.dual > 0 ? std::pow(best.dual, 1.0 / p) : 0.0;
+  double value = best.true_value;
+  double best_log_unit = 0;
+  // Re-solve only when the first solve's own dual does not certify its plan.
+  for (int pass = 0; pass < 4 && value > 0 && lower < value * (1 - 1e-9); ++pass) {
+    check_interrupt();
+    CostTransform t;
+    t.active = true;
+    t.log_unit = p * std::log(value);
+    t.cap = std::ldexp(1.0, 20);
+    SolveOutcome next = solve_once(mu, nu, options, t);
+    if (next.dual > 0) lower = std::max(lower, value * std::pow(next.dual, 1.0 / p));
+    const bool better = next.true_value < value;
+    if (better) {
+      const double previous = value;
+      value = next.true_value;
+      best = std::move(next);
+      best_log_unit = t.log_unit;
+      if (value >= previous * (1 - 1e-12)) break;
+    } else {
+      break;
+    }
+    if (lower >= value * (1 - 1e-12)) break;
+  }
+  // Very large p: the costs resolve only arcs within a narrow band around the unit
+  // V, so the unit must sit at W_p itself. Bisection on log V: a plan whose true
+  // value is below V proves W_p < V; otherwise V is (taken as) too small.
+  if (lower < value * (1 - 1e-9) && value > 0) {
+    double lo = lower > 0 ? std::log(lower) : std::log(value) - 40.0;
+    double hi = std::log(value);
+    for (int step = 0; step < 48 && hi - lo > 1e-10; ++step) {
+      check_interrupt();
+      const double mid = 0.5 * (lo + hi);
+      CostTransform t;
+      t.active = true;
+      t.log_unit = p * mid;
+      t.cap = std::ldexp(1.0, 20);
+      SolveOutcome next = solve_once(mu, nu, options, t);
+      const double u = std::exp(mid);
+      if (next.dual > 0) lower = std::max(lower, u * std::pow(next.dual, 1.0 / p));
+      if (next.true_value < value) {
+        value = next.true_value;
+        best = std::move(next);
+        best_log_unit = t.log_unit;
+      }
+      if (value < u)
+        hi = std::log(value);
+      else
+        lo = mid;
+      if (lower >= value * (1 - 1e-12)) break;
+    }
+  }
+  WassersteinResult r = std::move(best.result);
+  lower = std::min(lower, value);
+  r.value = r.upper = value;
+  r.cost = std::pow(value, p);
+  if (r.status == WassersteinStatus::optimal && lower >= value * (1 - 1e-9)) {
+    r.lower = value;
+    r.kind = Bound::exact;
+  } else {
+    r.lower = lower;
+    r.kind = Bound::upper;
+    char buf[200];
+    std::snprintf(buf, sizeof buf,
+                  "; p = %g: the costs span more than the solver resolves; value is the cost "
+                  "of the best plan found, lower bound from the duals",
+                  p);
+    r.message += buf;
+  }
+  if (r.potentials && best_log_unit != 0) {
+    // Feasible for the handed costs, which are at most the true costs / V^p.
+    const double unit = std::exp(best_log_unit);
+    r.potentials->f *= unit;
+    r.potentials->g *= unit;
+  }
+  return r;
 }
 
 }  // namespace measattn::detail

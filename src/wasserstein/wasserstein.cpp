@@ -9,15 +9,91 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <string>
 
 #include "measattn/error.hpp"
+#include "measattn/interrupt.hpp"
 #include "wasserstein/detail.hpp"
 
 namespace measattn {
 
+namespace detail {
+
+NormalizedPair::NormalizedPair(const DoubleAtoms& mu, const DoubleAtoms& nu, double p,
+                               bool exact_diameter)
+    : mu_(&mu), nu_(&nu) {
+  const Index d = mu.dim();
+  if (d == 0 || mu.size() == 0 || nu.size() == 0) return;
+  const VectorD lo_a = mu.x->colwise().minCoeff().transpose();
+  const VectorD hi_a = mu.x->colwise().maxCoeff().transpose();
+  const VectorD lo_b = nu.x->colwise().minCoeff().transpose();
+  const VectorD hi_b = nu.x->colwise().maxCoeff().transpose();
+  const VectorD lo = lo_a.cwiseMin(lo_b), hi = hi_a.cwiseMax(hi_b);
+  // Halves first: hi - lo itself may overflow (1e308 - (-1e308)).
+  const VectorD centre = 0.5 * lo + 0.5 * hi;
+  const VectorD half = 0.5 * hi - 0.5 * lo;
+  const double s = half.maxCoeff();
+  if (!(s > 0) || !std::isfinite(s)) return;  // every atom equal: all distances are 0
+  if (!(p > 2 || s > 1e50 || s < 1e-50)) return;
+  MatrixD xa = (mu.x->rowwise() - centre.transpose()) / s;  // entries in [-1, 1]
+  MatrixD xb = (nu.x->rowwise() - centre.transpose()) / s;
+  double diameter = 0;
+  if (d == 1) {
+    diameter = std::max(xb.maxCoeff() - xa.minCoeff(), xa.maxCoeff() - xb.minCoeff());
+  } else if (exact_diameter && p > 2) {
+    // The largest pairwise distance (O(n m d), one pass like a reduced-cost sweep):
+    // with it the longest arc costs exactly 1, so large p loses as little as possible.
+    double best = 0;
+    for (Index i = 0; i < xa.rows(); ++i) {
+      if (i % 64 == 0) check_interrupt();
+      for (Index j = 0; j < xb.rows(); ++j) best = std::max(best, squared_distance(xa, i, xb, j));
+    }
+    diameter = std::sqrt(best);
+  } else {
+    diameter = 2 * (half / s).norm();
+  }
+  if (!(diameter > 0)) diameter = 1;
+  xa /= diameter;
+  xb /= diameter;
+  length_ = s * diameter;
+  scaled_a_.emplace(std::move(xa), *mu.w);
+  scaled_b_.emplace(std::move(xb), *nu.w);
+}
+
+namespace {
+/// c * length^p without forming length^p (which may overflow or underflow).
+double times_cost_unit(double c, double log_unit) {
+  if (c == 0 || !std::isfinite(c)) return c;
+  const double v = std::exp(std::log(std::abs(c)) + log_unit);
+  return c < 0 ? -v : v;
+}
+}  // namespace
+
+void NormalizedPair::scale_back(WassersteinResult& r) const {
+  if (!scaled()) return;
+  const double L = length_;
+  const double log_unit = log_cost_unit(r.p);
+  r.value *= L;
+  r.lower *= L;
+  r.upper *= L;
+  r.cost = times_cost_unit(r.cost, log_unit);
+  r.entropic_cost = times_cost_unit(r.entropic_cost, log_unit);
+  r.transport_cost = times_cost_unit(r.transport_cost, log_unit);
+  r.rounded_cost = times_cost_unit(r.rounded_cost, log_unit);
+  if (r.potentials) {
+    for (Index i = 0; i < r.potentials->f.size(); ++i)
+      r.potentials->f[i] = times_cost_unit(r.potentials->f[i], log_unit);
+    for (Index j = 0; j < r.potentials->g.size(); ++j)
+      r.potentials->g[j] = times_cost_unit(r.potentials->g[j], log_unit);
+  }
+}
+
+}  // namespace detail
+
 using detail::DoubleAtoms;
+using detail::NormalizedPair;
 
 std::string to_string(Bound b) {
   switch (b) {
@@ -75,6 +151,10 @@ WassersteinMethod parse_wasserstein_method(const std::string& name, const std::s
 
 void WassersteinOptions::validate() const {
   if (!(p >= 1) || !std::isfinite(p)) throw invalid_argument("p: must be a finite number >= 1");
+  if (p > kMaxWassersteinP)
+    throw invalid_argument(
+        "p: at most 1e6 (beyond it W_p equals W_inf to within 4e-5 and ||x - y||^p cannot be "
+        "represented in double)");
   if (!(reg > 0) || !std::isfinite(reg)) throw invalid_argument("reg: must be a finite number > 0");
   if (!(tolerance > 0) || !std::isfinite(tolerance))
     throw invalid_argument("tolerance: must be a finite number > 0");
@@ -102,7 +182,9 @@ void check_pair(const Measure<Scalar>& mu, const Measure<Scalar>& nu) {
 }
 
 void check_p(double p) {
-  if (!(p >= 1) || !std::isfinite(p)) throw invalid_argument("p: must be a finite number >= 1");
+  WassersteinOptions o;
+  o.p = p;
+  o.validate();
 }
 
 double root(double cost, double p) {
@@ -110,13 +192,24 @@ double root(double cost, double p) {
   return p == 1 ? cost : std::pow(cost, 1.0 / p);
 }
 
-/// Sum over the entries of a coupling of mass * ||x_i - y_j||^p.
-double lifted_cost(const DoubleAtoms& mu, const DoubleAtoms& nu,
-                   const std::vector<TransportEntry>& plan, double p) {
-  double c = 0;
+/// (sum over the entries of a coupling of mass * ||x_i - y_j||^p)^(1/p), an upper
+/// bound on W_p, computed as M (sum mass (||x_i - y_j|| / M)^p)^(1/p) with M the
+/// longest arc: the largest term is 1, so nothing overflows and the sum cannot
+/// underflow to 0 (which would make the bound invalid) whatever p.
+double lifted_value(const DoubleAtoms& mu, const DoubleAtoms& nu,
+                    const std::vector<TransportEntry>& plan, double p) {
+  double longest = 0;
   for (const auto& e : plan)
-    c += e.mass * detail::cost_from_squared(detail::squared_distance(*mu.x, e.i, *nu.x, e.j), p);
-  return c;
+    if (e.mass > 0)
+      longest = std::max(longest, std::sqrt(detail::squared_distance(*mu.x, e.i, *nu.x, e.j)));
+  if (!(longest > 0)) return 0;
+  double c = 0;
+  for (const auto& e : plan) {
+    if (!(e.mass > 0)) continue;
+    const double t = std::sqrt(detail::squared_distance(*mu.x, e.i, *nu.x, e.j)) / longest;
+    c += e.mass * detail::cost_from_abs(t, p);
+  }
+  return longest * root(c, p);
 }
 
 /// n == 1 or m == 1: the only coupling.
@@ -242,7 +335,7 @@ std::vector<VectorD> random_directions(Index d, int count, std::uint64_t seed) {
 /// from the lifted monotone plan; optionally the ascent direction.
 struct DirectionValue {
   double lower_cost = 0;
-  double upper_cost = 0;
+  double upper_value = 0;  ///< W_p units (lifted_value)
   VectorD gradient;
 };
 
@@ -251,7 +344,7 @@ DirectionValue evaluate_direction(const DoubleAtoms& mu, const DoubleAtoms& nu,
   std::vector<TransportEntry> plan;
   DirectionValue out;
   out.lower_cost = detail::projected_cost(mu, nu, theta, p, &plan);
-  out.upper_cost = lifted_cost(mu, nu, plan, p);
+  out.upper_value = lifted_value(mu, nu, plan, p);
   if (want_gradient) {
     out.gradient = VectorD::Zero(theta.size());
     for (const auto& e : plan) {
@@ -265,7 +358,7 @@ DirectionValue evaluate_direction(const DoubleAtoms& mu, const DoubleAtoms& nu,
   return out;
 }
 
-WassersteinResult sliced_result(double lower_cost, double upper_cost, double p, Index iterations,
+WassersteinResult sliced_result(double lower_cost, double upper_value, double p, Index iterations,
                                 const std::string& message, double extra_lower = 0) {
   WassersteinResult r;
   r.p = p;
@@ -273,7 +366,7 @@ WassersteinResult sliced_result(double lower_cost, double upper_cost, double p, 
   r.kind = Bound::lower;
   r.status = WassersteinStatus::bounds_only;
   r.lower = std::max(root(lower_cost, p), extra_lower);
-  r.upper = std::max(root(upper_cost, p), r.lower);
+  r.upper = std::max(upper_value, r.lower);
   r.value = r.lower;
   r.cost = std::pow(r.value, p);
   r.iterations = iterations;
@@ -291,10 +384,11 @@ WassersteinResult max_sliced_impl(const DoubleAtoms& mu, const DoubleAtoms& nu,
   double best_lower = 0, best_upper = std::numeric_limits<double>::infinity();
   Index evaluations = 0;
   auto consider = [&](const VectorD& theta) {
+    detail::check_interrupt();
     const DirectionValue v = evaluate_direction(mu, nu, theta, p, false);
     ++evaluations;
     best_lower = std::max(best_lower, v.lower_cost);
-    best_upper = std::min(best_upper, v.upper_cost);
+    best_upper = std::min(best_upper, v.upper_value);
     starts.emplace_back(v.lower_cost, theta);
   };
   if (dm.norm() > 0) consider(dm.normalized());
@@ -309,6 +403,7 @@ WassersteinResult max_sliced_impl(const DoubleAtoms& mu, const DoubleAtoms& nu,
     DirectionValue cur = evaluate_direction(mu, nu, theta, p, true);
     double step = 0.5;
     for (int it = 0; it < o.max_sliced_iterations && step > 1e-6; ++it) {
+      detail::check_interrupt();  // Ctrl-C from Python (no-op without a handler)
       ++iterations;
       // Project the gradient onto the tangent space of the sphere.
       VectorD grad = cur.gradient - cur.gradient.dot(theta) * theta;
@@ -318,7 +413,7 @@ WassersteinResult max_sliced_impl(const DoubleAtoms& mu, const DoubleAtoms& nu,
       cand.normalize();
       DirectionValue next = evaluate_direction(mu, nu, cand, p, true);
       ++evaluations;
-      best_upper = std::min(best_upper, next.upper_cost);
+      best_upper = std::min(best_upper, next.upper_value);
       if (next.lower_cost > cur.lower_cost) {
         theta = cand;
         cur = std::move(next);
@@ -348,7 +443,11 @@ WassersteinResult wasserstein_1d(const Measure<Scalar>& mu, const Measure<Scalar
     throw invalid_argument(
         "method: 1d needs one-dimensional atoms (d = " + std::to_string(mu.dim()) + ")");
   }
-  return one_d_impl(DoubleAtoms(mu), DoubleAtoms(nu), options);
+  const DoubleAtoms a(mu), b(nu);
+  const NormalizedPair np(a, b, options.p, true);
+  WassersteinResult r = one_d_impl(np.a(), np.b(), options);
+  np.scale_back(r);
+  return r;
 }
 
 template <class Scalar>
@@ -356,14 +455,21 @@ WassersteinResult wasserstein_exact(const Measure<Scalar>& mu, const Measure<Sca
                                     const WassersteinOptions& options) {
   options.validate();
   check_pair(mu, nu);
-  const DoubleAtoms a(mu), b(nu);
-  if (a.size() == 1 || b.size() == 1) return single_atom(a, b, options);
-  if (a.dim() == 1 && !options.want_potentials) {
-    WassersteinResult r = one_d_impl(a, b, options);
+  const DoubleAtoms a0(mu), b0(nu);
+  const NormalizedPair np(a0, b0, options.p, true);
+  const DoubleAtoms& a = np.a();
+  const DoubleAtoms& b = np.b();
+  WassersteinResult r;
+  if (a.size() == 1 || b.size() == 1) {
+    r = single_atom(a, b, options);
+  } else if (a.dim() == 1 && !options.want_potentials) {
+    r = one_d_impl(a, b, options);
     r.method = WassersteinMethod::exact;
-    return r;
+  } else {
+    r = detail::exact_transport(a, b, options);
   }
-  return detail::exact_transport(a, b, options);
+  np.scale_back(r);
+  return r;
 }
 
 template <class Scalar>
@@ -383,9 +489,13 @@ WassersteinResult sliced_lower_bound(const Measure<Scalar>& mu, const Measure<Sc
                            std::to_string(mu.dim()));
   if (!theta.allFinite() || !(theta.norm() > 0))
     throw invalid_argument("theta: must be a finite non-zero vector");
-  const DoubleAtoms a(mu), b(nu);
-  const DirectionValue v = evaluate_direction(a, b, theta.normalized(), p, false);
-  return sliced_result(v.lower_cost, v.upper_cost, p, 1, "projection onto one direction");
+  const DoubleAtoms a0(mu), b0(nu);
+  const NormalizedPair np(a0, b0, p, false);
+  const DirectionValue v = evaluate_direction(np.a(), np.b(), theta.normalized(), p, false);
+  WassersteinResult r =
+      sliced_result(v.lower_cost, v.upper_value, p, 1, "projection onto one direction");
+  np.scale_back(r);
+  return r;
 }
 
 template <class Scalar>
@@ -393,15 +503,22 @@ WassersteinResult random_sliced_lower_bound(const Measure<Scalar>& mu, const Mea
                                             const WassersteinOptions& options) {
   options.validate();
   check_pair(mu, nu);
-  const DoubleAtoms a(mu), b(nu);
+  const DoubleAtoms a0(mu), b0(nu);
+  const NormalizedPair np(a0, b0, options.p, false);
+  const DoubleAtoms& a = np.a();
+  const DoubleAtoms& b = np.b();
   double lower = 0, upper = std::numeric_limits<double>::infinity();
   for (const auto& t : random_directions(a.dim(), options.projections, options.seed)) {
+    detail::check_interrupt();
     const DirectionValue v = evaluate_direction(a, b, t, options.p, false);
     lower = std::max(lower, v.lower_cost);
-    upper = std::min(upper, v.upper_cost);
+    upper = std::min(upper, v.upper_value);
   }
-  return sliced_result(lower, upper, options.p, options.projections,
-                       "max over " + std::to_string(options.projections) + " random directions");
+  WassersteinResult r =
+      sliced_result(lower, upper, options.p, options.projections,
+                    "max over " + std::to_string(options.projections) + " random directions");
+  np.scale_back(r);
+  return r;
 }
 
 template <class Scalar>
@@ -409,13 +526,19 @@ WassersteinResult max_sliced_bounds(const Measure<Scalar>& mu, const Measure<Sca
                                     const WassersteinOptions& options) {
   options.validate();
   check_pair(mu, nu);
-  return max_sliced_impl(DoubleAtoms(mu), DoubleAtoms(nu), options);
+  const DoubleAtoms a0(mu), b0(nu);
+  const NormalizedPair np(a0, b0, options.p, false);
+  WassersteinResult r = max_sliced_impl(np.a(), np.b(), options);
+  np.scale_back(r);
+  return r;
 }
 
 template <class Scalar>
 double mean_difference_lower_bound(const Measure<Scalar>& mu, const Measure<Scalar>& nu) {
   check_pair(mu, nu);
-  return mean_difference(DoubleAtoms(mu), DoubleAtoms(nu));
+  const DoubleAtoms a0(mu), b0(nu);
+  const NormalizedPair np(a0, b0, 1, false);
+  return np.length() * mean_difference(np.a(), np.b());
 }
 
 template <class Scalar>
@@ -425,19 +548,24 @@ WassersteinResult identity_coupling_upper_bound(const Measure<Scalar>& mu,
   check_pair(mu, nu);
   if (mu.size() != nu.size() || mu.weights() != nu.weights())
     throw invalid_argument("weights: the identity coupling needs equal sizes and equal weights");
-  const DoubleAtoms a(mu), b(nu);
-  double cost = 0;
-  for (Index i = 0; i < a.size(); ++i)
-    cost += (*a.w)[i] * detail::cost_from_squared(detail::squared_distance(*a.x, i, *b.x, i), p);
+  const DoubleAtoms a0(mu), b0(nu);
+  const NormalizedPair np(a0, b0, p, false);
+  std::vector<TransportEntry> identity;
+  for (Index i = 0; i < a0.size(); ++i) identity.push_back({i, i, (*a0.w)[i]});
+  const double value = lifted_value(np.a(), np.b(), identity, p);
   WassersteinResult r;
   r.p = p;
   r.method = WassersteinMethod::sliced;
   r.kind = Bound::upper;
   r.status = WassersteinStatus::bounds_only;
-  r.cost = cost;
-  r.value = r.upper = root(cost, p);
+  r.value = r.upper = value;
+  r.cost = std::pow(value, p);
   r.lower = 0;
   r.message = "cost of the identity coupling";
+  if (np.scaled()) {
+    r.value = r.upper = value * np.length();
+    r.cost = std::exp(p * std::log(r.value));
+  }
   return r;
 }
 
@@ -446,9 +574,51 @@ WassersteinResult wasserstein_sinkhorn(const Measure<Scalar>& mu, const Measure<
                                        const WassersteinOptions& options) {
   options.validate();
   check_pair(mu, nu);
-  const DoubleAtoms a(mu), b(nu);
-  WassersteinResult r = detail::sinkhorn_transport(a, b, options);
-  r.lower = std::max(r.lower, options.p >= 1 ? mean_difference(a, b) : 0.0);
+  const DoubleAtoms a0(mu), b0(nu);
+  const NormalizedPair np(a0, b0, options.p, true);
+  // reg is in cost units: on the rescaled atoms it is reg / length^p (log form).
+  WassersteinOptions scaled = options;
+  std::string note;
+  const double log_reg = std::log(options.reg) - np.log_cost_unit(options.p);
+  // Below 1e-12 of the largest cost the kernel exp(-C / reg) cannot be represented
+  // (every entry but one per row underflows) and the iterations cannot move.
+  constexpr double kMinRelativeReg = 1e-12;
+  double max_cost = 1;
+  if (!np.scaled()) {
+    // Unscaled: costs are at most (bounding-box diameter)^p.
+    const NormalizedPair box(a0, b0, 3, false);
+    max_cost = std::pow(box.length(), options.p);
+  }
+  scaled.reg = std::min(std::exp(log_reg), 1e300);
+  if (scaled.reg < kMinRelativeReg * max_cost) {
+    scaled.reg = kMinRelativeReg * max_cost;
+    char buf[200];
+    // In log form: the largest cost may be past double's range (large p).
+    const double log10_reg = (std::log(scaled.reg) + np.log_cost_unit(options.p)) / std::log(10.0);
+    std::snprintf(buf, sizeof buf,
+                  "; reg = %.3g is below 1e-12 of the largest cost and was raised to 1e%.2f "
+                  "(cost units)",
+                  options.reg, log10_reg);
+    note = buf;
+  }
+  WassersteinResult r = detail::sinkhorn_transport(np.a(), np.b(), scaled);
+  // A kernel that under- or overflowed despite the safeguards leaves NaN behind:
+  // fall back to the bounds that are always valid (mean difference, +inf).
+  if (!std::isfinite(r.lower)) r.lower = 0;
+  if (std::isnan(r.upper)) r.upper = std::numeric_limits<double>::infinity();
+  r.lower = std::max(r.lower, mean_difference(np.a(), np.b()));
+  r.upper = std::max(r.upper, r.lower);
+  if (std::isnan(r.value)) r.value = std::isfinite(r.upper) ? r.upper : r.lower;
+  // The unrounded plan is not exactly in Pi(a, b): its cost may fall outside the
+  // certified bracket; the reported estimate never does.
+  const double clamped = std::clamp(r.value, r.lower, r.upper);
+  if (!(clamped == r.value)) {
+    r.value = clamped;
+    r.cost = std::pow(clamped, options.p);
+    r.message += "; the unrounded plan's cost fell outside the certified bracket and was clamped";
+  }
+  r.message += note;
+  np.scale_back(r);
   return r;
 }
 
