@@ -850,6 +850,11 @@ TEST(io_test, read_file_is_bounded) {
                  "more than the 1999 allowed");
   Fifo fifo(dir.file("f.fifo"), std::string(5000, 'y'));
   EXPECT_EQ(measattn::read_file(fifo.path()), std::string(5000, 'y'));
+  // procfs files claim 0 bytes and have more: read as streams.
+  EXPECT_NE(measattn::read_file("/proc/self/status").find("Name:"), std::string::npos);
+  expect_invalid([] { measattn::read_npy("/proc/self/status"); }, "/proc/self/status", "bad magic");
+  expect_invalid([] { measattn::load_model<double>("/proc/self/status"); }, "/proc/self/status",
+                 "exceeds 100 MB");
 }
 
 namespace {

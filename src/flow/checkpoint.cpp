@@ -243,6 +243,7 @@ void read_checkpoint(const std::string& path, std::uint64_t fingerprint, Index n
   if (bytes.size() < sizeof(kMagic) || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0 ||
       bytes.size() < kPreamble) {
     parse_checkpoint(bytes, path, s, r);  // throws the message
+    throw invalid_argument(path + ": truncated checkpoint");
   }
   const auto length = load<std::uint64_t>(bytes, 16);
   if (load<std::uint32_t>(bytes, 8) == kCheckpointVersion) {

@@ -133,7 +133,8 @@ InputFile::InputFile(const std::string& path) : path_(path) {
     ::close(fd_);
     throw invalid_argument(path + ": is a directory, not a file");
   }
-  if (S_ISREG(st.st_mode)) size_ = static_cast<std::uint64_t>(st.st_size);
+  // (procfs and sysfs files say 0 bytes and have more: read them as streams.)
+  if (S_ISREG(st.st_mode) && st.st_size > 0) size_ = static_cast<std::uint64_t>(st.st_size);
 }
 
 InputFile::~InputFile() {

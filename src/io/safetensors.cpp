@@ -79,7 +79,7 @@ class SafetensorsFile {
       n |= static_cast<std::uint64_t>(static_cast<unsigned char>(pre[b])) << (8 * b);
     }
     const auto size = src.size();
-    if (size && n > *size - 8) {
+    if (size && (*size < 8 || n > *size - 8)) {
       fail("header length " + std::to_string(n) + " exceeds the file size (" +
            std::to_string(*size) + " bytes)");
     }
@@ -90,7 +90,7 @@ class SafetensorsFile {
       fail("header length " + std::to_string(n) + " exceeds the input (it ends after " +
            std::to_string(8 + text.size()) + " bytes)");
     }
-    if (size) {
+    if (size && *size >= 8 + n) {
       data_size_ = *size - 8 - n;
       known_size_ = true;
     }
