@@ -98,7 +98,11 @@ struct Reader {
     const auto r = value<std::int64_t>(what);
     const auto c = value<std::int64_t>(what);
     const std::size_t left = (buf.size() - pos) / sizeof(Scalar);
-    if (r < 0 || c < 0 || (c > 0 && static_cast<std::uint64_t>(r) > left / c)) {
+    // (An empty matrix too gets bounded dimensions: Eigen visits every row of a
+    // row-major n x 0 matrix.)
+    constexpr std::int64_t kEmptyMax = 1 << 20;
+    if (r < 0 || c < 0 || (c > 0 && static_cast<std::uint64_t>(r) > left / c) ||
+        (r * c == 0 && (r > kEmptyMax || c > kEmptyMax))) {
       corrupt(std::string(what) + " shape");
     }
     const std::size_t bytes = static_cast<std::size_t>(r * c) * sizeof(Scalar);

@@ -9,7 +9,8 @@
 //   24     body: scalar size (u32), fingerprint (u64), time, step, rejected,
 //          evaluations, attempts, h, err_old, last_rejected (u8), y, fsal,
 //          frames (count, then time, step, matrix each), energies, cluster counts
-// A matrix is rows (i64), cols (i64), then rows * cols scalars (column-major).
+// A matrix is rows (i64), cols (i64), then rows * cols scalars (row-major, the
+// storage order of measattn::Matrix).
 #pragma once
 
 #include <cstdint>
