@@ -6,6 +6,7 @@ Run with Debian's python3 (needs NumPy): /usr/bin/python3 fuzz/make_corpus.py
 import json
 import pathlib
 import struct
+import zlib
 
 import numpy as np
 
@@ -72,4 +73,50 @@ seeds = {
 }
 for name, (tensors, meta) in seeds.items():
     (st_dir / f"{name}.safetensors").write_bytes(safetensors(tensors, meta))
-print(f"wrote {len(list(npy_dir.iterdir()))} npy and {len(list(st_dir.iterdir()))} safetensors seeds")
+
+# safetensors_header: the JSON header alone, after two bytes giving the length
+# of the data buffer (fuzz_safetensors_header.cpp builds the file around it).
+header_dir = here / "corpus" / "safetensors_header"
+header_dir.mkdir(parents=True, exist_ok=True)
+for name, (tensors, meta) in seeds.items():
+    raw = safetensors(tensors, meta)
+    n = struct.unpack("<Q", raw[:8])[0]
+    (header_dir / f"{name}.json").write_bytes(struct.pack("<H", len(raw) - 8 - n) + raw[8:8 + n])
+
+
+# Flow checkpoints, format version 2 (src/flow/checkpoint.hpp): magic, version,
+# CRC-32 of everything but itself, body length, body.
+def matrix(a, fmt):
+    rows, cols = a.shape
+    return struct.pack("<qq", rows, cols) + np.asarray(a, dtype=fmt).tobytes(order="C")
+
+
+def checkpoint(n, d, frames, energies, clusters, dopri, fmt):
+    y = rng.standard_normal((n, d))
+    body = struct.pack("<IQ", np.dtype(fmt).itemsize, 0x1234_5678_9ABC_DEF0)
+    body += struct.pack("<dqqqqddB", 0.5, 4, 1 if dopri else 0, 12, 5, 0.125 if dopri else 0,
+                        1e-4, 0)
+    body += matrix(y, fmt)
+    body += matrix(rng.standard_normal((n, d)) if dopri else np.zeros((0, 0)), fmt)
+    body += struct.pack("<q", frames)
+    for f in range(frames):
+        body += struct.pack("<dq", 0.25 * f, 2 * f) + matrix(rng.standard_normal((n, d)), fmt)
+    body += struct.pack("<q", frames if energies else 0)
+    body += b"".join(struct.pack("<d", 1.5 + f) for f in range(frames if energies else 0))
+    body += struct.pack("<q", frames if clusters else 0)
+    body += b"".join(struct.pack("<q", n) for _ in range(frames if clusters else 0))
+    head = b"MAFLOWCK" + struct.pack("<I", 2)
+    length = struct.pack("<Q", len(body))
+    crc = zlib.crc32(head + length + body)
+    return head + struct.pack("<I", crc) + length + body
+
+
+ck_dir = here / "corpus" / "checkpoint"
+ck_dir.mkdir(parents=True, exist_ok=True)
+for name, args in {"euler_f64": (3, 2, 0, False, False, False, np.float64),
+                   "frames_f64": (2, 3, 2, True, True, False, np.float64),
+                   "dopri5_f64": (3, 2, 1, False, True, True, np.float64),
+                   "frames_f32": (2, 2, 2, True, False, False, np.float32)}.items():
+    (ck_dir / f"{name}.ck").write_bytes(checkpoint(*args))
+print(f"wrote {len(list(npy_dir.iterdir()))} npy, {len(list(st_dir.iterdir()))} safetensors, "
+      f"{len(list(header_dir.iterdir()))} header and {len(list(ck_dir.iterdir()))} checkpoint seeds")

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 #include <unistd.h>
+#include <zlib.h>
 #include <Eigen/QR>
 
 #include <cmath>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "common/vector_exp.hpp"
+#include "flow/checkpoint.hpp"
 #include "flow/internal.hpp"
 #include "measattn/error.hpp"
 #include "measattn/flow.hpp"
@@ -746,6 +748,189 @@ TEST(flow_test, non_finite_is_a_status) {
   const auto r = flow(model, MeasureD::empirical(random_points(4, 2, 9)), o);
   EXPECT_EQ(r.status, FlowStatus::non_finite);
   EXPECT_TRUE(r.particles.allFinite());
+}
+
+// ---- checkpoint integrity (format: src/flow/checkpoint.hpp) ---------------------
+
+std::string read_bytes(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  std::string out;
+  char buf[4096];
+  for (std::size_t n; f && (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+  if (f) std::fclose(f);
+  return out;
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  std::fwrite(bytes.data(), 1, bytes.size(), f);
+  std::fclose(f);
+}
+
+// Expects invalid_argument whose message contains `fragment`.
+template <class F>
+void expect_refused(F&& f, const std::string& fragment) {
+  try {
+    f();
+    ADD_FAILURE() << "accepted; expected a refusal mentioning '" << fragment << "'";
+  } catch (const invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+// A small run (canonical model: energies; cluster counts; frames) stopped at step
+// 4 with a checkpoint there, and its uninterrupted result.
+struct SmallCheckpoint {
+  ModelD model = ModelD::canonical(2, 1.5);
+  MeasureD mu0{random_points(3, 2, 81), random_weights(3, 82)};
+  FlowOptions options;
+  std::string path = temp_path("ck_small");
+  std::string bytes;
+  SmallCheckpoint() {
+    options.time = 1;
+    options.steps = 6;
+    options.scheme = FlowScheme::heun;
+    options.save_every = 2;
+    FlowOptions first = options;
+    first.checkpoint_every = 4;
+    first.checkpoint_path = path;
+    first.should_stop = [](Index step, double) { return step == 4; };
+    flow(model, mu0, first);
+    bytes = read_bytes(path);
+    options.checkpoint_path = path;
+    options.resume = true;
+  }
+  ~SmallCheckpoint() { std::remove(path.c_str()); }
+};
+
+TEST(flow_test, checkpoint_round_trip_in_memory) {
+  SmallCheckpoint ck;
+  ASSERT_GT(ck.bytes.size(), 100u);
+  detail::CheckpointState<double> s;
+  FlowResult<double> r;
+  detail::parse_checkpoint<double>(ck.bytes, "ck", s, r);
+  EXPECT_EQ(s.step, 4);
+  EXPECT_EQ(s.fingerprint, flow_fingerprint(ck.model, ck.mu0, ck.options));
+  EXPECT_EQ(r.frames.size(), 3u);
+  EXPECT_EQ(r.energies.size(), 3u);
+  EXPECT_EQ(r.cluster_counts.size(), 3u);
+  EXPECT_EQ(detail::format_checkpoint(s, r), ck.bytes);
+  // The other precision is refused by name.
+  detail::CheckpointState<float> sf;
+  FlowResult<float> rf;
+  expect_refused([&] { detail::parse_checkpoint<float>(ck.bytes, "ck", sf, rf); },
+                 "another precision");
+}
+
+TEST(flow_test, checkpoint_every_flipped_byte_is_refused) {
+  SmallCheckpoint ck;
+  const auto intact = flow(ck.model, ck.mu0, ck.options);
+  ASSERT_TRUE(intact.resumed);
+  for (std::size_t i = 0; i < ck.bytes.size(); ++i) {
+    for (unsigned char mask : {0x01, 0x80, 0xff}) {
+      std::string bad = ck.bytes;
+      bad[i] = static_cast<char>(bad[i] ^ mask);
+      detail::CheckpointState<double> s;
+      FlowResult<double> r;
+      try {
+        detail::parse_checkpoint<double>(bad, "ck", s, r);
+        ADD_FAILURE() << "a flip of byte " << i << " (mask " << int(mask) << ") was accepted";
+      } catch (const invalid_argument&) {
+      }
+    }
+    // Through the file and resume (one flip per byte): refused, or (only for a
+    // byte nothing depends on; there is none) the same result.
+    std::string bad = ck.bytes;
+    bad[i] = static_cast<char>(bad[i] ^ 0x10);
+    write_bytes(ck.path, bad);
+    try {
+      const auto r = flow(ck.model, ck.mu0, ck.options);
+      ADD_FAILURE() << "a flip of byte " << i << " was accepted";
+      EXPECT_EQ(r.particles, intact.particles);
+    } catch (const invalid_argument& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(ck.path), std::string::npos) << what;
+      if (i >= 16) {
+        EXPECT_NE(what.find("checksum mismatch"), std::string::npos) << i << what;
+      }
+    }
+  }
+  // The message for a flip in the middle.
+  std::string bad = ck.bytes;
+  bad[bad.size() / 2] ^= 0x04;
+  write_bytes(ck.path, bad);
+  expect_refused([&] { flow(ck.model, ck.mu0, ck.options); },
+                 ck.path + ": checksum mismatch: the checkpoint is corrupt");
+}
+
+TEST(flow_test, checkpoint_truncated_extended_or_old_is_refused) {
+  SmallCheckpoint ck;
+  for (std::size_t n = 0; n < ck.bytes.size(); ++n) {
+    detail::CheckpointState<double> s;
+    FlowResult<double> r;
+    EXPECT_THROW(detail::parse_checkpoint<double>(ck.bytes.substr(0, n), "ck", s, r),
+                 invalid_argument)
+        << n;
+  }
+  write_bytes(ck.path, ck.bytes.substr(0, ck.bytes.size() - 8));
+  expect_refused([&] { flow(ck.model, ck.mu0, ck.options); }, "the file has");
+  write_bytes(ck.path, ck.bytes + "x");
+  expect_refused([&] { flow(ck.model, ck.mu0, ck.options); }, "checksum mismatch");
+  write_bytes(ck.path, ck.bytes.substr(0, 10));
+  expect_refused([&] { flow(ck.model, ck.mu0, ck.options); }, "truncated checkpoint");
+  write_bytes(ck.path, "not a checkpoint at all");
+  expect_refused([&] { flow(ck.model, ck.mu0, ck.options); }, "not a measattn flow checkpoint");
+  // Version 1 (no checksum) is refused with a clear message.
+  std::string v1 = ck.bytes;
+  const std::uint32_t one = 1;
+  std::memcpy(v1.data() + 8, &one, 4);
+  write_bytes(ck.path, v1);
+  expect_refused([&] { flow(ck.model, ck.mu0, ck.options); },
+                 "checkpoint format version 1 is not supported");
+  // Devices: refused at the preamble.
+  FlowOptions dev = ck.options;
+  dev.checkpoint_path = "/dev/zero";
+  expect_refused([&] { flow(ck.model, ck.mu0, dev); }, "not a measattn flow checkpoint");
+}
+
+TEST(flow_test, checkpoint_with_valid_checksum_but_bad_content_is_refused) {
+  SmallCheckpoint ck;
+  // Rewrites a field and fixes the checksum, as a crafted file would.
+  auto crafted = [&](std::size_t at, const void* value, std::size_t n) {
+    std::string b = ck.bytes;
+    std::memcpy(b.data() + at, value, n);
+    uLong crc = crc32(0L, Z_NULL, 0);
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(b.data()), 12);
+    crc =
+        crc32(crc, reinterpret_cast<const Bytef*>(b.data() + 16), static_cast<uInt>(b.size() - 16));
+    const auto c = static_cast<std::uint32_t>(crc);
+    std::memcpy(b.data() + 12, &c, 4);
+    return b;
+  };
+  auto expect_corrupt = [&](const std::string& b, const std::string& fragment) {
+    detail::CheckpointState<double> s;
+    FlowResult<double> r;
+    expect_refused([&] { detail::parse_checkpoint<double>(b, "ck", s, r); }, fragment);
+  };
+  // Body: 24 precision(4) fingerprint(8) time(8) step(8) ...
+  const double nan = std::nan("");
+  expect_corrupt(crafted(36, &nan, 8), "time is not finite");
+  const std::int64_t minus = -1;
+  expect_corrupt(crafted(44, &minus, 8), "step is negative");
+  const std::uint64_t longer = ck.bytes.size();
+  expect_corrupt(crafted(16, &longer, 8), "corrupt checkpoint (length)");
+  // The particles' shape (after 4 + 8 + 8 + 4 * 8 + 8 + 8 + 1 = 69 bytes of fields).
+  const std::int64_t rows = 1'000'000'000'000;
+  expect_corrupt(crafted(24 + 69, &rows, 8), "particles shape");
+  // An empty but enormous shape (2^40 x 0; found by fuzz_checkpoint: Eigen
+  // visits every row of an empty row-major matrix).
+  const std::int64_t empty_shape[2] = {std::int64_t{1} << 40, 0};
+  expect_corrupt(crafted(24 + 69, empty_shape, 16), "particles shape");
+  // A different run's fingerprint: refused as not matching.
+  const std::uint64_t other = 12345;
+  write_bytes(ck.path, crafted(28, &other, 8));
+  expect_refused([&] { flow(ck.model, ck.mu0, ck.options); }, "does not match the arguments");
 }
 
 }  // namespace

@@ -9,9 +9,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
-
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -20,6 +19,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -741,6 +741,312 @@ TEST(io_test, load_model_from_files) {
   write_raw(dir.file("m.safetensors"), st_bytes(mha_tensors(), {{"num_heads", "3"}}));
   expect_invalid([&] { measattn::load_model<double>(dir.file("m.safetensors")); }, "m.safetensors",
                  "num_heads: 3 does not divide");
+}
+
+// ---- bounded reads: devices, FIFOs, huge declared sizes -----------------------------
+
+namespace {
+
+// A FIFO in `dir` fed `bytes` by a thread (then closed). The writer ignores a
+// reader that stops early (SIGPIPE is ignored for the whole test program).
+class Fifo {
+ public:
+  Fifo(const std::string& path, std::string bytes, std::size_t repeat_zeros = 0)
+      : path_(path), bytes_(std::move(bytes)), zeros_(repeat_zeros) {
+    std::signal(SIGPIPE, SIG_IGN);
+    if (::mkfifo(path.c_str(), 0600) != 0) throw std::runtime_error("mkfifo failed");
+    writer_ = std::thread([this] {
+      const int fd = ::open(path_.c_str(), O_WRONLY);
+      if (fd < 0) return;
+      if (write_all(fd, bytes_.data(), bytes_.size())) {
+        const std::string zeros(1 << 16, '\0');
+        for (std::size_t sent = 0; sent < zeros_; sent += zeros.size()) {
+          if (!write_all(fd, zeros.data(), zeros.size())) break;
+        }
+      }
+      ::close(fd);
+    });
+  }
+  ~Fifo() {
+    writer_.join();
+    ::unlink(path_.c_str());
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  static bool write_all(int fd, const char* p, std::size_t n) {
+    while (n > 0) {
+      const ssize_t w = ::write(fd, p, n);
+      if (w <= 0) return false;
+      p += w;
+      n -= static_cast<std::size_t>(w);
+    }
+    return true;
+  }
+  std::string path_, bytes_;
+  std::size_t zeros_;
+  std::thread writer_;
+};
+
+}  // namespace
+
+TEST(io_test, npy_from_devices_and_fifos_is_bounded) {
+  TempDir dir;
+  // /dev/zero and /dev/urandom fail at the magic, /dev/null is empty.
+  expect_invalid([] { measattn::read_npy("/dev/zero"); }, "/dev/zero", "bad magic");
+  expect_invalid([] { measattn::read_npy("/dev/urandom"); }, "/dev/urandom", "bad magic");
+  expect_invalid([] { measattn::read_npy("/dev/null"); }, "/dev/null", "bad magic");
+  const std::string good = npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }",
+                                     f8_data(iota_values(6)));
+  {
+    Fifo fifo(dir.file("ok.fifo"), good);
+    const auto a = measattn::read_npy(fifo.path());
+    EXPECT_EQ(a.values, iota_values(6));
+  }
+  {
+    // A valid header followed by an endless stream: refused after one byte more.
+    Fifo fifo(dir.file("endless.fifo"), good, std::size_t{1} << 34);
+    expect_invalid([&] { measattn::read_npy(fifo.path()); }, "endless.fifo", "trailing bytes");
+  }
+  {
+    Fifo fifo(dir.file("short.fifo"), good.substr(0, good.size() - 3));
+    expect_invalid([&] { measattn::read_npy(fifo.path()); }, "short.fifo", "truncated");
+  }
+  {
+    Fifo fifo(dir.file("header.fifo"), good.substr(0, 40));
+    expect_invalid([&] { measattn::read_npy(fifo.path()); }, "header.fifo",
+                   "truncated .npy header");
+  }
+  {
+    // A version 2.0 header length of 4 GiB - 1 is refused before reading it.
+    std::string big("\x93NUMPY\x02\x00\xff\xff\xff\xff", 12);
+    Fifo fifo(dir.file("big.fifo"), big, std::size_t{1} << 34);
+    expect_invalid([&] { measattn::read_npy(fifo.path()); }, "big.fifo", "exceeds 65536 bytes");
+  }
+  {
+    // A stream declaring 2^43 bytes of data: refused before any is read.
+    Fifo fifo(
+        dir.file("huge.fifo"),
+        npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (1099511627776,), }", ""),
+        std::size_t{1} << 34);
+    expect_invalid([&] { measattn::read_npy(fifo.path()); }, "huge.fifo",
+                   "more than this machine's memory");
+  }
+}
+
+TEST(io_test, npy_sparse_file_larger_than_memory_is_refused_before_reading) {
+  TempDir dir;
+  const std::string path = dir.file("sparse.npy");
+  const std::string header = npy_bytes(
+      "{'descr': '<f8', 'fortran_order': False, 'shape': (137438953472,), }", "");  // 2^40 bytes
+  write_raw(path, header);
+  fs::resize_file(path, header.size() + (std::uintmax_t{1} << 40));
+  expect_invalid([&] { measattn::read_npy(path); }, "sparse.npy",
+                 "more than this machine's memory");
+}
+
+TEST(io_test, read_file_is_bounded) {
+  TempDir dir;
+  expect_invalid([] { measattn::read_file("/dev/zero", 1000); }, "/dev/zero", "more than 1000");
+  EXPECT_EQ(measattn::read_file("/dev/null"), "");
+  write_raw(dir.file("f.bin"), std::string(2000, 'x'));
+  EXPECT_EQ(measattn::read_file(dir.file("f.bin"), 2000).size(), 2000u);
+  expect_invalid([&] { measattn::read_file(dir.file("f.bin"), 1999); }, "f.bin",
+                 "more than the 1999 allowed");
+  Fifo fifo(dir.file("f.fifo"), std::string(5000, 'y'));
+  EXPECT_EQ(measattn::read_file(fifo.path()), std::string(5000, 'y'));
+  // procfs files claim 0 bytes and have more: read as streams.
+  EXPECT_NE(measattn::read_file("/proc/self/status").find("Name:"), std::string::npos);
+  expect_invalid([] { measattn::read_npy("/proc/self/status"); }, "/proc/self/status", "bad magic");
+  expect_invalid([] { measattn::load_model<double>("/proc/self/status"); }, "/proc/self/status",
+                 "exceeds 100 MB");
+}
+
+namespace {
+
+// The offsets of every tensor as written by st_bytes (in the order given).
+std::vector<std::pair<std::uint64_t, std::uint64_t>> st_offsets(const std::vector<StTensor>& ts) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+  std::uint64_t at = 0;
+  for (const auto& t : ts) {
+    const std::uint64_t bytes = t.values.size() * (t.dtype == "F64" ? 8 : 4);
+    out.emplace_back(at, at + bytes);
+    at += bytes;
+  }
+  return out;
+}
+
+// A safetensors file with a raw header text and data.
+std::string st_raw(const std::string& text, const std::string& data = "") {
+  std::string out(8, '\0');
+  const std::uint64_t n = text.size();
+  std::memcpy(out.data(), &n, 8);
+  return out + text + data;
+}
+
+}  // namespace
+
+TEST(io_test, safetensors_offsets_must_tile_the_data_buffer) {
+  const std::string name = "tile.safetensors";
+  auto expect_bad = [&](const std::string& bytes, const std::string& fragment) {
+    SCOPED_TRACE(fragment);
+    expect_invalid([&] { measattn::parse_model<double>(bytes, name); }, name, fragment);
+  };
+  // Tensors: in_proj_weight [0, 12288), out_proj.weight [12288, 16384),
+  // in_proj_bias [16384, 16768), out_proj.bias [16768, 16896).
+  const auto t = mha_tensors();
+  const auto off = st_offsets(t);
+  ASSERT_EQ(off.back().second, 16896u);
+  // In another order than in the file's data, but tiling: accepted (the format
+  // allows any order).
+  {
+    std::vector<StTensor> swapped = {t[1], t[0], t[2], t[3]};
+    const std::string b = st_bytes(swapped, kMeta, [&](json& h) {
+      h["out_proj.weight"]["data_offsets"] = {0, 4096};
+      h["in_proj_weight"]["data_offsets"] = {4096, 16384};
+    });
+    EXPECT_NO_THROW(measattn::parse_model<double>(b, name));
+  }
+  // Overlap: out_proj.bias moved into the range of in_proj_bias (same size as
+  // the gap would be, so the total still matches).
+  expect_bad(st_bytes(t, kMeta,
+                      [](json& h) {
+                        h["out_proj.bias"]["data_offsets"] = {16384 + 64, 16384 + 64 + 128};
+                      }),
+             "out_proj.bias: data_offsets [16448, 16576] overlap those of in_proj_bias");
+  // Two tensors on the same bytes.
+  expect_bad(st_bytes(t, kMeta,
+                      [](json& h) {
+                        h["out_proj.weight"]["data_offsets"] = {0, 4096};
+                      }),
+             "overlap those of");
+  // A gap (and then the total would not match either).
+  expect_bad(
+      st_bytes(t, kMeta,
+               [](json& h) {
+                 h["out_proj.bias"]["data_offsets"] = {16768 + 8, 16896 + 8};
+               }) +
+          std::string(8, '\0'),
+      "out_proj.bias: data_offsets [16776, 16904] leave a gap of 8 bytes after in_proj_bias");
+  expect_bad(st_bytes(t, kMeta,
+                      [](json& h) {
+                        h["in_proj_weight"]["data_offsets"] = {16, 12288 + 16};
+                        h["out_proj.weight"]["data_offsets"] = {12288 + 16, 16384 + 16};
+                        h["in_proj_bias"]["data_offsets"] = {16384 + 16, 16768 + 16};
+                        h["out_proj.bias"]["data_offsets"] = {16768 + 16, 16896 + 16};
+                      }) +
+                 std::string(16, '\0'),
+             "in_proj_weight: data_offsets [16, 12304] leave a gap of 16 bytes after the start");
+  // Trailing bytes after the last tensor.
+  expect_bad(st_bytes(t, kMeta) + std::string(1, '\0'),
+             "the data buffer has 16897 bytes, the tensors' data_offsets cover 16896 (trailing "
+             "bytes)");
+  // Zero-sized tensors anywhere in the tiling are fine: an empty extra tensor is
+  // then refused only as unexpected.
+  expect_bad(
+      st_bytes(t, kMeta,
+               [](json& h) {
+                 h["bias_k"] = {{"dtype", "F32"}, {"shape", {0}}, {"data_offsets", {16384, 16384}}};
+               }),
+      "unexpected tensor 'bias_k'");
+}
+
+TEST(io_test, safetensors_hostile_json_headers) {
+  const std::string name = "json.safetensors";
+  auto expect_bad = [&](const std::string& bytes, const std::string& fragment) {
+    SCOPED_TRACE(fragment);
+    expect_invalid([&] { measattn::parse_model<double>(bytes, name); }, name, fragment);
+    expect_invalid([&] { measattn::parse_model<float>(bytes, name); }, name, fragment);
+  };
+  expect_bad(st_raw("{\"__metadata__\": {\"num_heads\": \"2\", \"num_heads\": \"4\"}}"),
+             "duplicate key 'num_heads'");
+  {
+    // The same tensor twice (a parser keeping the last one would see a gap).
+    const auto t = mha_tensors();
+    const std::string whole = st_bytes(t, kMeta);
+    std::uint64_t n;
+    std::memcpy(&n, whole.data(), 8);
+    std::string text = whole.substr(8, n);
+    ASSERT_NE(text.find("\"out_proj.bias\""), std::string::npos);
+    text.insert(1, "\"out_proj.bias\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]},");
+    expect_bad(st_raw(text, whole.substr(8 + n)), "duplicate key 'out_proj.bias'");
+  }
+  expect_bad(st_raw("{\"a\": {\"dtype\": \"F32\", \"dtype\": \"F64\"}}"), "duplicate key 'dtype'");
+  expect_bad(st_raw("{\"x\": " + std::string(5, '[') + std::string(5, ']') + "}"),
+             "nested too deeply");
+  expect_bad(st_raw([] {
+               std::string s;
+               for (int i = 0; i < (1 << 20); ++i) s += "{\"a\":";
+               return s + "1" + std::string(1 << 20, '}');
+             }()),
+             "nested too deeply");
+  expect_bad(st_raw("{\"x\": [" +
+                    [] {
+                      std::string s = "0";
+                      for (int i = 0; i < (1 << 20) + 8; ++i) s += ",0";
+                      return s;
+                    }() +
+                    "]}"),
+             "more than 1048576 JSON values");
+  expect_bad(st_raw("{\"__metadata__\": {\"num_heads\": 1e999999}}"), "not valid JSON");
+  expect_bad(st_raw("{\"__metadata__\": {\"num_heads\": 123456789012345678901234567890}}"),
+             "not a string");
+  expect_bad(st_raw("{\"__metadata__\": {\"num_heads\": null}}"), "not a string");
+  expect_bad(st_raw("{\"__metadata__\": {\"num_heads\": {\"a\": 1}}}"), "not a string");
+  expect_bad(st_raw("{\"__metadata__\": {\"num_heads\": [\"4\"]}}"), "not a string");
+  expect_bad(st_raw("{\"a\": {\"dtype\": \"F32\", \"shape\": [1e300], \"data_offsets\": [0, 4]}}"),
+             "non-negative integers");
+  expect_bad(st_raw("{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": "
+                    "[0, 184467440737095516150]}}"),
+             "data_offsets must be");
+  expect_bad(st_raw("{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": "
+                    "[18446744073709551615, 18446744073709551615]}}"),
+             "exceed the data buffer");
+  expect_bad(st_raw(std::string("{\"\xff\xfe\": 1}")), "not valid JSON");
+  expect_bad(st_raw(std::string("{\"a\n\": 1}")), "not valid JSON");
+  expect_bad(st_raw(std::string("{\"a\": 1}\0\0\0", 11)), "not valid JSON");
+}
+
+TEST(io_test, safetensors_from_devices_and_fifos_is_bounded) {
+  TempDir dir;
+  expect_invalid([] { measattn::load_model<double>("/dev/zero"); }, "/dev/zero", "too small");
+  expect_invalid([] { measattn::load_model<double>("/dev/null"); }, "/dev/null", "shorter than");
+  const std::string good = st_bytes(mha_tensors(), kMeta);
+  {
+    Fifo fifo(dir.file("ok.fifo"), good);
+    EXPECT_EQ(measattn::load_model<double>(fifo.path()).embed_dim(), 32);
+  }
+  {
+    Fifo fifo(dir.file("endless.fifo"), good, std::size_t{1} << 34);
+    expect_invalid([&] { measattn::load_model<double>(fifo.path()); }, "endless.fifo",
+                   "trailing bytes");
+  }
+  {
+    Fifo fifo(dir.file("short.fifo"), good.substr(0, good.size() - 1));
+    expect_invalid([&] { measattn::load_model<double>(fifo.path()); }, "short.fifo", "truncated");
+  }
+  {
+    Fifo fifo(dir.file("header.fifo"), good.substr(0, 100));
+    expect_invalid([&] { measattn::load_model<double>(fifo.path()); }, "header.fifo",
+                   "exceeds the input");
+  }
+  {
+    std::string big(8, '\0');
+    const std::uint64_t n = 100'000'001;
+    std::memcpy(big.data(), &n, 8);
+    Fifo fifo(dir.file("big.fifo"), big, std::size_t{1} << 34);
+    expect_invalid([&] { measattn::load_model<double>(fifo.path()); }, "big.fifo",
+                   "exceeds 100 MB");
+  }
+  {
+    // Offsets declaring 2^43 bytes of data: refused before any is read.
+    const std::string text =
+        "{\"a\": {\"dtype\": \"F64\", \"shape\": [1099511627776], \"data_offsets\": [0, "
+        "8796093022208]}}";
+    Fifo fifo(dir.file("huge.fifo"), st_raw(text), std::size_t{1} << 34);
+    expect_invalid([&] { measattn::load_model<double>(fifo.path()); }, "huge.fifo",
+                   "more than this machine's memory");
+  }
 }
 
 // ---- write_file_atomic: special targets, links, failed writes, temporaries ---------

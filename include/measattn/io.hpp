@@ -85,7 +85,9 @@ void save_model(const std::string& path, const Model<Scalar>& model, DType dtype
 /// refused. Any failure (ENOSPC, EPIPE, ...) throws invalid_argument("<path>:
 /// ...") and leaves the old file intact and no temporary behind.
 void write_file_atomic(const std::string& path, const std::string& content);
-/// Reads a whole file; throws invalid_argument("<path>: cannot open ...").
-std::string read_file(const std::string& path);
+/// Reads a whole file of at most `max_bytes` bytes (default 1 GiB): a larger
+/// regular file is refused before reading, a device or FIFO after max_bytes + 1
+/// bytes. Throws invalid_argument("<path>: cannot open ...") and the like.
+std::string read_file(const std::string& path, std::uint64_t max_bytes = std::uint64_t{1} << 30);
 
 }  // namespace measattn

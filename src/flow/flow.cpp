@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "common/progress.hpp"
+#include "flow/checkpoint.hpp"
 #include "flow/internal.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
@@ -126,58 +127,6 @@ struct Fnv {
   }
 };
 
-// ---- checkpoint format ----------------------------------------------------------
-constexpr char kMagic[8] = {'M', 'A', 'F', 'L', 'O', 'W', 'C', 'K'};
-constexpr std::uint32_t kVersion = 1;
-
-struct Writer {
-  std::string buf;
-  template <class T>
-  void value(const T& v) {
-    static_assert(std::is_trivially_copyable_v<T>);
-    buf.append(reinterpret_cast<const char*>(&v), sizeof(T));
-  }
-  template <class Scalar>
-  void matrix(const Matrix<Scalar>& m) {
-    value(static_cast<std::int64_t>(m.rows()));
-    value(static_cast<std::int64_t>(m.cols()));
-    buf.append(reinterpret_cast<const char*>(m.data()),
-               static_cast<size_t>(m.size()) * sizeof(Scalar));
-  }
-};
-
-struct Reader {
-  const std::string& buf;
-  const std::string& path;
-  size_t pos = 0;
-  void need(size_t n) const {
-    if (buf.size() - pos < n) throw invalid_argument(path + ": truncated checkpoint");
-  }
-  template <class T>
-  T value() {
-    need(sizeof(T));
-    T v;
-    std::memcpy(&v, buf.data() + pos, sizeof(T));
-    pos += sizeof(T);
-    return v;
-  }
-  template <class Scalar>
-  Matrix<Scalar> matrix() {
-    const auto r = value<std::int64_t>();
-    const auto c = value<std::int64_t>();
-    if (r < 0 || c < 0 || (c > 0 && r > std::int64_t(buf.size()) / c)) {
-      throw invalid_argument(path + ": corrupt checkpoint (matrix shape)");
-    }
-    const size_t bytes = static_cast<size_t>(r * c) * sizeof(Scalar);
-    need(bytes);
-    Matrix<Scalar> m(r, c);
-    if (bytes > 0)
-      std::memcpy(m.data(), buf.data() + pos, bytes);  // an empty matrix has no data pointer
-    pos += bytes;
-    return m;
-  }
-};
-
 // The complete integrator state: everything the next step depends on.
 template <class Scalar>
 struct State {
@@ -195,90 +144,40 @@ struct State {
   FlowResult<Scalar>* frames = nullptr;  // frames live in the result
 };
 
+// ---- checkpoints (format: checkpoint.hpp) ---------------------------------------
 template <class Scalar>
 void write_checkpoint(const std::string& path, std::uint64_t fingerprint, const State<Scalar>& s,
                       const FlowResult<Scalar>& r) {
-  Writer w;
-  w.buf.append(kMagic, sizeof(kMagic));
-  w.value(kVersion);
-  w.value(static_cast<std::uint32_t>(sizeof(Scalar)));
-  w.value(fingerprint);
-  w.value(s.time);
-  w.value(static_cast<std::int64_t>(s.step));
-  w.value(static_cast<std::int64_t>(s.rejected));
-  w.value(static_cast<std::int64_t>(s.evaluations));
-  w.value(static_cast<std::int64_t>(s.attempts));
-  w.value(s.h);
-  w.value(s.err_old);
-  w.value(static_cast<std::uint8_t>(s.last_rejected));
-  w.matrix(s.y);
-  w.matrix(s.fsal);
-  w.value(static_cast<std::int64_t>(r.frames.size()));
-  for (size_t f = 0; f < r.frames.size(); ++f) {
-    w.value(r.frame_times[f]);
-    w.value(static_cast<std::int64_t>(r.frame_steps[f]));
-    w.matrix(r.frames[f]);
-  }
-  w.value(static_cast<std::int64_t>(r.energies.size()));
-  for (double e : r.energies) w.value(e);
-  w.value(static_cast<std::int64_t>(r.cluster_counts.size()));
-  for (Index c : r.cluster_counts) w.value(static_cast<std::int64_t>(c));
-  w.buf.append(kMagic, sizeof(kMagic));  // trailer: a complete file
-  write_file_atomic(path, w.buf);
+  detail::CheckpointState<Scalar> c;
+  c.fingerprint = fingerprint;
+  c.time = s.time;
+  c.step = s.step;
+  c.rejected = s.rejected;
+  c.evaluations = s.evaluations;
+  c.attempts = s.attempts;
+  c.h = s.h;
+  c.err_old = s.err_old;
+  c.last_rejected = s.last_rejected;
+  c.y = s.y;
+  c.fsal = s.fsal;
+  detail::write_checkpoint(path, c, r);
 }
 
 template <class Scalar>
 void read_checkpoint(const std::string& path, std::uint64_t fingerprint, Index n, Index d,
                      State<Scalar>& s, FlowResult<Scalar>& r) {
-  const std::string buf = read_file(path);
-  Reader rd{buf, path};
-  rd.need(sizeof(kMagic));
-  if (std::memcmp(buf.data(), kMagic, sizeof(kMagic)) != 0) {
-    throw invalid_argument(path + ": not a measattn flow checkpoint");
-  }
-  rd.pos = sizeof(kMagic);
-  if (rd.value<std::uint32_t>() != kVersion) {
-    throw invalid_argument(path + ": unsupported checkpoint version");
-  }
-  if (rd.value<std::uint32_t>() != sizeof(Scalar)) {
-    throw invalid_argument(path + ": checkpoint was written in another precision");
-  }
-  if (rd.value<std::uint64_t>() != fingerprint) {
-    throw invalid_argument(path +
-                           ": checkpoint does not match the arguments (model, tokens, weights or "
-                           "flow options differ from the run that wrote it)");
-  }
-  s.time = rd.value<double>();
-  s.step = rd.value<std::int64_t>();
-  s.rejected = rd.value<std::int64_t>();
-  s.evaluations = rd.value<std::int64_t>();
-  s.attempts = rd.value<std::int64_t>();
-  s.h = rd.value<double>();
-  s.err_old = rd.value<double>();
-  s.last_rejected = rd.value<std::uint8_t>() != 0;
-  s.y = rd.matrix<Scalar>();
-  s.fsal = rd.matrix<Scalar>();
-  if (s.y.rows() != n || s.y.cols() != d) throw invalid_argument(path + ": wrong particle shape");
-  const auto frames = rd.value<std::int64_t>();
-  if (frames < 0 || frames > std::int64_t(buf.size())) {
-    throw invalid_argument(path + ": corrupt checkpoint (frame count)");
-  }
-  for (std::int64_t f = 0; f < frames; ++f) {
-    r.frame_times.push_back(rd.value<double>());
-    r.frame_steps.push_back(rd.value<std::int64_t>());
-    r.frames.push_back(rd.matrix<Scalar>());
-  }
-  const auto energies = rd.value<std::int64_t>();
-  if (energies < 0 || energies > frames) throw invalid_argument(path + ": corrupt checkpoint");
-  for (std::int64_t f = 0; f < energies; ++f) r.energies.push_back(rd.value<double>());
-  const auto clusters = rd.value<std::int64_t>();
-  if (clusters < 0 || clusters > frames) throw invalid_argument(path + ": corrupt checkpoint");
-  for (std::int64_t f = 0; f < clusters; ++f) r.cluster_counts.push_back(rd.value<std::int64_t>());
-  rd.need(sizeof(kMagic));
-  if (std::memcmp(buf.data() + rd.pos, kMagic, sizeof(kMagic)) != 0 ||
-      rd.pos + sizeof(kMagic) != buf.size()) {
-    throw invalid_argument(path + ": corrupt checkpoint (trailer)");
-  }
+  detail::CheckpointState<Scalar> c;
+  detail::read_checkpoint(path, fingerprint, n, d, c, r);
+  s.time = c.time;
+  s.step = c.step;
+  s.rejected = c.rejected;
+  s.evaluations = c.evaluations;
+  s.attempts = c.attempts;
+  s.h = c.h;
+  s.err_old = c.err_old;
+  s.last_rejected = c.last_rejected;
+  s.y = std::move(c.y);
+  s.fsal = std::move(c.fsal);
 }
 
 // Dormand–Prince 5(4) coefficients (Hairer, Norsett, Wanner, Table II.5.2).

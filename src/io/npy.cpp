@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "io/input.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 
@@ -238,31 +239,49 @@ std::string format_impl(const T* values, const std::vector<std::int64_t>& shape,
 
 }  // namespace
 
-NpyArray parse_npy(const std::string& bytes, const std::string& name) {
-  if (bytes.size() < kMagicSize || std::memcmp(bytes.data(), kMagic, kMagicSize) != 0) {
+namespace {
+
+// numpy itself refuses headers above 10000 bytes by default (max_header_size).
+constexpr std::uint64_t kMaxHeader = 65536;
+
+// Reads a .npy array from `src`: the preamble first (magic, version, header
+// length), then exactly the header, then exactly the bytes its shape needs.
+NpyArray read_npy_from(detail::Source& src) {
+  const std::string& name = src.name();
+  std::string pre;
+  src.read(pre, kMagicSize + 2);
+  if (pre.size() < kMagicSize || std::memcmp(pre.data(), kMagic, kMagicSize) != 0) {
     throw invalid_argument(name + ": not a .npy file (bad magic)");
   }
-  if (bytes.size() < kMagicSize + 2) throw invalid_argument(name + ": truncated .npy header");
-  const auto major = static_cast<unsigned char>(bytes[kMagicSize]);
-  const auto minor = static_cast<unsigned char>(bytes[kMagicSize + 1]);
+  if (pre.size() < kMagicSize + 2) throw invalid_argument(name + ": truncated .npy header");
+  const auto major = static_cast<unsigned char>(pre[kMagicSize]);
+  const auto minor = static_cast<unsigned char>(pre[kMagicSize + 1]);
   if (major < 1 || major > 3 || minor != 0) {
     throw invalid_argument(name + ": unsupported .npy format version " + std::to_string(major) +
                            "." + std::to_string(minor) + " (expected 1.0, 2.0 or 3.0)");
   }
   const std::size_t len_size = major == 1 ? 2 : 4;
   const std::size_t prefix = kMagicSize + 2 + len_size;
-  if (bytes.size() < prefix) throw invalid_argument(name + ": truncated .npy header");
+  if (src.read(pre, len_size) < len_size) throw invalid_argument(name + ": truncated .npy header");
   std::uint64_t header_len = 0;
   for (std::size_t b = 0; b < len_size; ++b) {
-    header_len |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[kMagicSize + 2 + b]))
+    header_len |= static_cast<std::uint64_t>(static_cast<unsigned char>(pre[kMagicSize + 2 + b]))
                   << (8 * b);
   }
-  if (header_len > bytes.size() - prefix) {
-    throw invalid_argument(name + ": truncated .npy header (header length " +
-                           std::to_string(header_len) + ", file has " +
-                           std::to_string(bytes.size() - prefix) + " bytes after the preamble)");
+  const auto size = src.size();
+  if (header_len > kMaxHeader) {
+    throw invalid_argument(name + ": malformed .npy header: header length " +
+                           std::to_string(header_len) + " exceeds " + std::to_string(kMaxHeader) +
+                           " bytes");
   }
-  const std::string header = bytes.substr(prefix, header_len);
+  const std::uint64_t after = size && *size > prefix ? *size - prefix : 0;
+  std::string header;
+  if ((size && header_len > after) || src.read(header, header_len) < header_len) {
+    throw invalid_argument(
+        name + ": truncated .npy header (header length " + std::to_string(header_len) +
+        (size ? ", file has " + std::to_string(after) + " bytes after the preamble)"
+              : ", the input ends after " + std::to_string(header.size()) + " of them)"));
+  }
   std::string descr;
   bool fortran = false;
   NpyArray out;
@@ -289,7 +308,6 @@ NpyArray parse_npy(const std::string& bytes, const std::string& name) {
                            ": Fortran-order arrays are not supported (save a C-order "
                            "array, e.g. numpy.ascontiguousarray)");
   }
-  const std::size_t data_size = bytes.size() - prefix - header_len;
   std::uint64_t count = 1;
   for (std::int64_t d : out.shape) {
     const auto ud = static_cast<std::uint64_t>(d);
@@ -306,27 +324,55 @@ NpyArray parse_npy(const std::string& bytes, const std::string& name) {
     }
   }
   const std::uint64_t expected = count * item;
-  if (expected != data_size) {
+  if (size) {
+    const std::uint64_t data_size = after - header_len;
+    if (expected != data_size) {
+      throw invalid_argument(name + ": shape " + shape_text(out.shape) + " needs " +
+                             std::to_string(expected) + " bytes of data, the file has " +
+                             std::to_string(data_size) +
+                             (expected > data_size ? " (truncated)" : " (trailing bytes)"));
+    }
+  }
+  // The raw bytes and the values as doubles.
+  if (count > std::numeric_limits<std::uint64_t>::max() / 16) {
+    throw invalid_argument(name + ": shape " + shape_text(out.shape) + " is too large");
+  }
+  detail::check_memory(expected + 8 * count, name, "shape " + shape_text(out.shape));
+  std::string data;
+  if (src.read(data, expected) < expected) {
     throw invalid_argument(name + ": shape " + shape_text(out.shape) + " needs " +
-                           std::to_string(expected) + " bytes of data, the file has " +
-                           std::to_string(data_size) +
-                           (expected > data_size ? " (truncated)" : " (trailing bytes)"));
+                           std::to_string(expected) + " bytes of data, the input has " +
+                           std::to_string(data.size()) + " (truncated)");
+  }
+  if (!src.at_end()) {
+    throw invalid_argument(name + ": shape " + shape_text(out.shape) + " needs " +
+                           std::to_string(expected) +
+                           " bytes of data, the input has more (trailing bytes)");
   }
   out.values.resize(static_cast<std::size_t>(count));
-  const char* src = bytes.data() + prefix + header_len;
   if (expected > 0 && item == 8) {  // (memcpy from/to null is undefined even for 0 bytes)
-    std::memcpy(out.values.data(), src, static_cast<std::size_t>(expected));
+    std::memcpy(out.values.data(), data.data(), static_cast<std::size_t>(expected));
   } else {
     for (std::size_t i = 0; i < out.values.size(); ++i) {
       float v;
-      std::memcpy(&v, src + 4 * i, 4);
+      std::memcpy(&v, data.data() + 4 * i, 4);
       out.values[i] = v;
     }
   }
   return out;
 }
 
-NpyArray read_npy(const std::string& path) { return parse_npy(read_file(path), path); }
+}  // namespace
+
+NpyArray parse_npy(const std::string& bytes, const std::string& name) {
+  detail::MemorySource src(bytes, name);
+  return read_npy_from(src);
+}
+
+NpyArray read_npy(const std::string& path) {
+  detail::InputFile file(path);
+  return read_npy_from(file);
+}
 
 namespace {
 

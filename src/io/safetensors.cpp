@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "io/input.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 
@@ -50,52 +51,89 @@ std::string printable(const std::string& s) {
   return out;
 }
 
+// Limits on the header JSON: nesting (a tensor entry's shape is at depth 3) and
+// the number of values, far above any nn.MultiheadAttention header, so that
+// hostile input cannot make the parser build a huge document.
+constexpr int kMaxDepth = 4;
+constexpr std::uint64_t kMaxJsonEvents = 1 << 20;
+
+// JSON parser messages quote the input: keep them to one printable line.
+std::string one_line(const std::string& s) {
+  std::string out;
+  for (char c : s.substr(0, 200)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  if (s.size() > 200) out += "...";
+  return out;
+}
+
 class SafetensorsFile {
  public:
-  SafetensorsFile(const std::string& bytes, const std::string& name) : bytes_(bytes), name_(name) {
-    if (bytes.size() < 8) fail("not a safetensors file (shorter than its 8-byte header length)");
+  // Reads the 8-byte header length, then exactly the header, then exactly the
+  // data bytes that the tensors' offsets tile.
+  explicit SafetensorsFile(detail::Source& src) : name_(src.name()) {
+    std::string pre;
+    if (src.read(pre, 8) < 8) {
+      fail("not a safetensors file (shorter than its 8-byte header length)");
+    }
     std::uint64_t n = 0;
     for (int b = 0; b < 8; ++b) {
-      n |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[b])) << (8 * b);
+      n |= static_cast<std::uint64_t>(static_cast<unsigned char>(pre[b])) << (8 * b);
     }
-    if (n > bytes.size() - 8) {
+    const auto size = src.size();
+    if (size && (*size < 8 || n > *size - 8)) {
       fail("header length " + std::to_string(n) + " exceeds the file size (" +
-           std::to_string(bytes.size()) + " bytes)");
+           std::to_string(*size) + " bytes)");
     }
     if (n > kMaxHeader) fail("header length " + std::to_string(n) + " exceeds 100 MB");
     if (n < 2) fail("header length " + std::to_string(n) + " is too small for a JSON object");
-    data_begin_ = 8 + n;
-    data_size_ = bytes.size() - data_begin_;
-    json header;
-    try {
-      // Nesting deeper than metadata values is never valid: stop early so that
-      // hostile input cannot make the parser or destructor recurse deeply.
-      header =
-          json::parse(bytes.begin() + 8, bytes.begin() + static_cast<std::ptrdiff_t>(data_begin_),
-                      [](int depth, json::parse_event_t, json&) {
-                        if (depth > 4) throw invalid_argument("JSON nested too deeply");
-                        return true;
-                      });
-    } catch (const json::exception& e) {
-      fail(std::string("header is not valid JSON: ") + e.what());
-    } catch (const invalid_argument& e) {
-      fail(std::string("header is not valid: ") + e.what());
+    std::string text;
+    if (src.read(text, n) < n) {
+      fail("header length " + std::to_string(n) + " exceeds the input (it ends after " +
+           std::to_string(8 + text.size()) + " bytes)");
     }
-    if (!header.is_object()) fail("header is not a JSON object");
-    for (auto it = header.begin(); it != header.end(); ++it) {
-      const std::string& key = it.key();
-      if (key == "__metadata__") {
-        if (!it->is_object()) fail("__metadata__ is not an object");
-        for (auto m = it->begin(); m != it->end(); ++m) {
-          if (!m->is_string()) {
-            fail("__metadata__." + printable(m.key()) +
-                 " is not a string (safetensors metadata values are strings)");
-          }
-          metadata_[m.key()] = m->get<std::string>();
-        }
-        continue;
+    if (size && *size >= 8 + n) {
+      data_size_ = *size - 8 - n;
+      known_size_ = true;
+    }
+    parse_header(text);
+    text.clear();
+    text.shrink_to_fit();
+
+    // The tensors' byte ranges must tile the data buffer exactly (in any order).
+    std::vector<std::pair<const std::string*, const TensorInfo*>> order;
+    for (const auto& [k, t] : tensors_) order.emplace_back(&k, &t);
+    std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+      return std::pair(a.second->begin, a.second->end) < std::pair(b.second->begin, b.second->end);
+    });
+    std::uint64_t cursor = 0;
+    const std::string* previous = nullptr;
+    for (const auto& [k, t] : order) {
+      if (t->begin < cursor) {
+        fail(printable(*k) + ": data_offsets [" + std::to_string(t->begin) + ", " +
+             std::to_string(t->end) + "] overlap those of " + printable(*previous) +
+             " (ending at " + std::to_string(cursor) + ")");
       }
-      tensors_[key] = parse_tensor(key, *it);
+      if (t->begin > cursor) {
+        fail(printable(*k) + ": data_offsets [" + std::to_string(t->begin) + ", " +
+             std::to_string(t->end) + "] leave a gap of " + std::to_string(t->begin - cursor) +
+             " bytes after " + (previous ? printable(*previous) : "the start of the data") +
+             " (the tensors must tile the data buffer)");
+      }
+      cursor = t->end;
+      if (t->end > t->begin) previous = k;
+    }
+    if (known_size_ && cursor != data_size_) {
+      fail("the data buffer has " + std::to_string(data_size_) +
+           " bytes, the tensors' data_offsets cover " + std::to_string(cursor) +
+           (cursor < data_size_ ? " (trailing bytes)" : " (truncated)"));
+    }
+    detail::check_memory(2 * cursor, name_, "the tensor data");
+    if (src.read(data_, cursor) < cursor) {
+      fail("the tensors' data_offsets cover " + std::to_string(cursor) +
+           " bytes, the input ends after " + std::to_string(data_.size()) + " (truncated)");
+    }
+    if (!src.at_end()) {
+      fail("the input has more than the " + std::to_string(cursor) +
+           " data bytes the tensors' data_offsets cover (trailing bytes)");
     }
   }
 
@@ -112,7 +150,7 @@ class SafetensorsFile {
     const TensorInfo& t = tensors_.at(key);
     const std::size_t item = t.dtype == "F32" ? 4 : 8;
     const std::size_t count = static_cast<std::size_t>((t.end - t.begin) / item);
-    const char* src = bytes_.data() + data_begin_ + t.begin;
+    const char* src = data_.data() + t.begin;
     std::vector<Scalar> out(count);
     for (std::size_t i = 0; i < count; ++i) {
       double v;
@@ -135,6 +173,60 @@ class SafetensorsFile {
   }
 
  private:
+  void parse_header(const std::string& text) {
+    // (The JSON parser would stop at a NUL byte and ignore the rest.)
+    if (const auto nul = text.find('\0'); nul != std::string::npos) {
+      fail("header is not valid JSON: a NUL byte at offset " + std::to_string(8 + nul));
+    }
+    json header;
+    try {
+      // Nesting deeper than a tensor's shape is never valid: stop early so that
+      // hostile input cannot make the parser or destructor recurse deeply.
+      // Duplicate keys are refused (JSON parsers disagree on which one wins).
+      std::vector<std::set<std::string>> keys;
+      std::uint64_t events = 0;
+      header = json::parse(
+          text.begin(), text.end(), [&](int depth, json::parse_event_t event, json& parsed) {
+            if (depth > kMaxDepth) throw invalid_argument("JSON nested too deeply");
+            if (++events > kMaxJsonEvents) {
+              throw invalid_argument("more than " + std::to_string(kMaxJsonEvents) +
+                                     " JSON values");
+            }
+            if (event == json::parse_event_t::object_start) {
+              keys.emplace_back();
+            } else if (event == json::parse_event_t::object_end && !keys.empty()) {
+              keys.pop_back();
+            } else if (event == json::parse_event_t::key && !keys.empty() && parsed.is_string()) {
+              const std::string& key = parsed.get_ref<const std::string&>();
+              if (!keys.back().insert(key).second) {
+                throw invalid_argument("duplicate key '" + printable(key) + "'");
+              }
+            }
+            return true;
+          });
+    } catch (const json::exception& e) {
+      fail("header is not valid JSON: " + one_line(e.what()));
+    } catch (const invalid_argument& e) {
+      fail(std::string("header is not valid: ") + e.what());
+    }
+    if (!header.is_object()) fail("header is not a JSON object");
+    for (auto it = header.begin(); it != header.end(); ++it) {
+      const std::string& key = it.key();
+      if (key == "__metadata__") {
+        if (!it->is_object()) fail("__metadata__ is not an object");
+        for (auto m = it->begin(); m != it->end(); ++m) {
+          if (!m->is_string()) {
+            fail("__metadata__." + printable(m.key()) +
+                 " is not a string (safetensors metadata values are strings)");
+          }
+          metadata_[m.key()] = m->get<std::string>();
+        }
+        continue;
+      }
+      tensors_[key] = parse_tensor(key, *it);
+    }
+  }
+
   TensorInfo parse_tensor(const std::string& key, const json& j) const {
     const std::string shown = printable(key);
     if (!j.is_object()) fail(shown + ": tensor entry is not an object");
@@ -149,20 +241,20 @@ class SafetensorsFile {
     const auto shape = j.find("shape");
     if (shape == j.end() || !shape->is_array()) fail(shown + ": missing or non-array shape");
     if (shape->size() > 8) fail(shown + ": too many dimensions");
-    std::uint64_t count = 1;
+    // The byte count, saturated at 2^64 - 1 (no offset range can be that large).
+    constexpr std::uint64_t kSaturated = std::numeric_limits<std::uint64_t>::max();
+    std::uint64_t bytes = item;
     for (const json& d : *shape) {
       if (!d.is_number_unsigned()) fail(shown + ": shape entries must be non-negative integers");
       const std::uint64_t v = d.get<std::uint64_t>();
       if (v > (std::uint64_t{1} << 40)) {
         fail(shown + ": shape dimension " + std::to_string(v) + " is too large");
       }
-      if (v != 0 && count > data_size_ / v) {
-        // Non-zero product larger than the data: reported below as a size mismatch.
-        count = data_size_ + 1;
-      } else {
-        count *= v;
-      }
+      bytes = (v != 0 && bytes > kSaturated / v) ? kSaturated : bytes * v;
       t.shape.push_back(static_cast<std::int64_t>(v));
+    }
+    for (auto d : t.shape) {
+      if (d == 0) bytes = 0;
     }
     const auto offsets = j.find("data_offsets");
     if (offsets == j.end() || !offsets->is_array() || offsets->size() != 2 ||
@@ -172,20 +264,21 @@ class SafetensorsFile {
     t.begin = (*offsets)[0].get<std::uint64_t>();
     t.end = (*offsets)[1].get<std::uint64_t>();
     if (t.begin > t.end) fail(shown + ": data_offsets begin after they end");
-    if (t.end > data_size_) {
+    if (known_size_ && t.end > data_size_) {
       fail(shown + ": data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
            "] exceed the data buffer (" + std::to_string(data_size_) + " bytes)");
     }
-    if (count > data_size_ / item || count * item != t.end - t.begin) {
+    if (bytes != t.end - t.begin) {
       fail(shown + ": shape " + shape_text(t.shape) + " of " + t.dtype + " does not match its " +
            std::to_string(t.end - t.begin) + " bytes of data");
     }
     return t;
   }
 
-  const std::string& bytes_;
-  const std::string& name_;
-  std::uint64_t data_begin_ = 0, data_size_ = 0;
+  std::string name_;
+  std::string data_;
+  bool known_size_ = false;
+  std::uint64_t data_size_ = 0;
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
 };
@@ -369,13 +462,16 @@ std::string format_double(double v) {
 
 template <class Scalar>
 Model<Scalar> parse_model(const std::string& bytes, const std::string& name) {
-  const SafetensorsFile file(bytes, name);
+  detail::MemorySource src(bytes, name);
+  const SafetensorsFile file(src);
   return build_model<Scalar>(file);
 }
 
 template <class Scalar>
 Model<Scalar> load_model(const std::string& path) {
-  return parse_model<Scalar>(read_file(path), path);
+  detail::InputFile src(path);
+  const SafetensorsFile file(src);
+  return build_model<Scalar>(file);
 }
 
 template <class Scalar>

@@ -118,6 +118,27 @@ def offsets_out_of_bounds(p):
     return st_raw(p, json.dumps(header).encode(), raw[8 + n:])
 
 
+def edited_offsets(edit, extra=b""):
+    """A valid model whose header's data_offsets `edit` changes; `extra` is appended."""
+    def writer(p):
+        write_safetensors(p, mha_tensors(), {"num_heads": "2"})
+        raw = p.read_bytes()
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8:8 + n])
+        edit(header)
+        return st_raw(p, json.dumps(header).encode(), raw[8 + n:] + extra)
+    return writer
+
+
+def _offsets(**changes):
+    def edit(header):
+        for k, v in changes.items():
+            header[k.replace("__", ".")]["data_offsets"] = v
+    return edit
+
+
+# mha_tensors() with E = 8 in float64: in_proj_weight [0, 1536), in_proj_bias
+# [1536, 1728), out_proj.weight [1728, 2240), out_proj.bias [2240, 2304).
 def valid_header_bad_length(p):
     return st_raw(p, {"__metadata__": {"num_heads": "2"}}, header_len=10 ** 9)
 
@@ -202,6 +223,36 @@ CASES = {
         st_case(tensors_with(out_proj__weight=np.full((E, E), np.nan)), {"num_heads": "2"}),
         "NaN"),
     "st_offsets_out_of_bounds": model_case(offsets_out_of_bounds, "exceed the data buffer"),
+    "st_offsets_overlap": model_case(
+        edited_offsets(_offsets(out_proj__bias=[1536, 1600])),
+        "in_proj_bias: data_offsets [1536, 1728] overlap those of out_proj.bias"),
+    "st_offsets_same_range": model_case(
+        edited_offsets(_offsets(in_proj_bias=[1728, 1920], out_proj__weight=[1536, 2048])),
+        "overlap those of"),
+    "st_offsets_gap": model_case(
+        edited_offsets(_offsets(out_proj__bias=[2248, 2312]), extra=b"\0" * 8),
+        "out_proj.bias: data_offsets [2248, 2312] leave a gap of 8 bytes after out_proj.weight"),
+    "st_trailing_bytes": model_case(
+        edited_offsets(lambda h: None, extra=b"\0" * 8),
+        "the data buffer has 2312 bytes, the tensors' data_offsets cover 2304 (trailing bytes)"),
+    "st_duplicate_key": model_case(
+        lambda p: st_raw(p, b'{"__metadata__": {"num_heads": "2", "num_heads": "4"}}'),
+        "duplicate key 'num_heads'"),
+    "st_deep_json": model_case(
+        lambda p: st_raw(p, b'{"a": ' + b'{"a": ' * 100000 + b'1' + b'}' * 100001),
+        "nested too deeply"),
+    "st_huge_number": model_case(
+        lambda p: st_raw(p, b'{"__metadata__": {"num_heads": 1e99999}}'), "not valid JSON"),
+    "st_metadata_not_string": model_case(
+        lambda p: st_raw(p, b'{"__metadata__": {"num_heads": [2]}}'), "not a string"),
+    "st_dev_zero": lambda d: ({"--model": "/dev/zero"}, ["/dev/zero", "too small"]),
+    "st_dev_urandom": lambda d: ({"--model": "/dev/urandom"}, ["/dev/urandom", "header"]),
+    "st_dev_null": lambda d: ({"--model": "/dev/null"}, ["/dev/null", "shorter than"]),
+    "npy_dev_zero": lambda d: ({"--tokens": "/dev/zero"}, ["--tokens", "/dev/zero", "bad magic"]),
+    "npy_dev_urandom": lambda d: ({"--tokens": "/dev/urandom"},
+                                  ["--tokens", "/dev/urandom", "bad magic"]),
+    "weights_dev_zero": lambda d: ({"--weights": "/dev/zero"},
+                                   ["--weights", "/dev/zero", "bad magic"]),
     "st_kdim_vdim": model_case(
         st_case({"q_proj_weight": np.ones((E, E)), "k_proj_weight": np.ones((E, 3)),
                  "v_proj_weight": np.ones((E, 4)), "out_proj.weight": np.ones((E, E))},
@@ -271,7 +322,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, good_files, case):
         if existing and os.path.isdir(os.path.dirname(out)):
             with open(out, "wb") as f:
                 f.write(sentinel)
-        proc = run_cli(build_args(options))
+        # A timeout, so that a reader that hangs on a device fails the test.
+        proc = run_cli(build_args(options), timeout=120)
         assert proc.returncode == 2, (proc.returncode, proc.stderr)
         lines = proc.stderr.splitlines()
         assert len(lines) == 1, proc.stderr
@@ -310,3 +362,79 @@ def test_output_is_a_directory(tmp_path, good_files):
     assert len(proc.stderr.splitlines()) == 1 and "dir.npy" in proc.stderr
     assert target.is_dir() and os.listdir(target) == []
     assert sorted(os.listdir(tmp_path)) == ["dir.npy"]
+
+
+# ---- FIFOs: read in order, never more than the header declares (plus one byte) ----
+
+def _feed_fifo(path, data, endless=False):
+    """Writes `data` (then zeros forever when endless) into the FIFO at `path` from
+    a thread; stops when the reader closes its end."""
+    import threading
+
+    def run():
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+                zeros = b"\0" * (1 << 16)
+                while endless:
+                    f.write(zeros)
+        except (BrokenPipeError, OSError):
+            pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _fifo_case(tmp_path, good_files, option, data, endless):
+    fifo = tmp_path / ("input.fifo")
+    os.mkfifo(fifo)
+    writer = _feed_fifo(fifo, data, endless)
+    out = tmp_path / "out.npy"
+    proc = run_cli(build_args({**good_files, option: fifo, "--out": out}), timeout=120)
+    writer.join(timeout=60)
+    assert not writer.is_alive()
+    return proc, out
+
+
+@pytest.mark.parametrize("option", ["--tokens", "--model"])
+def test_fifo_input_is_read_in_order(tmp_path, good_files, option):
+    data = pathlib_bytes(good_files[option])
+    proc, out = _fifo_case(tmp_path, good_files, option, data, endless=False)
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(out).shape == (N, E)
+
+
+@pytest.mark.parametrize("option", ["--tokens", "--model"])
+def test_fifo_with_endless_data_is_refused(tmp_path, good_files, option):
+    """A valid file followed by an endless stream of zeros: refused after one
+    byte more than the header declares (it used to grow memory without bound)."""
+    data = pathlib_bytes(good_files[option])
+    proc, out = _fifo_case(tmp_path, good_files, option, data, endless=True)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "trailing bytes" in proc.stderr
+    assert "input.fifo" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--tokens", "--model"])
+def test_fifo_truncated_is_refused(tmp_path, good_files, option):
+    data = pathlib_bytes(good_files[option])[:-3]
+    proc, out = _fifo_case(tmp_path, good_files, option, data, endless=False)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "truncated" in proc.stderr
+    assert not out.exists()
+
+
+def test_fifo_huge_declared_shape_is_refused_before_reading(tmp_path, good_files):
+    header = ("{'descr': '<f8', 'fortran_order': False, 'shape': (1099511627776, 8), }").encode()
+    header += b" " * ((64 - (10 + len(header) + 1) % 64) % 64) + b"\n"
+    data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+    proc, out = _fifo_case(tmp_path, good_files, "--tokens", data, endless=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "more than this machine's memory" in proc.stderr, proc.stderr
+
+
+def pathlib_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
