@@ -36,6 +36,9 @@ void section_entropy(SectionContext& ctx) {
   const auto& mu = *ctx.in.tokens;
   auto& r = ctx.report;
   const auto result = attention_entropy(model, mu);
+  // H(mu) = -sum_j w_j log w_j with 0 log 0 = 0 (zero-weight atoms are not attended).
+  const auto w = mu.weights().array();
+  const double mu_entropy = -(w > 0).select(w * w.max(1e-300).log(), 0.0).sum();
 
   r.heading(2, "2. Attention as maximum entropy");
   r.paragraph(
@@ -45,8 +48,7 @@ void section_entropy(SectionContext& ctx) {
       "maximum-entropy measure at inverse temperature beta = 1 (docs/theory.md, maxent). Its "
       "entropy H (natural log) measures how spread the attention is: exp(H) is the effective "
       "number of attended tokens, between 1 (hard attention) and exp(H(mu)) = " +
-      fmt(std::exp(-(mu.weights().array() * mu.weights().array().log()).sum()), 4) +
-      " (uniform over the tokens).");
+      fmt(std::exp(mu_entropy), 4) + " (uniform over the tokens).");
 
   std::vector<std::vector<std::string>> rows;
   double worst_beta = 0;
