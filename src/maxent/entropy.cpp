@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attention/internal.hpp"
+#include "common/parallel.hpp"
 #include "maxent/logit_tiles.hpp"
 #include "measattn/error.hpp"
 #include "measattn/maxent.hpp"
@@ -41,7 +42,7 @@ EntropyResult<Scalar> attention_entropy(const Model<Scalar>& model, const Measur
   detail::check_inputs(model, mu, mu.atoms(), attend);
   const detail::KeySet<Scalar> keys = detail::positive_keys(mu);
   if (options.causal && keys.index.front() > 0) {
-    throw invalid_argument("weights: with --causal, query 0 sees only tokens of zero weight");
+    throw invalid_argument("weights: with causal masking, query 0 sees only tokens of zero weight");
   }
   EntropyResult<Scalar> result;
   result.betas = options.betas.empty() ? default_temperature_grid() : options.betas;
@@ -62,72 +63,87 @@ EntropyResult<Scalar> attention_entropy(const Model<Scalar>& model, const Measur
         model, detail::project_head<Scalar>(mu.atoms(), model.w_q, model.b_q, h, k),
         detail::project_head<Scalar>(keys.atoms, model.w_k, model.b_k, h, k), false);
     Matrix<Scalar> entropy(n, nb), expected(n, nb);  // per query and beta slot
+    detail::RegionGuard guard;                       // exceptions and Ctrl-C, per query block
 #pragma omp parallel if (query_blocks > 1)
     {
-      Matrix<Scalar> s(bq, bk);
-      Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic> a(1, bk), d(1, bk), e(1, bk);
-      Matrix<Scalar> mx(nb, bq), l(nb, bq), t(nb, bq), u(nb, bq);
+      Matrix<Scalar> s;
+      Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic> a, d, e;
+      Matrix<Scalar> mx, l, t, u;
+      guard.run([&] {
+        s.resize(bq, bk);
+        a.resize(1, bk);
+        d.resize(1, bk);
+        e.resize(1, bk);
+        mx.resize(nb, bq);
+        l.resize(nb, bq);
+        t.resize(nb, bq);
+        u.resize(nb, bq);
+      });
 #pragma omp for schedule(dynamic, 1)
       for (Index qb = 0; qb < query_blocks; ++qb) {
-        const Index i0 = qb * bq;
-        const Index rows = std::min(bq, n - i0);
-        Index key_end = m;
-        if (options.causal) {
-          key_end = static_cast<Index>(
-              std::upper_bound(keys.index.begin(), keys.index.end(), i0 + rows - 1) -
-              keys.index.begin());
-        }
-        mx.setConstant(kNegInf);
-        l.setZero();
-        t.setZero();
-        u.setZero();
-        for (Index j0 = 0; j0 < key_end; j0 += bk) {
-          const Index cols = std::min(bk, key_end - j0);
-          logits.tile(i0, rows, j0, cols, s);
-          const auto lw = keys.log_weights.segment(j0, cols).transpose().array();
-          for (Index r = 0; r < rows; ++r) {
-            // Causal: the visible keys of query i0 + r are a prefix of this block.
-            Index visible = cols;
-            if (options.causal) {
-              visible =
-                  static_cast<Index>(std::upper_bound(keys.index.begin() + j0,
-                                                      keys.index.begin() + j0 + cols, i0 + r) -
-                                     (keys.index.begin() + j0));
-            }
-            if (visible == 0) continue;
-            const auto g = s.row(r).head(visible).array();
-            for (Index b = 0; b < nb; ++b) {
-              auto ab = a.leftCols(visible);
-              ab = betas[static_cast<size_t>(b)] * g + lw.head(visible);
-              const Scalar old = mx(b, r);
-              const Scalar nm = std::max(old, ab.maxCoeff());
-              auto db = d.leftCols(visible);
-              auto eb = e.leftCols(visible);
-              db = ab - nm;
-              eb = db.exp();
-              if (old == kNegInf) {
-                l(b, r) = eb.sum();
-                t(b, r) = (eb * db).sum();
-                u(b, r) = (eb * g).sum();
-              } else {
-                const Scalar alpha = std::exp(old - nm);
-                t(b, r) = alpha * (t(b, r) + (old - nm) * l(b, r)) + (eb * db).sum();
-                l(b, r) = alpha * l(b, r) + eb.sum();
-                u(b, r) = alpha * u(b, r) + (eb * g).sum();
+        guard.run([&] {
+          const Index i0 = qb * bq;
+          const Index rows = std::min(bq, n - i0);
+          Index key_end = m;
+          if (options.causal) {
+            key_end = static_cast<Index>(
+                std::upper_bound(keys.index.begin(), keys.index.end(), i0 + rows - 1) -
+                keys.index.begin());
+          }
+          mx.setConstant(kNegInf);
+          l.setZero();
+          t.setZero();
+          u.setZero();
+          for (Index j0 = 0; j0 < key_end; j0 += bk) {
+            if (!guard.proceed()) return;  // stopping: this block's result is discarded
+            const Index cols = std::min(bk, key_end - j0);
+            logits.tile(i0, rows, j0, cols, s);
+            const auto lw = keys.log_weights.segment(j0, cols).transpose().array();
+            for (Index r = 0; r < rows; ++r) {
+              // Causal: the visible keys of query i0 + r are a prefix of this block.
+              Index visible = cols;
+              if (options.causal) {
+                visible =
+                    static_cast<Index>(std::upper_bound(keys.index.begin() + j0,
+                                                        keys.index.begin() + j0 + cols, i0 + r) -
+                                       (keys.index.begin() + j0));
               }
-              mx(b, r) = nm;
+              if (visible == 0) continue;
+              const auto g = s.row(r).head(visible).array();
+              for (Index b = 0; b < nb; ++b) {
+                auto ab = a.leftCols(visible);
+                ab = betas[static_cast<size_t>(b)] * g + lw.head(visible);
+                const Scalar old = mx(b, r);
+                const Scalar nm = std::max(old, ab.maxCoeff());
+                auto db = d.leftCols(visible);
+                auto eb = e.leftCols(visible);
+                db = ab - nm;
+                eb = db.exp();
+                if (old == kNegInf) {
+                  l(b, r) = eb.sum();
+                  t(b, r) = (eb * db).sum();
+                  u(b, r) = (eb * g).sum();
+                } else {
+                  const Scalar alpha = std::exp(old - nm);
+                  t(b, r) = alpha * (t(b, r) + (old - nm) * l(b, r)) + (eb * db).sum();
+                  l(b, r) = alpha * l(b, r) + eb.sum();
+                  u(b, r) = alpha * u(b, r) + (eb * g).sum();
+                }
+                mx(b, r) = nm;
+              }
             }
           }
-        }
-        for (Index r = 0; r < rows; ++r) {
-          for (Index b = 0; b < nb; ++b) {
-            // l >= 1 (the maximizing key contributes e^0); H >= 0 up to rounding.
-            entropy(i0 + r, b) = std::max(std::log(l(b, r)) - t(b, r) / l(b, r), Scalar(0));
-            expected(i0 + r, b) = u(b, r) / l(b, r);
+          for (Index r = 0; r < rows; ++r) {
+            for (Index b = 0; b < nb; ++b) {
+              // l >= 1 (the maximizing key contributes e^0); H >= 0 up to rounding.
+              entropy(i0 + r, b) = std::max(std::log(l(b, r)) - t(b, r) / l(b, r), Scalar(0));
+              expected(i0 + r, b) = u(b, r) / l(b, r);
+            }
           }
-        }
+        });
       }
     }
+    guard.finish();
     HeadEntropy<Scalar> he;
     he.entropy = entropy.col(0);
     he.effective_tokens = he.entropy.array().exp().matrix();
