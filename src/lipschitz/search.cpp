@@ -464,7 +464,8 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
   const LayerParams p = LayerParams::from(model, options.residual);
   const int total = options.restarts + (options.atoms >= 3 ? 1 : 0);
   std::vector<RestartOut> outs(static_cast<size_t>(total));
-  const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+  const int threads =
+      options.threads > 0 ? options.threads : std::min(omp_get_max_threads(), kMaxThreads);
   detail::Progress progress("lipschitz search", total);
   const bool show = options.progress;
   std::mutex mtx;

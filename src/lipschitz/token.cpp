@@ -7,6 +7,7 @@
 
 #include <Eigen/Eigenvalues>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -275,7 +276,8 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
     std::int64_t evals = 0;
   };
   std::vector<Out> outs(static_cast<size_t>(options.restarts));
-  const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+  const int threads =
+      options.threads > 0 ? options.threads : std::min(omp_get_max_threads(), kMaxThreads);
   detail::RegionGuard guard;  // exceptions and Ctrl-C (polled per power iteration)
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int r = 0; r < options.restarts; ++r) {
