@@ -17,6 +17,7 @@
 #include "analyze.hpp"
 #include "command.hpp"
 #include "common/progress.hpp"
+#include "flags.hpp"
 #include "inputs.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
@@ -91,6 +92,7 @@ const bool registered = register_command(
     "analyze", "Full report on an attention layer (default: the built-in example)",
     [](CLI::App& app) {
       auto args = std::make_shared<AnalyzeArgs>();
+      register_fields(app, token_fields(&args->tokens_path, &args->weights_path));
       app.add_option("--model", args->model_path, "Model (safetensors); default: built-in")
           ->check(CLI::ExistingFile);
       app.add_option("--tokens", args->tokens_path, "Token atoms (.npy, n x d); default: built-in")

@@ -11,8 +11,11 @@
 // written atomically only on success.
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "command.hpp"
+#include "flags.hpp"
 #include "inputs.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
@@ -65,24 +68,9 @@ void run_attend(const AttendArgs& a, const AttendOptions& options) {
     throw invalid_argument("--residual: the model's output dimension " + dim_text(model.out_dim()) +
                            " differs from the query dimension " + dim_text(query_dim));
   }
-  Matrix<Scalar> out;
-  try {
-    out = cross ? attention_field(model, *mu, queries, options)
-                : attention_field(model, *mu, mu->atoms(), options);
-  } catch (const invalid_argument& e) {
-    // The library names its own fields; point at the file the user gave.
-    const std::string what = e.what();
-    auto starts = [&](const char* prefix) { return what.rfind(prefix, 0) == 0; };
-    if (starts("weights") && !a.weights.empty()) {
-      throw invalid_argument("--weights: " + a.weights + ": " + what);
-    }
-    if (starts("tokens") || starts("weights") || starts("atoms")) {
-      throw invalid_argument("--tokens: " + a.tokens + ": " + what);
-    }
-    if (starts("queries") && cross) throw invalid_argument("--queries: " + a.queries + ": " + what);
-    if (starts("residual")) throw invalid_argument("--" + what);
-    throw;
-  }
+  // Library errors name their fields; main() maps them to flags (flags.hpp).
+  const Matrix<Scalar> out = cross ? attention_field(model, *mu, queries, options)
+                                   : attention_field(model, *mu, mu->atoms(), options);
   if (!out.allFinite()) {
     throw invalid_argument("--out: " + a.out + ": the output is not finite (inputs too large for " +
                            (std::is_same_v<Scalar, float> ? "float32" : "float64") + ")");
@@ -94,6 +82,13 @@ const bool registered = register_command(
     "attend", "Apply one attention layer (safetensors model) to a weighted point cloud (.npy)",
     [](CLI::App& app) {
       auto a = std::make_shared<AttendArgs>();
+      std::vector<FieldFlag> fields = token_fields(&a->tokens, &a->weights);
+      fields.insert(fields.end(), {{"queries", "--queries", &a->queries},
+                                   {"residual", "--residual"},
+                                   {"normalization", "--normalization"},
+                                   {"sinkhorn_iterations", "--sinkhorn-iters"}});
+      for (auto& row : model_fields("--model", &a->model)) fields.push_back(row);
+      register_fields(app, std::move(fields));
       app.add_option("--model", a->model,
                      "Model: safetensors with nn.MultiheadAttention weights and num_heads")
           ->required();

@@ -20,8 +20,11 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "command.hpp"
+#include "flags.hpp"
 #include "inputs.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
@@ -84,15 +87,8 @@ void run(const EntropyArgs& a) {
                            " needs query and key dimension " + std::to_string(model.key_dim()) +
                            " (self-attention)");
   }
-  EntropyResult<double> r;
-  try {
-    r = attention_entropy(model, *mu, options);
-  } catch (const invalid_argument& e) {
-    const std::string what = e.what();
-    if (what.rfind("weights", 0) == 0)
-      throw invalid_argument("--weights: " + a.weights + ": " + what);
-    throw invalid_argument("--tokens: " + a.tokens + ": " + what);
-  }
+  // Library errors name their fields; main() maps them to flags (flags.hpp).
+  const EntropyResult<double> r = attention_entropy(model, *mu, options);
   Index support = 0;
   for (Index i = 0; i < mu->size(); ++i) support += mu->weight(i) > 0;
 
@@ -197,6 +193,10 @@ const bool registered = register_command(
     "Attention entropy per head and query, effective tokens, temperature curve (--plot PNG)",
     [](CLI::App& app) {
       auto a = std::make_shared<EntropyArgs>();
+      std::vector<FieldFlag> fields = token_fields(&a->tokens, &a->weights);
+      fields.insert(fields.end(), {{"queries", "--tokens", &a->tokens}, {"betas", "--betas"}});
+      for (auto& row : model_fields("--model", &a->model)) fields.push_back(row);
+      register_fields(app, std::move(fields));
       app.add_option("--model", a->model, "Model: safetensors (nn.MultiheadAttention weights)")
           ->required();
       app.add_option("--tokens", a->tokens, "Tokens: n x d .npy, one per row")->required();

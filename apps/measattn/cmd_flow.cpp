@@ -30,6 +30,7 @@
 #include <Eigen/Eigenvalues>
 
 #include "command.hpp"
+#include "flags.hpp"
 #include "inputs.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
@@ -285,6 +286,7 @@ const bool registered = register_command(
     "Run tokens as interacting particles: dx_i/dt = Gamma_mu(x_i) (deep weight-shared attention)",
     [](CLI::App& app) {
       auto a = std::make_shared<FlowArgs>();
+      register_fields(app, token_fields(&a->tokens, &a->weights));
       app.add_option("--model", a->model, "Model: safetensors with nn.MultiheadAttention weights");
       app.add_option("--builtin", a->builtin,
                      "Built-in model instead of --model: sa (V = I, G(x,y) = beta <x,y>)");

@@ -24,8 +24,11 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "command.hpp"
+#include "flags.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 #include "measattn/lipschitz.hpp"
@@ -72,11 +75,7 @@ void run(const LipschitzArgs& args) {
   if (!args.witness.empty())
     witness = std::make_unique<OutputDirectory>(args.witness, "lipschitz", "--witness");
   const Model<double> model = load_model<double>(args.model);
-  try {
-    model.validate();
-  } catch (const invalid_argument& e) {
-    throw invalid_argument("--model: " + args.model + ": " + e.what());
-  }
+  model.validate();  // its fields map to --model in main() (flags.hpp)
   if (model.potential == Potential::custom)
     throw invalid_argument("--model: custom potentials are not supported");
   if (model.query_dim() != model.key_dim())
@@ -219,6 +218,13 @@ const bool registered = register_command(
     "lipschitz", "Certified upper and lower bounds on the W1 Lipschitz constant of a layer",
     [](CLI::App& app) {
       auto args = std::make_shared<LipschitzArgs>();
+      // UpperBoundOptions::tokens and TokenSearchOptions::tokens are --atoms.
+      std::vector<FieldFlag> fields = {
+          {"radius", "--radius"},     {"atoms", "--atoms"},       {"tokens", "--atoms"},
+          {"restarts", "--restarts"}, {"steps", "--steps"},       {"step_size", "--step-size"},
+          {"threads", "--threads"},   {"residual", "--residual"}, {"seed", "--seed"}};
+      for (auto& row : model_fields("--model", &args->model)) fields.push_back(row);
+      register_fields(app, std::move(fields));
       app.add_option("--model", args->model, "model (.safetensors)")->required();
       app.add_option("--radius", args->radius, "supports in the ball B_R")->required();
       app.add_option("--atoms", args->atoms, "atoms per measure in the search (and N)");
@@ -226,7 +232,7 @@ const bool registered = register_command(
       app.add_option("--steps", args->steps, "ascent steps per restart");
       app.add_option("--step-size", args->step_size, "initial step (fraction of R)");
       app.add_option("--seed", args->seed, "random seed");
-      app.add_option("--threads", args->threads, "OpenMP threads (0 = default)");
+      app.add_option("--threads", args->threads, "OpenMP threads (0 = default, at most 1024)");
       app.add_option("--token-restarts", args->token_restarts,
                      "restarts of the token-level search (0 = skip)");
       app.add_flag("--residual", args->residual, "the layer is mu -> (id + Gamma_mu)#mu");

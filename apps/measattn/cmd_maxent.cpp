@@ -18,6 +18,7 @@
 #include <string>
 
 #include "command.hpp"
+#include "flags.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 #include "measattn/maxent.hpp"
@@ -37,17 +38,6 @@ nlohmann::json number_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
 
-// Library messages name the field ("target: ..."); the CLI names the flag/file.
-[[noreturn]] void rethrow_for_cli(const invalid_argument& e, const MaxEntArgs& a) {
-  const std::string what = e.what();
-  auto starts = [&](const char* p) { return what.rfind(p, 0) == 0; };
-  if (starts("target:")) throw invalid_argument("--" + what);
-  if (starts("beta:")) throw invalid_argument("--" + what);
-  if (starts("weights:")) throw invalid_argument("--weights: " + a.weights + ": " + what.substr(9));
-  if (starts("scores:")) throw invalid_argument("--scores: " + a.scores + ": " + what.substr(8));
-  throw e;
-}
-
 std::string fmt(double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.17g", v);
@@ -61,29 +51,17 @@ void run(const MaxEntArgs& a, bool has_target, bool has_beta) {
   MaxEntOptions options;
   options.max_iterations = a.max_iterations;
   options.beta_tolerance = a.tolerance;
-  try {
-    options.validate();
-  } catch (const invalid_argument& e) {
-    const std::string what = e.what();
-    throw invalid_argument(what.rfind("max_iterations", 0) == 0
-                               ? "--max-iterations" + what.substr(14)
-                               : "--tolerance" + what.substr(14));
-  }
+  options.validate();  // its fields map to flags in main() (flags.hpp)
   const VectorD g = read_npy_vector<double>(a.scores, "--scores");
   VectorD w;
   if (!a.weights.empty()) w = read_npy_vector<double>(a.weights, "--weights");
-  MaxEntResult<double> r;
-  GibbsBound<double> bound;
-  try {
-    r = has_target ? maxent(g, a.target, w, options) : maxent_at_beta(g, a.beta, w);
-    const VectorD scaled = r.beta * g;
-    if (!scaled.allFinite()) {
-      throw invalid_argument("beta: beta * scores overflows double precision");
-    }
-    bound = gibbs_bound(scaled, r.probabilities, w);
-  } catch (const invalid_argument& e) {
-    rethrow_for_cli(e, a);
+  const MaxEntResult<double> r =
+      has_target ? maxent(g, a.target, w, options) : maxent_at_beta(g, a.beta, w);
+  const VectorD scaled = r.beta * g;
+  if (!scaled.allFinite()) {
+    throw invalid_argument("beta: beta * scores overflows double precision");
   }
+  const GibbsBound<double> bound = gibbs_bound(scaled, r.probabilities, w);
   if (a.json) {
     nlohmann::json out = {
         {"beta", r.beta},
@@ -128,6 +106,12 @@ const bool registered = register_command(
     "Maximum-entropy (Gibbs) measure of scores for a target expected score or a given beta",
     [](CLI::App& app) {
       auto a = std::make_shared<MaxEntArgs>();
+      register_fields(app, {{"target", "--target"},
+                            {"beta", "--beta"},
+                            {"weights", "--weights", &a->weights},
+                            {"scores", "--scores", &a->scores},
+                            {"max_iterations", "--max-iterations"},
+                            {"beta_tolerance", "--tolerance"}});
       app.add_option("--scores", a->scores, "Scores g: length-m .npy")->required();
       app.add_option("--weights", a->weights,
                      "Reference weights: length-m .npy, non-negative (default uniform)");

@@ -21,9 +21,11 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "command.hpp"
+#include "flags.hpp"
 #include "inputs.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
@@ -53,7 +55,7 @@ nlohmann::json finite_or_null(double v) {
 
 void run(const MisspecArgs& args) {
   MisspecOptions o;
-  o.kind = parse_misspec_kind(args.kind, "--kind");
+  o.kind = parse_misspec_kind(args.kind);
   if (!args.sizes.empty()) o.sizes = args.sizes;
   if (!args.sigmas.empty()) o.sigmas = args.sigmas;
   if (!args.eps.empty()) o.eps = args.eps;
@@ -68,11 +70,7 @@ void run(const MisspecArgs& args) {
   if (!args.plot.empty()) check_output_file(args.plot, "--plot");
 
   const Model<double> model = load_model<double>(args.model);
-  try {
-    model.validate();
-  } catch (const invalid_argument& e) {
-    throw invalid_argument("--model: " + args.model + ": " + e.what());
-  }
+  model.validate();  // its fields map to --model in main() (flags.hpp)
   if (model.potential == Potential::custom)
     throw invalid_argument("--model: custom potentials are not supported");
   if (model.query_dim() != model.key_dim())
@@ -156,6 +154,16 @@ const bool registered = register_command(
     "misspec", "Output deviation under sampled, noisy or corrupted inputs, with its bound",
     [](CLI::App& app) {
       auto args = std::make_shared<MisspecArgs>();
+      std::vector<FieldFlag> fields = token_fields(&args->tokens, &args->weights);
+      fields.insert(fields.end(), {{"kind", "--kind"},
+                                   {"sizes", "--sizes"},
+                                   {"sigmas", "--sigmas"},
+                                   {"eps", "--eps"},
+                                   {"repeats", "--repeats"},
+                                   {"radius", "--radius"},
+                                   {"residual", "--residual"}});
+      for (auto& row : model_fields("--model", &args->model)) fields.push_back(row);
+      register_fields(app, std::move(fields));
       app.add_option("--model", args->model, "model (.safetensors)")->required();
       app.add_option("--tokens", args->tokens, "atoms of mu (.npy, n x d)")->required();
       app.add_option("--weights", args->weights, "weights of mu (.npy, n)");

@@ -20,14 +20,9 @@ std::unique_ptr<Measure<Scalar>> read_token_measure(const std::string& tokens_pa
                              " weights for " + std::to_string(tokens.rows()) + " tokens");
     }
   }
-  try {
-    return std::make_unique<Measure<Scalar>>(std::move(tokens), std::move(weights));
-  } catch (const invalid_argument& e) {
-    const std::string what = e.what();
-    const bool about_weights = what.rfind("weights", 0) == 0 && !weights_path.empty();
-    throw invalid_argument(about_weights ? "--weights: " + weights_path + ": " + what
-                                         : "--tokens: " + tokens_path + ": " + what);
-  }
+  // The measure's fields (atoms, weights) map to --tokens / --weights in
+  // main() (flags.hpp: token_fields).
+  return std::make_unique<Measure<Scalar>>(std::move(tokens), std::move(weights));
 }
 
 template std::unique_ptr<Measure<float>> read_token_measure(const std::string&, const std::string&);

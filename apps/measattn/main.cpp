@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "command.hpp"
+#include "flags.hpp"
 #include "measattn/error.hpp"
 #include "measattn/version.hpp"
 #include "signals.hpp"
@@ -36,7 +37,10 @@ int main(int argc, char** argv) {
     std::cerr << "measattn: interrupted by " << measattn::cli::signal_name(sig) << "\n";
     return 128 + sig;
   } catch (const measattn::invalid_argument& e) {
-    std::cerr << "measattn: error: " << e.what() << "\n";
+    // Library fields become the subcommand's flags (flags.hpp: one table).
+    std::string subcommand;
+    for (const CLI::App* sub : app.get_subcommands()) subcommand = sub->get_name();
+    std::cerr << "measattn: error: " << measattn::cli::cli_message(subcommand, e) << "\n";
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "measattn: internal error: " << e.what() << "\n";

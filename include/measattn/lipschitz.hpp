@@ -40,6 +40,7 @@
 
 #include "measattn/attention.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/threads.hpp"
 #include "measattn/types.hpp"
 
 namespace measattn {
@@ -147,7 +148,7 @@ struct LipschitzSearchOptions {
   double step_size = 0.05;  ///< initial step, as a fraction of R (positions) / in logits
   double nearby = 1e-3;     ///< relative size of the nearby-pair perturbation (> 0)
   std::uint64_t seed = 0x1a2b3c;
-  int threads = 0;  ///< OpenMP threads over restarts (0 = default)
+  int threads = 0;  ///< OpenMP threads over restarts (0 = default, at most kMaxThreads)
   bool residual = false;
   bool progress = false;  ///< progress line on stderr (only when it is a terminal)
   void validate() const;
@@ -243,7 +244,7 @@ struct TokenSearchOptions {
   double radius = 0;        ///< > 0: X in B_R^N (projected); 0: unconstrained
   std::uint64_t seed = 11;
   bool residual = false;
-  int threads = 0;
+  int threads = 0;  ///< OpenMP threads over restarts (0 = default, at most kMaxThreads)
   void validate() const;
 };
 

@@ -31,7 +31,7 @@ namespace measattn {
 
 enum class MisspecKind { sample, noise, corrupt };
 std::string to_string(MisspecKind k);
-MisspecKind parse_misspec_kind(const std::string& name, const std::string& field = "--kind");
+MisspecKind parse_misspec_kind(const std::string& name, const std::string& field = "kind");
 
 struct MisspecOptions {
   MisspecKind kind = MisspecKind::sample;

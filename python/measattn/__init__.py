@@ -27,6 +27,7 @@ import numpy as _np
 
 from . import _measattn
 from ._measattn import (  # noqa: F401  (re-exported)
+    MAX_THREADS,
     Measure,
     Model,
     __version__,
@@ -37,6 +38,7 @@ from ._measattn import (  # noqa: F401  (re-exported)
 )
 
 __all__ = [
+    "MAX_THREADS",
     "Measure",
     "Model",
     "__version__",

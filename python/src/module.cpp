@@ -7,8 +7,11 @@
 #include <Python.h>
 #include <omp.h>
 
+#include <string>
+
 #include "convert.hpp"
 #include "measattn/interrupt.hpp"
+#include "measattn/threads.hpp"
 #include "measattn/version.hpp"
 
 namespace measattn::python {
@@ -72,13 +75,18 @@ PYBIND11_MODULE(_measattn, m) {
 
   m.def(
       "set_num_threads",
-      [](int n) {
-        if (n < 1) throw measattn::invalid_argument("num_threads: must be >= 1");
-        omp_set_num_threads(n);
+      [](long long n) {
+        if (n < 1 || n > measattn::kMaxThreads) {
+          throw measattn::invalid_argument(
+              "num_threads", "must be in [1, " + std::to_string(measattn::kMaxThreads) + "]");
+        }
+        omp_set_num_threads(static_cast<int>(n));
       },
       py::arg("num_threads"),
       "Sets the number of OpenMP threads used by measattn (and any other OpenMP code in\n"
-      "the process). Results do not depend on it.");
+      "the process), 1 to 1024 (measattn.MAX_THREADS); ValueError outside. Results do not\n"
+      "depend on it.");
+  m.attr("MAX_THREADS") = measattn::kMaxThreads;
   m.def(
       "get_num_threads", []() { return omp_get_max_threads(); },
       "The number of OpenMP threads measattn will use.");

@@ -16,6 +16,7 @@
 
 #include "attention/internal.hpp"
 #include "attention/tiles.hpp"
+#include "common/parallel.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
 
@@ -75,13 +76,17 @@ Matrix<Scalar> project(const MatrixRef<Scalar>& x, const Matrix<Scalar>& w,
   Matrix<Scalar> out(n, w.rows());
   constexpr Index kBlock = 1024;
   const Index blocks = (n + kBlock - 1) / kBlock;
+  RegionGuard guard;
 #pragma omp parallel for schedule(static)
   for (Index blk = 0; blk < blocks; ++blk) {
-    const Index r0 = blk * kBlock;
-    const Index r = std::min(kBlock, n - r0);
-    out.middleRows(r0, r).noalias() = x.middleRows(r0, r) * w.transpose();
-    if (b.size()) out.middleRows(r0, r).rowwise() += b.transpose();
+    guard.run([&] {
+      const Index r0 = blk * kBlock;
+      const Index r = std::min(kBlock, n - r0);
+      out.middleRows(r0, r).noalias() = x.middleRows(r0, r) * w.transpose();
+      if (b.size()) out.middleRows(r0, r).rowwise() += b.transpose();
+    });
   }
+  guard.finish();
   return out;
 }
 
@@ -208,7 +213,7 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
   if (options.causal && key_index(0) > 0) {
     // Query i sees the keys at positions <= i; the first key of positive
     // weight must therefore come no later than the first query.
-    throw invalid_argument("weights: with --causal, query 0 sees only tokens of zero weight");
+    throw invalid_argument("weights: with causal masking, query 0 sees only tokens of zero weight");
   }
 
   // Block sizes: results depend on bk only (rounded to whole packets); bq only
@@ -241,136 +246,155 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
 
   // A single block of queries and keys is not worth waking the thread team
   // (tens of microseconds, and much more on a loaded machine).
+  // Exceptions (allocation, a custom potential) and interrupts: every unit of
+  // work (a thread's setup, a key block, a query block) runs under the guard;
+  // Ctrl-C is polled per query block.
+  RegionGuard guard;
 #pragma omp parallel if (query_blocks > 1 || key_blocks > 1)
   {
-    std::vector<Scalar> s_buf(static_cast<size_t>(bq * bk));
-    std::vector<Scalar> acc_buf(static_cast<size_t>(bq * k_pad));
-    std::vector<Scalar> max_buf(static_cast<size_t>(bq)), sum_buf(static_cast<size_t>(bq));
-    std::vector<Index> visible(static_cast<size_t>(bq));
+    std::vector<Scalar> s_buf, acc_buf, max_buf, sum_buf, q_buf;
+    Matrix<Scalar> panel;  // one key block, before packing
+    guard.run([&] {
+      s_buf.resize(static_cast<size_t>(bq * bk));
+      acc_buf.resize(static_cast<size_t>(bq * k_pad));
+      max_buf.resize(static_cast<size_t>(bq));
+      sum_buf.resize(static_cast<size_t>(bq));
+      panel.resize(k, bk);
+      q_buf.resize(static_cast<size_t>(bq * k));  // the block's queries
+    });
     Scalar* s = s_buf.data();
     Scalar* acc = acc_buf.data();
-    Matrix<Scalar> panel(k, bk);                             // one key block, before packing
-    std::vector<Scalar> q_buf(static_cast<size_t>(bq * k));  // the block's queries
     Scalar* q = q_buf.data();
 
     for (Index h = 0; h < heads; ++h) {
-      const Matrix<Scalar> wq_t = model.w_q.middleRows(h * k, k).transpose();  // d_q x k
-      const Matrix<Scalar> wk = model.w_k.middleRows(h * k, k);
-      const Matrix<Scalar> wv = model.w_v.middleRows(h * k, k);
-      auto bias_of = [&](const Vector<Scalar>& b) -> Vector<Scalar> {
-        return b.size() ? Vector<Scalar>(b.segment(h * k, k)) : Vector<Scalar>::Zero(k);
-      };
-      const Vector<Scalar> bq_h = bias_of(model.b_q), bk_h = bias_of(model.b_k),
-                           bv_h = bias_of(model.b_v);
+      Matrix<Scalar> wq_t, wk, wv;  // wq_t: d_q x k
+      Vector<Scalar> bq_h, bk_h, bv_h;
+      guard.run([&] {
+        wq_t = model.w_q.middleRows(h * k, k).transpose();
+        wk = model.w_k.middleRows(h * k, k);
+        wv = model.w_v.middleRows(h * k, k);
+        auto bias_of = [&](const Vector<Scalar>& b) -> Vector<Scalar> {
+          return b.size() ? Vector<Scalar>(b.segment(h * k, k)) : Vector<Scalar>::Zero(k);
+        };
+        bq_h = bias_of(model.b_q);
+        bk_h = bias_of(model.b_k);
+        bv_h = bias_of(model.b_v);
+      });
 
 #pragma omp for schedule(static)
       for (Index b = 0; b < key_blocks; ++b) {
-        const Index j0 = b * bk;
-        const Index cols = std::min(bk, m - j0);
-        panel.leftCols(cols).noalias() = wk * key_atoms.middleRows(j0, cols).transpose();
-        panel.leftCols(cols).colwise() += bk_h;
-        if (cols < bk) panel.rightCols(bk - cols).setZero();
-        Scalar* dst = kt.data() + b * k * bk;
-        for (Index t = 0; t < bk / chunk; ++t)
-          for (Index c = 0; c < k; ++c)
-            for (Index jj = 0; jj < chunk; ++jj)
-              dst[(t * k + c) * chunk + jj] = panel(c, t * chunk + jj);
-        if (potential == Potential::custom) {
-          kh.middleRows(j0, cols) = panel.leftCols(cols).transpose();
-        }
-        auto vblk = vh.middleRows(j0, bk);
-        vblk.topLeftCorner(cols, k).noalias() = key_atoms.middleRows(j0, cols) * wv.transpose();
-        vblk.topLeftCorner(cols, k).rowwise() += bv_h.transpose();
-        if (k_pad > k) vblk.rightCols(k_pad - k).setZero();
-        if (cols < bk) vblk.bottomRows(bk - cols).setZero();
-        for (Index j = 0; j < bk; ++j) {
-          Scalar bj = 0;
-          if (j < cols) {
-            bj = log_w[static_cast<size_t>(j0 + j)];
-            if (potential == Potential::l2) bj -= panel.col(j).squaredNorm() / tau;
+        guard.run([&] {
+          const Index j0 = b * bk;
+          const Index cols = std::min(bk, m - j0);
+          panel.leftCols(cols).noalias() = wk * key_atoms.middleRows(j0, cols).transpose();
+          panel.leftCols(cols).colwise() += bk_h;
+          if (cols < bk) panel.rightCols(bk - cols).setZero();
+          Scalar* dst = kt.data() + b * k * bk;
+          for (Index t = 0; t < bk / chunk; ++t)
+            for (Index c = 0; c < k; ++c)
+              for (Index jj = 0; jj < chunk; ++jj)
+                dst[(t * k + c) * chunk + jj] = panel(c, t * chunk + jj);
+          if (potential == Potential::custom) {
+            kh.middleRows(j0, cols) = panel.leftCols(cols).transpose();
           }
-          bias[j0 + j] = bj;
-        }
+          auto vblk = vh.middleRows(j0, bk);
+          vblk.topLeftCorner(cols, k).noalias() = key_atoms.middleRows(j0, cols) * wv.transpose();
+          vblk.topLeftCorner(cols, k).rowwise() += bv_h.transpose();
+          if (k_pad > k) vblk.rightCols(k_pad - k).setZero();
+          if (cols < bk) vblk.bottomRows(bk - cols).setZero();
+          for (Index j = 0; j < bk; ++j) {
+            Scalar bj = 0;
+            if (j < cols) {
+              bj = log_w[static_cast<size_t>(j0 + j)];
+              if (potential == Potential::l2) bj -= panel.col(j).squaredNorm() / tau;
+            }
+            bias[j0 + j] = bj;
+          }
+        });
       }
 
 #pragma omp for schedule(dynamic, 1)
       for (Index qb = 0; qb < query_blocks; ++qb) {
-        const Index i0 = qb * bq;
-        const Index rows_real = std::min(bq, n - i0);
-        const Index rows = round_up(rows_real, kTileRows);
-        const Index i_last = i0 + rows_real - 1;
-        Index key_end = m;
-        if (options.causal) {
-          // Keys are in increasing position order: the visible ones form a prefix.
-          Index lo = 0, hi = m;
-          while (lo < hi) {
-            const Index mid = (lo + hi) / 2;
-            if (key_index(mid) <= i_last)
-              lo = mid + 1;
-            else
-              hi = mid;
+        guard.run([&] {
+          const Index i0 = qb * bq;
+          const Index rows_real = std::min(bq, n - i0);
+          const Index rows = round_up(rows_real, kTileRows);
+          const Index i_last = i0 + rows_real - 1;
+          Index key_end = m;
+          if (options.causal) {
+            // Keys are in increasing position order: the visible ones form a prefix.
+            Index lo = 0, hi = m;
+            while (lo < hi) {
+              const Index mid = (lo + hi) / 2;
+              if (key_index(mid) <= i_last)
+                lo = mid + 1;
+              else
+                hi = mid;
+            }
+            key_end = lo;
           }
-          key_end = lo;
-        }
-        std::fill(acc, acc + rows * k_pad, Scalar(0));
-        std::fill(max_buf.begin(), max_buf.begin() + rows,
-                  -std::numeric_limits<Scalar>::infinity());
-        std::fill(sum_buf.begin(), sum_buf.begin() + rows, Scalar(0));
-        project_rows<Scalar>(queries.data() + i0 * queries.outerStride(), queries.outerStride(),
-                             rows_real, wq_t.data(), d_in, k, bq_h.data(), q_scale, q, k);
-        std::fill(q + rows_real * k, q + rows * k, Scalar(0));
-        for (Index j0 = 0; j0 < key_end; j0 += bk) {
-          const Index b = j0 / bk;
-          const Index cols = std::min(bk, key_end - j0);
-          const Index width = round_up(cols, L);
-          if (potential == Potential::custom) {
+          std::fill(acc, acc + rows * k_pad, Scalar(0));
+          std::fill(max_buf.begin(), max_buf.begin() + rows,
+                    -std::numeric_limits<Scalar>::infinity());
+          std::fill(sum_buf.begin(), sum_buf.begin() + rows, Scalar(0));
+          project_rows<Scalar>(queries.data() + i0 * queries.outerStride(), queries.outerStride(),
+                               rows_real, wq_t.data(), d_in, k, bq_h.data(), q_scale, q, k);
+          std::fill(q + rows_real * k, q + rows * k, Scalar(0));
+          for (Index j0 = 0; j0 < key_end; j0 += bk) {
+            if (!guard.proceed()) return;  // stopping: this block's result is discarded
+            const Index b = j0 / bk;
+            const Index cols = std::min(bk, key_end - j0);
+            const Index width = round_up(cols, L);
+            if (potential == Potential::custom) {
+              for (Index r = 0; r < rows; ++r) {
+                for (Index c = 0; c < cols; ++c) {
+                  s[r * bk + c] = (r < rows_real ? model.custom_potential(
+                                                       q + r * k, kh.data() + (j0 + c) * k, k)
+                                                 : Scalar(0)) +
+                                  bias[j0 + c];
+                }
+              }
+            } else {
+              logits_block<Scalar>(q, rows, k, kt.data() + b * k * bk, chunk, width / L,
+                                   bias.data() + j0, s, bk);
+            }
             for (Index r = 0; r < rows; ++r) {
-              for (Index c = 0; c < cols; ++c) {
-                s[r * bk + c] =
-                    (r < rows_real ? model.custom_potential(q + r * k, kh.data() + (j0 + c) * k, k)
-                                   : Scalar(0)) +
-                    bias[j0 + c];
+              Index vis = cols;
+              if (options.causal && key_index(j0 + cols - 1) > i0 + r) {
+                Index lo = 0, hi = cols;
+                while (lo < hi) {
+                  const Index mid = (lo + hi) / 2;
+                  if (key_index(j0 + mid) <= i0 + r)
+                    lo = mid + 1;
+                  else
+                    hi = mid;
+                }
+                vis = lo;
               }
+              softmax_row<Scalar>(s + r * bk, width, vis, max_buf[static_cast<size_t>(r)],
+                                  sum_buf[static_cast<size_t>(r)], acc + r * k_pad, k_pad);
             }
-          } else {
-            logits_block<Scalar>(q, rows, k, kt.data() + b * k * bk, chunk, width / L,
-                                 bias.data() + j0, s, bk);
+            values_block<Scalar>(s, bk, rows, cols, vh.data() + j0 * k_pad, k_pad, acc);
           }
-          for (Index r = 0; r < rows; ++r) {
-            Index vis = cols;
-            if (options.causal && key_index(j0 + cols - 1) > i0 + r) {
-              Index lo = 0, hi = cols;
-              while (lo < hi) {
-                const Index mid = (lo + hi) / 2;
-                if (key_index(j0 + mid) <= i0 + r)
-                  lo = mid + 1;
-                else
-                  hi = mid;
-              }
-              vis = lo;
-            }
-            softmax_row<Scalar>(s + r * bk, width, vis, max_buf[static_cast<size_t>(r)],
-                                sum_buf[static_cast<size_t>(r)], acc + r * k_pad, k_pad);
+          for (Index r = 0; r < rows_real; ++r) {
+            // The row sum is >= 1 (the key attaining the maximum contributes e^0).
+            const Scalar l = sum_buf[static_cast<size_t>(r)];
+            for (Index c = 0; c < k; ++c) out(i0 + r, h * k + c) = acc[r * k_pad + c] / l;
           }
-          values_block<Scalar>(s, bk, rows, cols, vh.data() + j0 * k_pad, k_pad, acc);
-        }
-        for (Index r = 0; r < rows_real; ++r) {
-          // The row sum is >= 1 (the key attaining the maximum contributes e^0).
-          const Scalar l = sum_buf[static_cast<size_t>(r)];
-          for (Index c = 0; c < k; ++c) out(i0 + r, h * k + c) = acc[r * k_pad + c] / l;
-        }
-        if (project_out && h == heads - 1) {
-          // Every head of these rows is done (earlier heads finished before the
-          // barrier that ended their loop).
-          project_rows<Scalar>(out.data() + i0 * e, e, rows_real, wo_t.data(), e, model.out_dim(),
-                               model.b_o.size() ? model.b_o.data() : nullptr, Scalar(1),
-                               field.data() + i0 * field.cols(), field.cols());
-          if (options.residual)
-            field.middleRows(i0, rows_real) += queries.middleRows(i0, rows_real);
-        }
+          if (project_out && h == heads - 1) {
+            // Every head of these rows is done (earlier heads finished before the
+            // barrier that ended their loop).
+            project_rows<Scalar>(out.data() + i0 * e, e, rows_real, wo_t.data(), e, model.out_dim(),
+                                 model.b_o.size() ? model.b_o.data() : nullptr, Scalar(1),
+                                 field.data() + i0 * field.cols(), field.cols());
+            if (options.residual)
+              field.middleRows(i0, rows_real) += queries.middleRows(i0, rows_real);
+          }
+        });
       }
     }
   }
+  guard.finish();
   return project_out ? field : out;
 }
 

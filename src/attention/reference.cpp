@@ -7,6 +7,7 @@
 #include "attention/internal.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
+#include "measattn/interrupt.hpp"
 
 namespace measattn {
 
@@ -48,6 +49,7 @@ Matrix<Scalar> dense_kernel(const Model<Scalar>& model, const Measure<Scalar>& m
   constexpr Scalar kNegInf = -std::numeric_limits<Scalar>::infinity();
   Matrix<Scalar> s = dense_logits(model, mu, queries, h);
   for (Index i = 0; i < s.rows(); ++i) {
+    check_interrupt();  // Ctrl-C, once per row (rate-limited, see interrupt.hpp)
     for (Index j = 0; j < s.cols(); ++j) {
       const bool visible = mu.weight(j) > 0 && (!options.causal || j <= i);
       s(i, j) = visible ? s(i, j) + std::log(mu.weight(j)) : kNegInf;

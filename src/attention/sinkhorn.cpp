@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "attention/internal.hpp"
+#include "common/parallel.hpp"
 #include "maxent/logit_tiles.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
@@ -63,26 +64,35 @@ Vector<Scalar> row_logsumexp(const LogitTiles<Scalar>& logits, const Vector<Scal
   const Index m = logits.cols();
   const Index row_blocks = (n + block - 1) / block;
   Vector<Scalar> out(n);
+  RegionGuard guard;
 #pragma omp parallel if (row_blocks > 1)
   {
-    Matrix<Scalar> t(block, block);
-    Vector<Scalar> mx(block), sum(block);
+    Matrix<Scalar> t;
+    Vector<Scalar> mx, sum;
+    guard.run([&] {
+      t.resize(block, block);
+      mx.resize(block);
+      sum.resize(block);
+    });
 #pragma omp for schedule(dynamic, 1)
     for (Index rb = 0; rb < row_blocks; ++rb) {
-      const Index r0 = rb * block;
-      const Index nr = std::min(block, n - r0);
-      mx.head(nr).setConstant(kNegInf);
-      sum.head(nr).setZero();
-      for (Index c0 = 0; c0 < m; c0 += block) {
-        const Index nc = std::min(block, m - c0);
-        logits.tile(r0, nr, c0, nc, t);
-        auto tb = t.topLeftCorner(nr, nc);
-        tb.rowwise() += bias.segment(c0, nc).transpose();
-        for (Index r = 0; r < nr; ++r) online_lse_update(tb.row(r), mx[r], sum[r]);
-      }
-      for (Index r = 0; r < nr; ++r) out[r0 + r] = mx[r] + std::log(sum[r]);
+      guard.run([&] {
+        const Index r0 = rb * block;
+        const Index nr = std::min(block, n - r0);
+        mx.head(nr).setConstant(kNegInf);
+        sum.head(nr).setZero();
+        for (Index c0 = 0; c0 < m; c0 += block) {
+          const Index nc = std::min(block, m - c0);
+          logits.tile(r0, nr, c0, nc, t);
+          auto tb = t.topLeftCorner(nr, nc);
+          tb.rowwise() += bias.segment(c0, nc).transpose();
+          for (Index r = 0; r < nr; ++r) online_lse_update(tb.row(r), mx[r], sum[r]);
+        }
+        for (Index r = 0; r < nr; ++r) out[r0 + r] = mx[r] + std::log(sum[r]);
+      });
     }
   }
+  guard.finish();
   return out;
 }
 
@@ -96,32 +106,42 @@ Matrix<Scalar> row_softmax_times(const LogitTiles<Scalar>& logits, const Vector<
   const Index k = values.cols();
   const Index row_blocks = (n + block - 1) / block;
   Matrix<Scalar> out(n, k);
+  RegionGuard guard;
 #pragma omp parallel if (row_blocks > 1)
   {
-    Matrix<Scalar> t(block, block), acc(block, k);
-    Vector<Scalar> mx(block), sum(block);
+    Matrix<Scalar> t, acc;
+    Vector<Scalar> mx, sum;
+    guard.run([&] {
+      t.resize(block, block);
+      acc.resize(block, k);
+      mx.resize(block);
+      sum.resize(block);
+    });
 #pragma omp for schedule(dynamic, 1)
     for (Index rb = 0; rb < row_blocks; ++rb) {
-      const Index r0 = rb * block;
-      const Index nr = std::min(block, n - r0);
-      mx.head(nr).setConstant(kNegInf);
-      sum.head(nr).setZero();
-      acc.topRows(nr).setZero();
-      for (Index c0 = 0; c0 < m; c0 += block) {
-        const Index nc = std::min(block, m - c0);
-        logits.tile(r0, nr, c0, nc, t);
-        auto tb = t.topLeftCorner(nr, nc);
-        tb.rowwise() += bias.segment(c0, nc).transpose();
-        for (Index r = 0; r < nr; ++r) {
-          const Scalar alpha = online_lse_update(tb.row(r), mx[r], sum[r]);
-          acc.row(r) *= alpha;
-          tb.row(r) = (tb.row(r).array() - mx[r]).exp().matrix();
+      guard.run([&] {
+        const Index r0 = rb * block;
+        const Index nr = std::min(block, n - r0);
+        mx.head(nr).setConstant(kNegInf);
+        sum.head(nr).setZero();
+        acc.topRows(nr).setZero();
+        for (Index c0 = 0; c0 < m; c0 += block) {
+          const Index nc = std::min(block, m - c0);
+          logits.tile(r0, nr, c0, nc, t);
+          auto tb = t.topLeftCorner(nr, nc);
+          tb.rowwise() += bias.segment(c0, nc).transpose();
+          for (Index r = 0; r < nr; ++r) {
+            const Scalar alpha = online_lse_update(tb.row(r), mx[r], sum[r]);
+            acc.row(r) *= alpha;
+            tb.row(r) = (tb.row(r).array() - mx[r]).exp().matrix();
+          }
+          acc.topRows(nr).noalias() += tb * values.middleRows(c0, nc);
         }
-        acc.topRows(nr).noalias() += tb * values.middleRows(c0, nc);
-      }
-      for (Index r = 0; r < nr; ++r) out.row(r0 + r) = acc.row(r) / sum[r];
+        for (Index r = 0; r < nr; ++r) out.row(r0 + r) = acc.row(r) / sum[r];
+      });
     }
   }
+  guard.finish();
   return out;
 }
 
@@ -219,7 +239,7 @@ template <class Scalar>
 void check_self_attention(const Measure<Scalar>& mu, const MatrixRef<Scalar>& queries,
                           const AttendOptions& options) {
   if (options.causal) {
-    throw invalid_argument("normalization: sinkhorn attention does not support --causal");
+    throw invalid_argument("normalization: sinkhorn attention does not support causal masking");
   }
   if (queries.rows() != mu.size() || queries != mu.atoms()) {
     throw invalid_argument("normalization: sinkhorn attention is defined for self-attention only");

@@ -26,6 +26,7 @@
 
 #include "attention/tiles.hpp"
 #include "common/huge_buffer.hpp"
+#include "common/parallel.hpp"
 #include "common/vector_exp.hpp"
 #include "flow/internal.hpp"
 #include "measattn/error.hpp"
@@ -137,81 +138,91 @@ Matrix<Scalar> small_dim_attention_field(const Model<Scalar>& model, const Vecto
   const Scalar threshold = underflow_threshold<Scalar>();
 
   // Small problems stay on one thread: a parallel region costs more than it saves.
+  // Exceptions and Ctrl-C: per row block (see common/parallel.hpp).
+  RegionGuard guard;
 #pragma omp parallel if (n * m > kParallelWork)
   {
-    Array s(kKeyBlock);
-    Array shift(kRowBlock), sum(kRowBlock);
-    Matrix<Scalar> acc(kRowBlock, k);
+    Array s, shift, sum;
+    Matrix<Scalar> acc;
+    guard.run([&] {
+      s.resize(kKeyBlock);
+      shift.resize(kRowBlock);
+      sum.resize(kRowBlock);
+      acc.resize(kRowBlock, k);
+    });
 #pragma omp for schedule(dynamic, 1)
     for (Index b = 0; b < blocks; ++b) {
-      const Index i0 = b * kRowBlock;
-      const Index rows = std::min(kRowBlock, n - i0);
-      for (Index h = 0; h < heads; ++h) {
-        const Scalar kmax = key_norm_max[static_cast<size_t>(h)];
-        for (Index r = 0; r < rows; ++r) {
-          shift[r] = q.row(i0 + r).segment(h * k, k).norm() * kmax + log_w_max;
-        }
-        sum.head(rows).setZero();
-        acc.topRows(rows).setZero();
-        for (Index j0 = 0; j0 < m; j0 += kKeyBlock) {
-          const Index cols = std::min(kKeyBlock, m - j0);
-          auto key = [&](Index c) {
-            return kt.row(h * k + c).segment(j0, cols).transpose().array();
-          };
-          const auto lw = log_w.segment(j0, cols);
+      guard.run([&] {
+        const Index i0 = b * kRowBlock;
+        const Index rows = std::min(kRowBlock, n - i0);
+        for (Index h = 0; h < heads; ++h) {
+          const Scalar kmax = key_norm_max[static_cast<size_t>(h)];
           for (Index r = 0; r < rows; ++r) {
-            auto sr = s.head(cols);
-            const Scalar* qr = &q(i0 + r, h * k);
-            const Scalar sh = shift[r];
-            // Logits (Eigen's vectorized expressions for the smallest head
-            // sizes), then the exponentials in place.
-            switch (k) {
-              case 1:
-                sr = lw + qr[0] * key(0) - sh;
-                break;
-              case 2:
-                sr = lw + qr[0] * key(0) + qr[1] * key(1) - sh;
-                break;
-              case 3:
-                sr = lw + qr[0] * key(0) + qr[1] * key(1) + qr[2] * key(2) - sh;
-                break;
-              case 4:
-                sr = lw + qr[0] * key(0) + qr[1] * key(1) + qr[2] * key(2) + qr[3] * key(3) - sh;
-                break;
-              default:
-                sr = lw - sh;
-                for (Index c = 0; c < k; ++c) sr += qr[c] * key(c);
-            }
-            if constexpr (std::is_same_v<Scalar, double>) {
-              exp_shifted_logits(sr.data(), cols);
-            } else {
-              sr = sr.exp();
-            }
-            sum[r] += sr.sum();
-            acc.row(r).noalias() += (vt.block(h * k, j0, k, cols) * sr.matrix()).transpose();
+            shift[r] = q.row(i0 + r).segment(h * k, k).norm() * kmax + log_w_max;
           }
-        }
-        for (Index r = 0; r < rows; ++r) {
-          if (!(sum[r] >= threshold) || !std::isfinite(shift[r])) {
-            // Exact two-pass evaluation of this row: true maximum, then the sums.
-            Scalar mx = -std::numeric_limits<Scalar>::infinity();
-            Array row(m);
-            row = log_w;
-            for (Index c = 0; c < k; ++c) {
-              row += q(i0 + r, h * k + c) * kt.row(h * k + c).transpose().array();
-            }
-            mx = row.maxCoeff();
-            row = (row - mx).exp();
-            sum[r] = row.sum();
-            for (Index c = 0; c < k; ++c) {
-              acc(r, c) = (row * vt.row(h * k + c).transpose().array()).sum();
+          sum.head(rows).setZero();
+          acc.topRows(rows).setZero();
+          for (Index j0 = 0; j0 < m; j0 += kKeyBlock) {
+            const Index cols = std::min(kKeyBlock, m - j0);
+            auto key = [&](Index c) {
+              return kt.row(h * k + c).segment(j0, cols).transpose().array();
+            };
+            const auto lw = log_w.segment(j0, cols);
+            for (Index r = 0; r < rows; ++r) {
+              auto sr = s.head(cols);
+              const Scalar* qr = &q(i0 + r, h * k);
+              const Scalar sh = shift[r];
+              // Logits (Eigen's vectorized expressions for the smallest head
+              // sizes), then the exponentials in place.
+              switch (k) {
+                case 1:
+                  sr = lw + qr[0] * key(0) - sh;
+                  break;
+                case 2:
+                  sr = lw + qr[0] * key(0) + qr[1] * key(1) - sh;
+                  break;
+                case 3:
+                  sr = lw + qr[0] * key(0) + qr[1] * key(1) + qr[2] * key(2) - sh;
+                  break;
+                case 4:
+                  sr = lw + qr[0] * key(0) + qr[1] * key(1) + qr[2] * key(2) + qr[3] * key(3) - sh;
+                  break;
+                default:
+                  sr = lw - sh;
+                  for (Index c = 0; c < k; ++c) sr += qr[c] * key(c);
+              }
+              if constexpr (std::is_same_v<Scalar, double>) {
+                exp_shifted_logits(sr.data(), cols);
+              } else {
+                sr = sr.exp();
+              }
+              sum[r] += sr.sum();
+              acc.row(r).noalias() += (vt.block(h * k, j0, k, cols) * sr.matrix()).transpose();
             }
           }
-          out.block(i0 + r, h * k, 1, k) = acc.row(r) / sum[r];
+          for (Index r = 0; r < rows; ++r) {
+            if (!(sum[r] >= threshold) || !std::isfinite(shift[r])) {
+              // Exact two-pass evaluation of this row: true maximum, then the sums.
+              Scalar mx = -std::numeric_limits<Scalar>::infinity();
+              Array row(m);
+              row = log_w;
+              for (Index c = 0; c < k; ++c) {
+                row += q(i0 + r, h * k + c) * kt.row(h * k + c).transpose().array();
+              }
+              mx = row.maxCoeff();
+              row = (row - mx).exp();
+              sum[r] = row.sum();
+              for (Index c = 0; c < k; ++c) {
+                acc(r, c) = (row * vt.row(h * k + c).transpose().array()).sum();
+              }
+            }
+            out.block(i0 + r, h * k, 1, k) = acc.row(r) / sum[r];
+          }
         }
-      }
+      });
     }
   }
+  guard.finish();
   Matrix<Scalar> result = out * model.w_o.transpose();
   if (model.b_o.size()) result.rowwise() += model.b_o.transpose();
   return result;
@@ -566,40 +577,46 @@ void tied_small_dim_attention_field(const Model<double>& model, const VectorD& w
     }
     // One parallel region: the slots (each zeroed by the thread that fills
     // it), then, after the loop's barrier, the sum over slots by row blocks.
+    RegionGuard guard;  // exceptions and Ctrl-C, per slot and row block
 #pragma omp parallel if (parallel)
     {
 #pragma omp for schedule(dynamic, 1)
       for (Index sl = 0; sl < slots; ++sl) {
-        const Index p0 = cut[static_cast<size_t>(sl)], p1 = cut[static_cast<size_t>(sl) + 1];
-        double* mine = acc + static_cast<size_t>(sl) * slot_stride;
-        std::fill(mine, mine + slot_size, 0.0);
-        BlockPairCursor pair(nb, p0);
-        for (Index q = p0; q < p1; ++q, pair.next()) {
-          kernel(bh, norm, wv, omega, np, pair.I * block, pair.I * block + width(pair.I),
-                 pair.J * block, pair.J * block + width(pair.J), mine);
-        }
+        guard.run([&] {
+          const Index p0 = cut[static_cast<size_t>(sl)], p1 = cut[static_cast<size_t>(sl) + 1];
+          double* mine = acc + static_cast<size_t>(sl) * slot_stride;
+          std::fill(mine, mine + slot_size, 0.0);
+          BlockPairCursor pair(nb, p0);
+          for (Index q = p0; q < p1; ++q, pair.next()) {
+            kernel(bh, norm, wv, omega, np, pair.I * block, pair.I * block + width(pair.I),
+                   pair.J * block, pair.J * block + width(pair.J), mine);
+          }
+        });
       }
       // The slots summed in order into the first (vectorized over contiguous
       // rows); exact fallback for rows whose sum underflowed.
 #pragma omp for schedule(static)
       for (Index blk = 0; blk < nb; ++blk) {
-        const Index r0 = blk * block, r1 = r0 + width(blk);
-        for (Index sl = 1; sl < slots; ++sl) {
-          const double* mine = acc + static_cast<size_t>(sl) * slot_stride;
-          for (Index c = 0; c <= k; ++c)
-            for (Index i = r0; i < r1; ++i) acc[c * np + i] += mine[c * np + i];
-        }
-        for (Index i = r0; i < std::min(n, r1); ++i) {
-          double num[8], den = acc[k * np + i];
-          for (Index c = 0; c < k; ++c) num[c] = acc[c * np + i];
-          if (!(den >= threshold) || !std::isfinite(den)) {
-            den = exact_tied_row((a.transpose() * a.col(i)).array(), weights, k,
-                                 [&](Index c, Index j) { return v(c, j); }, num);
+        guard.run([&] {
+          const Index r0 = blk * block, r1 = r0 + width(blk);
+          for (Index sl = 1; sl < slots; ++sl) {
+            const double* mine = acc + static_cast<size_t>(sl) * slot_stride;
+            for (Index c = 0; c <= k; ++c)
+              for (Index i = r0; i < r1; ++i) acc[c * np + i] += mine[c * np + i];
           }
-          for (Index c = 0; c < k; ++c) out[i * e + h * k + c] = num[c] / den;
-        }
+          for (Index i = r0; i < std::min(n, r1); ++i) {
+            double num[8], den = acc[k * np + i];
+            for (Index c = 0; c < k; ++c) num[c] = acc[c * np + i];
+            if (!(den >= threshold) || !std::isfinite(den)) {
+              den = exact_tied_row((a.transpose() * a.col(i)).array(), weights, k,
+                                   [&](Index c, Index j) { return v(c, j); }, num);
+            }
+            for (Index c = 0; c < k; ++c) out[i * e + h * k + c] = num[c] / den;
+          }
+        });
       }
     }
+    guard.finish();
   }
   if (!output_identity)
     result.noalias() = Eigen::Map<const MatrixD>(out, n, e) * model.w_o.transpose();
@@ -722,51 +739,56 @@ void tied_gemm_attention_field(const Model<double>& model, const VectorD& weight
     const VectorD bv = model.b_v.size() ? VectorD(model.b_v.segment(h * k, k)) : VectorD::Zero(k);
     // Prepared in parallel over the row blocks (the projections are 10 % of
     // the work at n = 1000, d = 64 when they are products).
+    RegionGuard prepare;
 #pragma omp parallel for schedule(static) if (parallel)
     for (Index blk = 0; blk < nb; ++blk) {
-      const Index r0 = blk * B, wb = width(blk);
-      const Index rows = std::clamp<Index>(n - r0, 0, wb);
-      RowMajorMap a(A + r0 * k, wb, k), v(V + r0 * k, wb, k);
-      // Only the padding rows are zeroed: the others are written next (at
-      // n = 1000, d = 64, zeroing all of A and V was a third of this loop).
-      a.bottomRows(wb - rows).setZero();
-      v.bottomRows(wb - rows).setZero();
-      if (rows > 0) {
-        if (key_identity) {
-          a.topRows(rows) = x.block(r0, h * k, rows, k) * inv_root_tau;
-        } else {
-          a.topRows(rows).noalias() = x.middleRows(r0, rows) * wk_t;
+      prepare.run([&] {
+        const Index r0 = blk * B, wb = width(blk);
+        const Index rows = std::clamp<Index>(n - r0, 0, wb);
+        RowMajorMap a(A + r0 * k, wb, k), v(V + r0 * k, wb, k);
+        // Only the padding rows are zeroed: the others are written next (at
+        // n = 1000, d = 64, zeroing all of A and V was a third of this loop).
+        a.bottomRows(wb - rows).setZero();
+        v.bottomRows(wb - rows).setZero();
+        if (rows > 0) {
+          if (key_identity) {
+            a.topRows(rows) = x.block(r0, h * k, rows, k) * inv_root_tau;
+          } else {
+            a.topRows(rows).noalias() = x.middleRows(r0, rows) * wk_t;
+          }
+          if (value_identity) {
+            v.topRows(rows) = x.block(r0, h * k, rows, k);
+          } else {
+            v.topRows(rows).noalias() = x.middleRows(r0, rows) * wv_t;
+          }
+          v.topRows(rows).rowwise() += bv.transpose();
         }
-        if (value_identity) {
-          v.topRows(rows) = x.block(r0, h * k, rows, k);
-        } else {
-          v.topRows(rows).noalias() = x.middleRows(r0, rows) * wv_t;
+        // |a_j|^2 by Eigen's vectorized reduction (a scalar loop is one chain
+        // of dependent additions: 20 % of this loop at d = 64).
+        Eigen::Map<VectorD> mh(minus_h + r0, wb);
+        mh.noalias() = -0.5 * a.rowwise().squaredNorm();
+        for (Index j = r0; j < r0 + wb; ++j) {
+          log_omega[j] = j < n && weights[j] > 0 ? std::log(weights[j]) - minus_h[j]
+                                                 : -std::numeric_limits<double>::infinity();
         }
-        v.topRows(rows).rowwise() += bv.transpose();
-      }
-      // |a_j|^2 by Eigen's vectorized reduction (a scalar loop is one chain
-      // of dependent additions: 20 % of this loop at d = 64).
-      Eigen::Map<VectorD> mh(minus_h + r0, wb);
-      mh.noalias() = -0.5 * a.rowwise().squaredNorm();
-      for (Index j = r0; j < r0 + wb; ++j) {
-        log_omega[j] = j < n && weights[j] > 0 ? std::log(weights[j]) - minus_h[j]
-                                               : -std::numeric_limits<double>::infinity();
-      }
-      // The key panels: A's columns, transposed in runs of 8 rows (the 8
-      // source rows stay in L1 while their k columns are read).
-      double* dst = KT + blk * k * B;
-      for (Index t = 0; t * chunk < wb; ++t) {
-        const Index cols = std::min(chunk, wb - t * chunk);
-        for (Index j0 = 0; j0 < cols; j0 += kLanes) {
-          const double* src = A + (r0 + t * chunk + j0) * k;
-          double* d0 = dst + t * k * chunk + j0;
-          for (Index c = 0; c < k; ++c)
-            for (Index jj = 0; jj < std::min<Index>(kLanes, cols - j0); ++jj)
-              d0[c * chunk + jj] = src[jj * k + c];
+        // The key panels: A's columns, transposed in runs of 8 rows (the 8
+        // source rows stay in L1 while their k columns are read).
+        double* dst = KT + blk * k * B;
+        for (Index t = 0; t * chunk < wb; ++t) {
+          const Index cols = std::min(chunk, wb - t * chunk);
+          for (Index j0 = 0; j0 < cols; j0 += kLanes) {
+            const double* src = A + (r0 + t * chunk + j0) * k;
+            double* d0 = dst + t * k * chunk + j0;
+            for (Index c = 0; c < k; ++c)
+              for (Index jj = 0; jj < std::min<Index>(kLanes, cols - j0); ++jj)
+                d0[c * chunk + jj] = src[jj * k + c];
+          }
         }
-      }
+      });
     }
+    prepare.finish();
     const double top = *std::max_element(log_omega, log_omega + np);
+    // (No guard: plain arithmetic on preallocated arrays, nothing can throw.)
 #pragma omp parallel for schedule(static) if (parallel)
     for (Index blk = 0; blk < nb; ++blk) {
       for (Index j = blk * B; j < blk * B + width(blk); ++j) {
@@ -775,46 +797,51 @@ void tied_gemm_attention_field(const Model<double>& model, const VectorD& weight
         for (Index c = k; c < k_pad; ++c) WV[j * k_pad + c] = 0;
       }
     }
+    RegionGuard guard;  // exceptions and Ctrl-C, per slot and row block
 #pragma omp parallel if (parallel)
     {
       // The block of logits and exponentials: one per thread, kept by the
       // (pooled) threads across calls.
       thread_local Eigen::ArrayXd s_buf;
-      if (s_buf.size() < B * B + B) s_buf.resize(B * B + B);
+      guard.run([&] {
+        if (s_buf.size() < B * B + B) s_buf.resize(B * B + B);
+      });
       double* S = s_buf.data();
       double* colsum = S + B * B;
 #pragma omp for schedule(dynamic, 1)
       for (Index sl = 0; sl < slots; ++sl) {
-        const Index p0 = cut[static_cast<size_t>(sl)], p1 = cut[static_cast<size_t>(sl) + 1];
-        double* num = acc_base + static_cast<size_t>(sl) * slot_stride;
-        double* den = num + np * k_pad;
-        // No zeroing: a slot's first contribution to a row block is stored,
-        // later ones added (zeroing 4 slots was 2-3 % of the step, slowed by
-        // the stores' misses; a slot never touches the blocks left of its
-        // first pair's I).
-        unsigned char* seen = touched.data() + sl * nb;
-        std::fill(seen, seen + nb, 0);
-        BlockPairCursor pair(nb, p0);
-        for (Index q = p0; q < p1; ++q, pair.next()) {
-          const Index i0 = pair.I * B, j0 = pair.J * B;
-          const Index wi = width(pair.I), wj = width(pair.J);
-          const bool set_i = !seen[pair.I], set_j = !seen[pair.J] && pair.I != pair.J;
-          seen[pair.I] = seen[pair.J] = 1;
-          // S_ij = <a_i, a_j> - h_j, then G_ij = exp(S_ij - h_i).
-          logits_block<double, kNS, kR>(A + i0 * k, wi, k, KT + pair.J * k * B, chunk, wj / L,
-                                        minus_h + j0, S, B);
-          if (pair.I == pair.J) {
-            tied_exponentials<false>(S, B, wi, wj, minus_h + i0, omega + i0, omega + j0, den + i0,
-                                     nullptr, set_i, false, colsum);
-            tied_values<false>(set_i, S, B, wi, wj, WV + j0 * k_pad, k_pad, num + i0 * k_pad);
-          } else {
-            tied_exponentials<true>(S, B, wi, wj, minus_h + i0, omega + i0, omega + j0, den + i0,
-                                    den + j0, set_i, set_j, colsum);
-            tied_values<false>(set_i, S, B, wi, wj, WV + j0 * k_pad, k_pad, num + i0 * k_pad);
-            // The pairs (j, i): G^T, read by columns, against the rows of block I.
-            tied_values<true>(set_j, S, B, wj, wi, WV + i0 * k_pad, k_pad, num + j0 * k_pad);
+        guard.run([&] {
+          const Index p0 = cut[static_cast<size_t>(sl)], p1 = cut[static_cast<size_t>(sl) + 1];
+          double* num = acc_base + static_cast<size_t>(sl) * slot_stride;
+          double* den = num + np * k_pad;
+          // No zeroing: a slot's first contribution to a row block is stored,
+          // later ones added (zeroing 4 slots was 2-3 % of the step, slowed by
+          // the stores' misses; a slot never touches the blocks left of its
+          // first pair's I).
+          unsigned char* seen = touched.data() + sl * nb;
+          std::fill(seen, seen + nb, 0);
+          BlockPairCursor pair(nb, p0);
+          for (Index q = p0; q < p1; ++q, pair.next()) {
+            const Index i0 = pair.I * B, j0 = pair.J * B;
+            const Index wi = width(pair.I), wj = width(pair.J);
+            const bool set_i = !seen[pair.I], set_j = !seen[pair.J] && pair.I != pair.J;
+            seen[pair.I] = seen[pair.J] = 1;
+            // S_ij = <a_i, a_j> - h_j, then G_ij = exp(S_ij - h_i).
+            logits_block<double, kNS, kR>(A + i0 * k, wi, k, KT + pair.J * k * B, chunk, wj / L,
+                                          minus_h + j0, S, B);
+            if (pair.I == pair.J) {
+              tied_exponentials<false>(S, B, wi, wj, minus_h + i0, omega + i0, omega + j0, den + i0,
+                                       nullptr, set_i, false, colsum);
+              tied_values<false>(set_i, S, B, wi, wj, WV + j0 * k_pad, k_pad, num + i0 * k_pad);
+            } else {
+              tied_exponentials<true>(S, B, wi, wj, minus_h + i0, omega + i0, omega + j0, den + i0,
+                                      den + j0, set_i, set_j, colsum);
+              tied_values<false>(set_i, S, B, wi, wj, WV + j0 * k_pad, k_pad, num + i0 * k_pad);
+              // The pairs (j, i): G^T, read by columns, against the rows of block I.
+              tied_values<true>(set_j, S, B, wj, wi, WV + i0 * k_pad, k_pad, num + j0 * k_pad);
+            }
           }
-        }
+        });
       }
       // Per row: the slots that touched its block, summed in slot order (the
       // same bits as adding all slots to zeros), divided by the row's sum into
@@ -822,44 +849,51 @@ void tied_gemm_attention_field(const Model<double>& model, const VectorD& weight
       // block is touched by the slot holding its diagonal pair.
 #pragma omp for schedule(static)
       for (Index blk = 0; blk < nb; ++blk) {
-        const Index r0 = blk * B;
-        for (Index i = r0; i < std::min(n, r0 + width(blk)); ++i) {
-          double* o = out + i * e + h * k;
-          double dsum = 0;
-          bool first = true;
-          for (Index sl = 0; sl < slots; ++sl) {
-            if (!touched[static_cast<size_t>(sl * nb + blk)]) continue;
-            const double* num = acc_base + static_cast<size_t>(sl) * slot_stride + i * k_pad;
-            const double den = acc_base[static_cast<size_t>(sl) * slot_stride + np * k_pad + i];
-            if (first) {
-              std::copy(num, num + k, o);
-              dsum = den;
-              first = false;
-            } else {
-              for (Index c = 0; c < k; ++c) o[c] += num[c];
-              dsum += den;
+        guard.run([&] {
+          const Index r0 = blk * B;
+          for (Index i = r0; i < std::min(n, r0 + width(blk)); ++i) {
+            double* o = out + i * e + h * k;
+            double dsum = 0;
+            bool first = true;
+            for (Index sl = 0; sl < slots; ++sl) {
+              if (!touched[static_cast<size_t>(sl * nb + blk)]) continue;
+              const double* num = acc_base + static_cast<size_t>(sl) * slot_stride + i * k_pad;
+              const double den = acc_base[static_cast<size_t>(sl) * slot_stride + np * k_pad + i];
+              if (first) {
+                std::copy(num, num + k, o);
+                dsum = den;
+                first = false;
+              } else {
+                for (Index c = 0; c < k; ++c) o[c] += num[c];
+                dsum += den;
+              }
             }
+            if (!(dsum >= threshold) || !std::isfinite(dsum)) {
+              const Eigen::Map<const MatrixD> a(A, n, k);
+              dsum = exact_tied_row((a * a.row(i).transpose()).array(), weights, k,
+                                    [&](Index c, Index j) { return V[j * k + c]; }, o);
+            }
+            for (Index c = 0; c < k; ++c) o[c] /= dsum;
           }
-          if (!(dsum >= threshold) || !std::isfinite(dsum)) {
-            const Eigen::Map<const MatrixD> a(A, n, k);
-            dsum = exact_tied_row((a * a.row(i).transpose()).array(), weights, k,
-                                  [&](Index c, Index j) { return V[j * k + c]; }, o);
-          }
-          for (Index c = 0; c < k; ++c) o[c] /= dsum;
-        }
+        });
       }
     }
+    guard.finish();
   }
   if (!output_identity) {
     // W_O, in parallel over the row blocks.
     const MatrixD wo_t = model.w_o.transpose();
     const Eigen::Map<const MatrixD> o(out, n, e);
+    RegionGuard guard;
 #pragma omp parallel for schedule(static) if (parallel)
     for (Index blk = 0; blk < nb; ++blk) {
-      const Index r0 = blk * B;
-      const Index rows = std::clamp<Index>(n - r0, 0, width(blk));
-      if (rows > 0) result.middleRows(r0, rows).noalias() = o.middleRows(r0, rows) * wo_t;
+      guard.run([&] {
+        const Index r0 = blk * B;
+        const Index rows = std::clamp<Index>(n - r0, 0, width(blk));
+        if (rows > 0) result.middleRows(r0, rows).noalias() = o.middleRows(r0, rows) * wo_t;
+      });
     }
+    guard.finish();
   }
   if (model.b_o.size()) result.rowwise() += model.b_o.transpose();
 }
@@ -895,30 +929,35 @@ Matrix<Scalar> unnormalized_field(const Vector<Scalar>& weights, const MatrixRef
   const Scalar b = static_cast<Scalar>(beta);
   Matrix<Scalar> out(n, d);
   const Index blocks = (n + kRowBlock - 1) / kRowBlock;
+  RegionGuard guard;  // exceptions and Ctrl-C, per row block
 #pragma omp parallel if (n * n > kParallelWork)
   {
-    Array s(kKeyBlock);
+    Array s;
+    guard.run([&] { s.resize(kKeyBlock); });
 #pragma omp for schedule(dynamic, 1)
     for (Index blk = 0; blk < blocks; ++blk) {
-      const Index i0 = blk * kRowBlock;
-      const Index rows = std::min(kRowBlock, n - i0);
-      out.middleRows(i0, rows).setZero();
-      for (Index j0 = 0; j0 < n; j0 += kKeyBlock) {
-        const Index cols = std::min(kKeyBlock, n - j0);
-        for (Index r = 0; r < rows; ++r) {
-          auto sr = s.head(cols);
-          sr.setZero();
-          for (Index c = 0; c < d; ++c) {
-            sr += (b * x(i0 + r, c)) * xt.row(c).segment(j0, cols).transpose().array();
-          }
-          sr = sr.exp() * weights.segment(j0, cols).array();
-          for (Index c = 0; c < d; ++c) {
-            out(i0 + r, c) += (sr * xt.row(c).segment(j0, cols).transpose().array()).sum();
+      guard.run([&] {
+        const Index i0 = blk * kRowBlock;
+        const Index rows = std::min(kRowBlock, n - i0);
+        out.middleRows(i0, rows).setZero();
+        for (Index j0 = 0; j0 < n; j0 += kKeyBlock) {
+          const Index cols = std::min(kKeyBlock, n - j0);
+          for (Index r = 0; r < rows; ++r) {
+            auto sr = s.head(cols);
+            sr.setZero();
+            for (Index c = 0; c < d; ++c) {
+              sr += (b * x(i0 + r, c)) * xt.row(c).segment(j0, cols).transpose().array();
+            }
+            sr = sr.exp() * weights.segment(j0, cols).array();
+            for (Index c = 0; c < d; ++c) {
+              out(i0 + r, c) += (sr * xt.row(c).segment(j0, cols).transpose().array()).sum();
+            }
           }
         }
-      }
+      });
     }
   }
+  guard.finish();
   return out;
 }
 
@@ -999,25 +1038,30 @@ double sphere_energy(const MatrixRef<Scalar>& particles, const Vector<Scalar>& w
   const Eigen::VectorXd w = weights.template cast<double>();
   // log of row i's term: log w_i + log sum_j w_j exp(beta <x_i, x_j>), all in double.
   Eigen::VectorXd log_row(n);
+  detail::RegionGuard guard;  // exceptions and Ctrl-C, per particle
 #pragma omp parallel if (n * n > detail::kParallelWork)
   {
-    Eigen::ArrayXd s(n);
+    Eigen::ArrayXd s;
+    guard.run([&] { s.resize(n); });
 #pragma omp for schedule(dynamic, 16)
     for (Index i = 0; i < n; ++i) {
-      s.setZero();
-      for (Index c = 0; c < d; ++c) s += (beta * x(i, c)) * xt.row(c).transpose().array();
-      double mx = -std::numeric_limits<double>::infinity();
-      for (Index j = 0; j < n; ++j) {
-        if (w[j] > 0) mx = std::max(mx, s[j]);
-      }
-      double total = 0;
-      for (Index j = 0; j < n; ++j) {
-        if (w[j] > 0) total += w[j] * std::exp(s[j] - mx);
-      }
-      log_row[i] = w[i] > 0 ? std::log(w[i]) + mx + std::log(total)
-                            : -std::numeric_limits<double>::infinity();
+      guard.run([&] {
+        s.setZero();
+        for (Index c = 0; c < d; ++c) s += (beta * x(i, c)) * xt.row(c).transpose().array();
+        double mx = -std::numeric_limits<double>::infinity();
+        for (Index j = 0; j < n; ++j) {
+          if (w[j] > 0) mx = std::max(mx, s[j]);
+        }
+        double total = 0;
+        for (Index j = 0; j < n; ++j) {
+          if (w[j] > 0) total += w[j] * std::exp(s[j] - mx);
+        }
+        log_row[i] = w[i] > 0 ? std::log(w[i]) + mx + std::log(total)
+                              : -std::numeric_limits<double>::infinity();
+      });
     }
   }
+  guard.finish();
   const double mx = log_row.maxCoeff();
   double total = 0;
   for (Index i = 0; i < n; ++i) total += std::exp(log_row[i] - mx);

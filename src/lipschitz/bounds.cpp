@@ -56,8 +56,8 @@ MatrixD output_block(const Model<double>& model, Index h) {
 
 void UpperBoundOptions::validate() const {
   if (!(radius > 0) || !std::isfinite(radius))
-    throw invalid_argument("--radius: must be positive and finite");
-  if (tokens < 0) throw invalid_argument("--atoms: must be >= 0");
+    throw invalid_argument("radius: must be positive and finite");
+  if (tokens < 0) throw invalid_argument("tokens: must be >= 0");
 }
 
 double UpperBounds::get(const std::string& name) const {

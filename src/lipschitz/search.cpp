@@ -23,10 +23,13 @@
 #include <string>
 #include <vector>
 
+#include "common/parallel.hpp"
 #include "common/progress.hpp"
 #include "lipschitz/engine.hpp"
 #include "measattn/error.hpp"
+#include "measattn/interrupt.hpp"
 #include "measattn/lipschitz.hpp"
+#include "measattn/threads.hpp"
 #include "measattn/wasserstein.hpp"
 
 namespace measattn {
@@ -341,6 +344,7 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
   // Nearby restarts: the difference (D, E) moves at the scale of the perturbation.
   double eta_diff = nearby ? o.step_size * delta * 10 : 0;
   for (int step = 0; step < o.steps && cur.valid && eta > 1e-10; ++step) {
+    measattn::detail::check_interrupt();  // Ctrl-C (rate-limited; captured by the guard)
     PairState t = s;
     if (!nearby) {
       const double gn = std::sqrt(radius * radius * (cur.gx.squaredNorm() + cur.gy.squaredNorm()) +
@@ -418,14 +422,15 @@ std::string to_string(SearchStatus s) {
 }
 
 void LipschitzSearchOptions::validate() const {
-  if (atoms < 1) throw invalid_argument("--atoms: must be >= 1");
-  if (restarts < 1) throw invalid_argument("--restarts: must be >= 1");
-  if (steps < 0) throw invalid_argument("--steps: must be >= 0");
+  if (atoms < 1) throw invalid_argument("atoms: must be >= 1");
+  if (restarts < 1) throw invalid_argument("restarts: must be >= 1");
+  if (steps < 0) throw invalid_argument("steps: must be >= 0");
   if (!(step_size > 0) || !std::isfinite(step_size))
-    throw invalid_argument("--step-size: must be positive and finite");
+    throw invalid_argument("step_size: must be positive and finite");
   if (!(nearby > 0) || !std::isfinite(nearby) || nearby > 1)
     throw invalid_argument("nearby: must be in (0, 1]");
-  if (threads < 0) throw invalid_argument("--threads: must be >= 0");
+  if (threads < 0 || threads > kMaxThreads)
+    throw invalid_argument("threads: must be in [0, " + std::to_string(kMaxThreads) + "]");
 }
 
 double lipschitz_ratio(const Model<double>& model, const MeasureD& mu, const MeasureD& nu,
@@ -461,28 +466,35 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
                                             const LipschitzSearchOptions& options) {
   options.validate();
   if (!(radius > 0) || !std::isfinite(radius))
-    throw invalid_argument("--radius: must be positive and finite");
+    throw invalid_argument("radius: must be positive and finite");
   const LayerParams p = LayerParams::from(model, options.residual);
   detail::check_layer_range(p, radius, radius > 1 ? "radius" : "model");
   const int total = options.restarts + (options.atoms >= 3 ? 1 : 0);
   std::vector<RestartOut> outs(static_cast<size_t>(total));
-  const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+  const int threads =
+      options.threads > 0 ? options.threads : std::min(omp_get_max_threads(), kMaxThreads);
   detail::Progress progress("lipschitz search", total);
   const bool show = options.progress;
   std::mutex mtx;
   int done = 0;
   double best_so_far = 0;
+  // An exception or Ctrl-C in one restart stops the others (at their next
+  // step) and reaches the caller after the loop.
+  detail::RegionGuard guard;
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int r = 0; r < total; ++r) {
-    outs[static_cast<size_t>(r)] = run_restart(model, p, radius, options, r);
-    if (show) {
-      std::lock_guard<std::mutex> lock(mtx);
-      ++done;
-      best_so_far = std::max(best_so_far, outs[static_cast<size_t>(r)].ratio);
-      progress.update(done, "best ratio " + std::to_string(best_so_far));
-    }
+    guard.run([&] {
+      outs[static_cast<size_t>(r)] = run_restart(model, p, radius, options, r);
+      if (show) {
+        std::lock_guard<std::mutex> lock(mtx);
+        ++done;
+        best_so_far = std::max(best_so_far, outs[static_cast<size_t>(r)].ratio);
+        progress.update(done, "best ratio " + std::to_string(best_so_far));
+      }
+    });
   }
   if (show) progress.finish();
+  guard.finish();
   LipschitzSearchResult res;
   int best = -1;
   for (int r = 0; r < total; ++r) {

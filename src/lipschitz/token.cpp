@@ -14,10 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "common/parallel.hpp"
 #include "lipschitz/engine.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
 #include "measattn/lipschitz.hpp"
+#include "measattn/threads.hpp"
 
 namespace measattn {
 
@@ -236,7 +238,8 @@ void TokenSearchOptions::validate() const {
   if (!(step_size > 0) || !std::isfinite(step_size))
     throw invalid_argument("step_size: must be positive");
   if (!(radius >= 0) || !std::isfinite(radius)) throw invalid_argument("radius: must be >= 0");
-  if (threads < 0) throw invalid_argument("threads: must be >= 0");
+  if (threads < 0 || threads > kMaxThreads)
+    throw invalid_argument("threads: must be in [0, " + std::to_string(kMaxThreads) + "]");
 }
 
 MatrixD token_jvp(const Model<double>& model, const MatrixD& x, const MatrixD& x_dot,
@@ -325,58 +328,63 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
     std::int64_t evals = 0;
   };
   std::vector<Out> outs(static_cast<size_t>(options.restarts));
-  const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+  const int threads =
+      options.threads > 0 ? options.threads : std::min(omp_get_max_threads(), kMaxThreads);
+  detail::RegionGuard guard;  // exceptions and Ctrl-C (polled per power iteration)
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int r = 0; r < options.restarts; ++r) {
-    std::mt19937_64 rng(options.seed * 0x9E3779B97F4A7C15ULL + static_cast<std::uint64_t>(r));
-    MatrixD x;
-    const int kind = r % 4;
-    if (kind == 1 || (kind == 3 && model.potential == Potential::l2)) {
-      // One outlier at distance t from a cluster at 0 (Kim's worst cases).
-      x = random_matrix(rng, n, d, 1e-3 * scale);
-      VectorD e = random_matrix(rng, d, 1, 1.0).col(0);
-      e /= std::max(e.norm(), 1e-300);
-      const double t = scale * (0.5 + 0.5 * (r / 4 % 6));
-      x.row(0) += t * e.transpose();
-    } else if (kind == 3) {
-      x = castin_adversarial_tokens(model, n, scale);
-      x += random_matrix(rng, n, d, 1e-3 * scale);
-    } else {
-      x = random_matrix(rng, n, d, scale / std::sqrt(static_cast<double>(d)));
-    }
-    project_rows_to_ball(x, options.radius);
-    Out o;
-    Power pw = power_iteration(p, x, random_matrix(rng, n, d, 1.0), 60, 1e-10);
-    o.evals += pw.iterations;
-    o.value = pw.value;
-    o.x = x;
-    double eta = options.step_size;
-    for (int step = 0; step < options.steps && eta > 1e-9; ++step) {
-      const MatrixD g = second_impl(p, x, pw.v, pw.u);
-      const double gn = g.norm();
-      if (!(gn > 0)) break;
-      MatrixD xn = x + (eta * scale / gn) * g;
-      project_rows_to_ball(xn, options.radius);
-      Power pn = power_iteration(p, xn, pw.v, 30, 1e-10);
-      o.evals += pn.iterations;
-      if (pn.value > pw.value) {
-        x = std::move(xn);
-        pw = std::move(pn);
-        eta *= 1.25;
-        if (pw.value > o.value) {
-          o.value = pw.value;
-          o.x = x;
-        }
+    guard.run([&] {
+      std::mt19937_64 rng(options.seed * 0x9E3779B97F4A7C15ULL + static_cast<std::uint64_t>(r));
+      MatrixD x;
+      const int kind = r % 4;
+      if (kind == 1 || (kind == 3 && model.potential == Potential::l2)) {
+        // One outlier at distance t from a cluster at 0 (Kim's worst cases).
+        x = random_matrix(rng, n, d, 1e-3 * scale);
+        VectorD e = random_matrix(rng, d, 1, 1.0).col(0);
+        e /= std::max(e.norm(), 1e-300);
+        const double t = scale * (0.5 + 0.5 * (r / 4 % 6));
+        x.row(0) += t * e.transpose();
+      } else if (kind == 3) {
+        x = castin_adversarial_tokens(model, n, scale);
+        x += random_matrix(rng, n, d, 1e-3 * scale);
       } else {
-        eta *= 0.5;
+        x = random_matrix(rng, n, d, scale / std::sqrt(static_cast<double>(d)));
       }
-    }
-    // Certify: a long power iteration at the best point (||J v|| <= ||J||).
-    const Power fin = power_iteration(p, o.x, random_matrix(rng, n, d, 1.0), 500, 1e-13);
-    o.evals += fin.iterations;
-    o.value = std::max(fin.value, 0.0);
-    outs[static_cast<size_t>(r)] = std::move(o);
+      project_rows_to_ball(x, options.radius);
+      Out o;
+      Power pw = power_iteration(p, x, random_matrix(rng, n, d, 1.0), 60, 1e-10);
+      o.evals += pw.iterations;
+      o.value = pw.value;
+      o.x = x;
+      double eta = options.step_size;
+      for (int step = 0; step < options.steps && eta > 1e-9; ++step) {
+        const MatrixD g = second_impl(p, x, pw.v, pw.u);
+        const double gn = g.norm();
+        if (!(gn > 0)) break;
+        MatrixD xn = x + (eta * scale / gn) * g;
+        project_rows_to_ball(xn, options.radius);
+        Power pn = power_iteration(p, xn, pw.v, 30, 1e-10);
+        o.evals += pn.iterations;
+        if (pn.value > pw.value) {
+          x = std::move(xn);
+          pw = std::move(pn);
+          eta *= 1.25;
+          if (pw.value > o.value) {
+            o.value = pw.value;
+            o.x = x;
+          }
+        } else {
+          eta *= 0.5;
+        }
+      }
+      // Certify: a long power iteration at the best point (||J v|| <= ||J||).
+      const Power fin = power_iteration(p, o.x, random_matrix(rng, n, d, 1.0), 500, 1e-13);
+      o.evals += fin.iterations;
+      o.value = std::max(fin.value, 0.0);
+      outs[static_cast<size_t>(r)] = std::move(o);
+    });
   }
+  guard.finish();
   TokenSearchResult res;
   for (auto& o : outs) {
     res.evaluations += o.evals;

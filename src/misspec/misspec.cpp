@@ -12,6 +12,7 @@
 #include <random>
 
 #include "measattn/error.hpp"
+#include "measattn/interrupt.hpp"
 #include "measattn/lipschitz.hpp"
 #include "measattn/wasserstein.hpp"
 
@@ -38,23 +39,23 @@ MisspecKind parse_misspec_kind(const std::string& name, const std::string& field
 }
 
 void MisspecOptions::validate() const {
-  if (repeats < 1) throw invalid_argument("--repeats: must be >= 1");
-  if (!(radius >= 0) || !std::isfinite(radius)) throw invalid_argument("--radius: must be >= 0");
+  if (repeats < 1) throw invalid_argument("repeats: must be >= 1");
+  if (!(radius >= 0) || !std::isfinite(radius)) throw invalid_argument("radius: must be >= 0");
   switch (kind) {
     case MisspecKind::sample:
-      if (sizes.empty()) throw invalid_argument("--sizes: at least one size");
+      if (sizes.empty()) throw invalid_argument("sizes: at least one size");
       for (Index n : sizes)
-        if (n < 1) throw invalid_argument("--sizes: sizes must be >= 1");
+        if (n < 1) throw invalid_argument("sizes: sizes must be >= 1");
       break;
     case MisspecKind::noise:
-      if (sigmas.empty()) throw invalid_argument("--sigmas: at least one value");
+      if (sigmas.empty()) throw invalid_argument("sigmas: at least one value");
       for (double s : sigmas)
-        if (!(s >= 0) || !std::isfinite(s)) throw invalid_argument("--sigmas: must be >= 0");
+        if (!(s >= 0) || !std::isfinite(s)) throw invalid_argument("sigmas: must be >= 0");
       break;
     case MisspecKind::corrupt:
-      if (eps.empty()) throw invalid_argument("--eps: at least one value");
+      if (eps.empty()) throw invalid_argument("eps: at least one value");
       for (double e : eps)
-        if (!(e >= 0 && e <= 1)) throw invalid_argument("--eps: must be in [0, 1]");
+        if (!(e >= 0 && e <= 1)) throw invalid_argument("eps: must be in [0, 1]");
       break;
   }
 }
@@ -163,7 +164,7 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
   options.validate();
   model.validate();
   if (mu.dim() != model.query_dim() || mu.dim() != model.key_dim())
-    throw invalid_argument("--tokens: dimension " + std::to_string(mu.dim()) +
+    throw invalid_argument("tokens: dimension " + std::to_string(mu.dim()) +
                            " does not match the model's input dimension " +
                            std::to_string(model.query_dim()));
   AttendOptions ao;
@@ -198,6 +199,7 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
         double best = -1;
         MeasureD chosen = mu;
         for (const VectorD& z : cands) {
+          detail::check_interrupt();  // Ctrl-C, once per candidate (rate-limited)
           MeasureD mp = corrupt_measure(mu, e, z);
           const double dev = cands.size() == 1
                                  ? 0.0
@@ -237,6 +239,7 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
     int count = 0;
     for (; at < draws.size() && draws[at].parameter == row.parameter && count < options.repeats;
          ++at, ++count) {
+      detail::check_interrupt();  // Ctrl-C, once per draw (rate-limited)
       const MeasureD& mp = draws[at].mu_prime;
       const double w_in = wasserstein_exact_value(mp, mu);
       const double w_out = wasserstein_exact_value(self_attention(model, mp, ao), f_mu);

@@ -50,6 +50,7 @@
 #include <lemon/static_graph.h>
 #pragma GCC diagnostic pop
 
+#include "common/parallel.hpp"
 #include "common/progress.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
@@ -314,26 +315,34 @@ SolveOutcome solve_once(const DoubleAtoms& mu, const DoubleAtoms& nu,
     }
   } else {
     const int k = static_cast<int>(std::min<Index>(std::max(1, options.neighbours), m));
+    RegionGuard guard;  // exceptions and Ctrl-C, per row
 #pragma omp parallel if (parallel)
     {
-      std::vector<double> row(static_cast<size_t>(m)), sorted(static_cast<size_t>(m));
+      std::vector<double> row, sorted;
+      guard.run([&] {
+        row.resize(static_cast<size_t>(m));
+        sorted.resize(static_cast<size_t>(m));
+      });
 #pragma omp for schedule(static)
       for (Index i = 0; i < n; ++i) {
-        row_costs(i, yt, row.data());
-        // The k-th smallest cost by selection on the values, then the k nearest
-        // in index order (ties broken by the smaller index: deterministic).
-        sorted = row;
-        std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end());
-        const double kth = sorted[static_cast<size_t>(k - 1)];
-        auto& c = cols[static_cast<size_t>(i)];
-        c.clear();
-        c.reserve(static_cast<size_t>(k) + 4);
-        for (Index j = 0; j < m; ++j)
-          if (row[static_cast<size_t>(j)] < kth) c.push_back(static_cast<int>(j));
-        for (Index j = 0; j < m && static_cast<int>(c.size()) < k; ++j)
-          if (row[static_cast<size_t>(j)] == kth) c.push_back(static_cast<int>(j));
+        guard.run([&] {
+          row_costs(i, yt, row.data());
+          // The k-th smallest cost by selection on the values, then the k nearest
+          // in index order (ties broken by the smaller index: deterministic).
+          sorted = row;
+          std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end());
+          const double kth = sorted[static_cast<size_t>(k - 1)];
+          auto& c = cols[static_cast<size_t>(i)];
+          c.clear();
+          c.reserve(static_cast<size_t>(k) + 4);
+          for (Index j = 0; j < m; ++j)
+            if (row[static_cast<size_t>(j)] < kth) c.push_back(static_cast<int>(j));
+          for (Index j = 0; j < m && static_cast<int>(c.size()) < k; ++j)
+            if (row[static_cast<size_t>(j)] == kth) c.push_back(static_cast<int>(j));
+        });
       }
     }
+    guard.finish();
     VectorD theta = mu.x->colwise().mean().transpose() - nu.x->colwise().mean().transpose();
     if (!(theta.norm() > 0)) theta = VectorD::Ones(d);
     theta.normalize();
@@ -407,48 +416,53 @@ SolveOutcome solve_once(const DoubleAtoms& mu, const DoubleAtoms& nu,
     previous_objective = objective;
     const bool prune = decreased && rounds <= options.prune_rounds && std::isfinite(options.prune);
     const double prune_above = options.prune * scale;
+    RegionGuard guard;  // exceptions and Ctrl-C, per row
 #pragma omp parallel if (parallel)
     {
-      std::vector<double> row(static_cast<size_t>(m));
+      std::vector<double> row;
       std::vector<std::pair<double, int>> cand;
+      guard.run([&] { row.resize(static_cast<size_t>(m)); });
 #pragma omp for schedule(static)
       for (Index i = 0; i < n; ++i) {
-        row_costs(i, yt, row.data());
-        cand.clear();
-        const double fi = sol.f[i];
-        // Vectorized minimum first; candidates are collected only from rows
-        // that have a violation (few, after the first rounds).
-        auto rrow = Eigen::Map<const Eigen::ArrayXd>(row.data(), m) - fi - sol.g.array();
-        const double lo = std::min(0.0, rrow.minCoeff());
-        if (lo < -tol) {
-          for (Index j = 0; j < m; ++j) {
-            const double r = row[static_cast<size_t>(j)] - fi - sol.g[j];
-            if (r < -tol) cand.emplace_back(r, static_cast<int>(j));
+        guard.run([&] {
+          row_costs(i, yt, row.data());
+          cand.clear();
+          const double fi = sol.f[i];
+          // Vectorized minimum first; candidates are collected only from rows
+          // that have a violation (few, after the first rounds).
+          auto rrow = Eigen::Map<const Eigen::ArrayXd>(row.data(), m) - fi - sol.g.array();
+          const double lo = std::min(0.0, rrow.minCoeff());
+          if (lo < -tol) {
+            for (Index j = 0; j < m; ++j) {
+              const double r = row[static_cast<size_t>(j)] - fi - sol.g[j];
+              if (r < -tol) cand.emplace_back(r, static_cast<int>(j));
+            }
           }
-        }
-        min_reduced[static_cast<size_t>(i)] = lo;
-        auto& have = cols[static_cast<size_t>(i)];
-        if (prune) {
-          size_t keep = 0;
-          for (size_t q = 0; q < have.size(); ++q) {
-            const int j = have[q];
-            if (sol.flow[offset[static_cast<size_t>(i)] + q] > 0 ||
-                row[static_cast<size_t>(j)] - fi - sol.g[j] <= prune_above)
-              have[keep++] = j;
+          min_reduced[static_cast<size_t>(i)] = lo;
+          auto& have = cols[static_cast<size_t>(i)];
+          if (prune) {
+            size_t keep = 0;
+            for (size_t q = 0; q < have.size(); ++q) {
+              const int j = have[q];
+              if (sol.flow[offset[static_cast<size_t>(i)] + q] > 0 ||
+                  row[static_cast<size_t>(j)] - fi - sol.g[j] <= prune_above)
+                have[keep++] = j;
+            }
+            have.resize(keep);
           }
-          have.resize(keep);
-        }
-        if (cand.empty()) continue;
-        const size_t take = std::min(cand.size(), static_cast<size_t>(per_round));
-        std::partial_sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(take),
-                          cand.end());
-        auto& out = added[static_cast<size_t>(i)];
-        for (size_t q = 0; q < take; ++q) {
-          if (!std::binary_search(have.begin(), have.end(), cand[q].second))
-            out.push_back(cand[q].second);
-        }
+          if (cand.empty()) return;
+          const size_t take = std::min(cand.size(), static_cast<size_t>(per_round));
+          std::partial_sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(take),
+                            cand.end());
+          auto& out = added[static_cast<size_t>(i)];
+          for (size_t q = 0; q < take; ++q) {
+            if (!std::binary_search(have.begin(), have.end(), cand[q].second))
+              out.push_back(cand[q].second);
+          }
+        });
       }
     }
+    guard.finish();
     std::int64_t count = 0;
     for (Index i = 0; i < n; ++i) {
       auto& add = added[static_cast<size_t>(i)];

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "common/parallel.hpp"
 #include "measattn/error.hpp"
 #include "measattn/wasserstein.hpp"
 #include "wasserstein/detail.hpp"
@@ -229,13 +230,15 @@ double wasserstein_1d_values(const std::vector<double>& x, const std::vector<dou
   std::vector<double> an, bn;
   std::vector<std::uint32_t> ox, oy;
   const bool wa = !a.empty(), wb = !b.empty();
+  detail::RegionGuard guard;  // std::bad_alloc from either sort reaches the caller
 #pragma omp parallel sections if (xs.size() + ys.size() > 100000)
   {
 #pragma omp section
-    detail::sort_doubles(xs, wa ? &ox : nullptr);
+    guard.run([&] { detail::sort_doubles(xs, wa ? &ox : nullptr); });
 #pragma omp section
-    detail::sort_doubles(ys, wb ? &oy : nullptr);
+    guard.run([&] { detail::sort_doubles(ys, wb ? &oy : nullptr); });
   }
+  guard.finish();
   if (wa) {
     const std::vector<double> w = normalized(a, "a");
     an.resize(w.size());

@@ -33,6 +33,7 @@
 #include <omp.h>
 
 #include "common/huge_buffer.hpp"
+#include "common/parallel.hpp"
 #include "common/progress.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
@@ -76,26 +77,31 @@ class SinkhornSolver {
   /// Exact update f_i = eps log a_i - eps LSE_j((g_j - C_ij)/eps); fills Kt with
   /// the new (f, g) at the same time (rows of Kt sum to a_i).
   void log_update_f_and_kernel() {
+    RegionGuard guard;  // exceptions and Ctrl-C, per row
 #pragma omp parallel if (parallel_)
     {
-      Eigen::ArrayXd t(m_);
+      Eigen::ArrayXd t;
+      guard.run([&] { t.resize(m_); });
 #pragma omp for schedule(dynamic, 16)
       for (Index i = 0; i < n_; ++i) {
-        cost_row(x_, i, yt_, p_, t.data());
-        t = (g_.array() - t) / eps_;
-        const double mx = t.maxCoeff();
-        Eigen::Map<Eigen::ArrayXd> k(row(i), m_);
-        if (a_[i] == 0) {
-          f_[i] = -std::numeric_limits<double>::infinity();
-          k.setZero();
-          continue;
-        }
-        k = (t - mx).exp();
-        const double s = k.sum();
-        f_[i] = eps_ * log_a_[i] - eps_ * (mx + std::log(s));
-        k *= a_[i] / s;
+        guard.run([&] {
+          cost_row(x_, i, yt_, p_, t.data());
+          t = (g_.array() - t) / eps_;
+          const double mx = t.maxCoeff();
+          Eigen::Map<Eigen::ArrayXd> k(row(i), m_);
+          if (a_[i] == 0) {
+            f_[i] = -std::numeric_limits<double>::infinity();
+            k.setZero();
+            return;
+          }
+          k = (t - mx).exp();
+          const double s = k.sum();
+          f_[i] = eps_ * log_a_[i] - eps_ * (mx + std::log(s));
+          k *= a_[i] / s;
+        });
       }
     }
+    guard.finish();
     u_.setOnes();
     v_.setOnes();
   }
@@ -108,26 +114,31 @@ class SinkhornSolver {
     // and tail with scalar exp, so the partition must not depend on the threads.
     constexpr Index kBlock = 256;
     const Index blocks = (m_ + kBlock - 1) / kBlock;
+    RegionGuard guard;  // exceptions and Ctrl-C, per column block
 #pragma omp parallel if (parallel_)
     {
-      Eigen::ArrayXd t(kBlock);
+      Eigen::ArrayXd t;
+      guard.run([&] { t.resize(kBlock); });
 #pragma omp for schedule(dynamic, 1)
       for (Index blk = 0; blk < blocks; ++blk) {
-        const Index j0 = blk * kBlock;
-        const Index w = std::min(kBlock, m_ - j0);
-        auto tw = t.head(w);
-        for (Index i = 0; i < n_; ++i) {
-          if (a_[i] == 0) continue;
-          cost_row_range(x_, i, yt_, j0, j0 + w, p_, tw.data());
-          mx.segment(j0, w).array() = mx.segment(j0, w).array().max((f_[i] - tw) / eps_);
-        }
-        for (Index i = 0; i < n_; ++i) {
-          if (a_[i] == 0) continue;
-          cost_row_range(x_, i, yt_, j0, j0 + w, p_, tw.data());
-          s.segment(j0, w).array() += ((f_[i] - tw) / eps_ - mx.segment(j0, w).array()).exp();
-        }
+        guard.run([&] {
+          const Index j0 = blk * kBlock;
+          const Index w = std::min(kBlock, m_ - j0);
+          auto tw = t.head(w);
+          for (Index i = 0; i < n_; ++i) {
+            if (a_[i] == 0) continue;
+            cost_row_range(x_, i, yt_, j0, j0 + w, p_, tw.data());
+            mx.segment(j0, w).array() = mx.segment(j0, w).array().max((f_[i] - tw) / eps_);
+          }
+          for (Index i = 0; i < n_; ++i) {
+            if (a_[i] == 0) continue;
+            cost_row_range(x_, i, yt_, j0, j0 + w, p_, tw.data());
+            s.segment(j0, w).array() += ((f_[i] - tw) / eps_ - mx.segment(j0, w).array()).exp();
+          }
+        });
       }
     }
+    guard.finish();
     for (Index j = 0; j < m_; ++j) {
       g_[j] = b_[j] == 0 ? -std::numeric_limits<double>::infinity()
                          : eps_ * log_b_[j] - eps_ * (mx[j] + std::log(s[j]));
@@ -144,21 +155,26 @@ class SinkhornSolver {
   }
 
   void rebuild_kernel() {
+    RegionGuard guard;  // exceptions and Ctrl-C, per row
 #pragma omp parallel if (parallel_)
     {
-      Eigen::ArrayXd t(m_);
+      Eigen::ArrayXd t;
+      guard.run([&] { t.resize(m_); });
 #pragma omp for schedule(dynamic, 16)
       for (Index i = 0; i < n_; ++i) {
-        cost_row(x_, i, yt_, p_, t.data());
-        Eigen::Map<Eigen::ArrayXd> k(row(i), m_);
-        if (!std::isfinite(f_[i])) {
-          k.setZero();
-          continue;
-        }
-        k = ((f_[i] + g_.array() - t) / eps_).exp();
-        // Columns of zero weight (g = -inf) give exp(-inf) = 0: fine.
+        guard.run([&] {
+          cost_row(x_, i, yt_, p_, t.data());
+          Eigen::Map<Eigen::ArrayXd> k(row(i), m_);
+          if (!std::isfinite(f_[i])) {
+            k.setZero();
+            return;
+          }
+          k = ((f_[i] + g_.array() - t) / eps_).exp();
+          // Columns of zero weight (g = -inf) give exp(-inf) = 0: fine.
+        });
       }
     }
+    guard.finish();
   }
 
   /// out = Kt^T w (size m), summed over i in order for every column. Columns
@@ -169,37 +185,45 @@ class SinkhornSolver {
     out.setZero(m_);
     constexpr Index kBlock = 256;
     const Index blocks = (m_ + kBlock - 1) / kBlock;
+    RegionGuard guard;  // Ctrl-C, per column block
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_matvec_)
     for (Index blk = 0; blk < blocks; ++blk) {
-      const Index j0 = blk * kBlock;
-      const Index len = std::min(kBlock, m_ - j0);
-      double* acc = out.data() + j0;
-      // Four rows per sweep of the accumulator (a quarter of its loads and stores).
-      Index i = 0;
-      for (; i + 4 <= n_; i += 4) {
-        const double w0 = w[i], w1 = w[i + 1], w2 = w[i + 2], w3 = w[i + 3];
-        const double* r0 = row(i) + j0;
-        const double* r1 = row(i + 1) + j0;
-        const double* r2 = row(i + 2) + j0;
-        const double* r3 = row(i + 3) + j0;
+      guard.run([&] {
+        const Index j0 = blk * kBlock;
+        const Index len = std::min(kBlock, m_ - j0);
+        double* acc = out.data() + j0;
+        // Four rows per sweep of the accumulator (a quarter of its loads and stores).
+        Index i = 0;
+        for (; i + 4 <= n_; i += 4) {
+          const double w0 = w[i], w1 = w[i + 1], w2 = w[i + 2], w3 = w[i + 3];
+          const double* r0 = row(i) + j0;
+          const double* r1 = row(i + 1) + j0;
+          const double* r2 = row(i + 2) + j0;
+          const double* r3 = row(i + 3) + j0;
 #pragma omp simd
-        for (Index j = 0; j < len; ++j)
-          acc[j] += ((w0 * r0[j] + w1 * r1[j]) + (w2 * r2[j] + w3 * r3[j]));
-      }
-      for (; i < n_; ++i) {
-        const double wi = w[i];
-        const double* r = row(i) + j0;
+          for (Index j = 0; j < len; ++j)
+            acc[j] += ((w0 * r0[j] + w1 * r1[j]) + (w2 * r2[j] + w3 * r3[j]));
+        }
+        for (; i < n_; ++i) {
+          const double wi = w[i];
+          const double* r = row(i) + j0;
 #pragma omp simd
-        for (Index j = 0; j < len; ++j) acc[j] += wi * r[j];
-      }
+          for (Index j = 0; j < len; ++j) acc[j] += wi * r[j];
+        }
+      });
     }
+    guard.finish();
   }
 
   /// out = Kt w (size n).
   void kernel_times(const VectorD& w, VectorD& out) {
     out.resize(n_);
+    RegionGuard guard;  // Ctrl-C, per row
 #pragma omp parallel for schedule(dynamic, 32) if (parallel_matvec_)
-    for (Index i = 0; i < n_; ++i) out[i] = Eigen::Map<const VectorD>(row(i), m_).dot(w);
+    for (Index i = 0; i < n_; ++i) {
+      guard.run([&] { out[i] = Eigen::Map<const VectorD>(row(i), m_).dot(w); });
+    }
+    guard.finish();
   }
 
   /// One pass over Kt: u = a / (Kt v) (0 where a is 0) and ktu = Kt^T u.
@@ -207,46 +231,50 @@ class SinkhornSolver {
   bool fused_pass(const VectorD& v, VectorD& u, VectorD& ktu) {
     u.resize(n_);
     int bad = 0;
+    RegionGuard guard;  // Ctrl-C, per chunk of rows
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_matvec_) reduction(| : bad)
     for (Index c = 0; c < chunks_; ++c) {
-      const Index i0 = c * n_ / chunks_, i1 = (c + 1) * n_ / chunks_;
-      double* acc = partial_.row(c).data();
-      std::fill(acc, acc + m_, 0.0);
-      Eigen::Map<const VectorD> vm(v.data(), m_);
-      auto scale = [&](Index i, double kv) {
-        if (a_[i] == 0) return 0.0;
-        if (!(kv > 0 && kv < std::numeric_limits<double>::infinity())) {
-          bad = 1;
-          return 0.0;
+      guard.run([&] {
+        const Index i0 = c * n_ / chunks_, i1 = (c + 1) * n_ / chunks_;
+        double* acc = partial_.row(c).data();
+        std::fill(acc, acc + m_, 0.0);
+        Eigen::Map<const VectorD> vm(v.data(), m_);
+        auto scale = [&](Index i, double kv) {
+          if (a_[i] == 0) return 0.0;
+          if (!(kv > 0 && kv < std::numeric_limits<double>::infinity())) {
+            bad = 1;
+            return 0.0;
+          }
+          return a_[i] / kv;
+        };
+        Index i = i0;
+        for (; i + 4 <= i1; i += 4) {
+          const double* r0 = row(i);
+          const double* r1 = row(i + 1);
+          const double* r2 = row(i + 2);
+          const double* r3 = row(i + 3);
+          const double u0 = scale(i, Eigen::Map<const VectorD>(r0, m_).dot(vm));
+          const double u1 = scale(i + 1, Eigen::Map<const VectorD>(r1, m_).dot(vm));
+          const double u2 = scale(i + 2, Eigen::Map<const VectorD>(r2, m_).dot(vm));
+          const double u3 = scale(i + 3, Eigen::Map<const VectorD>(r3, m_).dot(vm));
+          u[i] = u0;
+          u[i + 1] = u1;
+          u[i + 2] = u2;
+          u[i + 3] = u3;
+#pragma omp simd
+          for (Index j = 0; j < m_; ++j)
+            acc[j] += ((u0 * r0[j] + u1 * r1[j]) + (u2 * r2[j] + u3 * r3[j]));
         }
-        return a_[i] / kv;
-      };
-      Index i = i0;
-      for (; i + 4 <= i1; i += 4) {
-        const double* r0 = row(i);
-        const double* r1 = row(i + 1);
-        const double* r2 = row(i + 2);
-        const double* r3 = row(i + 3);
-        const double u0 = scale(i, Eigen::Map<const VectorD>(r0, m_).dot(vm));
-        const double u1 = scale(i + 1, Eigen::Map<const VectorD>(r1, m_).dot(vm));
-        const double u2 = scale(i + 2, Eigen::Map<const VectorD>(r2, m_).dot(vm));
-        const double u3 = scale(i + 3, Eigen::Map<const VectorD>(r3, m_).dot(vm));
-        u[i] = u0;
-        u[i + 1] = u1;
-        u[i + 2] = u2;
-        u[i + 3] = u3;
+        for (; i < i1; ++i) {
+          const double* r = row(i);
+          const double ui = scale(i, Eigen::Map<const VectorD>(r, m_).dot(vm));
+          u[i] = ui;
 #pragma omp simd
-        for (Index j = 0; j < m_; ++j)
-          acc[j] += ((u0 * r0[j] + u1 * r1[j]) + (u2 * r2[j] + u3 * r3[j]));
-      }
-      for (; i < i1; ++i) {
-        const double* r = row(i);
-        const double ui = scale(i, Eigen::Map<const VectorD>(r, m_).dot(vm));
-        u[i] = ui;
-#pragma omp simd
-        for (Index j = 0; j < m_; ++j) acc[j] += ui * r[j];
-      }
+          for (Index j = 0; j < m_; ++j) acc[j] += ui * r[j];
+        }
+      });
     }
+    guard.finish();
     ktu = partial_.row(0).transpose();
     for (Index c = 1; c < chunks_; ++c) ktu += partial_.row(c).transpose();
     return bad == 0;
@@ -372,38 +400,43 @@ class SinkhornSolver {
     const bool dense = o.want_dense_plan || o.want_plan;
     MatrixD plan;
     if (dense) plan.resize(n_, m_);
+    RegionGuard guard;  // exceptions and Ctrl-C, per row
 #pragma omp parallel if (parallel_)
     {
-      Eigen::ArrayXd cost(m_);
+      Eigen::ArrayXd cost;
+      guard.run([&] { cost.resize(m_); });
 #pragma omp for schedule(dynamic, 16)
       for (Index i = 0; i < n_; ++i) {
-        cost_row(x_, i, yt_, p_, cost.data());
-        const double* k = row(i);
-        double pc = 0, plogp = 0, yc = 0, ry = 0, ce = 0;
-        const double lu = u_[i] > 0 ? std::log(u_[i]) : 0.0;
-        for (Index j = 0; j < m_; ++j) {
-          const double pij = u_[i] * k[j] * v_[j];
-          pc += pij * cost[j];
-          if (pij > 0) {
-            const double lp = lu + lv[j] + (f_[i] + g_[j] - cost[j]) / eps_;
-            plogp += pij * lp;
+        guard.run([&] {
+          cost_row(x_, i, yt_, p_, cost.data());
+          const double* k = row(i);
+          double pc = 0, plogp = 0, yc = 0, ry = 0, ce = 0;
+          const double lu = u_[i] > 0 ? std::log(u_[i]) : 0.0;
+          for (Index j = 0; j < m_; ++j) {
+            const double pij = u_[i] * k[j] * v_[j];
+            pc += pij * cost[j];
+            if (pij > 0) {
+              const double lp = lu + lv[j] + (f_[i] + g_[j] - cost[j]) / eps_;
+              plogp += pij * lp;
+            }
+            const double yij = xu[i] * k[j] * vy[j];
+            yc += yij * cost[j];
+            ry += yij;
+            ce += cost[j] * err_c[j];
           }
-          const double yij = xu[i] * k[j] * vy[j];
-          yc += yij * cost[j];
-          ry += yij;
-          ce += cost[j] * err_c[j];
-        }
-        s_pc[i] = pc;
-        s_plogp[i] = plogp;
-        s_yc[i] = yc;
-        row_y[i] = ry;
-        s_cerr[i] = ce;
-        ftrans[i] = (cost - G.array()).minCoeff();
-        if (dense) {
-          for (Index j = 0; j < m_; ++j) plan(i, j) = xu[i] * k[j] * vy[j];
-        }
+          s_pc[i] = pc;
+          s_plogp[i] = plogp;
+          s_yc[i] = yc;
+          row_y[i] = ry;
+          s_cerr[i] = ce;
+          ftrans[i] = (cost - G.array()).minCoeff();
+          if (dense) {
+            for (Index j = 0; j < m_; ++j) plan(i, j) = xu[i] * k[j] * vy[j];
+          }
+        });
       }
     }
+    guard.finish();
     double transport = 0, entropy = 0, rounded = 0, err_r_l1 = 0;
     VectorD err_r(n_);
     for (Index i = 0; i < n_; ++i) {

@@ -13,6 +13,7 @@
 #include <random>
 #include <string>
 
+#include "common/parallel.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
 #include "wasserstein/detail.hpp"
@@ -260,13 +261,15 @@ WassersteinResult one_d_impl(const DoubleAtoms& mu, const DoubleAtoms& nu,
   const bool want_plan = o.want_plan || o.want_dense_plan;
   std::vector<std::uint32_t> ox, oy;
   const bool need_ox = !ua || want_plan, need_oy = !ub || want_plan;
+  detail::RegionGuard guard;  // std::bad_alloc from either sort reaches the caller
 #pragma omp parallel sections if (n + m > 100000)
   {
 #pragma omp section
-    detail::sort_doubles(xs, need_ox ? &ox : nullptr);
+    guard.run([&] { detail::sort_doubles(xs, need_ox ? &ox : nullptr); });
 #pragma omp section
-    detail::sort_doubles(ys, need_oy ? &oy : nullptr);
+    guard.run([&] { detail::sort_doubles(ys, need_oy ? &oy : nullptr); });
   }
+  guard.finish();
   std::vector<double> a, b;
   if (!ua) {
     a.resize(static_cast<size_t>(n));
@@ -384,7 +387,7 @@ WassersteinResult max_sliced_impl(const DoubleAtoms& mu, const DoubleAtoms& nu,
   double best_lower = 0, best_upper = std::numeric_limits<double>::infinity();
   Index evaluations = 0;
   auto consider = [&](const VectorD& theta) {
-    detail::check_interrupt();
+    detail::check_interrupt();  // Ctrl-C, once per direction (rate-limited)
     const DirectionValue v = evaluate_direction(mu, nu, theta, p, false);
     ++evaluations;
     best_lower = std::max(best_lower, v.lower_cost);
@@ -403,7 +406,7 @@ WassersteinResult max_sliced_impl(const DoubleAtoms& mu, const DoubleAtoms& nu,
     DirectionValue cur = evaluate_direction(mu, nu, theta, p, true);
     double step = 0.5;
     for (int it = 0; it < o.max_sliced_iterations && step > 1e-6; ++it) {
-      detail::check_interrupt();  // Ctrl-C from Python (no-op without a handler)
+      detail::check_interrupt();
       ++iterations;
       // Project the gradient onto the tangent space of the sphere.
       VectorD grad = cur.gradient - cur.gradient.dot(theta) * theta;
@@ -509,7 +512,7 @@ WassersteinResult random_sliced_lower_bound(const Measure<Scalar>& mu, const Mea
   const DoubleAtoms& b = np.b();
   double lower = 0, upper = std::numeric_limits<double>::infinity();
   for (const auto& t : random_directions(a.dim(), options.projections, options.seed)) {
-    detail::check_interrupt();
+    detail::check_interrupt();  // Ctrl-C, once per direction (rate-limited)
     const DirectionValue v = evaluate_direction(a, b, t, options.p, false);
     lower = std::max(lower, v.lower_cost);
     upper = std::min(upper, v.upper_value);

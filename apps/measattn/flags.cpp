@@ -1,0 +1,59 @@
+#include "flags.hpp"
+
+#include <map>
+#include <utility>
+
+namespace measattn::cli {
+
+namespace {
+
+std::map<std::string, std::vector<FieldFlag>>& tables() {
+  static std::map<std::string, std::vector<FieldFlag>> t;
+  return t;
+}
+
+}  // namespace
+
+void register_fields(const CLI::App& app, std::vector<FieldFlag> rows) {
+  auto& table = tables()[app.get_name()];
+  for (auto& row : rows) table.push_back(std::move(row));
+}
+
+std::vector<FieldFlag> model_fields(const std::string& flag, const std::string* file) {
+  std::vector<FieldFlag> rows;
+  for (const char* field : {"model", "num_heads", "w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v",
+                            "b_o", "scale", "potential", "normalization"}) {
+    rows.push_back({field, flag, file});
+  }
+  return rows;
+}
+
+std::vector<FieldFlag> token_fields(const std::string* tokens, const std::string* weights) {
+  return {{"weights", "--weights", weights},
+          {"weights", "--tokens", tokens},
+          {"atoms", "--tokens", tokens},
+          {"tokens", "--tokens", tokens}};
+}
+
+std::string cli_message(const std::string& subcommand, const invalid_argument& error) {
+  const std::string& field = error.field();
+  const auto it = tables().find(subcommand);
+  if (field.empty() || it == tables().end()) return error.what();
+  for (const FieldFlag& row : it->second) {
+    if (row.field != field) continue;
+    if (row.file != nullptr && row.file->empty()) continue;  // not given: the next row
+    std::string out = row.flag;
+    if (row.file != nullptr) out += ": " + *row.file;
+    // The flag replaces the field; after a file, a field other than the
+    // flag's own name stays as detail (what in the file is wrong).
+    std::string own = "--" + field;
+    for (char& c : own)
+      if (c == '_') c = '-';
+    const bool keep_field = row.file != nullptr && row.flag != own;
+    out += ": " + (keep_field ? std::string(error.what()) : error.reason());
+    return out;
+  }
+  return error.what();
+}
+
+}  // namespace measattn::cli
