@@ -76,6 +76,31 @@ inline Vd table_exp(Vd t, Vd r) {
   return s * e + s;  // one rounding after the table's: ~1 ulp
 }
 }  // namespace impl
+#else
+namespace impl {
+// 2^k exp(r) given t = magic + k (k an integer in the low bits of t) and
+// |r| <= ln2 / 2: exp(r) - 1 by a degree-11 polynomial interpolating exp at the
+// Chebyshev nodes of that interval (relative error 1.7e-17 with these double
+// coefficients, computed and checked in 50-digit arithmetic), 2^k built in the
+// exponent bits, the scale applied once.
+inline Vd poly_exp(Vd t, Vd r) {
+  constexpr double magic = 6755399441055744.0;
+  constexpr std::int64_t bias = 1023 - std::bit_cast<std::int64_t>(magic);
+  // Estrin's scheme: 14 operations instead of Horner's 11, but a dependency
+  // chain of 5 instead of 11 (measured 6 % faster on one thread).
+  const Vd r2 = r * r;
+  const Vd r4 = r2 * r2;
+  const Vd r8 = r4 * r4;
+  const Vd q1 = 0.5000000000000019 + 0.1666666666666668 * r;
+  const Vd q2 = 0.0416666666664881 + 0.008333333333319601 * r;
+  const Vd q3 = 0.0013888888952314775 + 0.00019841269890047113 * r;
+  const Vd q4 = 2.4801485482328494e-05 + 2.755724091857897e-06 * r;
+  const Vd q5 = 2.763263963904103e-07 + 2.5110037605963777e-08 * r;
+  const Vd e = ((r + q1 * r2) + (q2 + q3 * r2) * r4) + (q4 + q5 * r2) * r8;  // exp(r) - 1
+  const Vd s = (Vd)(((Vl)t + bias) << 52);
+  return s * e + s;
+}
+}  // namespace impl
 #endif
 
 /// exp(-x) for x >= 0 (and x slightly negative), lane-wise, to about 1 ulp
@@ -91,10 +116,7 @@ inline Vd table_exp(Vd t, Vd r) {
 /// 16, and these kernels are bound by them (measured 12 % faster for the
 /// d = 3 flow step).
 ///
-/// Otherwise: -x = k ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-11 polynomial
-/// interpolating exp at the Chebyshev nodes of that interval (relative error
-/// 1.7e-17 with these double coefficients, computed and checked in 50-digit
-/// arithmetic), 2^k built in the exponent bits.
+/// Otherwise: -x = k ln2 + r, |r| <= ln2 / 2, and impl::poly_exp.
 inline Vd exp_negative(Vd x) {
   constexpr double magic = 6755399441055744.0;  // 1.5 * 2^52: round to nearest
 #ifdef __AVX512F__
@@ -109,24 +131,11 @@ inline Vd exp_negative(Vd x) {
   constexpr double log2e = 1.4426950408889634074;
   constexpr double ln2_hi = 6.93145751953125e-1;
   constexpr double ln2_lo = 1.42860682030941723212e-6;
-  constexpr std::int64_t bias = 1023 - std::bit_cast<std::int64_t>(magic);
   x = x > 708.0 ? splat(708.0) : x;
   const Vd t = x * -log2e + magic;
   const Vd k = t - magic;
   const Vd r = (-(k * ln2_hi) - x) - k * ln2_lo;
-  // Estrin's scheme: 14 operations instead of Horner's 11, but a dependency
-  // chain of 5 instead of 11 (measured 6 % faster on one thread).
-  const Vd r2 = r * r;
-  const Vd r4 = r2 * r2;
-  const Vd r8 = r4 * r4;
-  const Vd q1 = 0.5000000000000019 + 0.1666666666666668 * r;
-  const Vd q2 = 0.0416666666664881 + 0.008333333333319601 * r;
-  const Vd q3 = 0.0013888888952314775 + 0.00019841269890047113 * r;
-  const Vd q4 = 2.4801485482328494e-05 + 2.755724091857897e-06 * r;
-  const Vd q5 = 2.763263963904103e-07 + 2.5110037605963777e-08 * r;
-  const Vd e = ((r + q1 * r2) + (q2 + q3 * r2) * r4) + (q4 + q5 * r2) * r8;  // exp(r) - 1
-  const Vd s = (Vd)(((Vl)t + bias) << 52);
-  return s * e + s;
+  return impl::poly_exp(t, r);
 #endif
 }
 
@@ -148,7 +157,16 @@ inline Vd exp2_sixteenths(Vd y) {
   const Vd r = f * c;
   return impl::table_exp(t, r);
 #else
-  return exp_negative(y * (-1.0 / kSixteenthsPerNat));
+  // 2^(y/16) = 2^k 2^f with k = round(y / 16) and f = y / 16 - k (both exact), so
+  // the only rounding before the polynomial is r = f ln 2, of size <= ln2 / 2:
+  // converting y back to nats first would carry an error of |x| ulps.
+  constexpr double magic = 6755399441055744.0;  // 1.5 * 2^52: round to nearest
+  constexpr double ln2 = 0.69314718055994530942;
+  y = y < -16343.0 ? splat(-16343.0) : y;
+  const Vd u = y * (1.0 / 16);  // exact
+  const Vd t = u + magic;
+  const Vd f = u - (t - magic);  // exact (Sterbenz)
+  return impl::poly_exp(t, f * ln2);
 #endif
 }
 
