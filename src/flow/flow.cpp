@@ -127,58 +127,10 @@ struct Fnv {
   }
 };
 
-// The complete integrator state: everything the next step depends on.
+// The complete integrator state: everything the next step depends on, which is
+// what a checkpoint holds (checkpoint.hpp); the frames live in the result.
 template <class Scalar>
-struct State {
-  Matrix<Scalar> y;
-  double time = 0;
-  Index step = 0;
-  Index rejected = 0;
-  Index evaluations = 0;
-  Index attempts = 0;
-  // dopri5
-  double h = 0;
-  double err_old = 1e-4;
-  bool last_rejected = false;
-  Matrix<Scalar> fsal;                   // f(y) when valid (empty otherwise)
-  FlowResult<Scalar>* frames = nullptr;  // frames live in the result
-};
-
-// ---- checkpoints (format: checkpoint.hpp) ---------------------------------------
-template <class Scalar>
-void write_checkpoint(const std::string& path, std::uint64_t fingerprint, const State<Scalar>& s,
-                      const FlowResult<Scalar>& r) {
-  detail::CheckpointState<Scalar> c;
-  c.fingerprint = fingerprint;
-  c.time = s.time;
-  c.step = s.step;
-  c.rejected = s.rejected;
-  c.evaluations = s.evaluations;
-  c.attempts = s.attempts;
-  c.h = s.h;
-  c.err_old = s.err_old;
-  c.last_rejected = s.last_rejected;
-  c.y = s.y;
-  c.fsal = s.fsal;
-  detail::write_checkpoint(path, c, r);
-}
-
-template <class Scalar>
-void read_checkpoint(const std::string& path, std::uint64_t fingerprint, Index n, Index d,
-                     State<Scalar>& s, FlowResult<Scalar>& r) {
-  detail::CheckpointState<Scalar> c;
-  detail::read_checkpoint(path, fingerprint, n, d, c, r);
-  s.time = c.time;
-  s.step = c.step;
-  s.rejected = c.rejected;
-  s.evaluations = c.evaluations;
-  s.attempts = c.attempts;
-  s.h = c.h;
-  s.err_old = c.err_old;
-  s.last_rejected = c.last_rejected;
-  s.y = std::move(c.y);
-  s.fsal = std::move(c.fsal);
-}
+using State = detail::CheckpointState<Scalar>;
 
 // Dormand–Prince 5(4) coefficients (Hairer, Norsett, Wanner, Table II.5.2).
 constexpr double c2 = 1.0 / 5, c3 = 3.0 / 10, c4 = 4.0 / 5, c5 = 8.0 / 9;
@@ -205,7 +157,9 @@ class Integrator {
         o_(options),
         fingerprint_(fingerprint),
         beta_(beta),
-        canonical_(canonical) {}
+        canonical_(canonical) {
+    s_.fingerprint = fingerprint;
+  }
 
   // The field at y, into a work matrix of the integrator: the same arrays
   // every step (fresh ones cost a page fault per 4 KiB each step: 15 % of an
@@ -230,7 +184,7 @@ class Integrator {
   bool after_step(detail::Progress& progress) {
     if (o_.save_every > 0 && s_.step % o_.save_every == 0) record_frame();
     if (o_.checkpoint_every > 0 && s_.step % o_.checkpoint_every == 0) {
-      write_checkpoint(o_.checkpoint_path, fingerprint_, s_, r_);
+      detail::write_checkpoint(o_.checkpoint_path, s_, r_);
     }
     if (o_.scheme == FlowScheme::dopri5) {
       progress.update(static_cast<std::int64_t>(1000 * s_.time / o_.time),
@@ -419,7 +373,7 @@ class Integrator {
   FlowResult<Scalar> run(Matrix<Scalar> start) {
     r_.weights = w_;
     if (o_.resume) {
-      read_checkpoint(o_.checkpoint_path, fingerprint_, start.rows(), start.cols(), s_, r_);
+      detail::read_checkpoint(o_.checkpoint_path, fingerprint_, start.rows(), start.cols(), s_, r_);
       r_.resumed = true;
       r_.resumed_from_step = s_.step;
     } else {
