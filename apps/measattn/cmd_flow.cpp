@@ -286,7 +286,20 @@ const bool registered = register_command(
     "Run tokens as interacting particles: dx_i/dt = Gamma_mu(x_i) (deep weight-shared attention)",
     [](CLI::App& app) {
       auto a = std::make_shared<FlowArgs>();
-      register_fields(app, token_fields(&a->tokens, &a->weights));
+      std::vector<FieldFlag> fields = token_fields(&a->tokens, &a->weights);
+      for (auto& row : model_fields("--model", &a->model)) fields.push_back(row);
+      // FlowOptions::validate names its fields; the flags that set them.
+      for (const auto& [field, flag] : std::vector<std::pair<std::string, std::string>>{
+               {"time", "--time"},
+               {"steps", "--steps"},
+               {"scheme", "--scheme"},
+               {"tolerance", "--tol"},
+               {"save_every", "--save-every"},
+               {"cluster_tolerance", "--cluster-tol"},
+               {"checkpoint_every", "--checkpoint-every"},
+               {"field", "--unnormalized"}})
+        fields.push_back({field, flag});
+      register_fields(app, std::move(fields));
       app.add_option("--model", a->model, "Model: safetensors with nn.MultiheadAttention weights");
       app.add_option("--builtin", a->builtin,
                      "Built-in model instead of --model: sa (V = I, G(x,y) = beta <x,y>)");

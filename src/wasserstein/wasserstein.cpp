@@ -79,7 +79,10 @@ void NormalizedPair::scale_back(WassersteinResult& r) const {
   r.value *= L;
   r.lower *= L;
   r.upper *= L;
-  r.cost = times_cost_unit(r.cost, log_unit);
+  // cost is value^p by definition: recomputed from the scaled-back value, since
+  // in the normalized units it may have underflowed (huge p) although value^p
+  // itself is representable.
+  r.cost = std::pow(r.value, r.p);
   r.entropic_cost = times_cost_unit(r.entropic_cost, log_unit);
   r.transport_cost = times_cost_unit(r.transport_cost, log_unit);
   r.rounded_cost = times_cost_unit(r.rounded_cost, log_unit);

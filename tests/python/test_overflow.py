@@ -272,10 +272,30 @@ def test_flow_tolerance_below_double_is_refused(tmp_path):
                     "--time", "1", "--scheme", "dopri5", "--tol", "1e-300",
                     "--out", tmp_path / "out"], timeout=60)
     assert proc.returncode == 2 and "1e-14" in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("measattn: error: --tol: "), proc.stderr  # the flag, not the field
     with pytest.raises(ValueError, match="tolerance: must be >= 1e-14"):
         measattn.flow(m, tokens(1), scheme="dopri5", tolerance=1e-300)
     r = measattn.flow(m, tokens(1), scheme="dopri5", tolerance=1e-14)
     assert np.all(np.isfinite(r.particles))
+
+
+def test_wasserstein_large_p_cost_is_the_pth_power_of_the_value(tmp_path):
+    """cost = value^p even when the normalized-unit cost underflows (p = 1000 on distances
+    of size 2: value^p ~ 1e285 is representable and must not come back as 0)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((50, 3)), rng.standard_normal((40, 3))
+    for method in ["exact", "sinkhorn"]:
+        r = measattn.wasserstein(a, b, p=1000.0, method=method)
+        assert math.isfinite(r.value) and r.value > 1
+        log_cost = 1000 * math.log(r.value)
+        if log_cost < 709:
+            assert math.log(r.cost) == pytest.approx(log_cost, rel=1e-12), (method, r.cost)
+        else:  # past the double range: +inf (documented), never 0
+            assert r.cost == math.inf, (method, r.cost, r.value)
+    j = json.loads(run_cli(["wasserstein", save_npy(tmp_path / "a.npy", a),
+                            save_npy(tmp_path / "b.npy", b), "--p", "1000", "--json"],
+                           check=True).stdout)
+    assert math.log(j["cost"]) == pytest.approx(1000 * math.log(j["value"]), rel=1e-12)
 
 
 # ---- analyze ----------------------------------------------------------------------------
