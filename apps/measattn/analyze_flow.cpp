@@ -123,7 +123,18 @@ void section_flow(SectionContext& ctx) {
     r.image("flow_convergence.png", "Error of the depth-L network against the continuum (log-log)",
             "flow_convergence.csv");
 
-  // Clustering under the layer-norm dynamics on the sphere.
+  // Clustering under the layer-norm dynamics on the sphere: every token must
+  // have a direction (a token at the origin cannot be put on the sphere).
+  for (Index i = 0; i < mu.size(); ++i) {
+    if (!(mu.atoms().row(i).stableNorm() > 0)) {
+      r.paragraph("The layer-norm (sphere) dynamics are not shown: token " + std::to_string(i) +
+                  " is at the origin and has no direction to normalize.");
+      ctx.summary += "flow: Euler (residual network) order " + order_text(order_euler) +
+                     ", RK4 order " + order_text(order_rk4) +
+                     "; sphere dynamics skipped (a token at the origin)\n";
+      return;
+    }
+  }
   const double t_end = 30;
   FlowOptions sphere;
   sphere.time = t_end;

@@ -48,6 +48,17 @@ struct MisspecArgs {
   bool json = false;
 };
 
+// Undefined numbers (an a-priori bound that does not exist for sampling, a rate
+// fitted on fewer than two positive points) print as n/a, never as nan.
+std::string text(double v) {
+  if (std::isfinite(v)) {
+    std::ostringstream s;
+    s << std::setprecision(6) << v;
+    return s.str();
+  }
+  return std::isnan(v) ? "n/a" : (v > 0 ? "+inf" : "-inf");
+}
+
 nlohmann::json finite_or_null(double v) {
   if (std::isfinite(v)) return v;
   return nullptr;
@@ -136,17 +147,18 @@ void run(const MisspecArgs& args) {
     return;
   }
   std::cout << std::setprecision(6);
-  std::cout << "kind " << to_string(r.kind) << ", R = " << r.radius << ", L = " << r.lipschitz
+  std::cout << "kind " << to_string(r.kind) << ", R = " << r.radius << ", L = " << text(r.lipschitz)
             << " (" << r.bound_name << ")\n";
   std::cout << std::setw(12) << pname << std::setw(14) << "W1(mu',mu)" << std::setw(14)
             << "W1(Fmu',Fmu)" << std::setw(14) << "L W1(mu',mu)" << std::setw(14) << "a priori"
             << "\n";
   for (const auto& row : r.rows)
     std::cout << std::setw(12) << row.parameter << std::setw(14) << row.w1_input << std::setw(14)
-              << row.w1_output << std::setw(14) << row.bound << std::setw(14) << row.a_priori
-              << "\n";
+              << row.w1_output << std::setw(14) << text(row.bound) << std::setw(14)
+              << text(row.a_priori) << "\n";
   if (o.kind == MisspecKind::sample)
-    std::cout << "fitted rate in n: output " << r.output_rate << ", input " << r.input_rate << "\n";
+    std::cout << "fitted rate in n: output " << text(r.output_rate) << ", input "
+              << text(r.input_rate) << "\n";
   if (r.violated) std::cout << "WARNING: a bound was violated (please report)\n";
 }
 

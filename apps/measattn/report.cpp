@@ -1,11 +1,16 @@
 #include "report.hpp"
 
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
 namespace measattn::cli {
 
 std::string fmt(double v, int digits) {
+  // An undefined number (a rate fitted on too few points) is "n/a"; an infinite
+  // upper bound is "+inf" on purpose. Never a bare nan or inf.
+  if (std::isnan(v)) return "n/a";
+  if (std::isinf(v)) return v > 0 ? "+inf" : "-inf";
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*g", digits, v);
   return buf;

@@ -34,7 +34,8 @@ class Report {
   std::vector<Block> blocks_;
 };
 
-/// Formats a number with `digits` significant digits ("%.*g").
+/// Formats a number with `digits` significant digits ("%.*g"); NaN as "n/a",
+/// infinities as "+inf" / "-inf".
 std::string fmt(double v, int digits = 6);
 
 }  // namespace measattn::cli
