@@ -315,7 +315,11 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
 
 #pragma omp for schedule(dynamic, 1)
       for (Index qb = 0; qb < query_blocks; ++qb) {
-        guard.run([&] {
+        // The hot loop: the guard's proceed/capture written out instead of
+        // guard.run's out-of-line unit, which kept the block's pointers in a
+        // closure and cost 10 % at k = 16 (bench/attention_bench, 4096 tokens).
+        if (!guard.proceed()) continue;
+        try {
           const Index i0 = qb * bq;
           const Index rows_real = std::min(bq, n - i0);
           const Index rows = round_up(rows_real, kTileRows);
@@ -341,7 +345,7 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
                                rows_real, wq_t.data(), d_in, k, bq_h.data(), q_scale, q, k);
           std::fill(q + rows_real * k, q + rows * k, Scalar(0));
           for (Index j0 = 0; j0 < key_end; j0 += bk) {
-            if (!guard.proceed()) return;  // stopping: this block's result is discarded
+            if (!guard.proceed()) break;  // stopping: this block's result is discarded
             const Index b = j0 / bk;
             const Index cols = std::min(bk, key_end - j0);
             const Index width = round_up(cols, L);
@@ -376,6 +380,7 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
             }
             values_block<Scalar>(s, bk, rows, cols, vh.data() + j0 * k_pad, k_pad, acc);
           }
+          if (guard.stopped()) continue;
           for (Index r = 0; r < rows_real; ++r) {
             // The row sum is >= 1 (the key attaining the maximum contributes e^0).
             const Scalar l = sum_buf[static_cast<size_t>(r)];
@@ -390,7 +395,9 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
             if (options.residual)
               field.middleRows(i0, rows_real) += queries.middleRows(i0, rows_real);
           }
-        });
+        } catch (...) {
+          guard.capture(std::current_exception());
+        }
       }
     }
   }
