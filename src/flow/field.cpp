@@ -1011,7 +1011,14 @@ void flow_field(const Model<Scalar>& model, const Vector<Scalar>& weights,
     if (!is_canonical(model, &beta)) {
       throw invalid_argument("field: the unnormalized field needs the canonical model");
     }
+    if (beta > 700) {
+      throw invalid_argument("beta: the unnormalized field overflows (exp(beta)) for beta > 700");
+    }
     out = detail::unnormalized_field(weights, particles, beta);
+    if (!out.allFinite()) {
+      // Off the sphere beta <x_i, x_j> is not bounded by beta.
+      throw invalid_argument("particles: exp(beta <x_i, x_j>) overflows double");
+    }
   } else {
     detail::particle_attention_field(model, weights, particles, options.attention, out);
   }

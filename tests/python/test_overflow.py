@@ -343,3 +343,19 @@ def test_misspec_hostile_magnitudes(scale):
                 assert math.isfinite(v), (kind, row)
             assert not math.isnan(row.bound)  # +inf allowed: L overflows at large R
             assert row.w1_output <= row.bound * (1 + 1e-9) + 1e-12
+
+
+def test_unnormalized_flow_field_refuses_overflow_like_the_cli():
+    """Python's flow_field makes the CLI's checks: beta > 700, and exp(beta <x, y>) past
+    the double range for particles off the sphere, are ValueErrors, never inf."""
+    x = np.random.default_rng(3).standard_normal((5, 3))
+    with pytest.raises(ValueError, match="^beta: "):
+        measattn.flow_field(measattn.Model.canonical(3, 800.0), x / np.linalg.norm(x, axis=1,
+                                                                                keepdims=True),
+                            sphere=True, field="unnormalized")
+    with pytest.raises(ValueError, match="^particles: "):
+        measattn.flow_field(measattn.Model.canonical(3, 10.0), x * 1e3, sphere=True,
+                            field="unnormalized")
+    f = measattn.flow_field(measattn.Model.canonical(3, 10.0), x, sphere=True,
+                            field="unnormalized")
+    assert np.isfinite(f).all()
