@@ -133,7 +133,9 @@ template <class Scalar>
 using State = detail::CheckpointState<Scalar>;
 
 // Dormand–Prince 5(4) coefficients (Hairer, Norsett, Wanner, Table II.5.2).
-constexpr double c2 = 1.0 / 5, c3 = 3.0 / 10, c4 = 4.0 / 5, c5 = 8.0 / 9;
+// The nodes c_i are listed for reference only: the field does not depend on t
+// (an autonomous system), so no stage evaluates at t + c_i h.
+[[maybe_unused]] constexpr double c2 = 1.0 / 5, c3 = 3.0 / 10, c4 = 4.0 / 5, c5 = 8.0 / 9;
 constexpr double a21 = 1.0 / 5;
 constexpr double a31 = 3.0 / 40, a32 = 9.0 / 40;
 constexpr double a41 = 44.0 / 45, a42 = -56.0 / 15, a43 = 32.0 / 9;
