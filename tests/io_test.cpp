@@ -24,9 +24,9 @@
 #include <thread>
 #include <vector>
 
-#include "common/temporaries.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
+#include "measattn/temporaries.hpp"
 
 namespace fs = std::filesystem;
 using measattn::DType;
@@ -1162,7 +1162,7 @@ TEST(io_test, write_file_atomic_failed_write_keeps_the_old_file) {
 }
 
 TEST(io_test, temporaries_registry_removes_what_is_registered) {
-  using measattn::detail::TemporaryKind;
+  using measattn::TemporaryKind;
   TempDir dir;
   write_raw(dir.file("tmpfile"), "t");
   fs::create_directory(dir.path() / "tree");
@@ -1175,21 +1175,20 @@ TEST(io_test, temporaries_registry_removes_what_is_registered) {
   write_raw(dir.file("busy/checkpoint.bin"), "c");
   fs::create_directory(dir.path() / "users");
   write_raw(dir.file("users/.measattn-output"), "measattn flow output\n");
-  const int slots[] = {
-      measattn::detail::register_temporary(dir.file("tmpfile"), TemporaryKind::file),
-      measattn::detail::register_temporary(dir.file("tree"), TemporaryKind::tree),
-      measattn::detail::register_temporary(dir.file("own"), TemporaryKind::created_dir),
-      measattn::detail::register_temporary(dir.file("busy"), TemporaryKind::created_dir),
-      measattn::detail::register_temporary(dir.file("users"), TemporaryKind::marked_dir)};
+  const int slots[] = {measattn::register_temporary(dir.file("tmpfile"), TemporaryKind::file),
+                       measattn::register_temporary(dir.file("tree"), TemporaryKind::tree),
+                       measattn::register_temporary(dir.file("own"), TemporaryKind::created_dir),
+                       measattn::register_temporary(dir.file("busy"), TemporaryKind::created_dir),
+                       measattn::register_temporary(dir.file("users"), TemporaryKind::marked_dir)};
   for (int s : slots) EXPECT_GE(s, 0);
-  measattn::detail::remove_registered_temporaries();  // what a signal handler does
-  for (int s : slots) measattn::detail::unregister_temporary(s);
+  measattn::remove_registered_temporaries();  // what a signal handler does
+  for (int s : slots) measattn::unregister_temporary(s);
   EXPECT_EQ(names_in(dir.path()), (std::vector<std::string>{"busy", "users"}));
   EXPECT_EQ(names_in(dir.path() / "busy"),
             (std::vector<std::string>{".measattn-output", "checkpoint.bin"}));
   EXPECT_TRUE(names_in(dir.path() / "users").empty());
   // Names are hidden and recognisable.
-  const std::string name = measattn::detail::temporary_name(dir.path().string(), "x.npy");
+  const std::string name = measattn::temporary_name(dir.path().string(), "x.npy");
   EXPECT_EQ(fs::path(name).filename().string().rfind(".x.npy.tmp.", 0), 0u);
   EXPECT_EQ(fs::path(name).filename().string().size(), std::string(".x.npy.tmp.XXXXXX").size());
 }

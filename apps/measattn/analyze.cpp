@@ -6,8 +6,8 @@
 #include <ctime>
 #include <random>
 
-#include "common/progress.hpp"
 #include "measattn/io.hpp"
+#include "measattn/progress.hpp"
 #include "measattn/version.hpp"
 
 namespace measattn::cli {
@@ -76,7 +76,7 @@ std::string write_analysis(const AnalysisInput& in, const std::string& dir) {
       {"lipschitz", section_lipschitz},
       {"misspec", section_misspec},
       {"flow", section_flow}};
-  detail::Progress progress("analyze", static_cast<std::int64_t>(std::size(sections)));
+  Progress progress("analyze", static_cast<std::int64_t>(std::size(sections)));
   std::int64_t done = 0;
   for (const auto& [name, section] : sections) {
     progress.update(done, name);

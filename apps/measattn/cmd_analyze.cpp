@@ -16,11 +16,11 @@
 
 #include "analyze.hpp"
 #include "command.hpp"
-#include "common/progress.hpp"
 #include "flags.hpp"
 #include "inputs.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
+#include "measattn/progress.hpp"
 #include "measattn/version.hpp"
 #include "output.hpp"
 #include "signals.hpp"

@@ -64,12 +64,12 @@ bool is_leftover(const std::string& entry, const std::set<std::string>& names) {
   const auto pos = entry.rfind(".tmp.");
   if (pos == std::string::npos || pos < 2 || entry.size() - pos != 11) return false;
   const std::string base = entry.substr(1, pos - 1);
-  return names.count(base) > 0 || base == detail::kOutputMarker;
+  return names.count(base) > 0 || base == kOutputMarker;
 }
 
 bool valid_name(const std::string& name) {
   return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
-         name != detail::kOutputMarker;
+         name != kOutputMarker;
 }
 
 bool is_prefix(const fs::path& a, const fs::path& b) {  // a is b or an ancestor of b
@@ -166,14 +166,13 @@ void OutputDirectory::inspect() {
     state_ = State::empty;
     return;
   }
-  const std::string marker = join(real_, detail::kOutputMarker);
+  const std::string marker = join(real_, kOutputMarker);
   struct stat ms {};
   if (::lstat(marker.c_str(), &ms) != 0 || !S_ISREG(ms.st_mode)) {
-    fail("is not empty and is not a measattn " + command_ + " output (no " + detail::kOutputMarker +
+    fail("is not empty and is not a measattn " + command_ + " output (no " + kOutputMarker +
          " inside); choose a new or an empty directory");
   }
-  if (ms.st_size > (1 << 20))
-    fail(std::string(detail::kOutputMarker) + " is not a measattn marker");
+  if (ms.st_size > (1 << 20)) fail(std::string(kOutputMarker) + " is not a measattn marker");
   const std::string text = read_file(marker);
   std::vector<std::string> lines;
   for (std::size_t start = 0; start < text.size();) {
@@ -189,20 +188,20 @@ void OutputDirectory::inspect() {
         first.compare(first.size() - 7, 7, " output") == 0) {
       fail("is a " + first + ", not a " + command_ + " output; choose another directory");
     }
-    fail(std::string("its ") + detail::kOutputMarker + " is not a measattn " + command_ +
+    fail(std::string("its ") + kOutputMarker + " is not a measattn " + command_ +
          " marker; choose another directory");
   }
   std::set<std::string> owned;
   for (std::size_t i = 1; i < lines.size(); ++i) {
     if (lines[i].empty()) continue;
     if (!valid_name(lines[i])) {
-      fail(std::string("its ") + detail::kOutputMarker + " names '" + lines[i] +
+      fail(std::string("its ") + kOutputMarker + " names '" + lines[i] +
            "', which is not a plain file name; choose another directory");
     }
     owned.insert(lines[i]);
   }
   for (const std::string& e : entries) {
-    if (e == detail::kOutputMarker || is_leftover(e, owned)) continue;
+    if (e == kOutputMarker || is_leftover(e, owned)) continue;
     struct stat es {};
     if (owned.count(e) && ::lstat(join(real_, e).c_str(), &es) == 0 && S_ISREG(es.st_mode)) {
       continue;
@@ -216,8 +215,7 @@ void OutputDirectory::inspect() {
 
 std::string OutputDirectory::stage() {
   for (int attempt = 0; attempt < 100; ++attempt) {
-    detail::RegisteredTemporary t(detail::temporary_name(parent_, name_),
-                                  detail::TemporaryKind::tree);
+    RegisteredTemporary t(temporary_name(parent_, name_), TemporaryKind::tree);
     if (::mkdir(t.path().c_str(), 0777) == 0) {
       stage_ = std::move(t);
       return stage_.path();
@@ -242,7 +240,7 @@ void OutputDirectory::commit() {
   std::vector<std::string> files = list_dir(staged, flag_ + ": " + arg_);
   std::string marker = "measattn " + command_ + " output\n";
   for (const auto& f : files) marker += f + "\n";
-  write_file_atomic(join(staged, detail::kOutputMarker), marker);
+  write_file_atomic(join(staged, kOutputMarker), marker);
 
   SignalBlock block;  // the few renames below run to their end
   inspect();          // again: the target may have changed while we worked
@@ -254,7 +252,7 @@ void OutputDirectory::commit() {
       stage_.release();
       break;
     case State::empty: {
-      files.insert(files.begin(), detail::kOutputMarker);  // the marker first
+      files.insert(files.begin(), kOutputMarker);  // the marker first
       for (const auto& f : files) {
         if (::rename(join(staged, f).c_str(), join(real_, f).c_str()) != 0) {
           fail("cannot move " + f + " into place: " + errno_text(errno));
@@ -266,7 +264,7 @@ void OutputDirectory::commit() {
     case State::previous: {
       std::string aside;
       for (int attempt = 0; attempt < 100 && aside.empty(); ++attempt) {
-        std::string candidate = join(parent_, "." + name_ + ".old." + detail::random_suffix());
+        std::string candidate = join(parent_, "." + name_ + ".old." + random_suffix());
         struct stat st {};
         if (::lstat(candidate.c_str(), &st) != 0 && errno == ENOENT) aside = candidate;
       }
@@ -284,7 +282,7 @@ void OutputDirectory::commit() {
       const std::set<std::string> owned(owned_.begin(), owned_.end());
       std::error_code ec;
       for (const auto& e : list_dir(aside, flag_ + ": " + arg_)) {
-        if (e == detail::kOutputMarker || owned.count(e) || is_leftover(e, owned)) {
+        if (e == kOutputMarker || owned.count(e) || is_leftover(e, owned)) {
           ::unlink(join(aside, e).c_str());
         }
       }
@@ -300,7 +298,7 @@ void OutputDirectory::commit() {
 std::string OutputDirectory::open_in_place(const std::vector<std::string>& owned) {
   inspect();
   if (state_ == State::absent) {
-    detail::RegisteredTemporary t(real_, detail::TemporaryKind::created_dir);
+    RegisteredTemporary t(real_, TemporaryKind::created_dir);
     if (::mkdir(real_.c_str(), 0777) != 0) {
       const int err = errno;
       t.release();
@@ -309,13 +307,13 @@ std::string OutputDirectory::open_in_place(const std::vector<std::string>& owned
     }
     in_place_ = std::move(t);
   } else if (state_ == State::empty) {
-    in_place_ = detail::RegisteredTemporary(real_, detail::TemporaryKind::marked_dir);
+    in_place_ = RegisteredTemporary(real_, TemporaryKind::marked_dir);
   }
   std::set<std::string> names(owned_.begin(), owned_.end());
   names.insert(owned.begin(), owned.end());
   std::string marker = "measattn " + command_ + " output\n";
   for (const auto& n : names) marker += n + "\n";
-  write_file_atomic(join(real_, detail::kOutputMarker), marker);
+  write_file_atomic(join(real_, kOutputMarker), marker);
   in_place_owned_.assign(names.begin(), names.end());
   return real_;
 }

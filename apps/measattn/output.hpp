@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "common/temporaries.hpp"
+#include "measattn/temporaries.hpp"
 
 namespace measattn::cli {
 
@@ -61,7 +61,7 @@ class OutputDirectory {
   std::string real_, parent_, name_;
   State state_ = State::absent;
   std::vector<std::string> owned_;  // names listed in an existing marker
-  detail::RegisteredTemporary stage_, in_place_;
+  RegisteredTemporary stage_, in_place_;
   std::vector<std::string> in_place_owned_;
 };
 

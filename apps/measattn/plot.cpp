@@ -16,8 +16,8 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "common/temporaries.hpp"
 #include "measattn/io.hpp"
+#include "measattn/temporaries.hpp"
 #include "signals.hpp"
 
 extern char** environ;
@@ -174,8 +174,7 @@ void render_png(const std::string& png_path, const std::string& script, int widt
   const bool usable = tmpdir && *tmpdir && ::stat(tmpdir, &ts) == 0 && S_ISDIR(ts.st_mode) &&
                       ::access(tmpdir, W_OK | X_OK) == 0;
   const std::string dir = usable ? tmpdir : "/tmp";
-  detail::RegisteredTemporary tmp(detail::temporary_name(dir, "measattn-plot.png"),
-                                  detail::TemporaryKind::file);
+  RegisteredTemporary tmp(temporary_name(dir, "measattn-plot.png"), TemporaryKind::file);
   std::ostringstream full;
   full << "set terminal pngcairo size " << width << "," << height
        << " enhanced font 'DejaVu Sans,10'\n"

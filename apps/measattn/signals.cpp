@@ -8,9 +8,9 @@
 #include <atomic>
 #include <cstring>
 
-#include "common/temporaries.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
+#include "measattn/temporaries.hpp"
 
 namespace measattn::cli {
 namespace {
@@ -32,7 +32,7 @@ void write_stderr(const char* s) {
     ::kill(child, SIGKILL);
     ::waitpid(child, nullptr, 0);  // so it can no longer create anything
   }
-  detail::remove_registered_temporaries();
+  remove_registered_temporaries();
   write_stderr(sig == SIGINT    ? "measattn: interrupted by SIGINT\n"
                : sig == SIGTERM ? "measattn: interrupted by SIGTERM\n"
                : sig == SIGHUP  ? "measattn: interrupted by SIGHUP\n"

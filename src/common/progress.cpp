@@ -1,4 +1,4 @@
-#include "common/progress.hpp"
+#include "measattn/progress.hpp"
 
 #include <unistd.h>
 
@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 
-namespace measattn::detail {
+namespace measattn {
 
 bool Progress::enabled() {
   if (const char* env = std::getenv("MEASATTN_PROGRESS")) return std::strcmp(env, "0") != 0;
@@ -48,4 +48,4 @@ void Progress::finish() {
   std::fflush(stderr);
 }
 
-}  // namespace measattn::detail
+}  // namespace measattn

@@ -1,5 +1,5 @@
 // The registry of live temporaries (see common/temporaries.hpp).
-#include "common/temporaries.hpp"
+#include "measattn/temporaries.hpp"
 
 #include <fcntl.h>
 #include <sys/random.h>
@@ -12,7 +12,7 @@
 #include <cstring>
 #include <utility>
 
-namespace measattn::detail {
+namespace measattn {
 namespace {
 
 constexpr int kSlots = 64;
@@ -203,4 +203,4 @@ void RegisteredTemporary::remove() noexcept {
   release();
 }
 
-}  // namespace measattn::detail
+}  // namespace measattn

@@ -9,11 +9,11 @@
 #include <string>
 #include <type_traits>
 
-#include "common/progress.hpp"
 #include "flow/checkpoint.hpp"
 #include "flow/internal.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
+#include "measattn/progress.hpp"
 
 namespace measattn {
 
@@ -183,7 +183,7 @@ class Integrator {
   }
 
   // After an accepted step: frames, checkpoint, progress, stop request.
-  bool after_step(detail::Progress& progress) {
+  bool after_step(Progress& progress) {
     if (o_.save_every > 0 && s_.step % o_.save_every == 0) record_frame();
     if (o_.checkpoint_every > 0 && s_.step % o_.checkpoint_every == 0) {
       detail::write_checkpoint(o_.checkpoint_path, s_, r_);
@@ -217,7 +217,7 @@ class Integrator {
     return true;
   }
 
-  void run_fixed(detail::Progress& progress) {
+  void run_fixed(Progress& progress) {
     const Index L = o_.steps;
     const double T = o_.time;
     const Scalar h = static_cast<Scalar>(T / static_cast<double>(L));
@@ -293,7 +293,7 @@ class Integrator {
     return std::min({100 * h, h1, o_.time});
   }
 
-  void run_dopri5(detail::Progress& progress) {
+  void run_dopri5(Progress& progress) {
     const double T = o_.time;
     constexpr double safe = 0.9, beta_pi = 0.04, expo1 = 0.2 - beta_pi * 0.75;
     constexpr double facc1 = 1.0 / 0.2, facc2 = 1.0 / 10.0;
@@ -384,8 +384,7 @@ class Integrator {
     }
     {
       const std::int64_t total = o_.scheme == FlowScheme::dopri5 ? 1000 : o_.steps;
-      detail::Progress progress(std::string("flow ") + to_string(o_.scheme),
-                                o_.progress ? total : 0);
+      Progress progress(std::string("flow ") + to_string(o_.scheme), o_.progress ? total : 0);
       if (o_.scheme == FlowScheme::dopri5) {
         run_dopri5(progress);
       } else {

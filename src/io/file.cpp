@@ -12,10 +12,10 @@
 #include <filesystem>
 #include <string>
 
-#include "common/temporaries.hpp"
 #include "io/input.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
+#include "measattn/temporaries.hpp"
 
 namespace measattn {
 
@@ -154,12 +154,11 @@ void write_file_atomic(const std::string& path, const std::string& content) {
                           : slash == 0               ? "/"
                                                      : real.substr(0, slash);
   const std::string base = slash == std::string::npos ? real : real.substr(slash + 1);
-  detail::RegisteredTemporary tmp;
+  RegisteredTemporary tmp;
   int fd = -1;
   for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
     // Registered before it exists: a signal handler can never miss it.
-    tmp =
-        detail::RegisteredTemporary(detail::temporary_name(dir, base), detail::TemporaryKind::file);
+    tmp = RegisteredTemporary(temporary_name(dir, base), TemporaryKind::file);
     fd = ::open(tmp.path().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0 && errno != EEXIST) {
       const int err = errno;

@@ -24,11 +24,11 @@
 #include <vector>
 
 #include "common/parallel.hpp"
-#include "common/progress.hpp"
 #include "lipschitz/engine.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
 #include "measattn/lipschitz.hpp"
+#include "measattn/progress.hpp"
 #include "measattn/threads.hpp"
 #include "measattn/wasserstein.hpp"
 
@@ -473,7 +473,7 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
   std::vector<RestartOut> outs(static_cast<size_t>(total));
   const int threads =
       options.threads > 0 ? options.threads : std::min(omp_get_max_threads(), kMaxThreads);
-  detail::Progress progress("lipschitz search", total);
+  Progress progress("lipschitz search", total);
   const bool show = options.progress;
   std::mutex mtx;
   int done = 0;

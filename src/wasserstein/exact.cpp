@@ -51,9 +51,9 @@
 #pragma GCC diagnostic pop
 
 #include "common/parallel.hpp"
-#include "common/progress.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
+#include "measattn/progress.hpp"
 #include "measattn/wasserstein.hpp"
 #include "wasserstein/detail.hpp"
 

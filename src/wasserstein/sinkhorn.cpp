@@ -34,9 +34,9 @@
 
 #include "common/huge_buffer.hpp"
 #include "common/parallel.hpp"
-#include "common/progress.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
+#include "measattn/progress.hpp"
 #include "measattn/wasserstein.hpp"
 #include "wasserstein/detail.hpp"
 

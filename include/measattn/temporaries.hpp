@@ -7,12 +7,14 @@
 // unregistered once it is renamed or removed, so there is no moment at which it
 // exists unregistered. remove_registered_temporaries() uses only
 // async-signal-safe calls (unlink, unlinkat, rmdir, open, getdents64, close).
-// Not part of the public API: write_file_atomic and the CLI use it.
+// write_file_atomic and the CLI's output directories use it; it is public so that a
+// program built on measattn can register its own temporaries and call
+// remove_registered_temporaries() from its signal handlers.
 #pragma once
 
 #include <string>
 
-namespace measattn::detail {
+namespace measattn {
 
 /// The marker file that identifies a directory written by measattn; its first
 /// line is "measattn <command> output", the next lines the files it owns.
@@ -73,4 +75,4 @@ class RegisteredTemporary {
   int slot_ = -1;
 };
 
-}  // namespace measattn::detail
+}  // namespace measattn

@@ -2,14 +2,15 @@
 //
 // Writes a single self-overwriting line to stderr when stderr is a terminal,
 // at most a few times per second, and nothing otherwise (pipes, files, CI).
-// Not part of the public API: the CLI and the solvers use it internally.
+// Public so that programs built on measattn (its CLI among them) report their own
+// long work the same way as the solvers do.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <string>
 
-namespace measattn::detail {
+namespace measattn {
 
 class Progress {
  public:
@@ -36,4 +37,4 @@ class Progress {
   std::chrono::steady_clock::time_point last_;
 };
 
-}  // namespace measattn::detail
+}  // namespace measattn
