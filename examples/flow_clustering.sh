@@ -9,9 +9,12 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${MEASATTN_BIN:-$root/build/apps/measattn}"
 out="${1:-flow_clustering_out}"
-mkdir -p "$out"
-/usr/bin/python3 -c "import numpy as np, sys; np.save(sys.argv[1], np.random.default_rng(0).normal(size=(200, 3)))" "$out/x0.npy"
-"$bin" flow --builtin sa --beta 4 --sphere --tokens "$out/x0.npy" --time 30 --steps 600 \
+# The starts live in a temporary folder: OUT is measattn's own output directory
+# (new, empty, or a previous flow output), so nothing else may be put in it.
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+/usr/bin/python3 -c "import numpy as np, sys; np.save(sys.argv[1], np.random.default_rng(0).normal(size=(200, 3)))" "$tmp/x0.npy"
+"$bin" flow --builtin sa --beta 4 --sphere --tokens "$tmp/x0.npy" --time 30 --steps 600 \
   --scheme rk4 --save-every 20 --cluster-tol 1e-2 --out "$out"
 /usr/bin/python3 - "$out/summary.json" <<'PY'
 import json, sys
