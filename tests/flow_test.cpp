@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "attention/kernels.hpp"
 #include "common/vector_exp.hpp"
 #include "flow/checkpoint.hpp"
 #include "flow/internal.hpp"
@@ -57,11 +58,19 @@ ModelD tied_model(Index k, Index heads, bool bias, unsigned seed) {
   return model;
 }
 
-// One of the tied kernels (which write into a caller's matrix), returning its field.
-using TiedKernel = void (*)(const ModelD&, const VectorD&, const MatrixRef<double>&, MatrixD&);
-MatrixD tied_field(TiedKernel kernel, const ModelD& model, const VectorD& w, const MatrixD& x) {
+using detail::FieldKernel;
+
+// The kernel layer's attention field with keys x and queries x (the same matrix
+// when `self`, else a copy of it), after checking that its entry point takes
+// `kernel` for them.
+MatrixD kernel_field(FieldKernel kernel, const ModelD& model, const VectorD& w, const MatrixD& x,
+                     bool self = true, const AttendOptions& options = {}) {
+  EXPECT_EQ(detail::field_kernel(model, options, self), kernel);
+  const MatrixD copy = x;
   MatrixD out;
-  kernel(model, w, x, out);
+  detail::attention_field_kernel<double>(model, x, detail::key_weights(w),
+                                         self ? MatrixRef<double>(x) : MatrixRef<double>(copy),
+                                         options, out);
   return out;
 }
 
@@ -125,7 +134,7 @@ TEST(flow_test, small_dimension_kernel_matches_core_kernel) {
     const Index n = 50 + 300 * (seed % 4);  // crosses key-block boundaries
     const MatrixD x = random_points(n, d, seed, seed % 5 == 0 ? 6.0 : 1.0);
     const VectorD w = random_weights(n, seed, seed % 4 == 1);
-    const MatrixD fast = detail::small_dim_attention_field(model, w, x);
+    const MatrixD fast = kernel_field(FieldKernel::small_dim, model, w, x);
     const MatrixD ref = attention_field(model, MeasureD(x, w), x);
     EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-12 * (1 + ref.cwiseAbs().maxCoeff())) << seed;
   }
@@ -135,7 +144,7 @@ TEST(flow_test, small_dimension_kernel_matches_core_kernel) {
   MatrixD x = random_points(300, 3, 7);
   x.row(0) *= 30;
   const VectorD w = VectorD::Constant(300, 1.0 / 300);
-  const MatrixD fast = detail::small_dim_attention_field(model, w, x);
+  const MatrixD fast = kernel_field(FieldKernel::small_dim, model, w, x, false);
   const MatrixD ref = attention_field(model, MeasureD(x, w), x);
   ASSERT_TRUE(fast.allFinite());
   EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-9 * (1 + ref.cwiseAbs().maxCoeff()));
@@ -483,15 +492,15 @@ TEST(flow_test, tied_kernel_matches_core_kernel) {
     const Index n = sizes[seed % 5];
     const MatrixD x = random_points(n, k * heads, 600 + seed, seed % 5 == 3 ? 3.0 : 1.0);
     const VectorD w = random_weights(n, 700 + seed, n > 2 && seed % 4 == 1);
-    expect_matches_core(tied_field(detail::tied_small_dim_attention_field, model, w, x), model, x,
-                        w, 1e-11, "seed " + std::to_string(seed));
+    expect_matches_core(kernel_field(FieldKernel::tied_small_dim, model, w, x), model, x, w, 1e-11,
+                        "seed " + std::to_string(seed));
   }
   {
     const auto model = ModelD::canonical(2, 1.0);
     const MatrixD x = random_points(9000, 2, 11);
     const VectorD w = random_weights(9000, 12, true);
-    expect_matches_core(tied_field(detail::tied_small_dim_attention_field, model, w, x), model, x,
-                        w, 1e-11, "n = 9000 (256-wide blocks)");
+    expect_matches_core(kernel_field(FieldKernel::tied_small_dim, model, w, x), model, x, w, 1e-11,
+                        "n = 9000 (256-wide blocks)");
   }
   // Underflow: far-apart particles with a large beta leave some rows with a
   // vanishing shifted sum; they are recomputed exactly.
@@ -501,8 +510,8 @@ TEST(flow_test, tied_kernel_matches_core_kernel) {
   x.row(1) *= 0.01;
   const VectorD w = VectorD::Constant(300, 1.0 / 300);
   ASSERT_TRUE(detail::tied_query_key(model));
-  expect_matches_core(tied_field(detail::tied_small_dim_attention_field, model, w, x), model, x, w,
-                      1e-9, "underflow fallback");
+  expect_matches_core(kernel_field(FieldKernel::tied_small_dim, model, w, x), model, x, w, 1e-9,
+                      "underflow fallback");
   // Untied models are not taken for tied ones.
   EXPECT_FALSE(detail::tied_query_key(ModelD::random(4, 1, false, 3)));
 }
@@ -557,16 +566,16 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
     const Index n = sizes[seed % 5];
     const MatrixD x = random_points(n, k * heads, 910 + seed, seed % 5 == 3 ? 2.0 : 1.0);
     const VectorD w = random_weights(n, 920 + seed, n > 2 && seed % 4 == 1);
-    expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w,
-                        1e-11, "seed " + std::to_string(seed));
+    expect_matches_core(kernel_field(FieldKernel::tied_gemm, model, w, x), model, x, w, 1e-11,
+                        "seed " + std::to_string(seed));
   }
   // From n = 2048 on the blocks are twice as large (and the last one narrower).
   {
     const auto model = tied_model(16, 1, true, 940);
     const MatrixD x = random_points(2101, 16, 941);
     const VectorD w = random_weights(2101, 942, true);
-    expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w,
-                        1e-11, "n = 2101");
+    expect_matches_core(kernel_field(FieldKernel::tied_gemm, model, w, x), model, x, w, 1e-11,
+                        "n = 2101");
   }
   // Identity projections are copied, not multiplied: two heads of the
   // identity with value and output biases, and a non-identity W_O.
@@ -579,8 +588,8 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
     const MatrixD x = random_points(250, 32, 933 + variant);
     const VectorD w = random_weights(250, 935 + variant, variant == 1);
     ASSERT_TRUE(detail::tied_query_key(model));
-    expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w,
-                        1e-11, "identity projections, variant " + std::to_string(variant));
+    expect_matches_core(kernel_field(FieldKernel::tied_gemm, model, w, x), model, x, w, 1e-11,
+                        "identity projections, variant " + std::to_string(variant));
   }
   // Underflowed rows are recomputed exactly.
   const auto model = ModelD::canonical(16, 100.0);
@@ -588,7 +597,7 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
   x.row(0) *= 20;
   x.row(1) *= 0.01;
   const VectorD w = VectorD::Constant(200, 1.0 / 200);
-  expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w, 1e-9,
+  expect_matches_core(kernel_field(FieldKernel::tied_gemm, model, w, x), model, x, w, 1e-9,
                       "underflow fallback");
   // And the flow takes it for the canonical model in R^64.
   const MatrixD x64 = random_points(150, 64, 18);
@@ -607,7 +616,7 @@ TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
     MatrixD first;
     for (int t : {2, 1, 1, 3}) {
       omp_set_num_threads(t);
-      const MatrixD f = tied_field(detail::tied_gemm_attention_field, model, w, x);
+      const MatrixD f = kernel_field(FieldKernel::tied_gemm, model, w, x);
       if (first.size() == 0) {
         first = f;
       } else {
@@ -624,7 +633,7 @@ TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
   // alignment-dependent rounding).
   for (int t : {2, 1, 1, 2, 3, 5}) {
     omp_set_num_threads(t);
-    const MatrixD f = tied_field(detail::tied_small_dim_attention_field, model, w, x);
+    const MatrixD f = kernel_field(FieldKernel::tied_small_dim, model, w, x);
     if (first.size() == 0) {
       first = f;
     } else {
