@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <tuple>
@@ -642,6 +643,104 @@ TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
     }
   }
   omp_set_num_threads(threads);
+}
+
+TEST(flow_test, kernel_entry_point_matches_streaming_kernel) {
+  // attention_field_kernel against attention_field on random inputs, for every
+  // kernel it chooses: small head dimension (self-attention, and queries that
+  // are not the keys), tied small and large head dimensions, and the streaming
+  // kernel itself (large untied heads, the l2 potential, explicit blocks);
+  // zero weights included. Each result is the same bits on 1 and 2 threads.
+  struct Case {
+    ModelD model;
+    bool self;
+    AttendOptions options;
+    FieldKernel kernel;
+  };
+  AttendOptions blocks;
+  blocks.query_block = 40;
+  blocks.key_block = 64;
+  const std::vector<Case> cases = {
+      {ModelD::random(5, 1, true, 801), true, {}, FieldKernel::small_dim},
+      {ModelD::random(8, 2, true, 802), true, {}, FieldKernel::small_dim},
+      {ModelD::random(6, 3, false, 803), false, {}, FieldKernel::small_dim},
+      {ModelD::canonical(3, 2.0), false, {}, FieldKernel::small_dim},
+      {tied_model(4, 2, true, 804), true, {}, FieldKernel::tied_small_dim},
+      {ModelD::canonical(3, 2.0), true, {}, FieldKernel::tied_small_dim},
+      {tied_model(12, 2, true, 805), true, {}, FieldKernel::tied_gemm},
+      {ModelD::canonical(40, 0.5), true, {}, FieldKernel::tied_gemm},
+      {ModelD::random(16, 1, true, 806), true, {}, FieldKernel::streaming},
+      {tied_model(12, 1, false, 807), false, {}, FieldKernel::streaming},
+      {ModelD::random(4, 1, true, 808, Potential::l2), true, {}, FieldKernel::streaming},
+      {ModelD::canonical(3, 2.0), true, blocks, FieldKernel::streaming},
+  };
+  const int threads = omp_get_max_threads();
+  for (size_t c = 0; c < cases.size(); ++c) {
+    const auto& [model, self, options, kernel] = cases[c];
+    const std::string what = "case " + std::to_string(c);
+    const Index n = 333 + 50 * static_cast<Index>(c % 3), d = model.w_q.cols();
+    const MatrixD keys = random_points(n, d, 810 + c);
+    const MatrixD others = random_points(n / 2 + 7, d, 830 + c);
+    const MatrixD& queries = self ? keys : others;
+    const VectorD w = random_weights(n, 850 + c, c % 2 == 0);
+    ASSERT_EQ(detail::field_kernel(model, options, self), kernel) << what;
+    const detail::KeyWeights<double> prepared = detail::key_weights(w);
+    MatrixD first;
+    for (int t : {1, 2}) {
+      omp_set_num_threads(t);
+      MatrixD out;
+      detail::attention_field_kernel<double>(model, keys, prepared, queries, options, out);
+      if (first.size() == 0) {
+        const MatrixD ref = attention_field(model, MeasureD(keys, w), queries, options);
+        ASSERT_EQ(out.rows(), queries.rows()) << what;
+        ASSERT_TRUE(out.allFinite()) << what;
+        EXPECT_LT((out - ref).cwiseAbs().maxCoeff(), 1e-12 * (1 + ref.cwiseAbs().maxCoeff()))
+            << what;
+        first = out;
+      } else {
+        EXPECT_EQ(std::memcmp(first.data(), out.data(), sizeof(double) * first.size()), 0)
+            << what << ", " << t << " threads";
+      }
+    }
+  }
+  omp_set_num_threads(threads);
+  // Single precision: the small-dimension kernel against the streaming one.
+  const auto model = ModelD::random(4, 2, true, 870).cast<float>();
+  const MatrixF x = random_points(200, 4, 871).cast<float>();
+  const VectorF w = random_weights(200, 872, true).cast<float>();
+  ASSERT_EQ(detail::field_kernel(model, AttendOptions{}, true), FieldKernel::small_dim);
+  MatrixF out;
+  detail::attention_field_kernel<float>(model, x, detail::key_weights(w), x, {}, out);
+  const MatrixF ref = attention_field(model, MeasureF(x, w), x);
+  EXPECT_LT((out - ref).cwiseAbs().maxCoeff(), 1e-5f * (1 + ref.cwiseAbs().maxCoeff()));
+}
+
+TEST(flow_test, key_weights_are_checked_and_prepared_once) {
+  VectorD w(5);
+  w << 0.25, 0, 0.25, 0.5, 0.25;
+  const auto k = detail::key_weights(w);
+  EXPECT_EQ(k.weights, w);
+  EXPECT_EQ(k.positive, (std::vector<Index>{0, 2, 3, 4}));
+  for (Index j : k.positive) EXPECT_EQ(k.log_weights[j], std::log(w[j])) << j;
+  EXPECT_EQ(k.log_weights[1], -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(k.max_log_weight, std::log(0.5));
+  EXPECT_EQ(k.packed_log_weights, VectorD(w.array().log().matrix()));
+  for (const double bad : {-0.1, std::nan(""), std::numeric_limits<double>::infinity()}) {
+    VectorD v = w;
+    v[2] = bad;
+    EXPECT_THROW(detail::key_weights(v), invalid_argument) << bad;
+  }
+  EXPECT_THROW(detail::key_weights(VectorD(VectorD::Zero(3))), invalid_argument);
+  // flow_field checks its inputs before it evaluates (the flow checks them once).
+  const auto model = ModelD::canonical(3, 1.0);
+  const MatrixD x = random_points(5, 3, 880);
+  FlowOptions o;
+  EXPECT_THROW(flow_field(model, VectorD(VectorD::Ones(4)), x, o), invalid_argument);
+  EXPECT_THROW(flow_field(ModelD::canonical(4, 1.0), w, x, o), invalid_argument);
+  MatrixD nan = x;
+  nan(3, 1) = std::nan("");
+  EXPECT_THROW(flow_field(model, w, nan, o), invalid_argument);
+  EXPECT_THROW(flow_field(model, w, MatrixD(0, 3), o), invalid_argument);
 }
 
 TEST(flow_test, field_into_a_work_matrix) {

@@ -867,7 +867,10 @@ KeyWeights<Scalar> key_weights(const Vector<Scalar>& weights) {
   w.weights = weights;
   const Index m = weights.size();
   w.log_weights.resize(m);
+  w.positive.reserve(static_cast<size_t>(m));
   w.max_log_weight = -std::numeric_limits<Scalar>::infinity();
+  // Equal weights (uniform ones above all) share one logarithm.
+  Scalar last = 0, last_log = -std::numeric_limits<Scalar>::infinity();
   for (Index j = 0; j < m; ++j) {
     const Scalar wj = weights[j];
     if (!std::isfinite(wj)) {
@@ -876,8 +879,12 @@ KeyWeights<Scalar> key_weights(const Vector<Scalar>& weights) {
     if (wj < 0) throw invalid_argument("weights: weight " + std::to_string(j) + " is negative");
     if (wj > 0) {
       w.positive.push_back(j);
-      w.log_weights[j] = std::log(wj);
-      w.max_log_weight = std::max(w.max_log_weight, w.log_weights[j]);
+      if (wj != last) {
+        last = wj;
+        last_log = std::log(wj);
+      }
+      w.log_weights[j] = last_log;
+      w.max_log_weight = std::max(w.max_log_weight, last_log);
     } else {
       w.log_weights[j] = -std::numeric_limits<Scalar>::infinity();
     }

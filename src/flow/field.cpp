@@ -128,6 +128,7 @@ void check_field_inputs(const Model<Scalar>& model, const Vector<Scalar>& weight
     throw invalid_argument("weights: " + std::to_string(weights.size()) + " weights for " +
                            std::to_string(n) + " particles");
   }
+  if (particles.allFinite()) return;  // one pass in storage order; the row only on failure
   for (Index i = 0; i < n; ++i) {
     if (!particles.row(i).allFinite()) {
       throw invalid_argument("particles: particle " + std::to_string(i) + " is not finite");
