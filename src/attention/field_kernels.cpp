@@ -390,8 +390,8 @@ double exact_tied_row(Eigen::ArrayXd dots, const KeyWeights<double>& weights, In
 
 // The work arrays of the tied kernels, kept by the calling thread from one call
 // to the next up to 64 MiB: a flow evaluates the field at every step, and fresh
-// pages cost ~11 us each here (MACHINE.md). Arrays freed at the end of a call
-// are no better: glibc trims the heap top and the next call faults them in
+// pages cost ~11 us each where this was measured. Arrays freed at the end of a
+// call are no better: glibc trims the heap top and the next call faults them in
 // again (~760 faults per step at n = 1000, d = 64, 20 % of the step). Larger
 // work (where the pages are small next to the O(n^2 k) work) gets a buffer of
 // its own, returned after the call.

@@ -1,5 +1,6 @@
 // The right-hand side of the particle flow (THEORY Section 3): the attention
-// field of the particles' own measure, its tangent projection on the sphere, the
+// field of the particles' own measure (through the kernel layer's entry point,
+// attention/kernels.hpp), its tangent projection on the sphere, the
 // unnormalized ("USA") field, and the observables E_beta and cluster counts.
 #include <omp.h>
 
