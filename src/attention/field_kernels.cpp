@@ -874,7 +874,8 @@ KeyWeights<Scalar> key_weights(const Vector<Scalar>& weights) {
   for (Index j = 0; j < m; ++j) {
     const Scalar wj = weights[j];
     if (!std::isfinite(wj)) {
-      throw invalid_argument("weights: weight " + std::to_string(j) + " is not finite");
+      throw invalid_argument("weights: weight " + std::to_string(j) +
+                             (std::isnan(wj) ? " is NaN" : " is infinite"));
     }
     if (wj < 0) throw invalid_argument("weights: weight " + std::to_string(j) + " is negative");
     if (wj > 0) {
