@@ -10,11 +10,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "attention/kernels.hpp"
 #include "common/vector_exp.hpp"
 #include "flow/checkpoint.hpp"
 #include "flow/internal.hpp"
@@ -57,11 +59,19 @@ ModelD tied_model(Index k, Index heads, bool bias, unsigned seed) {
   return model;
 }
 
-// One of the tied kernels (which write into a caller's matrix), returning its field.
-using TiedKernel = void (*)(const ModelD&, const VectorD&, const MatrixRef<double>&, MatrixD&);
-MatrixD tied_field(TiedKernel kernel, const ModelD& model, const VectorD& w, const MatrixD& x) {
+using detail::FieldKernel;
+
+// The kernel layer's attention field with keys x and queries x (the same matrix
+// when `self`, else a copy of it), after checking that its entry point takes
+// `kernel` for them.
+MatrixD kernel_field(FieldKernel kernel, const ModelD& model, const VectorD& w, const MatrixD& x,
+                     bool self = true, const AttendOptions& options = {}) {
+  EXPECT_EQ(detail::field_kernel(model, options, self), kernel);
+  const MatrixD copy = x;
   MatrixD out;
-  kernel(model, w, x, out);
+  detail::attention_field_kernel<double>(model, x, detail::key_weights(w),
+                                         self ? MatrixRef<double>(x) : MatrixRef<double>(copy),
+                                         options, out);
   return out;
 }
 
@@ -125,7 +135,7 @@ TEST(flow_test, small_dimension_kernel_matches_core_kernel) {
     const Index n = 50 + 300 * (seed % 4);  // crosses key-block boundaries
     const MatrixD x = random_points(n, d, seed, seed % 5 == 0 ? 6.0 : 1.0);
     const VectorD w = random_weights(n, seed, seed % 4 == 1);
-    const MatrixD fast = detail::small_dim_attention_field(model, w, x);
+    const MatrixD fast = kernel_field(FieldKernel::small_dim, model, w, x);
     const MatrixD ref = attention_field(model, MeasureD(x, w), x);
     EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-12 * (1 + ref.cwiseAbs().maxCoeff())) << seed;
   }
@@ -135,7 +145,7 @@ TEST(flow_test, small_dimension_kernel_matches_core_kernel) {
   MatrixD x = random_points(300, 3, 7);
   x.row(0) *= 30;
   const VectorD w = VectorD::Constant(300, 1.0 / 300);
-  const MatrixD fast = detail::small_dim_attention_field(model, w, x);
+  const MatrixD fast = kernel_field(FieldKernel::small_dim, model, w, x, false);
   const MatrixD ref = attention_field(model, MeasureD(x, w), x);
   ASSERT_TRUE(fast.allFinite());
   EXPECT_LT((fast - ref).cwiseAbs().maxCoeff(), 1e-9 * (1 + ref.cwiseAbs().maxCoeff()));
@@ -483,15 +493,15 @@ TEST(flow_test, tied_kernel_matches_core_kernel) {
     const Index n = sizes[seed % 5];
     const MatrixD x = random_points(n, k * heads, 600 + seed, seed % 5 == 3 ? 3.0 : 1.0);
     const VectorD w = random_weights(n, 700 + seed, n > 2 && seed % 4 == 1);
-    expect_matches_core(tied_field(detail::tied_small_dim_attention_field, model, w, x), model, x,
-                        w, 1e-11, "seed " + std::to_string(seed));
+    expect_matches_core(kernel_field(FieldKernel::tied_small_dim, model, w, x), model, x, w, 1e-11,
+                        "seed " + std::to_string(seed));
   }
   {
     const auto model = ModelD::canonical(2, 1.0);
     const MatrixD x = random_points(9000, 2, 11);
     const VectorD w = random_weights(9000, 12, true);
-    expect_matches_core(tied_field(detail::tied_small_dim_attention_field, model, w, x), model, x,
-                        w, 1e-11, "n = 9000 (256-wide blocks)");
+    expect_matches_core(kernel_field(FieldKernel::tied_small_dim, model, w, x), model, x, w, 1e-11,
+                        "n = 9000 (256-wide blocks)");
   }
   // Underflow: far-apart particles with a large beta leave some rows with a
   // vanishing shifted sum; they are recomputed exactly.
@@ -501,8 +511,8 @@ TEST(flow_test, tied_kernel_matches_core_kernel) {
   x.row(1) *= 0.01;
   const VectorD w = VectorD::Constant(300, 1.0 / 300);
   ASSERT_TRUE(detail::tied_query_key(model));
-  expect_matches_core(tied_field(detail::tied_small_dim_attention_field, model, w, x), model, x, w,
-                      1e-9, "underflow fallback");
+  expect_matches_core(kernel_field(FieldKernel::tied_small_dim, model, w, x), model, x, w, 1e-9,
+                      "underflow fallback");
   // Untied models are not taken for tied ones.
   EXPECT_FALSE(detail::tied_query_key(ModelD::random(4, 1, false, 3)));
 }
@@ -557,16 +567,16 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
     const Index n = sizes[seed % 5];
     const MatrixD x = random_points(n, k * heads, 910 + seed, seed % 5 == 3 ? 2.0 : 1.0);
     const VectorD w = random_weights(n, 920 + seed, n > 2 && seed % 4 == 1);
-    expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w,
-                        1e-11, "seed " + std::to_string(seed));
+    expect_matches_core(kernel_field(FieldKernel::tied_gemm, model, w, x), model, x, w, 1e-11,
+                        "seed " + std::to_string(seed));
   }
   // From n = 2048 on the blocks are twice as large (and the last one narrower).
   {
     const auto model = tied_model(16, 1, true, 940);
     const MatrixD x = random_points(2101, 16, 941);
     const VectorD w = random_weights(2101, 942, true);
-    expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w,
-                        1e-11, "n = 2101");
+    expect_matches_core(kernel_field(FieldKernel::tied_gemm, model, w, x), model, x, w, 1e-11,
+                        "n = 2101");
   }
   // Identity projections are copied, not multiplied: two heads of the
   // identity with value and output biases, and a non-identity W_O.
@@ -579,8 +589,8 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
     const MatrixD x = random_points(250, 32, 933 + variant);
     const VectorD w = random_weights(250, 935 + variant, variant == 1);
     ASSERT_TRUE(detail::tied_query_key(model));
-    expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w,
-                        1e-11, "identity projections, variant " + std::to_string(variant));
+    expect_matches_core(kernel_field(FieldKernel::tied_gemm, model, w, x), model, x, w, 1e-11,
+                        "identity projections, variant " + std::to_string(variant));
   }
   // Underflowed rows are recomputed exactly.
   const auto model = ModelD::canonical(16, 100.0);
@@ -588,7 +598,7 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
   x.row(0) *= 20;
   x.row(1) *= 0.01;
   const VectorD w = VectorD::Constant(200, 1.0 / 200);
-  expect_matches_core(tied_field(detail::tied_gemm_attention_field, model, w, x), model, x, w, 1e-9,
+  expect_matches_core(kernel_field(FieldKernel::tied_gemm, model, w, x), model, x, w, 1e-9,
                       "underflow fallback");
   // And the flow takes it for the canonical model in R^64.
   const MatrixD x64 = random_points(150, 64, 18);
@@ -607,7 +617,7 @@ TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
     MatrixD first;
     for (int t : {2, 1, 1, 3}) {
       omp_set_num_threads(t);
-      const MatrixD f = tied_field(detail::tied_gemm_attention_field, model, w, x);
+      const MatrixD f = kernel_field(FieldKernel::tied_gemm, model, w, x);
       if (first.size() == 0) {
         first = f;
       } else {
@@ -624,7 +634,7 @@ TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
   // alignment-dependent rounding).
   for (int t : {2, 1, 1, 2, 3, 5}) {
     omp_set_num_threads(t);
-    const MatrixD f = tied_field(detail::tied_small_dim_attention_field, model, w, x);
+    const MatrixD f = kernel_field(FieldKernel::tied_small_dim, model, w, x);
     if (first.size() == 0) {
       first = f;
     } else {
@@ -633,6 +643,104 @@ TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
     }
   }
   omp_set_num_threads(threads);
+}
+
+TEST(flow_test, kernel_entry_point_matches_streaming_kernel) {
+  // attention_field_kernel against attention_field on random inputs, for every
+  // kernel it chooses: small head dimension (self-attention, and queries that
+  // are not the keys), tied small and large head dimensions, and the streaming
+  // kernel itself (large untied heads, the l2 potential, explicit blocks);
+  // zero weights included. Each result is the same bits on 1 and 2 threads.
+  struct Case {
+    ModelD model;
+    bool self;
+    AttendOptions options;
+    FieldKernel kernel;
+  };
+  AttendOptions blocks;
+  blocks.query_block = 40;
+  blocks.key_block = 64;
+  const std::vector<Case> cases = {
+      {ModelD::random(5, 1, true, 801), true, {}, FieldKernel::small_dim},
+      {ModelD::random(8, 2, true, 802), true, {}, FieldKernel::small_dim},
+      {ModelD::random(6, 3, false, 803), false, {}, FieldKernel::small_dim},
+      {ModelD::canonical(3, 2.0), false, {}, FieldKernel::small_dim},
+      {tied_model(4, 2, true, 804), true, {}, FieldKernel::tied_small_dim},
+      {ModelD::canonical(3, 2.0), true, {}, FieldKernel::tied_small_dim},
+      {tied_model(12, 2, true, 805), true, {}, FieldKernel::tied_gemm},
+      {ModelD::canonical(40, 0.5), true, {}, FieldKernel::tied_gemm},
+      {ModelD::random(16, 1, true, 806), true, {}, FieldKernel::streaming},
+      {tied_model(12, 1, false, 807), false, {}, FieldKernel::streaming},
+      {ModelD::random(4, 1, true, 808, Potential::l2), true, {}, FieldKernel::streaming},
+      {ModelD::canonical(3, 2.0), true, blocks, FieldKernel::streaming},
+  };
+  const int threads = omp_get_max_threads();
+  for (size_t c = 0; c < cases.size(); ++c) {
+    const auto& [model, self, options, kernel] = cases[c];
+    const std::string what = "case " + std::to_string(c);
+    const Index n = 333 + 50 * static_cast<Index>(c % 3), d = model.w_q.cols();
+    const MatrixD keys = random_points(n, d, 810 + c);
+    const MatrixD others = random_points(n / 2 + 7, d, 830 + c);
+    const MatrixD& queries = self ? keys : others;
+    const VectorD w = random_weights(n, 850 + c, c % 2 == 0);
+    ASSERT_EQ(detail::field_kernel(model, options, self), kernel) << what;
+    const detail::KeyWeights<double> prepared = detail::key_weights(w);
+    MatrixD first;
+    for (int t : {1, 2}) {
+      omp_set_num_threads(t);
+      MatrixD out;
+      detail::attention_field_kernel<double>(model, keys, prepared, queries, options, out);
+      if (first.size() == 0) {
+        const MatrixD ref = attention_field(model, MeasureD(keys, w), queries, options);
+        ASSERT_EQ(out.rows(), queries.rows()) << what;
+        ASSERT_TRUE(out.allFinite()) << what;
+        EXPECT_LT((out - ref).cwiseAbs().maxCoeff(), 1e-12 * (1 + ref.cwiseAbs().maxCoeff()))
+            << what;
+        first = out;
+      } else {
+        EXPECT_EQ(std::memcmp(first.data(), out.data(), sizeof(double) * first.size()), 0)
+            << what << ", " << t << " threads";
+      }
+    }
+  }
+  omp_set_num_threads(threads);
+  // Single precision: the small-dimension kernel against the streaming one.
+  const auto model = ModelD::random(4, 2, true, 870).cast<float>();
+  const MatrixF x = random_points(200, 4, 871).cast<float>();
+  const VectorF w = random_weights(200, 872, true).cast<float>();
+  ASSERT_EQ(detail::field_kernel(model, AttendOptions{}, true), FieldKernel::small_dim);
+  MatrixF out;
+  detail::attention_field_kernel<float>(model, x, detail::key_weights(w), x, {}, out);
+  const MatrixF ref = attention_field(model, MeasureF(x, w), x);
+  EXPECT_LT((out - ref).cwiseAbs().maxCoeff(), 1e-5f * (1 + ref.cwiseAbs().maxCoeff()));
+}
+
+TEST(flow_test, key_weights_are_checked_and_prepared_once) {
+  VectorD w(5);
+  w << 0.25, 0, 0.25, 0.5, 0.25;
+  const auto k = detail::key_weights(w);
+  EXPECT_EQ(k.weights, w);
+  EXPECT_EQ(k.positive, (std::vector<Index>{0, 2, 3, 4}));
+  for (Index j : k.positive) EXPECT_EQ(k.log_weights[j], std::log(w[j])) << j;
+  EXPECT_EQ(k.log_weights[1], -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(k.max_log_weight, std::log(0.5));
+  EXPECT_EQ(k.packed_log_weights, VectorD(w.array().log().matrix()));
+  for (const double bad : {-0.1, std::nan(""), std::numeric_limits<double>::infinity()}) {
+    VectorD v = w;
+    v[2] = bad;
+    EXPECT_THROW(detail::key_weights(v), invalid_argument) << bad;
+  }
+  EXPECT_THROW(detail::key_weights(VectorD(VectorD::Zero(3))), invalid_argument);
+  // flow_field checks its inputs before it evaluates (the flow checks them once).
+  const auto model = ModelD::canonical(3, 1.0);
+  const MatrixD x = random_points(5, 3, 880);
+  FlowOptions o;
+  EXPECT_THROW(flow_field(model, VectorD(VectorD::Ones(4)), x, o), invalid_argument);
+  EXPECT_THROW(flow_field(ModelD::canonical(4, 1.0), w, x, o), invalid_argument);
+  MatrixD nan = x;
+  nan(3, 1) = std::nan("");
+  EXPECT_THROW(flow_field(model, w, nan, o), invalid_argument);
+  EXPECT_THROW(flow_field(model, w, MatrixD(0, 3), o), invalid_argument);
 }
 
 TEST(flow_test, field_into_a_work_matrix) {
