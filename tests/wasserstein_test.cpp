@@ -82,7 +82,7 @@ TEST(wasserstein_test, exact_matches_permutation_brute_force) {
         wasserstein_exact(MeasureD::empirical(x), MeasureD::empirical(y), o);
     expect_rel(r.value, brute_force_uniform(x, y, p), 1e-12);
     EXPECT_EQ(r.kind, Bound::exact);
-    EXPECT_EQ(r.status, WassersteinStatus::optimal);
+    EXPECT_EQ(r.status, Status::optimal);
     EXPECT_EQ(r.lower, r.value);
     EXPECT_EQ(r.upper, r.value);
   }
@@ -130,7 +130,7 @@ TEST(wasserstein_test, column_generation_matches_dense_solve) {
       sparse.prune_rounds = c.prune_rounds;
       sparse.max_rounds = 100000;  // termination is what is tested
       const auto rs = wasserstein_exact(a, b, sparse);
-      EXPECT_EQ(rs.status, WassersteinStatus::optimal)
+      EXPECT_EQ(rs.status, Status::optimal)
           << "trial " << trial << ", neighbours " << c.neighbours << ", prune " << c.prune << ": "
           << rs.message;
       expect_rel(rs.value, rd.value, 1e-11, "sparse vs dense");
@@ -370,7 +370,7 @@ TEST(wasserstein_test, sinkhorn_ignores_zero_weight_atoms) {
     o.max_iterations = 100000;
     const auto with_zeros = wasserstein_sinkhorn(az, bz, o);
     const auto without = wasserstein_sinkhorn(keep(az), keep(bz), o);
-    EXPECT_EQ(with_zeros.status, WassersteinStatus::converged);
+    EXPECT_EQ(with_zeros.status, Status::converged);
     expect_rel(with_zeros.transport_cost, without.transport_cost, 1e-9, "transport cost");
     expect_rel(with_zeros.rounded_cost, without.rounded_cost, 1e-9, "rounded cost");
   }
@@ -391,7 +391,7 @@ TEST(wasserstein_test, sinkhorn_is_deterministic_across_thread_counts_and_conver
   EXPECT_EQ(r1.transport_cost, r2.transport_cost);
   EXPECT_EQ(r1.rounded_cost, r2.rounded_cost);
   EXPECT_EQ(r1.iterations, r2.iterations);
-  EXPECT_EQ(r1.status, WassersteinStatus::converged);
+  EXPECT_EQ(r1.status, Status::converged);
   EXPECT_LT(r1.marginal_violation, o.tolerance);
   // Small epsilon: entropic estimate close to the exact value (log-domain stability).
   const MeasureD c = random_measure(rng, 60, 3, true), e = random_measure(rng, 50, 3, true, 1.0);
@@ -408,7 +408,7 @@ TEST(wasserstein_test, sinkhorn_is_deterministic_across_thread_counts_and_conver
   // Iteration cap is a status, not an exception.
   s.max_iterations = 2;
   const auto capped = wasserstein_sinkhorn(c, e, s);
-  EXPECT_EQ(capped.status, WassersteinStatus::iteration_limit);
+  EXPECT_EQ(capped.status, Status::iteration_limit);
   EXPECT_GE(capped.upper, w - 1e-12);
 }
 

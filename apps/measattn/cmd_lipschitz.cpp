@@ -107,7 +107,7 @@ void run(const LipschitzArgs& args) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double gap = lo.ratio > 0 ? ub.best_w1 / lo.ratio : INFINITY;
 
-  if (witness && lo.status == SearchStatus::completed) {
+  if (witness && lo.status == Status::completed) {
     namespace fs = std::filesystem;
     const LipschitzWitness& w = lo.witness;
     const fs::path dir(witness->stage());

@@ -40,6 +40,7 @@
 
 #include "measattn/attention.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/status.hpp"
 #include "measattn/threads.hpp"
 #include "measattn/types.hpp"
 
@@ -154,12 +155,6 @@ struct LipschitzSearchOptions {
   void validate() const;
 };
 
-enum class SearchStatus {
-  completed,  ///< all restarts ran
-  degenerate  ///< no pair with W1(mu, nu) > 0 was found (ratio 0)
-};
-std::string to_string(SearchStatus s);
-
 /// The best pair found, with its images, recomputed exactly in double.
 struct LipschitzWitness {
   MatrixD mu_atoms, nu_atoms;  ///< n x d, m x d
@@ -178,7 +173,9 @@ struct LipschitzSearchResult {
   /// last is the covariance seed).
   std::vector<double> restart_ratios;
   std::int64_t evaluations = 0;  ///< pairs evaluated (objective evaluations)
-  SearchStatus status = SearchStatus::completed;
+  /// completed (all restarts ran) or degenerate (no pair with W1(mu, nu) > 0 was
+  /// found; ratio 0). See status.hpp.
+  Status status = Status::completed;
   std::string message;
 };
 
@@ -222,13 +219,10 @@ struct TokenJacobianOptions {
   void validate() const;
 };
 
-enum class TokenStatus { converged, iteration_limit };
-std::string to_string(TokenStatus s);
-
 struct TokenJacobianResult {
   double value = 0;  ///< ||J(X)||_2 (a lower bound on it at any stop: ||J v|| for unit v)
   int iterations = 0;
-  TokenStatus status = TokenStatus::converged;
+  Status status = Status::converged;  ///< converged or iteration_limit (status.hpp)
 };
 
 /// ||J(X)||_2 by power iteration on J^T J with JVP + VJP; value = ||J v|| for

@@ -183,6 +183,7 @@ class FlowResult:
     steps: int
     rejected: int
     evaluations: int
+    # "completed" | "iteration_limit" | "step_size_underflow" | "non_finite" | "interrupted"
     status: str
     message: str
     resumed: bool
@@ -234,7 +235,7 @@ class MaxEntResult:
     beta_lower: float
     beta_upper: float
     iterations: int
-    status: str
+    status: str  # "converged" | "iteration_limit"
     message: str
 
 class HeadEntropy:
@@ -257,7 +258,7 @@ class SinkhornAttentionResult:
     g: NDArray
     column_error: float
     iterations: int
-    status: str
+    status: str  # "converged" | "iteration_limit"
     message: str
 
 def gibbs(scores: ArrayLike, weights: Optional[ArrayLike] = None) -> GibbsResult: ...
@@ -321,13 +322,13 @@ class LipschitzSearchResult:
     witness: LipschitzWitness
     restart_ratios: List[float]
     evaluations: int
-    status: str
+    status: str  # "completed" | "degenerate"
     message: str
 
 class TokenJacobianResult:
     value: float
     iterations: int
-    status: str
+    status: str  # "converged" | "iteration_limit"
 
 class TokenSearchResult:
     value: float

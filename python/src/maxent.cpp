@@ -81,7 +81,7 @@ void bind_maxent(py::module_& m) {
       .def_readonly("iterations", &MR::iterations)
       .def_property_readonly(
           "status", [](const MR& r) { return to_string(r.status); },
-          "\"converged\" or \"iteration_cap\".")
+          "\"converged\" or \"iteration_limit\".")
       .def_readonly("message", &MR::message);
 
   m.def(
@@ -168,7 +168,9 @@ void bind_maxent(py::module_& m) {
       .def_readonly("column_error", &SR::column_error,
                     "sum_j |sum_i w_i K_ij - w_j| (L1 violation of the second marginal).")
       .def_readonly("iterations", &SR::iterations)
-      .def_property_readonly("status", [](const SR& r) { return to_string(r.status); })
+      .def_property_readonly(
+          "status", [](const SR& r) { return to_string(r.status); },
+          "\"converged\" or \"iteration_limit\".")
       .def_readonly("message", &SR::message);
 
   m.def(

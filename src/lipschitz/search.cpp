@@ -417,10 +417,6 @@ detail::PairObjective detail::pair_objective(const LayerParams& p, const MatrixD
   return o;
 }
 
-std::string to_string(SearchStatus s) {
-  return s == SearchStatus::completed ? "completed" : "degenerate";
-}
-
 void LipschitzSearchOptions::validate() const {
   if (atoms < 1) throw invalid_argument("atoms: must be >= 1");
   if (restarts < 1) throw invalid_argument("restarts: must be >= 1");
@@ -507,7 +503,7 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
     }
   }
   if (best < 0) {
-    res.status = SearchStatus::degenerate;
+    res.status = Status::degenerate;
     res.message = "no pair with W1(mu, nu) > 0 was found";
     return res;
   }
@@ -520,7 +516,7 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
   res.ratio = certify(p, o.best, &w.f_mu_atoms, &w.f_nu_atoms, &w.w1_input, &w.w1_output);
   w.origin = o.origin;
   w.restart = best;
-  res.status = SearchStatus::completed;
+  res.status = Status::completed;
   res.message = "best of " + std::to_string(total) + " restarts (restart " + std::to_string(best) +
                 ", " + o.origin + ")";
   return res;

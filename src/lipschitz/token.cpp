@@ -222,10 +222,6 @@ void project_rows_to_ball(MatrixD& x, double radius) {
 
 }  // namespace
 
-std::string to_string(TokenStatus s) {
-  return s == TokenStatus::converged ? "converged" : "iteration_limit";
-}
-
 void TokenJacobianOptions::validate() const {
   if (iterations < 1) throw invalid_argument("iterations: must be >= 1");
   if (!(tolerance >= 0)) throw invalid_argument("tolerance: must be >= 0");
@@ -288,7 +284,7 @@ TokenJacobianResult token_jacobian_norm(const Model<double>& model, const Matrix
   TokenJacobianResult r;
   r.value = pw.value;
   r.iterations = pw.iterations;
-  r.status = pw.converged ? TokenStatus::converged : TokenStatus::iteration_limit;
+  r.status = pw.converged ? Status::converged : Status::iteration_limit;
   return r;
 }
 

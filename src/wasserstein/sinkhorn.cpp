@@ -345,7 +345,7 @@ class SinkhornSolver {
     progress.finish();
     result.iterations = it;
     result.marginal_violation = err;
-    result.status = converged ? WassersteinStatus::converged : WassersteinStatus::iteration_limit;
+    result.status = converged ? Status::converged : Status::iteration_limit;
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.3e", err);
     result.message = converged ? std::string("converged: ||P^T 1 - b||_2 = ") + buf

@@ -129,20 +129,6 @@ std::string to_string(WassersteinMethod m) {
   return "?";
 }
 
-std::string to_string(WassersteinStatus s) {
-  switch (s) {
-    case WassersteinStatus::optimal:
-      return "optimal";
-    case WassersteinStatus::converged:
-      return "converged";
-    case WassersteinStatus::iteration_limit:
-      return "iteration_limit";
-    case WassersteinStatus::bounds_only:
-      return "bounds_only";
-  }
-  return "?";
-}
-
 WassersteinMethod parse_wasserstein_method(const std::string& name, const std::string& field) {
   if (name == "auto" || name == "automatic") return WassersteinMethod::automatic;
   if (name == "exact") return WassersteinMethod::exact;
@@ -288,7 +274,7 @@ WassersteinResult one_d_impl(const DoubleAtoms& mu, const DoubleAtoms& nu,
   r.p = o.p;
   r.method = WassersteinMethod::one_d;
   r.kind = Bound::exact;
-  r.status = WassersteinStatus::optimal;
+  r.status = Status::optimal;
   r.cost = cost;
   r.value = r.lower = r.upper = root(cost, o.p);
   r.message = "optimal: monotone (quantile) coupling in one dimension";
@@ -370,7 +356,7 @@ WassersteinResult sliced_result(double lower_cost, double upper_value, double p,
   r.p = p;
   r.method = WassersteinMethod::sliced;
   r.kind = Bound::lower;
-  r.status = WassersteinStatus::bounds_only;
+  r.status = Status::bounds_only;
   r.lower = std::max(root(lower_cost, p), extra_lower);
   r.upper = std::max(upper_value, r.lower);
   r.value = r.lower;
@@ -563,7 +549,7 @@ WassersteinResult identity_coupling_upper_bound(const Measure<Scalar>& mu,
   r.p = p;
   r.method = WassersteinMethod::sliced;
   r.kind = Bound::upper;
-  r.status = WassersteinStatus::bounds_only;
+  r.status = Status::bounds_only;
   r.value = r.upper = value;
   r.cost = std::pow(value, p);
   r.lower = 0;

@@ -129,6 +129,31 @@ def test_flow_orthogonal_start_closed_form():
     np.testing.assert_allclose(off, gamma, atol=1e-8)
 
 
+
+def test_one_status_vocabulary_for_iteration_caps():
+    """Every iteration or step cap reads "iteration_limit" (measattn/status.hpp)."""
+    rng = np.random.default_rng(8)
+    if hasattr(measattn, "flow"):
+        model = measattn.Model.random(3, 1, seed=4)
+        r = measattn.flow(model, rng.normal(size=(6, 3)), time=2.0, scheme="dopri5",
+                          tolerance=1e-12, max_steps=3)
+        assert r.status == "iteration_limit" and r.time < 2.0
+    if hasattr(measattn, "maxent"):
+        r = measattn.maxent(np.array([0.0, 1.0, 2.0]), 1.9999, max_iterations=1)
+        assert r.status == "iteration_limit" and r.message
+    if hasattr(measattn, "sinkhorn_attention"):
+        model = measattn.Model.random(4, 1, seed=5)
+        r = measattn.sinkhorn_attention(model, rng.normal(size=(8, 4)), iterations=2)
+        assert r.status == "iteration_limit"
+        r = measattn.sinkhorn_attention(model, rng.normal(size=(8, 4)), iterations=500,
+                                        tolerance=1e-6)
+        assert r.status == "converged"
+    if hasattr(measattn, "wasserstein"):
+        x, y = rng.normal(size=(20, 2)), rng.normal(size=(20, 2))
+        r = measattn.wasserstein(x, y, method="sinkhorn", max_iterations=1)
+        assert r.status == "iteration_limit"
+
+
 # ---- Maximum entropy ----------------------------------------------------------
 
 def test_gibbs_and_maxent_vs_scipy():
