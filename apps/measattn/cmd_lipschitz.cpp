@@ -89,7 +89,7 @@ void run(const LipschitzArgs& args) {
   uo.radius = args.radius;
   uo.residual = args.residual;
   uo.tokens = args.atoms;
-  const UpperBounds ub = lipschitz_upper_bounds(model, uo);
+  const UpperBoundResult ub = lipschitz_upper_bounds(model, uo);
   const LipschitzSearchResult lo = lipschitz_lower_bound(model, args.radius, so);
   TokenSearchResult tok;
   if (args.token_restarts > 0) {

@@ -77,7 +77,7 @@ struct HeadBound {
 /// value map V_h = M_h Q_h^T Q_h / tau (Kim's X A^h W^{V,h}); b_v and b_O only
 /// shift the output and do not enter the Jacobian. With tau != sqrt(k) the
 /// model is Kim's with W^{Q,h} = Q_h^T (sqrt(k)/tau)^(1/2).
-struct KimApplicability {
+struct KimApplicabilityResult {
   bool applies = false;
   std::string reason;                 ///< why not (empty when it applies)
   std::vector<MatrixD> value_factor;  ///< M_h (k x d), the min-norm solution
@@ -85,7 +85,7 @@ struct KimApplicability {
 };
 
 /// Checks the conditions above (relative tolerance `tolerance` on the equalities).
-KimApplicability kim_applicability(const Model<double>& model, double tolerance = 1e-9);
+KimApplicabilityResult kim_applicability(const Model<double>& model, double tolerance = 1e-9);
 
 struct UpperBoundOptions {
   double radius = 1;      ///< R > 0: supports in B_R
@@ -94,7 +94,7 @@ struct UpperBoundOptions {
   void validate() const;
 };
 
-struct UpperBounds {
+struct UpperBoundResult {
   double radius = 0;
   bool residual = false;
   std::vector<HeadBound> heads;
@@ -116,7 +116,8 @@ struct UpperBounds {
 /// invalid_argument naming radius / model / tokens, inputs for which bounds on the
 /// projections, logits or outputs exceed 1e150: double cannot carry them through
 /// the layer and its derivatives.)
-UpperBounds lipschitz_upper_bounds(const Model<double>& model, const UpperBoundOptions& options);
+UpperBoundResult lipschitz_upper_bounds(const Model<double>& model,
+                                        const UpperBoundOptions& options);
 
 /// Kim et al.'s phi^{-1}(N - 1) = W_0((N - 1) / e) (Lambert W, principal branch).
 double kim_phi_inverse(double n_minus_one);
@@ -124,13 +125,13 @@ double kim_phi_inverse(double n_minus_one);
 /// A stack of layers F_L o ... o F_1 on B_R: layer l gets the radius R_{l-1}
 /// its input can reach (R_0 = R; R_l = output_radius of layer l at R_{l-1}), and
 /// L <= prod_l L_l(R_{l-1}).
-struct StackBound {
+struct StackBoundResult {
   std::vector<double> radii;      ///< R_0, ..., R_L
   std::vector<double> constants;  ///< L_l(R_{l-1})
   double value = 0;               ///< the product
 };
-StackBound lipschitz_stack_upper_bound(const std::vector<Model<double>>& layers, double radius,
-                                       bool residual = false);
+StackBoundResult lipschitz_stack_upper_bound(const std::vector<Model<double>>& layers,
+                                             double radius, bool residual = false);
 
 /// Output radius of one layer on B_R: min of
 ///   ||W_O|| (sum_h (||V_h|| R + ||b_v,h||)^2)^(1/2) + ||b_O||   and

@@ -60,7 +60,7 @@ Scalar log_partition(const Vector<Scalar>& scores, const Vector<Scalar>& weights
 
 /// A candidate nu measured against the Gibbs principle.
 template <class Scalar>
-struct GibbsBound {
+struct GibbsBoundResult {
   Scalar objective = 0;      // E_nu[g] - KL(nu || mu)  (a lower bound on log Z)
   Scalar log_partition = 0;  // log Z
   Scalar gap = 0;            // log Z - objective = KL(nu || nu*) >= 0, computed as the KL
@@ -71,8 +71,8 @@ struct GibbsBound {
 /// not absolutely continuous w.r.t. mu (objective -inf): that throws
 /// invalid_argument naming "candidate" and the atom. O(m).
 template <class Scalar>
-GibbsBound<Scalar> gibbs_bound(const Vector<Scalar>& scores, const Vector<Scalar>& candidate,
-                               const Vector<Scalar>& weights = {});
+GibbsBoundResult<Scalar> gibbs_bound(const Vector<Scalar>& scores, const Vector<Scalar>& candidate,
+                                     const Vector<Scalar>& weights = {});
 
 // ---- Constrained maximum entropy (temperature for a target score) ----------
 

@@ -7,7 +7,7 @@ Names of optional modules (wasserstein, flow, maxent, lipschitz) exist only when
 compiled in: see measattn.available().
 """
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -215,7 +215,7 @@ class GibbsResult:
     entropy: float
     kl: float
 
-class GibbsBound:
+class GibbsBoundResult:
     objective: float
     log_partition: float
     gap: float
@@ -264,7 +264,7 @@ class SinkhornAttentionResult:
 def gibbs(scores: ArrayLike, weights: Optional[ArrayLike] = None) -> GibbsResult: ...
 def log_partition(scores: ArrayLike, weights: Optional[ArrayLike] = None) -> float: ...
 def gibbs_bound(scores: ArrayLike, candidate: ArrayLike,
-                weights: Optional[ArrayLike] = None) -> GibbsBound: ...
+                weights: Optional[ArrayLike] = None) -> GibbsBoundResult: ...
 def maxent(scores: ArrayLike, target: float, weights: Optional[ArrayLike] = None,
            beta_tolerance: float = 1e-14, max_iterations: int = 200) -> MaxEntResult: ...
 def maxent_at_beta(scores: ArrayLike, beta: float,
@@ -295,7 +295,7 @@ class HeadBound:
     rho: float
     oscillation: float
 
-class UpperBounds:
+class UpperBoundResult:
     radius: float
     residual: bool
     heads: List[HeadBound]
@@ -336,12 +336,20 @@ class TokenSearchResult:
     evaluations: int
 
 def lipschitz_upper_bounds(model: Model, radius: float, residual: bool = False,
-                           tokens: int = 0) -> UpperBounds: ...
+                           tokens: int = 0) -> UpperBoundResult: ...
 def lipschitz_lower_bound(model: Model, radius: float, residual: bool = False,
                           **options: Any) -> LipschitzSearchResult: ...
 def lipschitz_ratio(model: Model, mu: Tokens, nu: Tokens, residual: bool = False) -> float: ...
+class StackBoundResult:
+    value: float
+    constants: List[float]
+    radii: List[float]
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def __getitem__(self, index: int) -> Any: ...
+
 def lipschitz_stack_upper_bound(layers: Sequence[Model], radius: float,
-                                residual: bool = False) -> Tuple[float, List[float], List[float]]: ...
+                                residual: bool = False) -> StackBoundResult: ...
 def castin_adversarial_tokens(model: Model, n: int, radius: float) -> NDArray: ...
 def token_jacobian_norm(model: Model, tokens: ArrayLike, residual: bool = False,
                         iterations: int = 300, tolerance: float = 1e-12,

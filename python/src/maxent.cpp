@@ -46,8 +46,8 @@ void bind_maxent(py::module_& m) {
       },
       "scores"_a, "weights"_a = py::none(), "log sum_j w_j e^{g_j} (w normalized), stable.");
 
-  using GB = GibbsBound<double>;
-  py::class_<GB>(m, "GibbsBound", "A candidate nu measured against the Gibbs principle.")
+  using GB = GibbsBoundResult<double>;
+  py::class_<GB>(m, "GibbsBoundResult", "A candidate nu measured against the Gibbs principle.")
       .def_readonly("objective", &GB::objective, "E_nu[g] - KL(nu || mu) <= log Z.")
       .def_readonly("log_partition", &GB::log_partition)
       .def_readonly("gap", &GB::gap, "log Z - objective = KL(nu || nu*) >= 0.");

@@ -153,8 +153,8 @@ GibbsResult<Scalar> gibbs(const Vector<Scalar>& scores, const Vector<Scalar>& we
 }
 
 template <class Scalar>
-GibbsBound<Scalar> gibbs_bound(const Vector<Scalar>& scores, const Vector<Scalar>& candidate,
-                               const Vector<Scalar>& weights) {
+GibbsBoundResult<Scalar> gibbs_bound(const Vector<Scalar>& scores, const Vector<Scalar>& candidate,
+                                     const Vector<Scalar>& weights) {
   check_scores(scores);
   const Index m = scores.size();
   if (candidate.size() != m) {
@@ -174,7 +174,7 @@ GibbsBound<Scalar> gibbs_bound(const Vector<Scalar>& scores, const Vector<Scalar
   }
   MaxEntResult<Scalar> star;
   fill(scores, lw, Scalar(1), Scalar(0), star);
-  GibbsBound<Scalar> b;
+  GibbsBoundResult<Scalar> b;
   b.log_partition = star.log_partition;
   Scalar e = 0, kl = 0, gap = 0;
   for (Index j = 0; j < m; ++j) {
@@ -341,11 +341,11 @@ MaxEntResult<Scalar> maxent(const Vector<Scalar>& scores, Scalar target,
   }
 }
 
-#define MEASATTN_INSTANTIATE(S)                                                                 \
-  template GibbsResult<S> gibbs(const Vector<S>&, const Vector<S>&);                            \
-  template S log_partition(const Vector<S>&, const Vector<S>&);                                 \
-  template GibbsBound<S> gibbs_bound(const Vector<S>&, const Vector<S>&, const Vector<S>&);     \
-  template MaxEntResult<S> maxent(const Vector<S>&, S, const Vector<S>&, const MaxEntOptions&); \
+#define MEASATTN_INSTANTIATE(S)                                                                   \
+  template GibbsResult<S> gibbs(const Vector<S>&, const Vector<S>&);                              \
+  template S log_partition(const Vector<S>&, const Vector<S>&);                                   \
+  template GibbsBoundResult<S> gibbs_bound(const Vector<S>&, const Vector<S>&, const Vector<S>&); \
+  template MaxEntResult<S> maxent(const Vector<S>&, S, const Vector<S>&, const MaxEntOptions&);   \
   template MaxEntResult<S> maxent_at_beta(const Vector<S>&, S, const Vector<S>&);
 
 MEASATTN_INSTANTIATE(float)

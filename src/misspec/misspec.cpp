@@ -222,7 +222,7 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
   UpperBoundOptions uo;
   uo.radius = radius;
   uo.residual = options.residual;
-  const UpperBounds ub = lipschitz_upper_bounds(model, uo);
+  const UpperBoundResult ub = lipschitz_upper_bounds(model, uo);
   res.lipschitz = ub.best_w1;
   res.bound_name = ub.best_name;
   const double L = ub.best_w1;

@@ -246,3 +246,22 @@ def test_misspec_bounds_hold():
     d = 5
     ref = np.sqrt(2) * np.exp(special.gammaln((d + 1) / 2) - special.gammaln(d / 2))
     assert measattn.expected_gaussian_norm(d) == pytest.approx(ref, rel=1e-13)
+
+
+def test_result_names_follow_the_cpp_structs():
+    """*Result names as in C++: UpperBoundResult, StackBoundResult, GibbsBoundResult;
+    a StackBoundResult still unpacks as (value, constants, radii)."""
+    need("lipschitz_upper_bounds")
+    layers = [measattn.Model.random(3, 1, seed=s) for s in (1, 2)]
+    up = measattn.lipschitz_upper_bounds(layers[0], 1.0)
+    assert type(up).__name__ == "UpperBoundResult" and up.best_w1 > 0
+    s = measattn.lipschitz_stack_upper_bound(layers, 1.0)
+    assert type(s).__name__ == "StackBoundResult" and len(s) == 3
+    value, constants, radii = s
+    assert value == s.value == s[0] and constants == s.constants and radii == s.radii
+    assert len(constants) == 2 and len(radii) == 3
+    assert value == pytest.approx(constants[0] * constants[1], rel=1e-12)
+    assert type(measattn.lipschitz(layers[0], 1.0, search=False)).__name__ == "LipschitzResult"
+    if hasattr(measattn, "gibbs_bound"):
+        b = measattn.gibbs_bound(np.array([0.0, 1.0]), np.array([0.5, 0.5]))
+        assert type(b).__name__ == "GibbsBoundResult" and b.gap >= 0
