@@ -6,9 +6,11 @@
 #include <atomic>
 #include <chrono>
 #include <new>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/parallel.hpp"

@@ -146,13 +146,11 @@ struct WassersteinResult {
   std::optional<TransportPlan> plan;
   std::optional<Potentials> potentials;
 
-  // Sinkhorn only (NaN otherwise):
-  double entropic_cost = std::numeric_limits<double>::quiet_NaN();  ///< <P,C> + eps sum P log P
-  double transport_cost =
-      std::numeric_limits<double>::quiet_NaN();  ///< <P,C>, P unrounded (= ot.sinkhorn2)
-  double rounded_cost = std::numeric_limits<double>::quiet_NaN();  ///< <R(P),C>, R(P) in Pi(a,b)
-  double marginal_violation =
-      std::numeric_limits<double>::quiet_NaN();  ///< ||P^T 1 - b||_2 at stop
+  // Sinkhorn only (empty for the other methods):
+  std::optional<double> entropic_cost;       ///< <P,C> + eps sum P log P
+  std::optional<double> transport_cost;      ///< <P,C>, P unrounded (= ot.sinkhorn2)
+  std::optional<double> rounded_cost;        ///< <R(P),C>, R(P) in Pi(a,b)
+  std::optional<double> marginal_violation;  ///< ||P^T 1 - b||_2 at stop
 };
 
 /// Dispatches on options.method: automatic = 1d when d == 1, else exact when

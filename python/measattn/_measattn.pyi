@@ -158,10 +158,11 @@ class WassersteinResult:
     iterations: int
     plan: Optional[TransportPlan]
     potentials: Optional[Tuple[NDArray, NDArray]]
-    entropic_cost: float
-    transport_cost: float
-    rounded_cost: float
-    marginal_violation: float
+    # Sinkhorn only (None for the other methods):
+    entropic_cost: Optional[float]
+    transport_cost: Optional[float]
+    rounded_cost: Optional[float]
+    marginal_violation: Optional[float]
     def __float__(self) -> float: ...
 
 def wasserstein(a: Tokens, b: Tokens, wa: Optional[ArrayLike] = None,
@@ -367,7 +368,7 @@ class MisspecRow:
     w1_input: float
     w1_output: float
     bound: float
-    a_priori: float
+    a_priori: Optional[float]  # None for kind "sample"
     max_ratio: float
 
 class MisspecResult:
@@ -376,8 +377,8 @@ class MisspecResult:
     lipschitz: float
     bound_name: str
     rows: List[MisspecRow]
-    output_rate: float
-    input_rate: float
+    output_rate: Optional[float]  # kind "sample" only, else None
+    input_rate: Optional[float]
     violated: bool
 
 def misspec(model: Model, tokens: Tokens, weights: Optional[ArrayLike] = None,

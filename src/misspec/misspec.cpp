@@ -234,8 +234,7 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
   while (at < draws.size()) {
     MisspecRow row;
     row.parameter = draws[at].parameter;
-    row.a_priori = options.kind == MisspecKind::sample ? std::numeric_limits<double>::quiet_NaN()
-                                                       : times_l(draws[at].a_priori_w1);
+    if (options.kind != MisspecKind::sample) row.a_priori = times_l(draws[at].a_priori_w1);
     int count = 0;
     for (; at < draws.size() && draws[at].parameter == row.parameter && count < options.repeats;
          ++at, ++count) {
@@ -252,7 +251,6 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
     }
     res.rows.push_back(row);
   }
-  res.output_rate = res.input_rate = std::numeric_limits<double>::quiet_NaN();
   if (options.kind == MisspecKind::sample) {
     std::vector<double> ns, wo, wi;
     for (const auto& r : res.rows) {

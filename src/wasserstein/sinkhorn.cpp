@@ -458,11 +458,11 @@ class SinkhornSolver {
     result.transport_cost = transport;
     result.entropic_cost = transport + eps_ * entropy;
     result.rounded_cost = std::max(rounded, 0.0);
-    dual = std::clamp(dual, 0.0, result.rounded_cost);
+    dual = std::clamp(dual, 0.0, *result.rounded_cost);
     auto root = [&](double c) { return p_ == 1 ? c : std::pow(std::max(c, 0.0), 1.0 / p_); };
     result.cost = transport;
     result.value = root(transport);
-    result.upper = root(result.rounded_cost);
+    result.upper = root(*result.rounded_cost);
     result.lower = root(dual);
     if (dense) {
       if (err_r_l1 > 0) {

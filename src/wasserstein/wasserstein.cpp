@@ -83,9 +83,8 @@ void NormalizedPair::scale_back(WassersteinResult& r) const {
   // in the normalized units it may have underflowed (huge p) although value^p
   // itself is representable.
   r.cost = std::pow(r.value, r.p);
-  r.entropic_cost = times_cost_unit(r.entropic_cost, log_unit);
-  r.transport_cost = times_cost_unit(r.transport_cost, log_unit);
-  r.rounded_cost = times_cost_unit(r.rounded_cost, log_unit);
+  for (std::optional<double>* c : {&r.entropic_cost, &r.transport_cost, &r.rounded_cost})
+    if (c->has_value()) *c = times_cost_unit(**c, log_unit);
   if (r.potentials) {
     for (Index i = 0; i < r.potentials->f.size(); ++i)
       r.potentials->f[i] = times_cost_unit(r.potentials->f[i], log_unit);

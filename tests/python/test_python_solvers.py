@@ -68,6 +68,11 @@ def test_wasserstein_sinkhorn_and_bounds_vs_pot():
     assert r.upper >= exact * (1 - 1e-9) and r.lower <= exact * (1 + 1e-9)
     s = measattn.wasserstein(x, y, method="sliced")
     assert s.lower <= exact * (1 + 1e-9) <= s.upper * (1 + 1e-9)
+    # Sinkhorn-only fields: floats for Sinkhorn, None for the other methods.
+    for other in (s, measattn.wasserstein(x, y, method="exact")):
+        assert other.entropic_cost is None and other.transport_cost is None
+        assert other.rounded_cost is None and other.marginal_violation is None
+    assert isinstance(r.rounded_cost, float) and isinstance(r.marginal_violation, float)
     one = measattn.wasserstein(x[:, :1], y[:, :1], method="1d")
     scipy_stats = pytest.importorskip("scipy.stats")
     assert one.value == pytest.approx(
@@ -243,6 +248,9 @@ def test_misspec_bounds_hold():
         for row in r.rows:
             assert row.w1_output <= row.bound * (1 + 1e-9)
             assert row.max_ratio <= 1 + 1e-9
+        # Kind-specific numbers: None where not computed.
+        assert (r.output_rate is None) == (r.input_rate is None) == (kind != "sample")
+        assert all((row.a_priori is None) == (kind == "sample") for row in r.rows)
     d = 5
     ref = np.sqrt(2) * np.exp(special.gammaln((d + 1) / 2) - special.gammaln(d / 2))
     assert measattn.expected_gaussian_norm(d) == pytest.approx(ref, rel=1e-13)
