@@ -68,7 +68,7 @@ double UpperBoundResult::get(const std::string& name) const {
 
 double kim_phi_inverse(double y) {
   // Solves w e^{w + 1} = y, i.e. w = W_0(y / e), for y >= 0 (Halley iteration).
-  if (!(y >= 0)) throw invalid_argument("kim_phi_inverse: argument must be >= 0");
+  if (!(y >= 0)) throw invalid_argument("n_minus_one: must be >= 0");
   const double z = y / std::exp(1.0);
   if (z == 0) return 0;
   double w = z < 1 ? z : std::log(z) - std::log(std::log(z) + 1.0);

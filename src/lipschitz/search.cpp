@@ -432,13 +432,16 @@ void LipschitzSearchOptions::validate() const {
 double lipschitz_ratio(const Model<double>& model, const MeasureD& mu, const MeasureD& nu,
                        bool residual) {
   const LayerParams p = LayerParams::from(model, residual);
-  if (mu.dim() != p.d || nu.dim() != p.d)
-    throw invalid_argument("measures: dimension differs from the model's input dimension");
+  if (mu.dim() != p.d)
+    throw invalid_argument("mu: dimension differs from the model's input dimension");
+  if (nu.dim() != p.d)
+    throw invalid_argument("nu: dimension differs from the model's input dimension");
   {
-    double r = 0;
-    for (Index i = 0; i < mu.size(); ++i) r = std::max(r, mu.atoms().row(i).stableNorm());
-    for (Index i = 0; i < nu.size(); ++i) r = std::max(r, nu.atoms().row(i).stableNorm());
-    detail::check_layer_range(p, r, "measures");
+    double r_mu = 0, r_nu = 0;
+    for (Index i = 0; i < mu.size(); ++i) r_mu = std::max(r_mu, mu.atoms().row(i).stableNorm());
+    for (Index i = 0; i < nu.size(); ++i) r_nu = std::max(r_nu, nu.atoms().row(i).stableNorm());
+    detail::check_layer_range(p, r_mu, "mu");
+    detail::check_layer_range(p, r_nu, "nu");
   }
   PairState s{mu.atoms(), nu.atoms(), mu.weights().array().log().matrix(),
               nu.weights().array().log().matrix()};

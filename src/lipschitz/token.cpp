@@ -243,7 +243,7 @@ MatrixD token_jvp(const Model<double>& model, const MatrixD& x, const MatrixD& x
   const LayerParams p = LayerParams::from(model, residual);
   check_tokens(p, x, "tokens");
   if (x_dot.rows() != x.rows() || x_dot.cols() != x.cols())
-    throw invalid_argument("direction: shape differs from the tokens");
+    throw invalid_argument("x_dot: shape differs from the tokens");
   return jvp_impl(p, x, x_dot);
 }
 
@@ -252,7 +252,7 @@ MatrixD token_vjp(const Model<double>& model, const MatrixD& x, const MatrixD& g
   const LayerParams p = LayerParams::from(model, residual);
   check_tokens(p, x, "tokens");
   if (g_bar.rows() != x.rows() || g_bar.cols() != p.d_out)
-    throw invalid_argument("cotangent: shape must be n x d_out");
+    throw invalid_argument("g_bar: shape must be n x d_out");
   return vjp_impl(p, x, g_bar);
 }
 

@@ -61,7 +61,7 @@ void MisspecOptions::validate() const {
 }
 
 double expected_gaussian_norm(Index d) {
-  if (d < 1) throw invalid_argument("dimension: must be >= 1");
+  if (d < 1) throw invalid_argument("d: must be >= 1");
   const double h = 0.5 * static_cast<double>(d);
   return std::sqrt(2.0) * std::exp(std::lgamma(h + 0.5) - std::lgamma(h));
 }
