@@ -224,6 +224,7 @@ struct TokenJacobianResult {
   double value = 0;  ///< ||J(X)||_2 (a lower bound on it at any stop: ||J v|| for unit v)
   int iterations = 0;
   Status status = Status::converged;  ///< converged or iteration_limit (status.hpp)
+  std::string message;
 };
 
 /// ||J(X)||_2 by power iteration on J^T J with JVP + VJP; value = ||J v|| for

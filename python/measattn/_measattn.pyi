@@ -330,6 +330,7 @@ class TokenJacobianResult:
     value: float
     iterations: int
     status: str  # "converged" | "iteration_limit"
+    message: str
 
 class TokenSearchResult:
     value: float

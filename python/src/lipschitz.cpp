@@ -183,7 +183,8 @@ void bind_lipschitz(py::module_& m) {
                     "||J(X) v|| for the final unit v: a certified lower bound on ||J(X)||_2.")
       .def_readonly("iterations", &TokenJacobianResult::iterations)
       .def_property_readonly("status",
-                             [](const TokenJacobianResult& r) { return to_string(r.status); });
+                             [](const TokenJacobianResult& r) { return to_string(r.status); })
+      .def_readonly("message", &TokenJacobianResult::message);
 
   m.def(
       "token_jacobian_norm",

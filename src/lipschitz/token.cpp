@@ -285,6 +285,9 @@ TokenJacobianResult token_jacobian_norm(const Model<double>& model, const Matrix
   r.value = pw.value;
   r.iterations = pw.iterations;
   r.status = pw.converged ? Status::converged : Status::iteration_limit;
+  r.message = pw.converged ? "relative change below tolerance after " +
+                                 std::to_string(pw.iterations) + " iterations"
+                           : "iteration cap " + std::to_string(options.iterations) + " reached";
   return r;
 }
 

@@ -157,6 +157,13 @@ def test_one_status_vocabulary_for_iteration_caps():
         x, y = rng.normal(size=(20, 2)), rng.normal(size=(20, 2))
         r = measattn.wasserstein(x, y, method="sinkhorn", max_iterations=1)
         assert r.status == "iteration_limit"
+    if hasattr(measattn, "token_jacobian_norm"):
+        model = measattn.Model.random(3, 1, seed=6)
+        r = measattn.token_jacobian_norm(model, rng.normal(size=(4, 3)), iterations=1,
+                                         tolerance=1e-300)
+        assert r.status == "iteration_limit" and "iteration cap" in r.message
+        r = measattn.token_jacobian_norm(model, rng.normal(size=(4, 3)))
+        assert r.status in ("converged", "iteration_limit") and r.message
 
 
 # ---- Maximum entropy ----------------------------------------------------------
