@@ -54,7 +54,7 @@ void gap_table() {
     for (double r : {0.5, 1.0})
       for (unsigned long long s = 1; s <= 3; ++s) {
         const Model<double> m = layer(d, s);
-        const UpperBounds ub = lipschitz_upper_bounds(m, {.radius = r});
+        const UpperBoundResult ub = lipschitz_upper_bounds(m, {.radius = r});
         LipschitzSearchOptions o;
         o.atoms = d >= 64 ? 4 : 6;
         o.restarts = 12;

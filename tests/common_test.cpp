@@ -6,14 +6,17 @@
 #include <atomic>
 #include <chrono>
 #include <new>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/parallel.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
+#include "measattn/status.hpp"
 
 using measattn::interrupted;
 using measattn::invalid_argument;
@@ -57,6 +60,23 @@ TEST(common_test, invalid_argument_field_and_reason) {
   const invalid_argument nested("weights: w.npy: weight 2 is negative");
   EXPECT_EQ(nested.field(), "weights");
   EXPECT_EQ(nested.reason(), "w.npy: weight 2 is negative");
+}
+
+// The one status vocabulary of every Result (measattn/status.hpp): each value
+// prints as its own name, and the names are distinct.
+TEST(common_test, status_names_are_the_enumerators) {
+  using measattn::Status;
+  const std::vector<std::pair<Status, std::string>> names = {
+      {Status::optimal, "optimal"},         {Status::converged, "converged"},
+      {Status::completed, "completed"},     {Status::iteration_limit, "iteration_limit"},
+      {Status::bounds_only, "bounds_only"}, {Status::step_size_underflow, "step_size_underflow"},
+      {Status::non_finite, "non_finite"},   {Status::interrupted, "interrupted"},
+      {Status::degenerate, "degenerate"}};
+  std::set<std::string> seen;
+  for (const auto& [status, name] : names) {
+    EXPECT_EQ(measattn::to_string(status), name);
+    EXPECT_TRUE(seen.insert(name).second) << name;
+  }
 }
 
 TEST(common_test, guard_runs_every_unit_without_errors) {

@@ -123,7 +123,7 @@ TEST(flow_test, euler_is_weight_shared_residual_network) {
     EXPECT_EQ(result.steps, 7);
     EXPECT_EQ(result.evaluations, 7);
     EXPECT_EQ(result.time, 1.5);
-    EXPECT_EQ(result.status, FlowStatus::completed);
+    EXPECT_EQ(result.status, Status::completed);
   }
 }
 
@@ -208,7 +208,7 @@ TEST(flow_test, dopri5_meets_its_tolerance) {
     o.scheme = FlowScheme::dopri5;
     o.tolerance = tol;
     const auto r = flow(model, mu0, o);
-    ASSERT_EQ(r.status, FlowStatus::completed);
+    ASSERT_EQ(r.status, Status::completed);
     EXPECT_EQ(r.time, 2.0);
     const double err = max_distance(r.particles, reference);
     EXPECT_LT(err, 100 * tol) << tol;
@@ -222,7 +222,7 @@ TEST(flow_test, dopri5_meets_its_tolerance) {
   capped.tolerance = 1e-12;
   capped.max_steps = 3;
   const auto r = flow(model, mu0, capped);
-  EXPECT_EQ(r.status, FlowStatus::max_steps);
+  EXPECT_EQ(r.status, Status::iteration_limit);
   EXPECT_LT(r.time, 2.0);
 }
 
@@ -300,7 +300,7 @@ TEST(flow_test, orthogonal_start_closed_form) {
       o.tolerance = 1e-12;
       o.save_every = scheme == FlowScheme::rk4 ? 300 : 0;
       const auto r = flow(model, MeasureD::empirical(x), o);
-      ASSERT_EQ(r.status, FlowStatus::completed);
+      ASSERT_EQ(r.status, Status::completed);
       const double gamma = orthogonal_start_cosine(n, beta, 3.0);
       for (Index i = 0; i < n; ++i)
         for (Index j = i + 1; j < n; ++j) {
@@ -448,7 +448,7 @@ TEST(flow_test, resume_is_bit_identical) {
     o.sphere = c.sphere;
     o.save_every = 4;
     const auto full = flow(model, mu0, o);
-    ASSERT_EQ(full.status, FlowStatus::completed);
+    ASSERT_EQ(full.status, Status::completed);
     ASSERT_GT(full.steps, 12);
     const std::string path = temp_path("ck_" + to_string(c.scheme) + std::to_string(c.sphere));
     FlowOptions interrupted = o;
@@ -456,7 +456,7 @@ TEST(flow_test, resume_is_bit_identical) {
     interrupted.checkpoint_path = path;
     interrupted.should_stop = [](Index step, double) { return step == 12; };  // "killed" at 12
     const auto partial = flow(model, mu0, interrupted);
-    ASSERT_EQ(partial.status, FlowStatus::interrupted);
+    ASSERT_EQ(partial.status, Status::interrupted);
     FlowOptions resume = o;
     resume.checkpoint_path = path;
     resume.resume = true;
@@ -605,7 +605,7 @@ TEST(flow_test, tied_gemm_kernel_matches_core_kernel) {
   FlowOptions o;
   o.steps = 2;
   const auto r = flow(ModelD::canonical(64, 1.0), MeasureD::empirical(x64), o);
-  EXPECT_EQ(r.status, FlowStatus::completed);
+  EXPECT_EQ(r.status, Status::completed);
 }
 
 TEST(flow_test, tied_kernel_does_not_depend_on_thread_count) {
@@ -854,7 +854,7 @@ TEST(flow_test, non_finite_is_a_status) {
   FlowOptions o;
   o.steps = 5;
   const auto r = flow(model, MeasureD::empirical(random_points(4, 2, 9)), o);
-  EXPECT_EQ(r.status, FlowStatus::non_finite);
+  EXPECT_EQ(r.status, Status::non_finite);
   EXPECT_TRUE(r.particles.allFinite());
 }
 

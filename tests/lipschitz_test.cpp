@@ -207,7 +207,7 @@ TEST(lipschitz_test, no_ratio_exceeds_any_upper_bound) {
     const double s = 0.5 + (t % 4);
     Model<double> m = random_layer(rng, d, heads, t % 3 != 0, pot, s, residual ? 0 : 1 + (t % 3));
     const double radius = 0.3 + 0.4 * (t % 5);
-    const UpperBounds ub = lipschitz_upper_bounds(m, {.radius = radius, .residual = residual});
+    const UpperBoundResult ub = lipschitz_upper_bounds(m, {.radius = radius, .residual = residual});
     for (const auto& b : ub.bounds) ASSERT_GE(b.value, ub.best_w1);
     for (int q = 0; q < 6; ++q) {
       const Index n = 1 + (q % 3), mm = 1 + ((q + t) % 3);
@@ -248,9 +248,9 @@ TEST(lipschitz_test, kim_bounds_hold_for_the_token_jacobian) {
     const Index d = 1 + t % 4, heads = (d % 2 == 0 && t % 2 == 0) ? 2 : 1, n = 1 + t % 6;
     Model<double> m = kim_layer(rng, d, heads);
     if (t % 3 == 0) m.scale = 0.3 + 0.1 * (t % 7);  // any tau works by rescaling
-    const KimApplicability ka = kim_applicability(m);
+    const KimApplicabilityResult ka = kim_applicability(m);
     ASSERT_TRUE(ka.applies) << ka.reason;
-    const UpperBounds ub = lipschitz_upper_bounds(m, {.radius = 1, .tokens = n});
+    const UpperBoundResult ub = lipschitz_upper_bounds(m, {.radius = 1, .tokens = n});
     const double kl2 = ub.get("kim_token_l2"), klinf = ub.get("kim_token_linf");
     ASSERT_TRUE(std::isfinite(kl2) && std::isfinite(klinf));
     for (int q = 0; q < 8; ++q) {
@@ -302,7 +302,7 @@ TEST(lipschitz_test, kim_applicability_is_exact) {
   biased.b_o = VectorD::Ones(4);
   EXPECT_TRUE(kim_applicability(biased).applies);
   // Not reported for models that do not qualify.
-  const UpperBounds ub = lipschitz_upper_bounds(untied, {.radius = 1, .tokens = 8});
+  const UpperBoundResult ub = lipschitz_upper_bounds(untied, {.radius = 1, .tokens = 8});
   EXPECT_TRUE(std::isnan(ub.get("kim_token_l2")));
   EXPECT_NEAR(kim_phi_inverse(0), 0, 1e-15);
   const double w = kim_phi_inverse(99);
@@ -399,7 +399,7 @@ TEST(lipschitz_test, stack_radius_and_composition) {
     for (int l = 0; l < 2; ++l)
       layers.push_back(random_layer(rng, d, 1, true, t % 2 ? Potential::dot : Potential::l2, 0.7));
     const bool residual = t % 2 == 0;
-    const StackBound sb = lipschitz_stack_upper_bound(layers, 1.0, residual);
+    const StackBoundResult sb = lipschitz_stack_upper_bound(layers, 1.0, residual);
     ASSERT_EQ(sb.radii.size(), 3u);
     AttendOptions ao;
     ao.residual = residual;
@@ -451,7 +451,7 @@ TEST(lipschitz_test, overflowing_radius_is_refused_and_bounds_are_inf_not_nan) {
   }
   UpperBoundOptions u;
   u.radius = 1e3;
-  const UpperBounds b = lipschitz_upper_bounds(m, u);
+  const UpperBoundResult b = lipschitz_upper_bounds(m, u);
   for (const auto& nb : b.bounds) EXPECT_FALSE(std::isnan(nb.value)) << nb.name;
   EXPECT_TRUE(std::isinf(b.best_w1));
   EXPECT_FALSE(b.best_name.empty());

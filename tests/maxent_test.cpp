@@ -183,7 +183,7 @@ TEST(maxent_test, standard_attention_target_gives_beta_one) {
     const VectorD w = random_weights(m, rng, trial % 2 == 0 && m > 3);
     const double c = gibbs(g, w).expected_score;
     const auto r = maxent(g, c, w);
-    ASSERT_EQ(r.status, MaxEntStatus::converged) << r.message;
+    ASSERT_EQ(r.status, Status::converged) << r.message;
     EXPECT_NEAR(r.beta, 1.0, 1e-12) << "trial " << trial << " m=" << m;
     EXPECT_LE(r.iterations, 30) << r.message;  // doubling bracket + quadratic Newton
     EXPECT_LE(std::abs(r.residual), 1e-13 * (r.score_max - r.score_min));
@@ -201,7 +201,7 @@ TEST(maxent_test, round_trip_over_many_betas) {
     const auto fwd = maxent_at_beta(g, beta, w);
     if (!(fwd.expected_score > fwd.score_min && fwd.expected_score < fwd.score_max)) continue;
     const auto r = maxent(g, fwd.expected_score, w);
-    ASSERT_EQ(r.status, MaxEntStatus::converged);
+    ASSERT_EQ(r.status, Status::converged);
     // Forward error: the expected score meets the target to rounding.
     const double gscale = g.cwiseAbs().maxCoeff();
     EXPECT_LE(std::abs(r.residual), 8e-16 * gscale);
@@ -226,7 +226,7 @@ TEST(maxent_test, solution_has_smaller_kl_than_every_feasible_candidate) {
       if (w[j] > 0) lo = std::min(lo, g[j]), hi = std::max(hi, g[j]);
     const double c = lo + (hi - lo) * std::uniform_real_distribution<double>(0.05, 0.95)(rng);
     const auto r = maxent(g, c, w);
-    ASSERT_EQ(r.status, MaxEntStatus::converged);
+    ASSERT_EQ(r.status, Status::converged);
     EXPECT_NEAR(kl(r.probabilities, w), r.kl, 1e-12);
     for (int k = 0; k < 50; ++k) {
       const VectorD nu = feasible_candidate(g, w, c, rng);
@@ -260,7 +260,7 @@ TEST(maxent_test, targets_near_the_ends_give_large_beta_without_overflow) {
   const VectorD g = (VectorD(4) << -1, 0, 0.5, 2).finished();
   for (double delta : {1e-3, 1e-8, 1e-12, 1e-15}) {
     const auto up = maxent(g, 2 - delta);
-    ASSERT_EQ(up.status, MaxEntStatus::converged) << up.message;
+    ASSERT_EQ(up.status, Status::converged) << up.message;
     EXPECT_TRUE(std::isfinite(up.beta) && up.beta > 0);
     EXPECT_TRUE(up.probabilities.allFinite());
     EXPECT_NEAR(up.expected_score, 2 - delta, 4e-16 * 2);
@@ -270,14 +270,14 @@ TEST(maxent_test, targets_near_the_ends_give_large_beta_without_overflow) {
       EXPECT_NEAR(up.beta, std::log(1.5 / actual) / 1.5, 3e-3);
     }
     const auto down = maxent(g, -1 + delta);
-    ASSERT_EQ(down.status, MaxEntStatus::converged) << down.message;
+    ASSERT_EQ(down.status, Status::converged) << down.message;
     EXPECT_LT(down.beta, 0);
     EXPECT_NEAR(down.expected_score, -1 + delta, 4e-16);
   }
   // Scores of large magnitude: centering at the target keeps the accuracy.
   const VectorD big = (VectorD(3) << 1e8, 1e8 + 1, 1e8 + 3).finished();
   const auto r = maxent(big, 1e8 + 2.0);
-  ASSERT_EQ(r.status, MaxEntStatus::converged);
+  ASSERT_EQ(r.status, Status::converged);
   EXPECT_NEAR(r.expected_score, 1e8 + 2.0, 1e-7);
   const auto chk = maxent_at_beta(big, r.beta);
   EXPECT_NEAR(chk.expected_score, 1e8 + 2.0, 1e-7);
@@ -305,7 +305,7 @@ TEST(maxent_test, infeasible_and_degenerate_targets) {
   const VectorD wk = (VectorD(3) << 1, 3, 0).finished();
   const auto r = maxent(k, 4.0, wk);
   EXPECT_EQ(r.beta, 0.0);
-  EXPECT_EQ(r.status, MaxEntStatus::converged);
+  EXPECT_EQ(r.status, Status::converged);
   EXPECT_NEAR(r.probabilities[0], 0.25, 1e-16);
   EXPECT_EQ(r.probabilities[2], 0.0);
   EXPECT_NEAR(r.kl, 0.0, 1e-16);
@@ -323,7 +323,7 @@ TEST(maxent_test, iteration_cap_is_a_status) {
   MaxEntOptions o;
   o.max_iterations = 1;
   const auto r = maxent(g, 1.9999, VectorD(), o);
-  EXPECT_EQ(r.status, MaxEntStatus::iteration_cap);
+  EXPECT_EQ(r.status, Status::iteration_limit);
   EXPECT_FALSE(r.message.empty());
   EXPECT_TRUE(r.probabilities.allFinite());
 }
@@ -432,7 +432,7 @@ TEST(maxent_test, sinkhorn_converges_to_doubly_stochastic) {
     o.iterations = iters;
     const auto s = sinkhorn_attention(model, mu, 0, o);
     EXPECT_EQ(s.iterations, iters);
-    EXPECT_EQ(s.status, SinkhornStatus::iteration_cap);
+    EXPECT_EQ(s.status, Status::iteration_limit);
     EXPECT_LE(s.column_error, previous * (1 + 1e-9) + 1e-15) << iters;
     previous = s.column_error;
     AttendOptions a;
@@ -447,7 +447,7 @@ TEST(maxent_test, sinkhorn_converges_to_doubly_stochastic) {
   tol.iterations = 10000;
   tol.tolerance = 1e-10;
   const auto s = sinkhorn_attention(model, mu, 0, tol);
-  EXPECT_EQ(s.status, SinkhornStatus::converged);
+  EXPECT_EQ(s.status, Status::converged);
   EXPECT_LE(s.column_error, 1e-10);
   EXPECT_LT(s.iterations, 10000);
 }

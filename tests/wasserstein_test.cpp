@@ -82,10 +82,27 @@ TEST(wasserstein_test, exact_matches_permutation_brute_force) {
         wasserstein_exact(MeasureD::empirical(x), MeasureD::empirical(y), o);
     expect_rel(r.value, brute_force_uniform(x, y, p), 1e-12);
     EXPECT_EQ(r.kind, Bound::exact);
-    EXPECT_EQ(r.status, WassersteinStatus::optimal);
+    EXPECT_EQ(r.status, Status::optimal);
     EXPECT_EQ(r.lower, r.value);
     EXPECT_EQ(r.upper, r.value);
   }
+}
+
+// The Sinkhorn-only fields are empty for the other methods and set for Sinkhorn.
+TEST(wasserstein_test, sinkhorn_fields_only_for_sinkhorn) {
+  std::mt19937_64 rng(17);
+  const MeasureD a = MeasureD::empirical(random_atoms(rng, 12, 2));
+  const MeasureD b = MeasureD::empirical(random_atoms(rng, 9, 2, 0.5));
+  for (const WassersteinResult& r :
+       {wasserstein_exact(a, b), max_sliced_bounds(a, b), wasserstein(a, b)}) {
+    EXPECT_FALSE(r.entropic_cost.has_value()) << to_string(r.method);
+    EXPECT_FALSE(r.transport_cost.has_value()) << to_string(r.method);
+    EXPECT_FALSE(r.rounded_cost.has_value()) << to_string(r.method);
+    EXPECT_FALSE(r.marginal_violation.has_value()) << to_string(r.method);
+  }
+  const WassersteinResult s = wasserstein_sinkhorn(a, b);
+  ASSERT_TRUE(s.entropic_cost && s.transport_cost && s.rounded_cost && s.marginal_violation);
+  EXPECT_TRUE(std::isfinite(*s.transport_cost) && std::isfinite(*s.rounded_cost));
 }
 
 TEST(wasserstein_test, column_generation_matches_dense_solve) {
@@ -130,9 +147,8 @@ TEST(wasserstein_test, column_generation_matches_dense_solve) {
       sparse.prune_rounds = c.prune_rounds;
       sparse.max_rounds = 100000;  // termination is what is tested
       const auto rs = wasserstein_exact(a, b, sparse);
-      EXPECT_EQ(rs.status, WassersteinStatus::optimal)
-          << "trial " << trial << ", neighbours " << c.neighbours << ", prune " << c.prune << ": "
-          << rs.message;
+      EXPECT_EQ(rs.status, Status::optimal) << "trial " << trial << ", neighbours " << c.neighbours
+                                            << ", prune " << c.prune << ": " << rs.message;
       expect_rel(rs.value, rd.value, 1e-11, "sparse vs dense");
       ASSERT_TRUE(rs.potentials.has_value());
       const VectorD& f = rs.potentials->f;
@@ -235,7 +251,8 @@ TEST(wasserstein_test, every_bound_brackets_the_exact_value) {
     EXPECT_EQ(sk.kind, Bound::estimate);
     EXPECT_GE(sk.upper, w - tol) << "rounded Sinkhorn plan";
     EXPECT_LE(sk.lower, w + tol) << "Sinkhorn dual bound";
-    EXPECT_GE(sk.rounded_cost, sk.transport_cost - 1e-6) << "rounding only adds a correction";
+    EXPECT_GE(sk.rounded_cost.value(), sk.transport_cost.value() - 1e-6)
+        << "rounding only adds a correction";
   }
   // Identity coupling of equally weighted sequences.
   for (int trial = 0; trial < 10; ++trial) {
@@ -370,9 +387,10 @@ TEST(wasserstein_test, sinkhorn_ignores_zero_weight_atoms) {
     o.max_iterations = 100000;
     const auto with_zeros = wasserstein_sinkhorn(az, bz, o);
     const auto without = wasserstein_sinkhorn(keep(az), keep(bz), o);
-    EXPECT_EQ(with_zeros.status, WassersteinStatus::converged);
-    expect_rel(with_zeros.transport_cost, without.transport_cost, 1e-9, "transport cost");
-    expect_rel(with_zeros.rounded_cost, without.rounded_cost, 1e-9, "rounded cost");
+    EXPECT_EQ(with_zeros.status, Status::converged);
+    expect_rel(with_zeros.transport_cost.value(), without.transport_cost.value(), 1e-9,
+               "transport cost");
+    expect_rel(with_zeros.rounded_cost.value(), without.rounded_cost.value(), 1e-9, "rounded cost");
   }
 }
 
@@ -388,11 +406,11 @@ TEST(wasserstein_test, sinkhorn_is_deterministic_across_thread_counts_and_conver
   omp_set_num_threads(2);
   const auto r2 = wasserstein_sinkhorn(a, b, o);
   omp_set_num_threads(saved);
-  EXPECT_EQ(r1.transport_cost, r2.transport_cost);
-  EXPECT_EQ(r1.rounded_cost, r2.rounded_cost);
+  EXPECT_EQ(r1.transport_cost.value(), r2.transport_cost.value());
+  EXPECT_EQ(r1.rounded_cost.value(), r2.rounded_cost.value());
   EXPECT_EQ(r1.iterations, r2.iterations);
-  EXPECT_EQ(r1.status, WassersteinStatus::converged);
-  EXPECT_LT(r1.marginal_violation, o.tolerance);
+  EXPECT_EQ(r1.status, Status::converged);
+  EXPECT_LT(r1.marginal_violation.value(), o.tolerance);
   // Small epsilon: entropic estimate close to the exact value (log-domain stability).
   const MeasureD c = random_measure(rng, 60, 3, true), e = random_measure(rng, 50, 3, true, 1.0);
   WassersteinOptions s;
@@ -408,7 +426,7 @@ TEST(wasserstein_test, sinkhorn_is_deterministic_across_thread_counts_and_conver
   // Iteration cap is a status, not an exception.
   s.max_iterations = 2;
   const auto capped = wasserstein_sinkhorn(c, e, s);
-  EXPECT_EQ(capped.status, WassersteinStatus::iteration_limit);
+  EXPECT_EQ(capped.status, Status::iteration_limit);
   EXPECT_GE(capped.upper, w - 1e-12);
 }
 

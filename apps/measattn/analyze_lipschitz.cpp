@@ -21,7 +21,7 @@ void section_lipschitz(SectionContext& ctx) {
 
   UpperBoundOptions ub;
   ub.radius = radius;
-  const UpperBounds bounds = lipschitz_upper_bounds(model, ub);
+  const UpperBoundResult bounds = lipschitz_upper_bounds(model, ub);
 
   LipschitzSearchOptions search;
   search.atoms = 4;

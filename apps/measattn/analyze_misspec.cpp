@@ -2,6 +2,7 @@
 // kind of perturbation, the certified bound L W1(mu', mu) next to the output
 // deviation W1(F(mu'), F(mu)) actually realized.
 #include <cmath>
+#include <limits>
 
 #include "analyze.hpp"
 #include "measattn/misspec.hpp"
@@ -42,10 +43,10 @@ void section_misspec(SectionContext& ctx) {
     Table t;
     t.columns = {"parameter", "w1_input", "w1_output", "bound"};
     for (const auto& row : res.rows) {
-      rows.push_back({fmt(row.parameter, 4), fmt(row.w1_input, 4), fmt(row.w1_output, 4),
-                      fmt(row.bound, 4),
-                      std::isnan(row.a_priori) ? std::string("-") : fmt(row.a_priori, 4),
-                      fmt(row.max_ratio, 3)});
+      rows.push_back(
+          {fmt(row.parameter, 4), fmt(row.w1_input, 4), fmt(row.w1_output, 4), fmt(row.bound, 4),
+           !row.a_priori || std::isnan(*row.a_priori) ? std::string("-") : fmt(*row.a_priori, 4),
+           fmt(row.max_ratio, 3)});
       t.rows.push_back({row.parameter, row.w1_input, row.w1_output, row.bound});
       all.rows.push_back(
           {static_cast<double>(kind), row.parameter, row.w1_input, row.w1_output, row.bound});
@@ -53,8 +54,10 @@ void section_misspec(SectionContext& ctx) {
     std::string caption = to_string(kind) + ": L = " + fmt(res.lipschitz, 5) + " (" +
                           res.bound_name + ", R = " + fmt(res.radius, 4) + ")";
     if (kind == MisspecKind::sample) {
-      caption += "; fitted rates in n: input " + fmt(res.input_rate, 3) + ", output " +
-                 fmt(res.output_rate, 3) + " (theory: n^(-1/d) for the input when d >= 3)";
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      caption += "; fitted rates in n: input " + fmt(res.input_rate.value_or(nan), 3) +
+                 ", output " + fmt(res.output_rate.value_or(nan), 3) +
+                 " (theory: n^(-1/d) for the input when d >= 3)";
     }
     r.table({std::string(param), "W1(mu', mu)", "W1(F(mu'), F(mu))", "bound L W1(mu', mu)",
              "a-priori bound", "max ratio to bound"},

@@ -203,7 +203,7 @@ void run_flow(const FlowArgs& a) {
   const FlowResult<double> r = flow(model, *mu, options);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  if (r.status == FlowStatus::non_finite) {
+  if (r.status == Status::non_finite) {
     throw invalid_argument("--time: " + r.message + "; nothing written (try smaller steps)");
   }
 

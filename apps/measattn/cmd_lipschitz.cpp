@@ -89,7 +89,7 @@ void run(const LipschitzArgs& args) {
   uo.radius = args.radius;
   uo.residual = args.residual;
   uo.tokens = args.atoms;
-  const UpperBounds ub = lipschitz_upper_bounds(model, uo);
+  const UpperBoundResult ub = lipschitz_upper_bounds(model, uo);
   const LipschitzSearchResult lo = lipschitz_lower_bound(model, args.radius, so);
   TokenSearchResult tok;
   if (args.token_restarts > 0) {
@@ -107,7 +107,7 @@ void run(const LipschitzArgs& args) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double gap = lo.ratio > 0 ? ub.best_w1 / lo.ratio : INFINITY;
 
-  if (witness && lo.status == SearchStatus::completed) {
+  if (witness && lo.status == Status::completed) {
     namespace fs = std::filesystem;
     const LipschitzWitness& w = lo.witness;
     const fs::path dir(witness->stage());

@@ -61,7 +61,7 @@ void run(const MaxEntArgs& a, bool has_target, bool has_beta) {
   if (!scaled.allFinite()) {
     throw invalid_argument("beta: beta * scores overflows double precision");
   }
-  const GibbsBound<double> bound = gibbs_bound(scaled, r.probabilities, w);
+  const GibbsBoundResult<double> bound = gibbs_bound(scaled, r.probabilities, w);
   if (a.json) {
     nlohmann::json out = {
         {"beta", r.beta},

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -64,6 +65,11 @@ nlohmann::json finite_or_null(double v) {
   return nullptr;
 }
 
+// A number that is not computed for this kind (CSV cell, text "n/a").
+double or_nan(const std::optional<double>& v) {
+  return v.value_or(std::numeric_limits<double>::quiet_NaN());
+}
+
 void run(const MisspecArgs& args) {
   MisspecOptions o;
   o.kind = parse_misspec_kind(args.kind);
@@ -101,8 +107,8 @@ void run(const MisspecArgs& args) {
   Table table;
   table.columns = {pname, "w1_input", "w1_output", "bound", "a_priori", "max_ratio"};
   for (const auto& row : r.rows)
-    table.rows.push_back(
-        {row.parameter, row.w1_input, row.w1_output, row.bound, row.a_priori, row.max_ratio});
+    table.rows.push_back({row.parameter, row.w1_input, row.w1_output, row.bound,
+                          or_nan(row.a_priori), row.max_ratio});
   if (!args.csv.empty()) write_csv(args.csv, table);
   if (!args.plot.empty()) {
     std::ostringstream s;
@@ -132,16 +138,19 @@ void run(const MisspecArgs& args) {
     j["repeats"] = o.repeats;
     j["tokens"] = mu->size();
     j["dim"] = mu->dim();
-    j["output_rate"] = finite_or_null(r.output_rate);
-    j["input_rate"] = finite_or_null(r.input_rate);
+    // Kind-specific numbers are present only where computed.
+    if (r.output_rate) j["output_rate"] = finite_or_null(*r.output_rate);
+    if (r.input_rate) j["input_rate"] = finite_or_null(*r.input_rate);
     nlohmann::json rows = nlohmann::json::array();
-    for (const auto& row : r.rows)
-      rows.push_back({{pname, row.parameter},
-                      {"w1_input", row.w1_input},
-                      {"w1_output", row.w1_output},
-                      {"bound", row.bound},
-                      {"a_priori", finite_or_null(row.a_priori)},
-                      {"max_ratio", row.max_ratio}});
+    for (const auto& row : r.rows) {
+      nlohmann::json jr = {{pname, row.parameter},
+                           {"w1_input", row.w1_input},
+                           {"w1_output", row.w1_output},
+                           {"bound", row.bound}};
+      if (row.a_priori) jr["a_priori"] = finite_or_null(*row.a_priori);
+      jr["max_ratio"] = row.max_ratio;
+      rows.push_back(jr);
+    }
     j["rows"] = rows;
     std::cout << j.dump(2) << "\n";
     return;
@@ -155,10 +164,10 @@ void run(const MisspecArgs& args) {
   for (const auto& row : r.rows)
     std::cout << std::setw(12) << row.parameter << std::setw(14) << row.w1_input << std::setw(14)
               << row.w1_output << std::setw(14) << text(row.bound) << std::setw(14)
-              << text(row.a_priori) << "\n";
+              << text(or_nan(row.a_priori)) << "\n";
   if (o.kind == MisspecKind::sample)
-    std::cout << "fitted rate in n: output " << text(r.output_rate) << ", input "
-              << text(r.input_rate) << "\n";
+    std::cout << "fitted rate in n: output " << text(or_nan(r.output_rate)) << ", input "
+              << text(or_nan(r.input_rate)) << "\n";
   if (r.violated) std::cout << "WARNING: a bound was violated (please report)\n";
 }
 

@@ -145,10 +145,11 @@ void run(const WassersteinArgs& args) {
     if (r.method == WassersteinMethod::sinkhorn) {
       j["reg"] = o.reg;
       j["tolerance"] = o.tolerance;
-      j["entropic_cost"] = finite_or_null(r.entropic_cost);
-      j["transport_cost"] = finite_or_null(r.transport_cost);
-      j["rounded_cost"] = finite_or_null(r.rounded_cost);
-      j["marginal_violation"] = finite_or_null(r.marginal_violation);
+      // Present only where computed (always, for Sinkhorn).
+      if (r.entropic_cost) j["entropic_cost"] = finite_or_null(*r.entropic_cost);
+      if (r.transport_cost) j["transport_cost"] = finite_or_null(*r.transport_cost);
+      if (r.rounded_cost) j["rounded_cost"] = finite_or_null(*r.rounded_cost);
+      if (r.marginal_violation) j["marginal_violation"] = finite_or_null(*r.marginal_violation);
     }
     if (r.plan) j["marginal_error"] = r.plan->marginal_error;
     std::cout << j.dump() << "\n";
@@ -162,10 +163,11 @@ void run(const WassersteinArgs& args) {
             << "  method  " << to_string(r.method) << "\n"
             << "  status  " << to_string(r.status) << "\n"
             << "  note    " << r.message << "\n";
-  if (r.method == WassersteinMethod::sinkhorn) {
-    std::cout << "  <P,C> = " << number(r.transport_cost)
-              << "  entropic = " << number(r.entropic_cost)
-              << "  rounded = " << number(r.rounded_cost) << "\n";
+  if (r.method == WassersteinMethod::sinkhorn && r.transport_cost && r.entropic_cost &&
+      r.rounded_cost) {
+    std::cout << "  <P,C> = " << number(*r.transport_cost)
+              << "  entropic = " << number(*r.entropic_cost)
+              << "  rounded = " << number(*r.rounded_cost) << "\n";
   }
   std::cout << "  time    " << number(seconds) << " s\n";
 }

@@ -45,24 +45,17 @@
 
 #include "measattn/attention.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/status.hpp"
 #include "measattn/types.hpp"
 
 namespace measattn {
 
 enum class FlowScheme { euler, heun, rk4, dopri5 };
 enum class FlowField { attention, unnormalized };
-enum class FlowStatus {
-  completed,            ///< reached time T
-  max_steps,            ///< dopri5: stopped at options.max_steps (accepted + rejected)
-  step_size_underflow,  ///< dopri5: step size fell below 1e-14 * T
-  non_finite,           ///< the particles left the floating-point range
-  interrupted           ///< options.should_stop asked to stop (state = last step)
-};
 
-/// "euler" / "heun" / "rk4" / "dopri5"; "attention" / "unnormalized"; "completed" / ...
+/// "euler" / "heun" / "rk4" / "dopri5"; "attention" / "unnormalized".
 std::string to_string(FlowScheme s);
 std::string to_string(FlowField f);
-std::string to_string(FlowStatus s);
 /// Parses a scheme name; throws invalid_argument naming `field` otherwise.
 FlowScheme parse_flow_scheme(const std::string& name, const std::string& field = "scheme");
 
@@ -71,7 +64,7 @@ struct FlowOptions {
   Index steps = 10;  ///< L >= 1: number of steps of the fixed-step schemes (dopri5 ignores it)
   FlowScheme scheme = FlowScheme::euler;
   double tolerance = 1e-6;    ///< dopri5: atol = rtol = tolerance (> 0)
-  Index max_steps = 1000000;  ///< dopri5: cap on attempted steps
+  Index max_steps = 1000000;  ///< dopri5: cap on attempted steps (status iteration_limit)
   /// dopri5: first step size; 0 = Hairer's automatic choice (II.4, "hinit").
   double initial_step = 0;
   bool sphere = false;                     ///< layer-norm dynamics on the unit sphere
@@ -109,7 +102,11 @@ struct FlowResult {
   Index steps = 0;           ///< accepted steps
   Index rejected = 0;        ///< dopri5 rejected steps
   Index evaluations = 0;     ///< field evaluations (each O(n^2 d))
-  FlowStatus status = FlowStatus::completed;
+  /// completed (reached T), iteration_limit (dopri5: options.max_steps attempted steps,
+  /// accepted + rejected), step_size_underflow (dopri5: step below 1e-14 T),
+  /// non_finite (the particles left the floating-point range), interrupted
+  /// (options.should_stop; the state is the last step). See status.hpp.
+  Status status = Status::completed;
   std::string message;
   bool resumed = false;         ///< started from a checkpoint
   Index resumed_from_step = 0;  ///< its step index

@@ -46,7 +46,7 @@ NpyArray read_npy(const std::string& path);
 NpyArray parse_npy(const std::string& bytes, const std::string& name);
 
 /// A 2-D array as a matrix (a 1-D array of length n becomes n x 1). `field`
-/// names the argument in messages (e.g. "--tokens"). Values must be finite.
+/// names the argument in messages (e.g. "tokens"). Values must be finite.
 template <class Scalar>
 Matrix<Scalar> read_npy_matrix(const std::string& path, const std::string& field);
 

@@ -40,6 +40,7 @@
 
 #include "measattn/attention.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/status.hpp"
 #include "measattn/threads.hpp"
 #include "measattn/types.hpp"
 
@@ -76,7 +77,7 @@ struct HeadBound {
 /// value map V_h = M_h Q_h^T Q_h / tau (Kim's X A^h W^{V,h}); b_v and b_O only
 /// shift the output and do not enter the Jacobian. With tau != sqrt(k) the
 /// model is Kim's with W^{Q,h} = Q_h^T (sqrt(k)/tau)^(1/2).
-struct KimApplicability {
+struct KimApplicabilityResult {
   bool applies = false;
   std::string reason;                 ///< why not (empty when it applies)
   std::vector<MatrixD> value_factor;  ///< M_h (k x d), the min-norm solution
@@ -84,7 +85,7 @@ struct KimApplicability {
 };
 
 /// Checks the conditions above (relative tolerance `tolerance` on the equalities).
-KimApplicability kim_applicability(const Model<double>& model, double tolerance = 1e-9);
+KimApplicabilityResult kim_applicability(const Model<double>& model, double tolerance = 1e-9);
 
 struct UpperBoundOptions {
   double radius = 1;      ///< R > 0: supports in B_R
@@ -93,7 +94,7 @@ struct UpperBoundOptions {
   void validate() const;
 };
 
-struct UpperBounds {
+struct UpperBoundResult {
   double radius = 0;
   bool residual = false;
   std::vector<HeadBound> heads;
@@ -115,7 +116,8 @@ struct UpperBounds {
 /// invalid_argument naming radius / model / tokens, inputs for which bounds on the
 /// projections, logits or outputs exceed 1e150: double cannot carry them through
 /// the layer and its derivatives.)
-UpperBounds lipschitz_upper_bounds(const Model<double>& model, const UpperBoundOptions& options);
+UpperBoundResult lipschitz_upper_bounds(const Model<double>& model,
+                                        const UpperBoundOptions& options);
 
 /// Kim et al.'s phi^{-1}(N - 1) = W_0((N - 1) / e) (Lambert W, principal branch).
 double kim_phi_inverse(double n_minus_one);
@@ -123,13 +125,13 @@ double kim_phi_inverse(double n_minus_one);
 /// A stack of layers F_L o ... o F_1 on B_R: layer l gets the radius R_{l-1}
 /// its input can reach (R_0 = R; R_l = output_radius of layer l at R_{l-1}), and
 /// L <= prod_l L_l(R_{l-1}).
-struct StackBound {
+struct StackBoundResult {
   std::vector<double> radii;      ///< R_0, ..., R_L
   std::vector<double> constants;  ///< L_l(R_{l-1})
   double value = 0;               ///< the product
 };
-StackBound lipschitz_stack_upper_bound(const std::vector<Model<double>>& layers, double radius,
-                                       bool residual = false);
+StackBoundResult lipschitz_stack_upper_bound(const std::vector<Model<double>>& layers,
+                                             double radius, bool residual = false);
 
 /// Output radius of one layer on B_R: min of
 ///   ||W_O|| (sum_h (||V_h|| R + ||b_v,h||)^2)^(1/2) + ||b_O||   and
@@ -154,12 +156,6 @@ struct LipschitzSearchOptions {
   void validate() const;
 };
 
-enum class SearchStatus {
-  completed,  ///< all restarts ran
-  degenerate  ///< no pair with W1(mu, nu) > 0 was found (ratio 0)
-};
-std::string to_string(SearchStatus s);
-
 /// The best pair found, with its images, recomputed exactly in double.
 struct LipschitzWitness {
   MatrixD mu_atoms, nu_atoms;  ///< n x d, m x d
@@ -178,7 +174,9 @@ struct LipschitzSearchResult {
   /// last is the covariance seed).
   std::vector<double> restart_ratios;
   std::int64_t evaluations = 0;  ///< pairs evaluated (objective evaluations)
-  SearchStatus status = SearchStatus::completed;
+  /// completed (all restarts ran) or degenerate (no pair with W1(mu, nu) > 0 was
+  /// found; ratio 0). See status.hpp.
+  Status status = Status::completed;
   std::string message;
 };
 
@@ -222,13 +220,11 @@ struct TokenJacobianOptions {
   void validate() const;
 };
 
-enum class TokenStatus { converged, iteration_limit };
-std::string to_string(TokenStatus s);
-
 struct TokenJacobianResult {
   double value = 0;  ///< ||J(X)||_2 (a lower bound on it at any stop: ||J v|| for unit v)
   int iterations = 0;
-  TokenStatus status = TokenStatus::converged;
+  Status status = Status::converged;  ///< converged or iteration_limit (status.hpp)
+  std::string message;
 };
 
 /// ||J(X)||_2 by power iteration on J^T J with JVP + VJP; value = ||J v|| for

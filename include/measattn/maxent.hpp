@@ -30,6 +30,7 @@
 
 #include "measattn/attention.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/status.hpp"
 #include "measattn/types.hpp"
 
 namespace measattn {
@@ -59,7 +60,7 @@ Scalar log_partition(const Vector<Scalar>& scores, const Vector<Scalar>& weights
 
 /// A candidate nu measured against the Gibbs principle.
 template <class Scalar>
-struct GibbsBound {
+struct GibbsBoundResult {
   Scalar objective = 0;      // E_nu[g] - KL(nu || mu)  (a lower bound on log Z)
   Scalar log_partition = 0;  // log Z
   Scalar gap = 0;            // log Z - objective = KL(nu || nu*) >= 0, computed as the KL
@@ -70,8 +71,8 @@ struct GibbsBound {
 /// not absolutely continuous w.r.t. mu (objective -inf): that throws
 /// invalid_argument naming "candidate" and the atom. O(m).
 template <class Scalar>
-GibbsBound<Scalar> gibbs_bound(const Vector<Scalar>& scores, const Vector<Scalar>& candidate,
-                               const Vector<Scalar>& weights = {});
+GibbsBoundResult<Scalar> gibbs_bound(const Vector<Scalar>& scores, const Vector<Scalar>& candidate,
+                                     const Vector<Scalar>& weights = {});
 
 // ---- Constrained maximum entropy (temperature for a target score) ----------
 
@@ -83,9 +84,6 @@ struct MaxEntOptions {
   int max_iterations = 200;  // Newton/bisection steps (bracket expansion included); >= 1
   void validate() const;     // throws invalid_argument naming the field
 };
-
-enum class MaxEntStatus { converged, iteration_cap };
-std::string to_string(MaxEntStatus s);
 
 template <class Scalar>
 struct MaxEntResult {
@@ -103,7 +101,7 @@ struct MaxEntResult {
   Scalar beta_lower = 0;         // final bracket of the root
   Scalar beta_upper = 0;
   int iterations = 0;
-  MaxEntStatus status = MaxEntStatus::converged;
+  Status status = Status::converged;  // converged or iteration_limit (status.hpp)
   std::string message;
 };
 
@@ -186,9 +184,6 @@ struct SinkhornAttentionOptions {
   void validate() const;
 };
 
-enum class SinkhornStatus { converged, iteration_cap };
-std::string to_string(SinkhornStatus s);
-
 /// Potentials of head h over the atoms of mu (zero-weight atoms included: their
 /// row potential f_i is the row normalizer, their g_j is defined but unused):
 /// K_ij = w_j exp(f_i + G_ij + g_j) with sum_j K_ij = 1 for every i, and
@@ -198,7 +193,7 @@ struct SinkhornAttentionResult {
   Vector<Scalar> f, g;
   Scalar column_error = 0;
   int iterations = 0;
-  SinkhornStatus status = SinkhornStatus::iteration_cap;
+  Status status = Status::iteration_limit;  // converged or iteration_limit (status.hpp)
   std::string message;
 };
 

@@ -10,6 +10,7 @@
 #include "measattn/maxent.hpp"
 #include "measattn/measure.hpp"
 #include "measattn/misspec.hpp"
+#include "measattn/status.hpp"
 #include "measattn/threads.hpp"
 #include "measattn/types.hpp"
 #include "measattn/version.hpp"

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,7 +53,8 @@ struct MisspecRow {
   double w1_input = 0;   ///< mean exact W1(mu', mu)
   double w1_output = 0;  ///< mean exact W1(F(mu'), F(mu))
   double bound = 0;      ///< mean L W1(mu', mu) (certified for every draw)
-  double a_priori = 0;   ///< L sigma E||xi|| (noise), L 2 R eps (corrupt), NaN (sample)
+  /// L sigma E||xi|| (noise), L 2 R eps (corrupt); empty for sample (no a-priori bound).
+  std::optional<double> a_priori;
   double max_ratio = 0;  ///< max over draws of W1 out / (L W1 in): <= 1 always
 };
 
@@ -62,8 +64,9 @@ struct MisspecResult {
   double lipschitz = 0;  ///< L(R), best certified upper bound
   std::string bound_name;
   std::vector<MisspecRow> rows;
-  /// sample: slopes of log W1 against log n by least squares (NaN otherwise).
-  double output_rate = 0, input_rate = 0;
+  /// sample: slopes of log W1 against log n by least squares (NaN with fewer than two
+  /// sizes); empty for the other kinds.
+  std::optional<double> output_rate, input_rate;
   bool violated = false;  ///< true if any draw exceeded its bound (never expected)
 };
 

@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "measattn/measure.hpp"
+#include "measattn/status.hpp"
 #include "measattn/types.hpp"
 
 namespace measattn {
@@ -52,17 +53,9 @@ enum class Bound { exact, lower, upper, estimate };
 
 enum class WassersteinMethod { automatic, exact, one_d, sliced, sinkhorn };
 
-enum class WassersteinStatus {
-  optimal,          ///< exact: optimal plan, certified by a reduced-cost sweep
-  converged,        ///< sinkhorn / max-sliced search: tolerance reached
-  iteration_limit,  ///< stopped at the iteration cap (the bounds are still valid)
-  bounds_only       ///< only bounds were computed (sliced method)
-};
-
 /// "exact" / "lower" / "upper" / "estimate"; "automatic" / "exact" / "1d" / ...
 std::string to_string(Bound b);
 std::string to_string(WassersteinMethod m);
-std::string to_string(WassersteinStatus s);
 /// Parses "auto", "exact", "1d", "sliced", "sinkhorn"; throws invalid_argument naming `field`.
 WassersteinMethod parse_wasserstein_method(const std::string& name,
                                            const std::string& field = "method");
@@ -145,19 +138,19 @@ struct WassersteinResult {
   double cost = 0;  ///< value^p (the transport cost for exact results)
   double p = 1;
   WassersteinMethod method = WassersteinMethod::exact;
-  WassersteinStatus status = WassersteinStatus::optimal;
+  /// optimal (exact), converged / iteration_limit (sinkhorn), iteration_limit (exact
+  /// at max_rounds), bounds_only (sliced): see status.hpp.
+  Status status = Status::optimal;
   std::string message;
   std::int64_t iterations = 0;  ///< simplex pivots / rounds, Sinkhorn or ascent iterations
   std::optional<TransportPlan> plan;
   std::optional<Potentials> potentials;
 
-  // Sinkhorn only (NaN otherwise):
-  double entropic_cost = std::numeric_limits<double>::quiet_NaN();  ///< <P,C> + eps sum P log P
-  double transport_cost =
-      std::numeric_limits<double>::quiet_NaN();  ///< <P,C>, P unrounded (= ot.sinkhorn2)
-  double rounded_cost = std::numeric_limits<double>::quiet_NaN();  ///< <R(P),C>, R(P) in Pi(a,b)
-  double marginal_violation =
-      std::numeric_limits<double>::quiet_NaN();  ///< ||P^T 1 - b||_2 at stop
+  // Sinkhorn only (empty for the other methods):
+  std::optional<double> entropic_cost;       ///< <P,C> + eps sum P log P
+  std::optional<double> transport_cost;      ///< <P,C>, P unrounded (= ot.sinkhorn2)
+  std::optional<double> rounded_cost;        ///< <R(P),C>, R(P) in Pi(a,b)
+  std::optional<double> marginal_violation;  ///< ||P^T 1 - b||_2 at stop
 };
 
 /// Dispatches on options.method: automatic = 1d when d == 1, else exact when

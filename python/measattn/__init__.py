@@ -56,14 +56,15 @@ _OPTIONAL = [
     "flow", "FlowResult", "flow_field", "sphere_energy", "cluster_count",
     "orthogonal_start_cosine", "is_canonical",
     # maxent.hpp
-    "gibbs", "GibbsResult", "gibbs_bound", "GibbsBound", "log_partition", "maxent",
+    "gibbs", "GibbsResult", "gibbs_bound", "GibbsBoundResult", "log_partition", "maxent",
     "maxent_at_beta", "MaxEntResult", "attention_entropy", "EntropyResult", "HeadEntropy",
     "default_temperature_grid", "sinkhorn_attention", "SinkhornAttentionResult",
     # lipschitz.hpp
     "lipschitz_upper_bounds", "lipschitz_lower_bound", "lipschitz_ratio",
     "lipschitz_stack_upper_bound", "castin_adversarial_tokens", "token_jacobian_norm",
-    "token_jacobian", "token_lipschitz_lower_bound", "NamedBound", "HeadBound", "UpperBounds",
-    "LipschitzWitness", "LipschitzSearchResult", "TokenJacobianResult", "TokenSearchResult",
+    "token_jacobian", "token_lipschitz_lower_bound", "NamedBound", "HeadBound",
+    "UpperBoundResult", "StackBoundResult", "LipschitzWitness", "LipschitzSearchResult",
+    "TokenJacobianResult", "TokenSearchResult",
     # misspec.hpp
     "misspec", "MisspecResult", "MisspecRow", "expected_gaussian_norm",
 ]
@@ -79,10 +80,10 @@ def available() -> list:
     return [n for n in _OPTIONAL if hasattr(_measattn, n)]
 
 
-class LipschitzReport:
+class LipschitzResult:
     """Both sides of the W1 Lipschitz constant of a layer on B_R.
 
-    upper: UpperBounds (every certified bound; upper.best_w1 the smallest);
+    upper: UpperBoundResult (every certified bound; upper.best_w1 the smallest);
     lower: LipschitzSearchResult or None (lower.ratio = W1(F mu, F nu) / W1(mu, nu)
     of the best pair found, both computed exactly: a certified lower bound).
     upper_bound, lower_bound: the two numbers; gap = upper_bound / lower_bound.
@@ -97,12 +98,12 @@ class LipschitzReport:
                     else float("inf"))
 
     def __repr__(self) -> str:
-        return (f"LipschitzReport(lower_bound={self.lower_bound!r}, "
+        return (f"LipschitzResult(lower_bound={self.lower_bound!r}, "
                 f"upper_bound={self.upper_bound!r} ({self.upper.best_name}), gap={self.gap:.3g})")
 
 
 def lipschitz(model: Model, radius: float, residual: bool = False, search: bool = True,
-              tokens: int = 0, **options: Any) -> LipschitzReport:
+              tokens: int = 0, **options: Any) -> LipschitzResult:
     """The Lipschitz constant L of mu -> F(mu) in W1 for measures supported in B_radius:
 
         lower_bound <= L = sup W1(F(mu), F(nu)) / W1(mu, nu) <= upper_bound.
@@ -117,11 +118,11 @@ def lipschitz(model: Model, radius: float, residual: bool = False, search: bool 
     upper = _measattn.lipschitz_upper_bounds(model, radius, residual, tokens)
     lower = (_measattn.lipschitz_lower_bound(model, radius, residual, **options)
              if search else None)
-    return LipschitzReport(upper, lower)
+    return LipschitzResult(upper, lower)
 
 
 if hasattr(_measattn, "lipschitz_upper_bounds"):
-    __all__ += ["lipschitz", "LipschitzReport"]
+    __all__ += ["lipschitz", "LipschitzResult"]
 
 
 # ---- PyTorch interop (duck typing: torch is never imported here) ---------------

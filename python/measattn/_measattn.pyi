@@ -7,7 +7,7 @@ Names of optional modules (wasserstein, flow, maxent, lipschitz) exist only when
 compiled in: see measattn.available().
 """
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -158,10 +158,11 @@ class WassersteinResult:
     iterations: int
     plan: Optional[TransportPlan]
     potentials: Optional[Tuple[NDArray, NDArray]]
-    entropic_cost: float
-    transport_cost: float
-    rounded_cost: float
-    marginal_violation: float
+    # Sinkhorn only (None for the other methods):
+    entropic_cost: Optional[float]
+    transport_cost: Optional[float]
+    rounded_cost: Optional[float]
+    marginal_violation: Optional[float]
     def __float__(self) -> float: ...
 
 def wasserstein(a: Tokens, b: Tokens, wa: Optional[ArrayLike] = None,
@@ -183,6 +184,7 @@ class FlowResult:
     steps: int
     rejected: int
     evaluations: int
+    # "completed" | "iteration_limit" | "step_size_underflow" | "non_finite" | "interrupted"
     status: str
     message: str
     resumed: bool
@@ -214,7 +216,7 @@ class GibbsResult:
     entropy: float
     kl: float
 
-class GibbsBound:
+class GibbsBoundResult:
     objective: float
     log_partition: float
     gap: float
@@ -234,7 +236,7 @@ class MaxEntResult:
     beta_lower: float
     beta_upper: float
     iterations: int
-    status: str
+    status: str  # "converged" | "iteration_limit"
     message: str
 
 class HeadEntropy:
@@ -257,13 +259,13 @@ class SinkhornAttentionResult:
     g: NDArray
     column_error: float
     iterations: int
-    status: str
+    status: str  # "converged" | "iteration_limit"
     message: str
 
 def gibbs(scores: ArrayLike, weights: Optional[ArrayLike] = None) -> GibbsResult: ...
 def log_partition(scores: ArrayLike, weights: Optional[ArrayLike] = None) -> float: ...
 def gibbs_bound(scores: ArrayLike, candidate: ArrayLike,
-                weights: Optional[ArrayLike] = None) -> GibbsBound: ...
+                weights: Optional[ArrayLike] = None) -> GibbsBoundResult: ...
 def maxent(scores: ArrayLike, target: float, weights: Optional[ArrayLike] = None,
            beta_tolerance: float = 1e-14, max_iterations: int = 200) -> MaxEntResult: ...
 def maxent_at_beta(scores: ArrayLike, beta: float,
@@ -294,7 +296,7 @@ class HeadBound:
     rho: float
     oscillation: float
 
-class UpperBounds:
+class UpperBoundResult:
     radius: float
     residual: bool
     heads: List[HeadBound]
@@ -321,13 +323,14 @@ class LipschitzSearchResult:
     witness: LipschitzWitness
     restart_ratios: List[float]
     evaluations: int
-    status: str
+    status: str  # "completed" | "degenerate"
     message: str
 
 class TokenJacobianResult:
     value: float
     iterations: int
-    status: str
+    status: str  # "converged" | "iteration_limit"
+    message: str
 
 class TokenSearchResult:
     value: float
@@ -335,12 +338,20 @@ class TokenSearchResult:
     evaluations: int
 
 def lipschitz_upper_bounds(model: Model, radius: float, residual: bool = False,
-                           tokens: int = 0) -> UpperBounds: ...
+                           tokens: int = 0) -> UpperBoundResult: ...
 def lipschitz_lower_bound(model: Model, radius: float, residual: bool = False,
                           **options: Any) -> LipschitzSearchResult: ...
 def lipschitz_ratio(model: Model, mu: Tokens, nu: Tokens, residual: bool = False) -> float: ...
+class StackBoundResult:
+    value: float
+    constants: List[float]
+    radii: List[float]
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def __getitem__(self, index: int) -> Any: ...
+
 def lipschitz_stack_upper_bound(layers: Sequence[Model], radius: float,
-                                residual: bool = False) -> Tuple[float, List[float], List[float]]: ...
+                                residual: bool = False) -> StackBoundResult: ...
 def castin_adversarial_tokens(model: Model, n: int, radius: float) -> NDArray: ...
 def token_jacobian_norm(model: Model, tokens: ArrayLike, residual: bool = False,
                         iterations: int = 300, tolerance: float = 1e-12,
@@ -358,7 +369,7 @@ class MisspecRow:
     w1_input: float
     w1_output: float
     bound: float
-    a_priori: float
+    a_priori: Optional[float]  # None for kind "sample"
     max_ratio: float
 
 class MisspecResult:
@@ -367,8 +378,8 @@ class MisspecResult:
     lipschitz: float
     bound_name: str
     rows: List[MisspecRow]
-    output_rate: float
-    input_rate: float
+    output_rate: Optional[float]  # kind "sample" only, else None
+    input_rate: Optional[float]
     violated: bool
 
 def misspec(model: Model, tokens: Tokens, weights: Optional[ArrayLike] = None,

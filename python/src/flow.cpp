@@ -107,8 +107,10 @@ void bind_flow(py::module_& m) {
       .def_readonly("steps", &PyFlowResult::steps, "Accepted steps.")
       .def_readonly("rejected", &PyFlowResult::rejected, "dopri5 rejected steps.")
       .def_readonly("evaluations", &PyFlowResult::evaluations, "Field evaluations.")
-      .def_readonly("status", &PyFlowResult::status,
-                    "\"completed\", \"max_steps\", \"step_size_underflow\", \"non_finite\".")
+      .def_readonly(
+          "status", &PyFlowResult::status,
+          "\"completed\", \"iteration_limit\", \"step_size_underflow\", \"non_finite\" or "
+          "\"interrupted\" (measattn/status.hpp).")
       .def_readonly("message", &PyFlowResult::message)
       .def_readonly("resumed", &PyFlowResult::resumed)
       .def_readonly("resumed_from_step", &PyFlowResult::resumed_from_step)

@@ -50,17 +50,17 @@ void bind_lipschitz(py::module_& m) {
       .def_readonly("rho", &HeadBound::rho)
       .def_readonly("oscillation", &HeadBound::oscillation);
 
-  py::class_<UpperBounds>(m, "UpperBounds",
-                          "Certified upper bounds on the Lipschitz constant in W1 on B_R.")
-      .def_readonly("radius", &UpperBounds::radius)
-      .def_readonly("residual", &UpperBounds::residual)
-      .def_readonly("heads", &UpperBounds::heads)
-      .def_readonly("bounds", &UpperBounds::bounds, "Every bound that applies, W1 first.")
-      .def_readonly("best_w1", &UpperBounds::best_w1, "The smallest W1 bound.")
-      .def_readonly("best_name", &UpperBounds::best_name)
-      .def_readonly("output_radius", &UpperBounds::output_radius,
+  py::class_<UpperBoundResult>(m, "UpperBoundResult",
+                               "Certified upper bounds on the Lipschitz constant in W1 on B_R.")
+      .def_readonly("radius", &UpperBoundResult::radius)
+      .def_readonly("residual", &UpperBoundResult::residual)
+      .def_readonly("heads", &UpperBoundResult::heads)
+      .def_readonly("bounds", &UpperBoundResult::bounds, "Every bound that applies, W1 first.")
+      .def_readonly("best_w1", &UpperBoundResult::best_w1, "The smallest W1 bound.")
+      .def_readonly("best_name", &UpperBoundResult::best_name)
+      .def_readonly("output_radius", &UpperBoundResult::output_radius,
                     "Radius of a ball containing every output Gamma_mu(x), x, mu in B_R.")
-      .def("get", &UpperBounds::get, "name"_a, "Value of a bound by name (NaN when absent).");
+      .def("get", &UpperBoundResult::get, "name"_a, "Value of a bound by name (NaN when absent).");
 
   m.def(
       "lipschitz_upper_bounds",
@@ -138,16 +138,37 @@ void bind_lipschitz(py::module_& m) {
       "model"_a, "mu"_a, "nu"_a, "residual"_a = false,
       "W1(F(mu), F(nu)) / W1(mu, nu) with the exact solver (0 when W1(mu, nu) = 0).");
 
+  // Unpacks as the tuple (value, constants, radii) it was before it had a name.
+  py::class_<StackBoundResult>(m, "StackBoundResult",
+                               "The certified W1 bound L = prod_l L_l(R_{l-1}) of a stack.")
+      .def_readonly("value", &StackBoundResult::value, "The product L.")
+      .def_readonly("constants", &StackBoundResult::constants, "L_l(R_{l-1}) per layer.")
+      .def_readonly("radii", &StackBoundResult::radii, "R_0, ..., R_L.")
+      .def("__len__", [](const StackBoundResult&) { return 3; })
+      .def("__iter__",
+           [](const StackBoundResult& s) {
+             return py::iter(py::make_tuple(s.value, s.constants, s.radii));
+           })
+      .def("__getitem__",
+           [](const StackBoundResult& s, py::ssize_t i) -> py::object {
+             const py::tuple t = py::make_tuple(s.value, s.constants, s.radii);
+             return t[py::int_(i)];
+           })
+      .def("__repr__", [](const StackBoundResult& s) {
+        return "StackBoundResult(value=" + py::repr(py::float_(s.value)).cast<std::string>() +
+               ", layers=" + std::to_string(s.constants.size()) + ")";
+      });
+
   m.def(
       "lipschitz_stack_upper_bound",
       [](const std::vector<PyModel>& layers, double radius, bool residual) {
         std::vector<Model<double>> models;
         for (const auto& l : layers) models.push_back(l.as<double>());
-        const StackBound s = lipschitz_stack_upper_bound(models, radius, residual);
-        return py::make_tuple(s.value, s.constants, s.radii);
+        return lipschitz_stack_upper_bound(models, radius, residual);
       },
       "layers"_a, "radius"_a, "residual"_a = false,
-      "(L, constants, radii) for F_L o ... o F_1 on B_R: L = prod_l L_l(R_{l-1}).");
+      "StackBoundResult (value, constants, radii; unpacks as that tuple) for F_L o ... o F_1\n"
+      "on B_R: L = prod_l L_l(R_{l-1}).");
 
   m.def(
       "castin_adversarial_tokens",
@@ -162,7 +183,8 @@ void bind_lipschitz(py::module_& m) {
                     "||J(X) v|| for the final unit v: a certified lower bound on ||J(X)||_2.")
       .def_readonly("iterations", &TokenJacobianResult::iterations)
       .def_property_readonly("status",
-                             [](const TokenJacobianResult& r) { return to_string(r.status); });
+                             [](const TokenJacobianResult& r) { return to_string(r.status); })
+      .def_readonly("message", &TokenJacobianResult::message);
 
   m.def(
       "token_jacobian_norm",

@@ -46,8 +46,8 @@ void bind_maxent(py::module_& m) {
       },
       "scores"_a, "weights"_a = py::none(), "log sum_j w_j e^{g_j} (w normalized), stable.");
 
-  using GB = GibbsBound<double>;
-  py::class_<GB>(m, "GibbsBound", "A candidate nu measured against the Gibbs principle.")
+  using GB = GibbsBoundResult<double>;
+  py::class_<GB>(m, "GibbsBoundResult", "A candidate nu measured against the Gibbs principle.")
       .def_readonly("objective", &GB::objective, "E_nu[g] - KL(nu || mu) <= log Z.")
       .def_readonly("log_partition", &GB::log_partition)
       .def_readonly("gap", &GB::gap, "log Z - objective = KL(nu || nu*) >= 0.");
@@ -81,7 +81,7 @@ void bind_maxent(py::module_& m) {
       .def_readonly("iterations", &MR::iterations)
       .def_property_readonly(
           "status", [](const MR& r) { return to_string(r.status); },
-          "\"converged\" or \"iteration_cap\".")
+          "\"converged\" or \"iteration_limit\".")
       .def_readonly("message", &MR::message);
 
   m.def(
@@ -168,7 +168,9 @@ void bind_maxent(py::module_& m) {
       .def_readonly("column_error", &SR::column_error,
                     "sum_j |sum_i w_i K_ij - w_j| (L1 violation of the second marginal).")
       .def_readonly("iterations", &SR::iterations)
-      .def_property_readonly("status", [](const SR& r) { return to_string(r.status); })
+      .def_property_readonly(
+          "status", [](const SR& r) { return to_string(r.status); },
+          "\"converged\" or \"iteration_limit\".")
       .def_readonly("message", &SR::message);
 
   m.def(

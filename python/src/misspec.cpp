@@ -36,7 +36,7 @@ void bind_misspec(py::module_& m) {
       .def_readonly("w1_output", &MisspecRow::w1_output, "Mean exact W1(F(mu'), F(mu)).")
       .def_readonly("bound", &MisspecRow::bound, "Mean L W1(mu', mu) (certified per draw).")
       .def_readonly("a_priori", &MisspecRow::a_priori,
-                    "L sigma E||xi|| (noise), L 2 R eps (corrupt), NaN (sample).")
+                    "L sigma E||xi|| (noise), L 2 R eps (corrupt), None (sample).")
       .def_readonly("max_ratio", &MisspecRow::max_ratio,
                     "max over draws of W1 out / (L W1 in), <= 1.")
       .def("__repr__", [](const MisspecRow& r) {
@@ -51,8 +51,10 @@ void bind_misspec(py::module_& m) {
       .def_readonly("lipschitz", &MisspecResult::lipschitz, "L(R), best certified upper bound.")
       .def_readonly("bound_name", &MisspecResult::bound_name)
       .def_readonly("rows", &MisspecResult::rows)
-      .def_readonly("output_rate", &MisspecResult::output_rate)
-      .def_readonly("input_rate", &MisspecResult::input_rate)
+      .def_readonly("output_rate", &MisspecResult::output_rate,
+                    "sample: log-log slope of W1(F(mu'), F(mu)) against n (None otherwise).")
+      .def_readonly("input_rate", &MisspecResult::input_rate,
+                    "sample: log-log slope of W1(mu', mu) against n (None otherwise).")
       .def_readonly("violated", &MisspecResult::violated,
                     "True if any draw exceeded its bound (never expected).");
 

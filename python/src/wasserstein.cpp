@@ -149,14 +149,15 @@ void bind_wasserstein(py::module_& m) {
                                   to_numpy(VectorD(r.potentials->g)));
           },
           "(f, g) with f_i + g_j <= ||a_i - b_j||^p when potentials=True, else None.")
+      // Sinkhorn-only fields: None for the other methods.
       .def_readonly("entropic_cost", &WassersteinResult::entropic_cost,
-                    "Sinkhorn: <P, C> + reg sum P log P (NaN otherwise).")
+                    "Sinkhorn: <P, C> + reg sum P log P (None otherwise).")
       .def_readonly("transport_cost", &WassersteinResult::transport_cost,
-                    "Sinkhorn: <P, C> of the unrounded plan (= ot.sinkhorn2).")
+                    "Sinkhorn: <P, C> of the unrounded plan (= ot.sinkhorn2; None otherwise).")
       .def_readonly("rounded_cost", &WassersteinResult::rounded_cost,
-                    "Sinkhorn: <R(P), C>, R(P) rounded onto Pi(wa, wb).")
+                    "Sinkhorn: <R(P), C>, R(P) rounded onto Pi(wa, wb) (None otherwise).")
       .def_readonly("marginal_violation", &WassersteinResult::marginal_violation,
-                    "Sinkhorn: ||P^T 1 - wb||_2 at stop.")
+                    "Sinkhorn: ||P^T 1 - wb||_2 at stop (None otherwise).")
       .def("__float__", [](const WassersteinResult& r) { return r.value; })
       .def("__repr__", [](const WassersteinResult& r) {
         return "WassersteinResult(value=" + py::repr(py::float_(r.value)).cast<std::string>() +

@@ -45,9 +45,8 @@ void check_inputs(const Model<Scalar>& model, const Measure<Scalar>& mu,
                            " differs from the query dimension " +
                            std::to_string(model.query_dim()));
   }
-  if (options.query_block < 0 || options.key_block < 0) {
-    throw invalid_argument("block sizes: must be >= 0");
-  }
+  if (options.query_block < 0) throw invalid_argument("query_block: must be >= 0");
+  if (options.key_block < 0) throw invalid_argument("key_block: must be >= 0");
   if (options.sinkhorn_iterations < 0) {
     throw invalid_argument("sinkhorn_iterations: must be >= 0");
   }

@@ -140,7 +140,7 @@ template <class Scalar>
 Model<Scalar> Model<Scalar>::random(Index dim, Index heads, bool bias, unsigned long long seed,
                                     Potential potential) {
   if (dim < 1 || heads < 1 || dim % heads != 0) {
-    throw invalid_argument("random model: num_heads must divide a positive dimension");
+    throw invalid_argument("num_heads: must divide a positive dimension");
   }
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, 1.0 / std::sqrt(static_cast<double>(dim)));

@@ -44,10 +44,6 @@ void SinkhornAttentionOptions::validate() const {
   if (block < 0) throw invalid_argument("sinkhorn block: must be >= 0");
 }
 
-std::string to_string(SinkhornStatus s) {
-  return s == SinkhornStatus::converged ? "converged" : "iteration_cap";
-}
-
 namespace detail {
 
 namespace {
@@ -323,7 +319,7 @@ SinkhornAttentionResult<Scalar> sinkhorn_attention(const Model<Scalar>& model,
   r.g = std::move(s.g);
   r.column_error = s.column_error;
   r.iterations = s.iterations;
-  r.status = s.converged ? SinkhornStatus::converged : SinkhornStatus::iteration_cap;
+  r.status = s.converged ? Status::converged : Status::iteration_limit;
   r.message = s.converged
                   ? "column marginal error " + std::to_string(s.column_error) +
                         " <= tolerance after " + std::to_string(s.iterations) + " iterations"

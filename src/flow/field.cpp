@@ -269,7 +269,7 @@ struct UnionFind {
 
 Index cluster_count(const MatrixRef<double>& particles, double tolerance, Index max_points) {
   if (!(tolerance >= 0) || !std::isfinite(tolerance)) {
-    throw invalid_argument("cluster tolerance: must be finite and >= 0");
+    throw invalid_argument("tolerance: must be finite and >= 0");
   }
   if (max_points < 1) throw invalid_argument("max_points: must be >= 1");
   const Index total = particles.rows();

@@ -35,22 +35,6 @@ std::string to_string(FlowField f) {
   return f == FlowField::attention ? "attention" : "unnormalized";
 }
 
-std::string to_string(FlowStatus s) {
-  switch (s) {
-    case FlowStatus::completed:
-      return "completed";
-    case FlowStatus::max_steps:
-      return "max_steps";
-    case FlowStatus::step_size_underflow:
-      return "step_size_underflow";
-    case FlowStatus::non_finite:
-      return "non_finite";
-    case FlowStatus::interrupted:
-      return "interrupted";
-  }
-  return "unknown";
-}
-
 FlowScheme parse_flow_scheme(const std::string& name, const std::string& field) {
   if (name == "euler") return FlowScheme::euler;
   if (name == "heun") return FlowScheme::heun;
@@ -197,7 +181,7 @@ class Integrator {
       progress.update(s_.step);
     }
     if (o_.should_stop && o_.should_stop(s_.step, s_.time)) {
-      r_.status = FlowStatus::interrupted;
+      r_.status = Status::interrupted;
       r_.message = "stopped on request after step " + std::to_string(s_.step);
       return false;
     }
@@ -206,11 +190,11 @@ class Integrator {
 
   bool finite_or_stop(Matrix<Scalar>& y) {
     if (o_.sphere && !detail::normalize_rows(y, nullptr)) {
-      r_.status = FlowStatus::non_finite;
+      r_.status = Status::non_finite;
     } else if (!y.allFinite()) {
-      r_.status = FlowStatus::non_finite;
+      r_.status = Status::non_finite;
     }
-    if (r_.status == FlowStatus::non_finite) {
+    if (r_.status == Status::non_finite) {
       r_.message = "the particles left the floating-point range at step " +
                    std::to_string(s_.step + 1) + " (state kept at step " + std::to_string(s_.step) +
                    ")";
@@ -303,13 +287,13 @@ class Integrator {
     if (s_.h == 0) s_.h = initial_step(s_.fsal);
     while (s_.time < T) {
       if (s_.attempts >= o_.max_steps) {
-        r_.status = FlowStatus::max_steps;
+        r_.status = Status::iteration_limit;
         r_.message = "stopped after " + std::to_string(s_.attempts) +
                      " attempted steps at t = " + std::to_string(s_.time);
         return;
       }
       if (s_.h < 1e-14 * T) {
-        r_.status = FlowStatus::step_size_underflow;
+        r_.status = Status::step_size_underflow;
         r_.message = "step size underflow at t = " + std::to_string(s_.time);
         return;
       }
@@ -393,7 +377,7 @@ class Integrator {
         run_fixed(progress);
       }
     }
-    if (r_.status == FlowStatus::completed) r_.message = "reached t = " + std::to_string(s_.time);
+    if (r_.status == Status::completed) r_.message = "reached t = " + std::to_string(s_.time);
     if (o_.save_every > 0 && (r_.frame_steps.empty() || r_.frame_steps.back() != s_.step)) {
       record_frame();
     }

@@ -127,7 +127,7 @@ void write_through(const std::string& path, const std::string& real, bool fifo,
 }  // namespace
 
 void write_file_atomic(const std::string& path, const std::string& content) {
-  if (path.empty()) throw invalid_argument("output: empty file name");
+  if (path.empty()) throw invalid_argument("path: empty file name");
   if (path.back() == '/') throw invalid_argument(path + ": is a directory name, not a file");
   const std::string real = resolve_output_link(path);
   struct stat target {};
@@ -208,7 +208,7 @@ void check_memory(std::uint64_t bytes, const std::string& name, const std::strin
 }
 
 InputFile::InputFile(const std::string& path) : path_(path) {
-  if (path.empty()) throw invalid_argument("input: empty file name");
+  if (path.empty()) throw invalid_argument("path: empty file name");
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw invalid_argument(path + ": cannot open: " + errno_text(errno));
   struct stat st {};

@@ -186,9 +186,9 @@ template <class T>
 std::string format_impl(const T* values, const std::vector<std::int64_t>& shape, DType dtype) {
   std::int64_t count = 1;
   for (std::int64_t d : shape) {
-    if (d < 0) throw invalid_argument("format_npy: negative dimension");
+    if (d < 0) throw invalid_argument("shape: negative dimension");
     if (d != 0 && count > std::numeric_limits<std::int64_t>::max() / 16 / d) {
-      throw invalid_argument("format_npy: shape too large");
+      throw invalid_argument("shape: too large");
     }
     count *= d;
   }

@@ -60,7 +60,7 @@ void UpperBoundOptions::validate() const {
   if (tokens < 0) throw invalid_argument("tokens: must be >= 0");
 }
 
-double UpperBounds::get(const std::string& name) const {
+double UpperBoundResult::get(const std::string& name) const {
   for (const auto& b : bounds)
     if (b.name == name) return b.value;
   return std::numeric_limits<double>::quiet_NaN();
@@ -68,7 +68,7 @@ double UpperBounds::get(const std::string& name) const {
 
 double kim_phi_inverse(double y) {
   // Solves w e^{w + 1} = y, i.e. w = W_0(y / e), for y >= 0 (Halley iteration).
-  if (!(y >= 0)) throw invalid_argument("kim_phi_inverse: argument must be >= 0");
+  if (!(y >= 0)) throw invalid_argument("n_minus_one: must be >= 0");
   const double z = y / std::exp(1.0);
   if (z == 0) return 0;
   double w = z < 1 ? z : std::log(z) - std::log(std::log(z) + 1.0);
@@ -84,8 +84,8 @@ double kim_phi_inverse(double y) {
   return w;
 }
 
-KimApplicability kim_applicability(const Model<double>& model, double tolerance) {
-  KimApplicability out;
+KimApplicabilityResult kim_applicability(const Model<double>& model, double tolerance) {
+  KimApplicabilityResult out;
   if (model.potential != Potential::l2) {
     out.reason = "the potential is not l2";
     return out;
@@ -149,11 +149,12 @@ double attention_output_radius(const Model<double>& model, double radius, bool r
   return r + (residual ? radius : 0.0);
 }
 
-UpperBounds lipschitz_upper_bounds(const Model<double>& model, const UpperBoundOptions& options) {
+UpperBoundResult lipschitz_upper_bounds(const Model<double>& model,
+                                        const UpperBoundOptions& options) {
   options.validate();
   check_self_attention(model, options.residual);
   const double r = options.radius;
-  UpperBounds out;
+  UpperBoundResult out;
   out.radius = r;
   out.residual = options.residual;
   const bool l2 = model.potential == Potential::l2;
@@ -228,7 +229,7 @@ UpperBounds lipschitz_upper_bounds(const Model<double>& model, const UpperBoundO
   out.output_radius = attention_output_radius(model, r, options.residual);
 
   if (options.tokens >= 1) {
-    const KimApplicability kim = kim_applicability(model);
+    const KimApplicabilityResult kim = kim_applicability(model);
     if (kim.applies) {
       const double nn = static_cast<double>(options.tokens);
       const double phi = kim_phi_inverse(nn - 1);
@@ -257,17 +258,17 @@ UpperBounds lipschitz_upper_bounds(const Model<double>& model, const UpperBoundO
   return out;
 }
 
-StackBound lipschitz_stack_upper_bound(const std::vector<Model<double>>& layers, double radius,
-                                       bool residual) {
+StackBoundResult lipschitz_stack_upper_bound(const std::vector<Model<double>>& layers,
+                                             double radius, bool residual) {
   if (layers.empty()) throw invalid_argument("layers: empty stack");
-  StackBound out;
+  StackBoundResult out;
   out.radii.push_back(radius);
   out.value = 1;
   for (size_t l = 0; l < layers.size(); ++l) {
     UpperBoundOptions o;
     o.radius = out.radii.back();
     o.residual = residual;
-    const UpperBounds b = lipschitz_upper_bounds(layers[l], o);
+    const UpperBoundResult b = lipschitz_upper_bounds(layers[l], o);
     out.constants.push_back(b.best_w1);
     out.value *= b.best_w1;
     out.radii.push_back(b.output_radius);

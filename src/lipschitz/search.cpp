@@ -417,10 +417,6 @@ detail::PairObjective detail::pair_objective(const LayerParams& p, const MatrixD
   return o;
 }
 
-std::string to_string(SearchStatus s) {
-  return s == SearchStatus::completed ? "completed" : "degenerate";
-}
-
 void LipschitzSearchOptions::validate() const {
   if (atoms < 1) throw invalid_argument("atoms: must be >= 1");
   if (restarts < 1) throw invalid_argument("restarts: must be >= 1");
@@ -436,13 +432,16 @@ void LipschitzSearchOptions::validate() const {
 double lipschitz_ratio(const Model<double>& model, const MeasureD& mu, const MeasureD& nu,
                        bool residual) {
   const LayerParams p = LayerParams::from(model, residual);
-  if (mu.dim() != p.d || nu.dim() != p.d)
-    throw invalid_argument("measures: dimension differs from the model's input dimension");
+  if (mu.dim() != p.d)
+    throw invalid_argument("mu: dimension differs from the model's input dimension");
+  if (nu.dim() != p.d)
+    throw invalid_argument("nu: dimension differs from the model's input dimension");
   {
-    double r = 0;
-    for (Index i = 0; i < mu.size(); ++i) r = std::max(r, mu.atoms().row(i).stableNorm());
-    for (Index i = 0; i < nu.size(); ++i) r = std::max(r, nu.atoms().row(i).stableNorm());
-    detail::check_layer_range(p, r, "measures");
+    double r_mu = 0, r_nu = 0;
+    for (Index i = 0; i < mu.size(); ++i) r_mu = std::max(r_mu, mu.atoms().row(i).stableNorm());
+    for (Index i = 0; i < nu.size(); ++i) r_nu = std::max(r_nu, nu.atoms().row(i).stableNorm());
+    detail::check_layer_range(p, r_mu, "mu");
+    detail::check_layer_range(p, r_nu, "nu");
   }
   PairState s{mu.atoms(), nu.atoms(), mu.weights().array().log().matrix(),
               nu.weights().array().log().matrix()};
@@ -507,7 +506,7 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
     }
   }
   if (best < 0) {
-    res.status = SearchStatus::degenerate;
+    res.status = Status::degenerate;
     res.message = "no pair with W1(mu, nu) > 0 was found";
     return res;
   }
@@ -520,7 +519,7 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
   res.ratio = certify(p, o.best, &w.f_mu_atoms, &w.f_nu_atoms, &w.w1_input, &w.w1_output);
   w.origin = o.origin;
   w.restart = best;
-  res.status = SearchStatus::completed;
+  res.status = Status::completed;
   res.message = "best of " + std::to_string(total) + " restarts (restart " + std::to_string(best) +
                 ", " + o.origin + ")";
   return res;

@@ -222,10 +222,6 @@ void project_rows_to_ball(MatrixD& x, double radius) {
 
 }  // namespace
 
-std::string to_string(TokenStatus s) {
-  return s == TokenStatus::converged ? "converged" : "iteration_limit";
-}
-
 void TokenJacobianOptions::validate() const {
   if (iterations < 1) throw invalid_argument("iterations: must be >= 1");
   if (!(tolerance >= 0)) throw invalid_argument("tolerance: must be >= 0");
@@ -247,7 +243,7 @@ MatrixD token_jvp(const Model<double>& model, const MatrixD& x, const MatrixD& x
   const LayerParams p = LayerParams::from(model, residual);
   check_tokens(p, x, "tokens");
   if (x_dot.rows() != x.rows() || x_dot.cols() != x.cols())
-    throw invalid_argument("direction: shape differs from the tokens");
+    throw invalid_argument("x_dot: shape differs from the tokens");
   return jvp_impl(p, x, x_dot);
 }
 
@@ -256,7 +252,7 @@ MatrixD token_vjp(const Model<double>& model, const MatrixD& x, const MatrixD& g
   const LayerParams p = LayerParams::from(model, residual);
   check_tokens(p, x, "tokens");
   if (g_bar.rows() != x.rows() || g_bar.cols() != p.d_out)
-    throw invalid_argument("cotangent: shape must be n x d_out");
+    throw invalid_argument("g_bar: shape must be n x d_out");
   return vjp_impl(p, x, g_bar);
 }
 
@@ -288,7 +284,10 @@ TokenJacobianResult token_jacobian_norm(const Model<double>& model, const Matrix
   TokenJacobianResult r;
   r.value = pw.value;
   r.iterations = pw.iterations;
-  r.status = pw.converged ? TokenStatus::converged : TokenStatus::iteration_limit;
+  r.status = pw.converged ? Status::converged : Status::iteration_limit;
+  r.message = pw.converged ? "relative change below tolerance after " +
+                                 std::to_string(pw.iterations) + " iterations"
+                           : "iteration cap " + std::to_string(options.iterations) + " reached";
   return r;
 }
 

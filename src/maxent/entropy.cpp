@@ -65,7 +65,8 @@ EntropyResult<Scalar> attention_entropy(const Model<Scalar>& model, const Measur
   detail::check_inputs(model, mu, mu.atoms(), attend);
   const detail::KeySet<Scalar> keys = detail::positive_keys(mu);
   if (options.causal && keys.index.front() > 0) {
-    throw invalid_argument("weights: with --causal, query 0 sees only tokens of zero weight");
+    throw invalid_argument(
+        "weights: with causal attention, query 0 sees only tokens of zero weight");
   }
   EntropyResult<Scalar> result;
   result.betas = options.betas.empty() ? default_temperature_grid() : options.betas;

@@ -19,10 +19,6 @@ void MaxEntOptions::validate() const {
   if (max_iterations < 1) throw invalid_argument("max_iterations: must be >= 1");
 }
 
-std::string to_string(MaxEntStatus s) {
-  return s == MaxEntStatus::converged ? "converged" : "iteration_cap";
-}
-
 namespace {
 
 template <class Scalar>
@@ -157,8 +153,8 @@ GibbsResult<Scalar> gibbs(const Vector<Scalar>& scores, const Vector<Scalar>& we
 }
 
 template <class Scalar>
-GibbsBound<Scalar> gibbs_bound(const Vector<Scalar>& scores, const Vector<Scalar>& candidate,
-                               const Vector<Scalar>& weights) {
+GibbsBoundResult<Scalar> gibbs_bound(const Vector<Scalar>& scores, const Vector<Scalar>& candidate,
+                                     const Vector<Scalar>& weights) {
   check_scores(scores);
   const Index m = scores.size();
   if (candidate.size() != m) {
@@ -178,7 +174,7 @@ GibbsBound<Scalar> gibbs_bound(const Vector<Scalar>& scores, const Vector<Scalar
   }
   MaxEntResult<Scalar> star;
   fill(scores, lw, Scalar(1), Scalar(0), star);
-  GibbsBound<Scalar> b;
+  GibbsBoundResult<Scalar> b;
   b.log_partition = star.log_partition;
   Scalar e = 0, kl = 0, gap = 0;
   for (Index j = 0; j < m; ++j) {
@@ -263,7 +259,7 @@ MaxEntResult<Scalar> maxent(const Vector<Scalar>& scores, Scalar target,
   const Vector<Scalar> u = (scores.array() - target).matrix();
   const Scalar unit = Scalar(1) / (gmax - gmin);  // natural scale of beta
   int iterations = 0;
-  auto done = [&](Scalar beta, MaxEntStatus status, std::string message) {
+  auto done = [&](Scalar beta, Status status, std::string message) {
     fill(scores, lw, beta, target, r);
     r.target = target;
     r.residual = r.expected_score - target;
@@ -277,7 +273,7 @@ MaxEntResult<Scalar> maxent(const Vector<Scalar>& scores, Scalar target,
   auto [f0, v0] = moments(u, lw, Scalar(0));
   if (f0 == 0) {
     r.beta_lower = r.beta_upper = 0;
-    return done(0, MaxEntStatus::converged, "the reference measure meets the target");
+    return done(0, Status::converged, "the reference measure meets the target");
   }
   const Scalar dir = f0 < 0 ? Scalar(1) : Scalar(-1);
   Scalar near = 0, fnear = f0, vnear = v0;  // the end on the side of beta = 0
@@ -288,7 +284,7 @@ MaxEntResult<Scalar> maxent(const Vector<Scalar>& scores, Scalar target,
     if (iterations >= options.max_iterations) {
       r.beta_lower = std::min(near, far);
       r.beta_upper = std::max(near, far);
-      return done(far, MaxEntStatus::iteration_cap,
+      return done(far, Status::iteration_limit,
                   "iteration cap reached while expanding the bracket");
     }
     near = far;
@@ -299,7 +295,7 @@ MaxEntResult<Scalar> maxent(const Vector<Scalar>& scores, Scalar target,
   }
   if (ffar == 0) {
     r.beta_lower = r.beta_upper = far;
-    return done(far, MaxEntStatus::converged, "bracket end meets the target exactly");
+    return done(far, Status::converged, "bracket end meets the target exactly");
   }
   Scalar lo = std::min(near, far), hi = std::max(near, far);
   // Start Newton from the end with the smaller |E - c|.
@@ -320,8 +316,7 @@ MaxEntResult<Scalar> maxent(const Vector<Scalar>& scores, Scalar target,
       // Converged; the last step may leave the bracket by rounding: clamp it.
       r.beta_lower = lo;
       r.beta_upper = hi;
-      return done(std::clamp(cand, lo, hi), MaxEntStatus::converged,
-                  "Newton step below beta_tolerance");
+      return done(std::clamp(cand, lo, hi), Status::converged, "Newton step below beta_tolerance");
     }
     const bool newton = cand > lo && cand < hi;
     if (!newton) cand = lo + (hi - lo) / 2;
@@ -332,25 +327,25 @@ MaxEntResult<Scalar> maxent(const Vector<Scalar>& scores, Scalar target,
     v = vc;
     if (f == 0) {
       r.beta_lower = r.beta_upper = beta;
-      return done(beta, MaxEntStatus::converged, "expected score equals the target");
+      return done(beta, Status::converged, "expected score equals the target");
     }
     (f < 0 ? lo : hi) = beta;
     r.beta_lower = lo;
     r.beta_upper = hi;
     if (hi - lo <= 2 * eps * std::max(std::abs(lo), std::abs(hi))) {
-      return done(beta, MaxEntStatus::converged, "bracket collapsed to adjacent numbers");
+      return done(beta, Status::converged, "bracket collapsed to adjacent numbers");
     }
     if (iterations >= options.max_iterations) {
-      return done(beta, MaxEntStatus::iteration_cap, "iteration cap reached");
+      return done(beta, Status::iteration_limit, "iteration cap reached");
     }
   }
 }
 
-#define MEASATTN_INSTANTIATE(S)                                                                 \
-  template GibbsResult<S> gibbs(const Vector<S>&, const Vector<S>&);                            \
-  template S log_partition(const Vector<S>&, const Vector<S>&);                                 \
-  template GibbsBound<S> gibbs_bound(const Vector<S>&, const Vector<S>&, const Vector<S>&);     \
-  template MaxEntResult<S> maxent(const Vector<S>&, S, const Vector<S>&, const MaxEntOptions&); \
+#define MEASATTN_INSTANTIATE(S)                                                                   \
+  template GibbsResult<S> gibbs(const Vector<S>&, const Vector<S>&);                              \
+  template S log_partition(const Vector<S>&, const Vector<S>&);                                   \
+  template GibbsBoundResult<S> gibbs_bound(const Vector<S>&, const Vector<S>&, const Vector<S>&); \
+  template MaxEntResult<S> maxent(const Vector<S>&, S, const Vector<S>&, const MaxEntOptions&);   \
   template MaxEntResult<S> maxent_at_beta(const Vector<S>&, S, const Vector<S>&);
 
 MEASATTN_INSTANTIATE(float)

@@ -147,7 +147,7 @@ Measure<Scalar> Measure<Scalar>::merged(Scalar tolerance) const {
 template <class Scalar>
 Measure<Scalar> Measure<Scalar>::push_forward(MatrixType images) const {
   if (images.rows() != size()) {
-    throw invalid_argument("push_forward: " + std::to_string(images.rows()) + " images for " +
+    throw invalid_argument("images: " + std::to_string(images.rows()) + " images for " +
                            std::to_string(size()) + " atoms");
   }
   return Measure(std::move(images), weights_);
@@ -162,7 +162,7 @@ Measure<Scalar> Measure<Scalar>::push_forward_map(
     VectorType y = map(x);
     if (i == 0) images.resize(size(), y.size());
     if (y.size() != images.cols()) {
-      throw invalid_argument("push_forward: the map returned vectors of differing dimension");
+      throw invalid_argument("map: returned vectors of differing dimension");
     }
     images.row(i) = y.transpose();
   }

@@ -61,7 +61,7 @@ void MisspecOptions::validate() const {
 }
 
 double expected_gaussian_norm(Index d) {
-  if (d < 1) throw invalid_argument("dimension: must be >= 1");
+  if (d < 1) throw invalid_argument("d: must be >= 1");
   const double h = 0.5 * static_cast<double>(d);
   return std::sqrt(2.0) * std::exp(std::lgamma(h + 0.5) - std::lgamma(h));
 }
@@ -222,7 +222,7 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
   UpperBoundOptions uo;
   uo.radius = radius;
   uo.residual = options.residual;
-  const UpperBounds ub = lipschitz_upper_bounds(model, uo);
+  const UpperBoundResult ub = lipschitz_upper_bounds(model, uo);
   res.lipschitz = ub.best_w1;
   res.bound_name = ub.best_name;
   const double L = ub.best_w1;
@@ -234,8 +234,7 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
   while (at < draws.size()) {
     MisspecRow row;
     row.parameter = draws[at].parameter;
-    row.a_priori = options.kind == MisspecKind::sample ? std::numeric_limits<double>::quiet_NaN()
-                                                       : times_l(draws[at].a_priori_w1);
+    if (options.kind != MisspecKind::sample) row.a_priori = times_l(draws[at].a_priori_w1);
     int count = 0;
     for (; at < draws.size() && draws[at].parameter == row.parameter && count < options.repeats;
          ++at, ++count) {
@@ -252,7 +251,6 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
     }
     res.rows.push_back(row);
   }
-  res.output_rate = res.input_rate = std::numeric_limits<double>::quiet_NaN();
   if (options.kind == MisspecKind::sample) {
     std::vector<double> ns, wo, wi;
     for (const auto& r : res.rows) {

@@ -291,7 +291,7 @@ SolveOutcome solve_once(const DoubleAtoms& mu, const DoubleAtoms& nu,
   result.p = p;
   result.method = WassersteinMethod::exact;
   result.kind = Bound::exact;
-  result.status = WassersteinStatus::optimal;
+  result.status = Status::optimal;
 
   const std::vector<std::int64_t> A = integer_weights(a);
   const std::vector<std::int64_t> B = integer_weights(b);
@@ -546,7 +546,7 @@ SolveOutcome solve_once(const DoubleAtoms& mu, const DoubleAtoms& nu,
     for (Index j = 0; j < m; ++j) dual += b[j] * sol.g[j];
     dual = std::clamp(dual, 0.0, cost);
     result.kind = Bound::upper;
-    result.status = WassersteinStatus::iteration_limit;
+    result.status = Status::iteration_limit;
     result.upper = result.value;
     result.lower = p == 1 ? dual : std::pow(dual, 1.0 / p);
     result.message =
@@ -660,7 +660,7 @@ WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
   lower = std::min(lower, value);
   r.value = r.upper = value;
   r.cost = std::pow(value, p);
-  if (r.status == WassersteinStatus::optimal && lower >= value * (1 - 1e-9)) {
+  if (r.status == Status::optimal && lower >= value * (1 - 1e-9)) {
     r.lower = value;
     r.kind = Bound::exact;
   } else {

@@ -205,18 +205,18 @@ void cost_row(const MatrixD& x, Index i, const MatrixD& yt, double p, double* ou
 double wasserstein_1d_values(const std::vector<double>& x, const std::vector<double>& a,
                              const std::vector<double>& y, const std::vector<double>& b, double p) {
   if (!(p >= 1) || !std::isfinite(p)) throw invalid_argument("p: must be a finite number >= 1");
-  if (x.empty() || y.empty()) throw invalid_argument("values: empty sample");
-  if (!a.empty() && a.size() != x.size()) throw invalid_argument("weights: size mismatch (a)");
-  if (!b.empty() && b.size() != y.size()) throw invalid_argument("weights: size mismatch (b)");
+  if (x.empty()) throw invalid_argument("x: empty sample");
+  if (y.empty()) throw invalid_argument("y: empty sample");
+  if (!a.empty() && a.size() != x.size()) throw invalid_argument("a: size differs from x");
+  if (!b.empty() && b.size() != y.size()) throw invalid_argument("b: size differs from y");
   auto normalized = [](const std::vector<double>& w, const char* name) {
     long double s = 0;
     for (double v : w) {
       if (!(v >= 0) || !std::isfinite(v))
-        throw invalid_argument(std::string("weights: ") + name +
-                               " has a negative or non-finite weight");
+        throw invalid_argument(name, "has a negative or non-finite weight");
       s += v;
     }
-    if (!(s > 0)) throw invalid_argument(std::string("weights: ") + name + " sums to zero");
+    if (!(s > 0)) throw invalid_argument(name, "sums to zero");
     std::vector<double> out(w.size());
     for (size_t k = 0; k < w.size(); ++k)
       out[k] = static_cast<double>(static_cast<long double>(w[k]) / s);
@@ -224,9 +224,9 @@ double wasserstein_1d_values(const std::vector<double>& x, const std::vector<dou
   };
   std::vector<double> xs = x, ys = y;
   for (double v : xs)
-    if (!std::isfinite(v)) throw invalid_argument("values: x has a non-finite value");
+    if (!std::isfinite(v)) throw invalid_argument("x: has a non-finite value");
   for (double v : ys)
-    if (!std::isfinite(v)) throw invalid_argument("values: y has a non-finite value");
+    if (!std::isfinite(v)) throw invalid_argument("y: has a non-finite value");
   std::vector<double> an, bn;
   std::vector<std::uint32_t> ox, oy;
   const bool wa = !a.empty(), wb = !b.empty();

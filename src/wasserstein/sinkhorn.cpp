@@ -345,7 +345,7 @@ class SinkhornSolver {
     progress.finish();
     result.iterations = it;
     result.marginal_violation = err;
-    result.status = converged ? WassersteinStatus::converged : WassersteinStatus::iteration_limit;
+    result.status = converged ? Status::converged : Status::iteration_limit;
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.3e", err);
     result.message = converged ? std::string("converged: ||P^T 1 - b||_2 = ") + buf
@@ -458,11 +458,11 @@ class SinkhornSolver {
     result.transport_cost = transport;
     result.entropic_cost = transport + eps_ * entropy;
     result.rounded_cost = std::max(rounded, 0.0);
-    dual = std::clamp(dual, 0.0, result.rounded_cost);
+    dual = std::clamp(dual, 0.0, *result.rounded_cost);
     auto root = [&](double c) { return p_ == 1 ? c : std::pow(std::max(c, 0.0), 1.0 / p_); };
     result.cost = transport;
     result.value = root(transport);
-    result.upper = root(result.rounded_cost);
+    result.upper = root(*result.rounded_cost);
     result.lower = root(dual);
     if (dense) {
       if (err_r_l1 > 0) {

@@ -83,9 +83,8 @@ void NormalizedPair::scale_back(WassersteinResult& r) const {
   // in the normalized units it may have underflowed (huge p) although value^p
   // itself is representable.
   r.cost = std::pow(r.value, r.p);
-  r.entropic_cost = times_cost_unit(r.entropic_cost, log_unit);
-  r.transport_cost = times_cost_unit(r.transport_cost, log_unit);
-  r.rounded_cost = times_cost_unit(r.rounded_cost, log_unit);
+  for (std::optional<double>* c : {&r.entropic_cost, &r.transport_cost, &r.rounded_cost})
+    if (c->has_value()) *c = times_cost_unit(**c, log_unit);
   if (r.potentials) {
     for (Index i = 0; i < r.potentials->f.size(); ++i)
       r.potentials->f[i] = times_cost_unit(r.potentials->f[i], log_unit);
@@ -125,20 +124,6 @@ std::string to_string(WassersteinMethod m) {
       return "sliced";
     case WassersteinMethod::sinkhorn:
       return "sinkhorn";
-  }
-  return "?";
-}
-
-std::string to_string(WassersteinStatus s) {
-  switch (s) {
-    case WassersteinStatus::optimal:
-      return "optimal";
-    case WassersteinStatus::converged:
-      return "converged";
-    case WassersteinStatus::iteration_limit:
-      return "iteration_limit";
-    case WassersteinStatus::bounds_only:
-      return "bounds_only";
   }
   return "?";
 }
@@ -288,7 +273,7 @@ WassersteinResult one_d_impl(const DoubleAtoms& mu, const DoubleAtoms& nu,
   r.p = o.p;
   r.method = WassersteinMethod::one_d;
   r.kind = Bound::exact;
-  r.status = WassersteinStatus::optimal;
+  r.status = Status::optimal;
   r.cost = cost;
   r.value = r.lower = r.upper = root(cost, o.p);
   r.message = "optimal: monotone (quantile) coupling in one dimension";
@@ -370,7 +355,7 @@ WassersteinResult sliced_result(double lower_cost, double upper_value, double p,
   r.p = p;
   r.method = WassersteinMethod::sliced;
   r.kind = Bound::lower;
-  r.status = WassersteinStatus::bounds_only;
+  r.status = Status::bounds_only;
   r.lower = std::max(root(lower_cost, p), extra_lower);
   r.upper = std::max(upper_value, r.lower);
   r.value = r.lower;
@@ -563,7 +548,7 @@ WassersteinResult identity_coupling_upper_bound(const Measure<Scalar>& mu,
   r.p = p;
   r.method = WassersteinMethod::sliced;
   r.kind = Bound::upper;
-  r.status = WassersteinStatus::bounds_only;
+  r.status = Status::bounds_only;
   r.value = r.upper = value;
   r.cost = std::pow(value, p);
   r.lower = 0;

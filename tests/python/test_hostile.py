@@ -337,9 +337,10 @@ def finite_result(value, name):
             got[a] = v
     method = got.get("method", "sinkhorn")
     for a, v in got.items():
+        if a in SINKHORN_ONLY:
+            # documented: None when the method is not Sinkhorn, a float when it is
+            assert (v is None) == (method != "sinkhorn"), f"{name}.{a} = {v!r} ({method})"
         if isinstance(v, float):
-            if a in SINKHORN_ONLY and method != "sinkhorn":
-                continue  # documented: NaN when the method is not Sinkhorn
             assert not math.isnan(v), f"{name}.{a} is NaN"
             if a in MAY_BE_INFINITE:
                 continue

@@ -125,5 +125,9 @@ def test_misspec_cli(tmp_path):
         assert csv.exists() and csv.read_text().count("\n") == len(out["rows"]) + 1
         if kind == "sample":
             assert out["output_rate"] < 0
+        # Kind-specific numbers appear only where computed: the rates for sampling,
+        # the a-priori bound for noise and corruption.
+        assert ("output_rate" in out) == ("input_rate" in out) == (kind == "sample")
+        assert all(("a_priori" in row) == (kind != "sample") for row in out["rows"])
     proc = run_cli(["misspec", "--model", model, "--tokens", tokens, "--kind", "bogus"])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

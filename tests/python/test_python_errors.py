@@ -105,6 +105,58 @@ def test_causal_messages_do_not_name_a_flag():
     assert str(err.value).startswith("weights: ")
 
 
+def test_messages_name_the_argument():
+    """Library messages start with the C++/Python argument they are about (issue 15)."""
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    model = measattn.Model.random(3, 1, seed=0)
+    with pytest.raises(ValueError, match="^images: "):
+        measattn.Measure(x).push_forward(x[:2])
+    with pytest.raises(ValueError, match="^query_block: "):
+        model.attend(x, query_block=-1)
+    with pytest.raises(ValueError, match="^key_block: "):
+        model.attend(x, key_block=-1)
+    if hasattr(measattn, "attention_entropy"):
+        with pytest.raises(ValueError) as err:
+            measattn.attention_entropy(model, x, weights=[0, 1, 1, 1], causal=True)
+        assert str(err.value).startswith("weights: ") and "--" not in str(err.value)
+    if hasattr(measattn, "cluster_count"):
+        with pytest.raises(ValueError, match="^tolerance: "):
+            measattn.cluster_count(x, -1.0)
+    if hasattr(measattn, "expected_gaussian_norm"):
+        with pytest.raises(ValueError, match="^d: "):
+            measattn.expected_gaussian_norm(0)
+    if hasattr(measattn, "lipschitz_ratio"):
+        y = np.zeros((2, 5))
+        with pytest.raises(ValueError, match="^mu: "):
+            measattn.lipschitz_ratio(model, y, x)
+        with pytest.raises(ValueError, match="^nu: "):
+            measattn.lipschitz_ratio(model, x, y)
+
+
+def test_no_library_message_names_a_cli_flag():
+    """No string literal under src/ or include/ spells a CLI flag ("--name")."""
+    import os
+    import re
+    root = os.environ.get("MEASATTN_SOURCE_DIR")
+    if not root:
+        pytest.skip("MEASATTN_SOURCE_DIR not set")
+    literal = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+    flag = re.compile(r"--[a-z]")
+    found = []
+    for top in ("src", "include"):
+        for dirpath, _, names in os.walk(os.path.join(root, top)):
+            for name in names:
+                if not name.endswith((".cpp", ".hpp")):
+                    continue
+                path = os.path.join(dirpath, name)
+                with open(path, encoding="utf-8") as f:
+                    for number, line in enumerate(f, 1):
+                        code = line.split("//", 1)[0]
+                        found += [f"{path}:{number}: {m}" for m in literal.findall(code)
+                                  if flag.search(m)]
+    assert not found, "\n".join(found)
+
+
 # ---- the CLI translates fields to flags -------------------------------------------
 
 def mha(path, e=4):

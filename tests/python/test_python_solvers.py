@@ -68,6 +68,11 @@ def test_wasserstein_sinkhorn_and_bounds_vs_pot():
     assert r.upper >= exact * (1 - 1e-9) and r.lower <= exact * (1 + 1e-9)
     s = measattn.wasserstein(x, y, method="sliced")
     assert s.lower <= exact * (1 + 1e-9) <= s.upper * (1 + 1e-9)
+    # Sinkhorn-only fields: floats for Sinkhorn, None for the other methods.
+    for other in (s, measattn.wasserstein(x, y, method="exact")):
+        assert other.entropic_cost is None and other.transport_cost is None
+        assert other.rounded_cost is None and other.marginal_violation is None
+    assert isinstance(r.rounded_cost, float) and isinstance(r.marginal_violation, float)
     one = measattn.wasserstein(x[:, :1], y[:, :1], method="1d")
     scipy_stats = pytest.importorskip("scipy.stats")
     assert one.value == pytest.approx(
@@ -127,6 +132,38 @@ def test_flow_orthogonal_start_closed_form():
     cos = r.particles @ r.particles.T
     off = cos[~np.eye(n, dtype=bool)]
     np.testing.assert_allclose(off, gamma, atol=1e-8)
+
+
+
+def test_one_status_vocabulary_for_iteration_caps():
+    """Every iteration or step cap reads "iteration_limit" (measattn/status.hpp)."""
+    rng = np.random.default_rng(8)
+    if hasattr(measattn, "flow"):
+        model = measattn.Model.random(3, 1, seed=4)
+        r = measattn.flow(model, rng.normal(size=(6, 3)), time=2.0, scheme="dopri5",
+                          tolerance=1e-12, max_steps=3)
+        assert r.status == "iteration_limit" and r.time < 2.0
+    if hasattr(measattn, "maxent"):
+        r = measattn.maxent(np.array([0.0, 1.0, 2.0]), 1.9999, max_iterations=1)
+        assert r.status == "iteration_limit" and r.message
+    if hasattr(measattn, "sinkhorn_attention"):
+        model = measattn.Model.random(4, 1, seed=5)
+        r = measattn.sinkhorn_attention(model, rng.normal(size=(8, 4)), iterations=2)
+        assert r.status == "iteration_limit"
+        r = measattn.sinkhorn_attention(model, rng.normal(size=(8, 4)), iterations=500,
+                                        tolerance=1e-6)
+        assert r.status == "converged"
+    if hasattr(measattn, "wasserstein"):
+        x, y = rng.normal(size=(20, 2)), rng.normal(size=(20, 2))
+        r = measattn.wasserstein(x, y, method="sinkhorn", max_iterations=1)
+        assert r.status == "iteration_limit"
+    if hasattr(measattn, "token_jacobian_norm"):
+        model = measattn.Model.random(3, 1, seed=6)
+        r = measattn.token_jacobian_norm(model, rng.normal(size=(4, 3)), iterations=1,
+                                         tolerance=1e-300)
+        assert r.status == "iteration_limit" and "iteration cap" in r.message
+        r = measattn.token_jacobian_norm(model, rng.normal(size=(4, 3)))
+        assert r.status in ("converged", "iteration_limit") and r.message
 
 
 # ---- Maximum entropy ----------------------------------------------------------
@@ -218,6 +255,28 @@ def test_misspec_bounds_hold():
         for row in r.rows:
             assert row.w1_output <= row.bound * (1 + 1e-9)
             assert row.max_ratio <= 1 + 1e-9
+        # Kind-specific numbers: None where not computed.
+        assert (r.output_rate is None) == (r.input_rate is None) == (kind != "sample")
+        assert all((row.a_priori is None) == (kind == "sample") for row in r.rows)
     d = 5
     ref = np.sqrt(2) * np.exp(special.gammaln((d + 1) / 2) - special.gammaln(d / 2))
     assert measattn.expected_gaussian_norm(d) == pytest.approx(ref, rel=1e-13)
+
+
+def test_result_names_follow_the_cpp_structs():
+    """*Result names as in C++: UpperBoundResult, StackBoundResult, GibbsBoundResult;
+    a StackBoundResult still unpacks as (value, constants, radii)."""
+    need("lipschitz_upper_bounds")
+    layers = [measattn.Model.random(3, 1, seed=s) for s in (1, 2)]
+    up = measattn.lipschitz_upper_bounds(layers[0], 1.0)
+    assert type(up).__name__ == "UpperBoundResult" and up.best_w1 > 0
+    s = measattn.lipschitz_stack_upper_bound(layers, 1.0)
+    assert type(s).__name__ == "StackBoundResult" and len(s) == 3
+    value, constants, radii = s
+    assert value == s.value == s[0] and constants == s.constants and radii == s.radii
+    assert len(constants) == 2 and len(radii) == 3
+    assert value == pytest.approx(constants[0] * constants[1], rel=1e-12)
+    assert type(measattn.lipschitz(layers[0], 1.0, search=False)).__name__ == "LipschitzResult"
+    if hasattr(measattn, "gibbs_bound"):
+        b = measattn.gibbs_bound(np.array([0.0, 1.0]), np.array([0.5, 0.5]))
+        assert type(b).__name__ == "GibbsBoundResult" and b.gap >= 0
