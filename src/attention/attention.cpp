@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "attention/internal.hpp"
+#include "attention/potential.hpp"
 #include "attention/tiles.hpp"
 #include "common/parallel.hpp"
 #include "measattn/attention.hpp"
@@ -93,11 +94,14 @@ Matrix<Scalar> project(const MatrixRef<Scalar>& x, const Matrix<Scalar>& w,
 // ---- The streaming kernel ----------------------------------------------------
 //
 // Layout, per head (packed once per head, reused by every query block):
-//   Q   projected per query block (bq x k), multiplied by 1/tau (dot) or 2/tau (l2);
-//   Kt  one panel per key block: k x bk, column j = key j0 + j (zero-padded);
+//   Q   projected per query block (bq x k), normalized when the potential's split
+//       says so (cosine) and multiplied by its query scale (1/tau dot, 2/tau l2);
+//   Kt  one panel per key block: k x bk, column j = key j0 + j (zero-padded,
+//       normalized for cosine);
 //   V   m x k_pad row-major (columns past k are zero);
-//   bias_j = log w_j (dot) or log w_j - |kappa(x_j)|^2 / tau (l2); the l2 term
-//       -|q(y_i)|^2 / tau is constant along a row and drops out of the softmax.
+//   bias_j = log w_j - d(kappa(x_j)), d the potential's key shift (|kappa|^2 / tau
+//       for l2, else 0); its query term (-|q(y_i)|^2 / tau for l2) is constant
+//       along a row and drops out of the softmax.
 // Per query block (rows padded to a multiple of 8) and key block:
 //   S = Q_blk Kt_blk + bias            register-tiled, 8 rows x 3 packets
 //   row max over the visible prefix, rescale l and acc only if the max grew,
@@ -185,17 +189,18 @@ void project_rows(const Scalar* x, Index x_stride, Index rows, const Scalar* __r
 /// The head fields (n x E) and, when `project_out`, the attention field
 /// W_O [fields] + b_O (+ the query when residual) computed in the same pass: the
 /// output rows of a query block are projected as soon as its last head is done.
-template <class Scalar>
-Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
-                                   const MatrixRef<Scalar>& queries, const AttendOptions& options,
-                                   bool project_out) {
+/// Pot is the potential's type (potential.hpp): its split sets the query scale,
+/// the normalization of query and key rows and the per-key logit offsets.
+template <class Scalar, class Pot>
+Matrix<Scalar> streaming_kernel(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                                const MatrixRef<Scalar>& queries, const AttendOptions& options,
+                                bool project_out) {
   constexpr Index L = Simd<Scalar>::L;
   const Index n = queries.rows();
   const Index heads = model.num_heads;
   const Index k = model.head_dim();
   const Index e = model.embed_dim();
   const Scalar tau = model.tau();
-  const Potential potential = model.potential;
 
   // Keys: the atoms of positive weight (all of mu's atoms when none is zero,
   // without copying them).
@@ -226,22 +231,20 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
   const Index k_pad = round_up(k, L);
   const Index key_blocks = (m + bk - 1) / bk;
   const Index query_blocks = (n + bq - 1) / bq;
-  const Scalar q_scale = potential == Potential::dot
-                             ? Scalar(1) / tau
-                             : (potential == Potential::l2 ? Scalar(2) / tau : Scalar(1));
+  const Scalar q_scale = Pot::template query_scale<Scalar>(tau);
 
   // Work arrays, allocated once per call and reused by every head.
   std::vector<Scalar> log_w(static_cast<size_t>(m));
   for (Index j = 0; j < m; ++j) {
     log_w[static_cast<size_t>(j)] = all_positive ? std::log(mu.weight(j)) : dropped.log_weights[j];
   }
-  Matrix<Scalar> kt(key_blocks * k, bk);                         // key panels
-  Matrix<Scalar> vh(key_blocks * bk, k_pad);                     // values, zero-padded
-  Vector<Scalar> bias(key_blocks * bk);                          // per-key logit offsets
-  Matrix<Scalar> kh(potential == Potential::custom ? m : 0, k);  // custom: keys, row-major
-  Matrix<Scalar> out(n, e);                                      // head fields
-  Matrix<Scalar> field(project_out ? n : 0, model.out_dim());    // W_O out + b_O
-  const Matrix<Scalar> wo_t = model.w_o.transpose();             // E x d_out
+  Matrix<Scalar> kt(key_blocks * k, bk);                       // key panels
+  Matrix<Scalar> vh(key_blocks * bk, k_pad);                   // values, zero-padded
+  Vector<Scalar> bias(key_blocks * bk);                        // per-key logit offsets
+  Matrix<Scalar> kh(Pot::kTiled ? 0 : m, k);                   // custom: keys, row-major
+  Matrix<Scalar> out(n, e);                                    // head fields
+  Matrix<Scalar> field(project_out ? n : 0, model.out_dim());  // W_O out + b_O
+  const Matrix<Scalar> wo_t = model.w_o.transpose();           // E x d_out
   const Index d_in = queries.cols();
 
   // A single block of queries and keys is not worth waking the thread team
@@ -288,15 +291,17 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
           const Index cols = std::min(bk, m - j0);
           panel.leftCols(cols).noalias() = wk * key_atoms.middleRows(j0, cols).transpose();
           panel.leftCols(cols).colwise() += bk_h;
+          if constexpr (Pot::kNormalized) {
+            for (Index j = 0; j < cols; ++j)
+              normalize_scaled<Scalar>(panel.data() + j, k, panel.cols(), Scalar(1));
+          }
           if (cols < bk) panel.rightCols(bk - cols).setZero();
           Scalar* dst = kt.data() + b * k * bk;
           for (Index t = 0; t < bk / chunk; ++t)
             for (Index c = 0; c < k; ++c)
               for (Index jj = 0; jj < chunk; ++jj)
                 dst[(t * k + c) * chunk + jj] = panel(c, t * chunk + jj);
-          if (potential == Potential::custom) {
-            kh.middleRows(j0, cols) = panel.leftCols(cols).transpose();
-          }
+          if constexpr (!Pot::kTiled) kh.middleRows(j0, cols) = panel.leftCols(cols).transpose();
           auto vblk = vh.middleRows(j0, bk);
           vblk.topLeftCorner(cols, k).noalias() = key_atoms.middleRows(j0, cols) * wv.transpose();
           vblk.topLeftCorner(cols, k).rowwise() += bv_h.transpose();
@@ -306,7 +311,8 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
             Scalar bj = 0;
             if (j < cols) {
               bj = log_w[static_cast<size_t>(j0 + j)];
-              if (potential == Potential::l2) bj -= panel.col(j).squaredNorm() / tau;
+              if constexpr (Pot::kKeyShift)
+                bj -= Pot::template key_shift<Scalar>(panel.col(j), tau);
             }
             bias[j0 + j] = bj;
           }
@@ -342,14 +348,19 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
                     -std::numeric_limits<Scalar>::infinity());
           std::fill(sum_buf.begin(), sum_buf.begin() + rows, Scalar(0));
           project_rows<Scalar>(queries.data() + i0 * queries.outerStride(), queries.outerStride(),
-                               rows_real, wq_t.data(), d_in, k, bq_h.data(), q_scale, q, k);
+                               rows_real, wq_t.data(), d_in, k, bq_h.data(),
+                               Pot::kNormalized ? Scalar(1) : q_scale, q, k);
+          if constexpr (Pot::kNormalized) {
+            for (Index r = 0; r < rows_real; ++r)
+              normalize_scaled<Scalar>(q + r * k, k, 1, q_scale);
+          }
           std::fill(q + rows_real * k, q + rows * k, Scalar(0));
           for (Index j0 = 0; j0 < key_end; j0 += bk) {
             if (!guard.proceed()) break;  // stopping: this block's result is discarded
             const Index b = j0 / bk;
             const Index cols = std::min(bk, key_end - j0);
             const Index width = round_up(cols, L);
-            if (potential == Potential::custom) {
+            if constexpr (!Pot::kTiled) {
               for (Index r = 0; r < rows; ++r) {
                 for (Index c = 0; c < cols; ++c) {
                   s[r * bk + c] = (r < rows_real ? model.custom_potential(
@@ -403,6 +414,15 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
   }
   guard.finish();
   return project_out ? field : out;
+}
+
+template <class Scalar>
+Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                                   const MatrixRef<Scalar>& queries, const AttendOptions& options,
+                                   bool project_out) {
+  return with_potential(model.potential, [&](auto pot) {
+    return streaming_kernel<Scalar, decltype(pot)>(model, mu, queries, options, project_out);
+  });
 }
 
 template <class Scalar>
