@@ -189,12 +189,15 @@ void project_rows(const Scalar* x, Index x_stride, Index rows, const Scalar* __r
 /// The head fields (n x E) and, when `project_out`, the attention field
 /// W_O [fields] + b_O (+ the query when residual) computed in the same pass: the
 /// output rows of a query block are projected as soon as its last head is done.
-/// Pot is the potential's type (potential.hpp): its split sets the query scale,
-/// the normalization of query and key rows and the per-key logit offsets.
-template <class Scalar, class Pot>
-Matrix<Scalar> streaming_kernel(const Model<Scalar>& model, const Measure<Scalar>& mu,
-                                const MatrixRef<Scalar>& queries, const AttendOptions& options,
-                                bool project_out) {
+/// The potential's split (potential.hpp) sets the query scale, the
+/// normalization of query and key rows and the per-key logit offsets; it is
+/// read once into run-time values, so that the hot loop is compiled once per
+/// scalar type (one instantiation per potential cost 10 % at k = 16 in float:
+/// the kernel's helpers were no longer all inlined).
+template <class Scalar>
+Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                                   const MatrixRef<Scalar>& queries, const AttendOptions& options,
+                                   bool project_out) {
   constexpr Index L = Simd<Scalar>::L;
   const Index n = queries.rows();
   const Index heads = model.num_heads;
@@ -231,7 +234,15 @@ Matrix<Scalar> streaming_kernel(const Model<Scalar>& model, const Measure<Scalar
   const Index k_pad = round_up(k, L);
   const Index key_blocks = (m + bk - 1) / bk;
   const Index query_blocks = (n + bq - 1) / bq;
-  const Scalar q_scale = Pot::template query_scale<Scalar>(tau);
+  struct Split {
+    Scalar q_scale;
+    bool tiled, normalized;
+  };
+  const Split split = with_potential(model.potential, [&](auto pot) {
+    using P = decltype(pot);
+    return Split{P::template query_scale<Scalar>(tau), P::kTiled, P::kNormalized};
+  });
+  const Scalar q_scale = split.q_scale;
 
   // Work arrays, allocated once per call and reused by every head.
   std::vector<Scalar> log_w(static_cast<size_t>(m));
@@ -241,7 +252,7 @@ Matrix<Scalar> streaming_kernel(const Model<Scalar>& model, const Measure<Scalar
   Matrix<Scalar> kt(key_blocks * k, bk);                       // key panels
   Matrix<Scalar> vh(key_blocks * bk, k_pad);                   // values, zero-padded
   Vector<Scalar> bias(key_blocks * bk);                        // per-key logit offsets
-  Matrix<Scalar> kh(Pot::kTiled ? 0 : m, k);                   // custom: keys, row-major
+  Matrix<Scalar> kh(split.tiled ? 0 : m, k);                   // custom: keys, row-major
   Matrix<Scalar> out(n, e);                                    // head fields
   Matrix<Scalar> field(project_out ? n : 0, model.out_dim());  // W_O out + b_O
   const Matrix<Scalar> wo_t = model.w_o.transpose();           // E x d_out
@@ -291,7 +302,7 @@ Matrix<Scalar> streaming_kernel(const Model<Scalar>& model, const Measure<Scalar
           const Index cols = std::min(bk, m - j0);
           panel.leftCols(cols).noalias() = wk * key_atoms.middleRows(j0, cols).transpose();
           panel.leftCols(cols).colwise() += bk_h;
-          if constexpr (Pot::kNormalized) {
+          if (split.normalized) {
             for (Index j = 0; j < cols; ++j)
               normalize_scaled<Scalar>(panel.data() + j, k, panel.cols(), Scalar(1));
           }
@@ -301,21 +312,23 @@ Matrix<Scalar> streaming_kernel(const Model<Scalar>& model, const Measure<Scalar
             for (Index c = 0; c < k; ++c)
               for (Index jj = 0; jj < chunk; ++jj)
                 dst[(t * k + c) * chunk + jj] = panel(c, t * chunk + jj);
-          if constexpr (!Pot::kTiled) kh.middleRows(j0, cols) = panel.leftCols(cols).transpose();
+          if (!split.tiled) kh.middleRows(j0, cols) = panel.leftCols(cols).transpose();
           auto vblk = vh.middleRows(j0, bk);
           vblk.topLeftCorner(cols, k).noalias() = key_atoms.middleRows(j0, cols) * wv.transpose();
           vblk.topLeftCorner(cols, k).rowwise() += bv_h.transpose();
           if (k_pad > k) vblk.rightCols(k_pad - k).setZero();
           if (cols < bk) vblk.bottomRows(bk - cols).setZero();
-          for (Index j = 0; j < bk; ++j) {
-            Scalar bj = 0;
-            if (j < cols) {
-              bj = log_w[static_cast<size_t>(j0 + j)];
-              if constexpr (Pot::kKeyShift)
-                bj -= Pot::template key_shift<Scalar>(panel.col(j), tau);
+          with_potential(model.potential, [&](auto pot) {
+            using P = decltype(pot);
+            for (Index j = 0; j < bk; ++j) {
+              Scalar bj = 0;
+              if (j < cols) {
+                bj = log_w[static_cast<size_t>(j0 + j)];
+                if constexpr (P::kKeyShift) bj -= P::template key_shift<Scalar>(panel.col(j), tau);
+              }
+              bias[j0 + j] = bj;
             }
-            bias[j0 + j] = bj;
-          }
+          });
         });
       }
 
@@ -349,8 +362,8 @@ Matrix<Scalar> streaming_kernel(const Model<Scalar>& model, const Measure<Scalar
           std::fill(sum_buf.begin(), sum_buf.begin() + rows, Scalar(0));
           project_rows<Scalar>(queries.data() + i0 * queries.outerStride(), queries.outerStride(),
                                rows_real, wq_t.data(), d_in, k, bq_h.data(),
-                               Pot::kNormalized ? Scalar(1) : q_scale, q, k);
-          if constexpr (Pot::kNormalized) {
+                               split.normalized ? Scalar(1) : q_scale, q, k);
+          if (split.normalized) {
             for (Index r = 0; r < rows_real; ++r)
               normalize_scaled<Scalar>(q + r * k, k, 1, q_scale);
           }
@@ -360,7 +373,7 @@ Matrix<Scalar> streaming_kernel(const Model<Scalar>& model, const Measure<Scalar
             const Index b = j0 / bk;
             const Index cols = std::min(bk, key_end - j0);
             const Index width = round_up(cols, L);
-            if constexpr (!Pot::kTiled) {
+            if (!split.tiled) {
               for (Index r = 0; r < rows; ++r) {
                 for (Index c = 0; c < cols; ++c) {
                   s[r * bk + c] = (r < rows_real ? model.custom_potential(
@@ -414,15 +427,6 @@ Matrix<Scalar> streaming_kernel(const Model<Scalar>& model, const Measure<Scalar
   }
   guard.finish();
   return project_out ? field : out;
-}
-
-template <class Scalar>
-Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
-                                   const MatrixRef<Scalar>& queries, const AttendOptions& options,
-                                   bool project_out) {
-  return with_potential(model.potential, [&](auto pot) {
-    return streaming_kernel<Scalar, decltype(pot)>(model, mu, queries, options, project_out);
-  });
 }
 
 template <class Scalar>

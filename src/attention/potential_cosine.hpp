@@ -1,4 +1,5 @@
-// The cosine potential, end to end (included by potential.hpp):
+// The cosine potential, end to end (included by potential.hpp only, after
+// DotPotential):
 //
 //   G(x, y) = <q(x), kappa(y)> / (||q(x)|| ||kappa(y)|| tau) = <u(q), u(kappa)> / tau,
 //
@@ -87,28 +88,14 @@ inline double min_affine_norm(const MatrixD& w, const VectorD& b, double r) {
   return d > 0 ? std::sqrt(d) : 0.0;
 }
 
-struct CosinePotential {
+/// The dot potential's split on normalized projections: query_scale 1/tau, no
+/// key shift and the same tiles (on rows that LogitTiles normalized once) come
+/// from DotPotential; everything else is cosine's own.
+struct CosinePotential : DotPotential {
   static constexpr Potential id = Potential::cosine;
   static constexpr const char* name = "cosine";
-  static constexpr bool kTiled = true, kNormalized = true, kKeyShift = false;
-  static constexpr bool kDifferentiable = true;
-  static constexpr bool kOutlierStarts = false;
+  static constexpr bool kNormalized = true;
 
-  template <class Scalar>
-  static Scalar query_scale(Scalar tau) {
-    return Scalar(1) / tau;
-  }
-  template <class Scalar, class Column>
-  static Scalar key_shift(const Column&, Scalar) {
-    return 0;
-  }
-  /// Rows of a and b already normalized (LogitTiles does it once).
-  template <class Scalar, class Tile, class Rows>
-  static void tile(const Rows& a, const Rows& b, const Vector<Scalar>&, const Vector<Scalar>&,
-                   Index, Index, Scalar inv_tau, Tile& t) {
-    t.noalias() = a * b.transpose();
-    t *= inv_tau;
-  }
   /// <q, kappa> / (||q|| ||kappa|| tau) computed directly (0 if either is 0).
   template <class Scalar>
   static Scalar direct(const Scalar* q, const Scalar* kappa, Index k, Scalar tau,
