@@ -8,6 +8,8 @@
 #include <numeric>
 #include <random>
 
+#include "attention/logit_tiles.hpp"
+#include "attention/potential.hpp"
 #include "measattn/error.hpp"
 #include "test_measures.hpp"
 
@@ -232,4 +234,161 @@ TEST(attention_test, overflowing_projections_are_refused_naming_the_tokens) {
   const MatrixD q = x / 1e300 * 1e200;
   const MatrixD out = attention_field(m, MeasureD::empirical(x / 1e300), q);
   EXPECT_TRUE(out.allFinite());
+}
+
+// ---- Potentials as types (attention/potential.hpp) and the cosine potential ----
+
+namespace {
+
+/// Projected queries and keys with a zero row each (the cosine convention).
+MatrixD random_rows(std::mt19937_64& rng, Index n, Index k, bool zero_first) {
+  std::normal_distribution<double> nd(0.0, 1.5);
+  MatrixD x(n, k);
+  for (Index i = 0; i < n; ++i)
+    for (Index c = 0; c < k; ++c) x(i, c) = nd(rng);
+  if (zero_first) x.row(0).setZero();
+  return x;
+}
+
+template <class P>
+void check_split_against_direct(std::mt19937_64& rng) {
+  const Index n = 9, m = 13, k = 5;
+  const double tau = 1.7;
+  const MatrixD q = random_rows(rng, n, k, true), kk = random_rows(rng, m, k, true);
+  // The streaming kernel's split: s <A(q), B(kappa)> - d(kappa); G minus it
+  // must be constant along each query row (c(q) drops out of the softmax).
+  MatrixD a = q, b = kk;
+  if constexpr (P::kNormalized) {
+    for (Index i = 0; i < n; ++i) detail::normalize_scaled<double>(a.row(i).data(), k, 1, 1.0);
+    for (Index j = 0; j < m; ++j) detail::normalize_scaled<double>(b.row(j).data(), k, 1, 1.0);
+  }
+  const double s = P::template query_scale<double>(tau);
+  for (Index i = 0; i < n; ++i) {
+    double offset = 0;
+    for (Index j = 0; j < m; ++j) {
+      double split = s * a.row(i).dot(b.row(j));
+      if constexpr (P::kKeyShift) split -= P::template key_shift<double>(b.row(j).transpose(), tau);
+      const double g =
+          P::template direct<double>(q.row(i).data(), kk.row(j).data(), k, tau, nullptr);
+      ASSERT_TRUE(std::isfinite(g)) << P::name;
+      if (j == 0) offset = g - split;
+      EXPECT_NEAR(g - split, offset, 1e-12) << P::name << " i=" << i << " j=" << j;
+    }
+  }
+  // The tiles of LogitTiles (the Sinkhorn and entropy passes) equal G itself.
+  Model<double> model = Model<double>::random(k, 1, false, 1, P::id);
+  model.scale = tau;
+  const detail::LogitTiles<double> tiles(model, q, kk, false);
+  MatrixD t(n, m);
+  tiles.tile(0, n, 0, m, t);
+  for (Index i = 0; i < n; ++i)
+    for (Index j = 0; j < m; ++j)
+      EXPECT_NEAR(t(i, j),
+                  P::template direct<double>(q.row(i).data(), kk.row(j).data(), k, tau, nullptr),
+                  1e-12)
+          << P::name;
+  // The engine's logit is the same formula, and its gradient matches central differences.
+  const double h = 1e-6;
+  for (Index i = 1; i < n; ++i) {
+    const double* qi = q.row(i).data();
+    const double* kj = kk.row(i % m).data();
+    EXPECT_NEAR(P::logit(qi, kj, k, 1 / tau), P::template direct<double>(qi, kj, k, tau, nullptr),
+                1e-12);
+    VectorD qbar = VectorD::Zero(k), kbar = VectorD::Zero(k);
+    P::logit_vjp(qi, kj, k, 1 / tau, 1.0, qbar.data(), kbar.data());
+    for (Index c = 0; c < k; ++c) {
+      VectorD qp = q.row(i).transpose(), qm = qp, kp = kk.row(i % m).transpose(), km = kp;
+      qp[c] += h;
+      qm[c] -= h;
+      kp[c] += h;
+      km[c] -= h;
+      EXPECT_NEAR(
+          qbar[c],
+          (P::logit(qp.data(), kj, k, 1 / tau) - P::logit(qm.data(), kj, k, 1 / tau)) / (2 * h),
+          1e-7);
+      EXPECT_NEAR(
+          kbar[c],
+          (P::logit(qi, kp.data(), k, 1 / tau) - P::logit(qi, km.data(), k, 1 / tau)) / (2 * h),
+          1e-7);
+    }
+  }
+}
+
+}  // namespace
+
+TEST(attention_test, each_potential_split_equals_its_direct_formula) {
+  std::mt19937_64 rng(7);
+  for (int rep = 0; rep < 5; ++rep) {
+    check_split_against_direct<detail::DotPotential>(rng);
+    check_split_against_direct<detail::L2Potential>(rng);
+    check_split_against_direct<detail::CosinePotential>(rng);
+  }
+  // One name per potential, parsed back.
+  for (auto p : {Potential::dot, Potential::l2, Potential::cosine})
+    EXPECT_EQ(parse_potential(to_string(p)), p);
+  EXPECT_EQ(to_string(Potential::custom), "custom");
+  EXPECT_THROW(parse_potential("custom"), invalid_argument);
+}
+
+TEST(attention_test, cosine_streaming_equals_transformer_formula) {
+  for (Index heads : {1, 2, 4}) {
+    for (bool bias : {false, true}) {
+      for (bool causal : {false, true}) {
+        for (Index n : {1, 5, 67, 300}) {
+          const auto model = Model<double>::random(8, heads, bias, 300 + n, Potential::cosine);
+          const auto mu = random_measure(n, 8, static_cast<unsigned>(n), causal ? 0 : 3);
+          AttendOptions opt;
+          opt.causal = causal;
+          for (Index kb : {0, 3, 64}) {
+            opt.key_block = kb;
+            const MatrixD fast = attention_field(model, mu, mu.atoms(), opt);
+            const MatrixD ref = transformer_attention(model, mu, mu.atoms(), opt);
+            ASSERT_LE(rel_error(fast, ref), 1e-13)
+                << "H=" << heads << " bias=" << bias << " causal=" << causal << " n=" << n;
+          }
+        }
+      }
+    }
+  }
+  // Cross-attention, Sinkhorn normalization and float agree with the reference too.
+  const auto model = Model<double>::random(6, 3, true, 5, Potential::cosine);
+  const auto mu = random_measure(40, 6, 1), nu = random_measure(17, 6, 2);
+  EXPECT_LE(rel_error(attention_field(model, mu, nu.atoms()),
+                      transformer_attention(model, mu, nu.atoms())),
+            1e-13);
+  AttendOptions sk;
+  sk.normalization = Normalization::sinkhorn;
+  sk.sinkhorn_iterations = 4;
+  EXPECT_LE(rel_error(attention_field(model, mu, mu.atoms(), sk),
+                      transformer_attention(model, mu, mu.atoms(), sk)),
+            1e-11);
+  const MatrixF f =
+      attention_field(model.cast<float>(), mu.cast<float>(), mu.atoms().cast<float>());
+  EXPECT_LE(rel_error(f.cast<double>(), attention_field(model, mu, mu.atoms())), 1e-4);
+}
+
+TEST(attention_test, cosine_logits_are_bounded_and_zero_projections_give_the_weights) {
+  auto model = Model<double>::random(4, 2, true, 9, Potential::cosine);
+  model.scale = 0.25;
+  // Huge tokens: |G| <= 1 / tau whatever their size, so the kernel stays finite.
+  auto mu = random_measure(30, 4, 4, 0, 1e100);
+  const MatrixD kernel = attention_kernel(model, mu, mu.atoms(), 0);
+  ASSERT_TRUE(kernel.allFinite());
+  const double ratio_bound = std::exp(2 / model.tau());  // e^{2/tau} (docs/theory.md)
+  for (Index i = 0; i < kernel.rows(); ++i)
+    for (Index j = 0; j < kernel.cols(); ++j)
+      EXPECT_LE(kernel(i, j) / (mu.weight(j) / mu.weights().sum()), ratio_bound * (1 + 1e-12));
+  // Zero key projections: every normalized key is 0, G = 0, the kernel is the weights.
+  model.w_k.setZero();
+  model.b_k.setZero();
+  const auto small = random_measure(12, 4, 5, 4);
+  const MatrixD k0 = attention_kernel(model, small, small.atoms(), 1);
+  const VectorD w = small.weights() / small.weights().sum();
+  for (Index i = 0; i < k0.rows(); ++i) EXPECT_LT((k0.row(i).transpose() - w).norm(), 1e-15);
+  EXPECT_TRUE(attention_field(model, small, small.atoms()).allFinite());
+  // Zero query projections likewise.
+  auto zq = Model<double>::random(4, 1, false, 3, Potential::cosine);
+  zq.w_q.setZero();
+  const MatrixD kq = attention_kernel(zq, small, small.atoms(), 0);
+  for (Index i = 0; i < kq.rows(); ++i) EXPECT_LT((kq.row(i).transpose() - w).norm(), 1e-15);
 }

@@ -592,8 +592,8 @@ TEST(io_test, safetensors_malformed_inputs_name_the_file) {
   expect_bad(st_bytes(mha_tensors(), {{"num_heads", "99999999999999999999"}}), "positive integer");
   expect_bad(st_bytes(mha_tensors(), {{"num_heads", "5"}}), "does not divide");
   expect_bad(st_bytes(mha_tensors(), {{"num_heads", "64"}}), "does not divide");
-  expect_bad(st_bytes(mha_tensors(), {{"num_heads", "4"}, {"potential", "cosine"}}),
-             "expected 'dot' or 'l2'");
+  expect_bad(st_bytes(mha_tensors(), {{"num_heads", "4"}, {"potential", "cosh"}}),
+             "expected 'dot', 'l2' or 'cosine'");
   expect_bad(st_bytes(mha_tensors(), {{"num_heads", "4"}, {"scale", "-1"}}), "scale");
   expect_bad(st_bytes(mha_tensors(), {{"num_heads", "4"}, {"scale", "nan"}}), "scale");
   expect_bad(st_bytes(mha_tensors(), {{"num_heads", "4"}, {"scale", "1e999"}}), "scale");

@@ -456,3 +456,154 @@ TEST(lipschitz_test, overflowing_radius_is_refused_and_bounds_are_inf_not_nan) {
   EXPECT_TRUE(std::isinf(b.best_w1));
   EXPECT_FALSE(b.best_name.empty());
 }
+
+// ---- The cosine potential ----------------------------------------------------
+
+TEST(lipschitz_test, cosine_engine_matches_attention_and_finite_differences) {
+  std::mt19937_64 rng(21);
+  for (int t = 0; t < 16; ++t) {
+    const Index d = 2 + t % 3, n = 2 + t % 3;
+    const bool residual = t % 2 == 0;
+    const Model<double> m = random_layer(rng, d, 1, true, Potential::cosine, 1.3);
+    const MatrixD x = gauss(rng, n, d);
+    const auto p = detail::LayerParams::from(m, residual);
+    MatrixD out(n, m.out_dim());
+    const VectorD lw = VectorD::Constant(n, -std::log(static_cast<double>(n)));
+    detail::layer_forward(p, x.data(), lw.data(), n, out.data());
+    AttendOptions ao;
+    ao.residual = residual;
+    EXPECT_LT((out - attention_field(m, MeasureD::empirical(x), x, ao)).cwiseAbs().maxCoeff(),
+              1e-12);
+    // The token Jacobian (dual numbers through x / ||x||) against central differences.
+    const MatrixD jac = token_jacobian(m, x, residual);
+    const double h = 1e-6;
+    double err = 0;
+    for (Index i = 0; i < n; ++i)
+      for (Index c = 0; c < d; ++c) {
+        MatrixD xp = x, xm = x;
+        xp(i, c) += h;
+        xm(i, c) -= h;
+        const MatrixD diff = (attention_field(m, MeasureD::empirical(xp), xp, ao) -
+                              attention_field(m, MeasureD::empirical(xm), xm, ao)) /
+                             (2 * h);
+        for (Index r = 0; r < n; ++r)
+          for (Index o = 0; o < m.out_dim(); ++o)
+            err = std::max(err, std::abs(jac(r * m.out_dim() + o, i * d + c) - diff(r, o)));
+      }
+    EXPECT_LT(err, 1e-6 * (1 + jac.cwiseAbs().maxCoeff())) << "case " << t;
+    // The VJP (reverse mode through the cosine pieces) is the transpose of the JVP.
+    const MatrixD v = gauss(rng, n, d), u = gauss(rng, n, m.out_dim());
+    EXPECT_NEAR((u.array() * token_jvp(m, x, v, residual).array()).sum(),
+                (token_vjp(m, x, u, residual).array() * v.array()).sum(), 1e-10);
+  }
+}
+
+TEST(lipschitz_test, cosine_hessian_vector_pieces_against_finite_differences) {
+  // d/dX <u, J(X) v> (forward over reverse through logit_vjp) against central
+  // differences of <u, J(X) v> computed from JVPs.
+  std::mt19937_64 rng(22);
+  for (int t = 0; t < 6; ++t) {
+    const Index d = 2 + t % 2, n = 3;
+    const Model<double> m = random_layer(rng, d, 1, true, Potential::cosine, 1.0);
+    const auto p = detail::LayerParams::from(m, false);
+    const MatrixD x = gauss(rng, n, d), v = gauss(rng, n, d), u = gauss(rng, n, d);
+    auto f = [&](const MatrixD& xx) { return (u.array() * token_jvp(m, xx, v).array()).sum(); };
+    // The exact gradient: the dual part of the VJP at X + eps v.
+    std::vector<detail::Dual> xx(static_cast<size_t>(n * d)), lw(static_cast<size_t>(n)),
+        g(static_cast<size_t>(n * d)), xbar(static_cast<size_t>(n * d), detail::Dual(0.0)),
+        lbar(static_cast<size_t>(n), detail::Dual(0.0));
+    for (Index i = 0; i < n; ++i)
+      for (Index c = 0; c < d; ++c) {
+        xx[i * d + c] = detail::Dual(x(i, c), v(i, c));
+        g[i * d + c] = detail::Dual(u(i, c));
+      }
+    for (auto& w : lw) w = detail::Dual(-std::log(3.0));
+    detail::layer_vjp(p, xx.data(), lw.data(), n, g.data(), xbar.data(), lbar.data());
+    const double h = 1e-5;
+    for (Index i = 0; i < n; ++i)
+      for (Index c = 0; c < d; ++c) {
+        MatrixD xp = x, xm = x;
+        xp(i, c) += h;
+        xm(i, c) -= h;
+        EXPECT_NEAR(xbar[i * d + c].e, (f(xp) - f(xm)) / (2 * h), 1e-6);
+      }
+  }
+}
+
+TEST(lipschitz_test, cosine_zero_projection_is_finite) {
+  // q(x) = 0 for every x: the normalized query is 0, G = 0, the kernel is the
+  // weights; the engine agrees with attend and its derivatives are finite.
+  std::mt19937_64 rng(23);
+  Model<double> m = random_layer(rng, 3, 1, false, Potential::cosine, 1.0);
+  m.w_q.setZero();
+  const MatrixD x = gauss(rng, 4, 3);
+  const MatrixD f = attention_field(m, MeasureD::empirical(x), x);
+  ASSERT_TRUE(f.allFinite());
+  const MatrixD mean_v = (x.colwise().mean() * m.w_v.transpose()) * m.w_o.transpose();
+  for (Index i = 0; i < 4; ++i) EXPECT_LT((f.row(i) - mean_v.row(0)).norm(), 1e-12);
+  EXPECT_TRUE(token_jacobian(m, x, false).allFinite());
+  // No finite W1 bound: the projection vanishes everywhere; +inf with the reason.
+  const UpperBoundResult ub = lipschitz_upper_bounds(m, {.radius = 1.0});
+  EXPECT_TRUE(std::isinf(ub.best_w1));
+  for (const auto& b : ub.bounds) {
+    EXPECT_FALSE(std::isnan(b.value));
+    EXPECT_NE(b.meaning.find("may vanish in B_R"), std::string::npos) << b.meaning;
+  }
+}
+
+TEST(lipschitz_test, cosine_bound_is_never_exceeded) {
+  // Property: on random small cosine layers whose projections stay away from 0
+  // on B_R (biases larger than ||W|| R), no ratio W1(F mu, F nu) / W1(mu, nu) on
+  // random pairs and no certified lower bound of the search exceeds best_w1.
+  std::mt19937_64 rng(24);
+  int finite = 0;
+  for (int t = 0; t < 120; ++t) {
+    const Index d = 1 + t % 3;
+    const double radius = 0.3 + 0.3 * (t % 4);
+    Model<double> m = random_layer(rng, d, 1, true, Potential::cosine, 0.5 + 0.5 * (t % 3));
+    const double push = t % 5 == 0 ? 0.5 : 2.0;  // some layers with q or kappa near 0
+    m.b_q *= push * (spectral_norm(m.w_q) * radius + 0.1) / std::max(m.b_q.norm(), 1e-300);
+    m.b_k *= push * (spectral_norm(m.w_k) * radius + 0.1) / std::max(m.b_k.norm(), 1e-300);
+    const UpperBoundResult ub = lipschitz_upper_bounds(m, {.radius = radius});
+    ASSERT_FALSE(std::isnan(ub.best_w1));
+    if (std::isfinite(ub.best_w1)) ++finite;
+    for (int q = 0; q < 6; ++q) {
+      const Index n = 1 + q % 3, mm = 1 + (q + t) % 3;
+      const MatrixD x = in_ball(rng, n, d, radius), y = in_ball(rng, mm, d, radius);
+      const double ratio = lipschitz_ratio(m, MeasureD(x, random_weights(rng, n)),
+                                           MeasureD(y, random_weights(rng, mm)), false);
+      ASSERT_LE(ratio, ub.best_w1 * (1 + 1e-9)) << "layer " << t;
+    }
+    if (t % 10 == 0) {
+      LipschitzSearchOptions o;
+      o.atoms = 2;
+      o.restarts = 3;
+      o.steps = 10;
+      const auto r = lipschitz_lower_bound(m, radius, o);
+      ASSERT_LE(r.ratio, ub.best_w1 * (1 + 1e-9)) << "layer " << t;
+    }
+  }
+  EXPECT_GE(finite, 80);  // the bound is finite when the projections stay away from 0
+}
+
+TEST(lipschitz_test, min_affine_norm_is_a_lower_bound) {
+  // The dual bound never exceeds min_{||x|| <= r} ||W x + b|| (sampled), and is
+  // exact when the minimizer lies outside the ball along one direction.
+  std::mt19937_64 rng(25);
+  for (int t = 0; t < 50; ++t) {
+    const Index k = 1 + t % 3, d = 1 + (t / 3) % 3;
+    const MatrixD w = gauss(rng, k, d);
+    const VectorD b = gauss(rng, k, 1).col(0) * (0.2 + t % 4);
+    const double r = 0.5 + 0.25 * (t % 5);
+    const double lb = detail::min_affine_norm(w, b, r);
+    double best = 1e300;
+    for (int s = 0; s < 4000; ++s) {
+      const MatrixD x = in_ball(rng, 1, d, r);
+      best = std::min(best, (w * x.row(0).transpose() + b).norm());
+    }
+    ASSERT_LE(lb, best * (1 + 1e-9)) << "case " << t;
+  }
+  // W = I (1 x 1), b = 3, r = 1: the minimum is 2.
+  EXPECT_NEAR(detail::min_affine_norm(MatrixD::Identity(1, 1), VectorD::Constant(1, 3.0), 1.0), 2.0,
+              1e-8);
+}

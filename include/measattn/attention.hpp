@@ -7,6 +7,8 @@
 //   q(x) = Q_h x + b_q,h     kappa(y) = K_h y + b_k,h     v(y) = V_h y + b_v,h
 //   G(x,y) = <q(x), kappa(y)> / tau            (Potential::dot, the Transformer's)
 //   G(x,y) = -||q(x) - kappa(y)||^2 / tau      (Potential::l2, Kim et al. 2021)
+//   G(x,y) = <q(x), kappa(y)> / (||q(x)|| ||kappa(y)|| tau)   (Potential::cosine;
+//            a zero projection has normalized vector 0, so G = 0 there, never NaN)
 //   pi_j(x) = softmax_j( G(x, x_j) + log w_j )                  the kernel K_mu(x, .)
 //   Gamma^h_mu(x) = sum_j pi_j(x) v(x_j)                       the head's field
 //   Gamma_mu(x) = W_O [Gamma^1_mu(x); ...; Gamma^H_mu(x)] + b_O
@@ -26,15 +28,16 @@
 #include <string>
 
 #include "measattn/measure.hpp"
+#include "measattn/status.hpp"
 #include "measattn/types.hpp"
 
 namespace measattn {
 
-enum class Potential { dot, l2, custom };
+enum class Potential { dot, l2, custom, cosine };
 
-/// "dot" / "l2" / "custom".
+/// "dot" / "l2" / "cosine" / "custom".
 std::string to_string(Potential p);
-/// Parses "dot" or "l2"; throws invalid_argument naming `field` otherwise.
+/// Parses "dot", "l2" or "cosine"; throws invalid_argument naming `field` otherwise.
 Potential parse_potential(const std::string& name, const std::string& field = "potential");
 
 /// A user potential G(q(x), kappa(y)) evaluated on the projected query and key
@@ -155,5 +158,43 @@ template <class Scalar>
 Matrix<Scalar> transformer_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
                                      const MatrixRef<Scalar>& queries,
                                      const AttendOptions& options = {});
+
+// ---- Doubly-stochastic (Sinkhorn) attention ---------------------------------
+//
+// The potentials f, g of the entropic coupling of (mu, mu) with cost -G; the
+// kernel row i is K_ij = w_j exp(f_i + G_ij + g_j) (THEORY Section 4). Sander,
+// Ablin, Blondel, Peyré, "Sinkformers: Transformers with Doubly Stochastic
+// Attention", AISTATS 2022. attend's Normalization::sinkhorn uses the same solver.
+
+struct SinkhornAttentionOptions {
+  int iterations = 100;  // full iterations (columns then rows) beyond softmax; >= 0
+  double tolerance = 0;  // stop early once the column-marginal error <= tolerance (0: never)
+  Index block = 0;       // tile size of the streamed passes; 0 = automatic
+  void validate() const;
+};
+
+/// Potentials of head h over the atoms of mu (zero-weight atoms included: their
+/// row potential f_i is the row normalizer, their g_j is defined but unused):
+/// K_ij = w_j exp(f_i + G_ij + g_j) with sum_j K_ij = 1 for every i, and
+/// column_error = sum_j | sum_i w_i K_ij - w_j | (L1 violation of the second marginal).
+template <class Scalar>
+struct SinkhornAttentionResult {
+  Vector<Scalar> f, g;
+  Scalar column_error = 0;
+  int iterations = 0;
+  Status status = Status::iteration_limit;  // converged or iteration_limit (status.hpp)
+  std::string message;
+};
+
+/// Streamed log-domain Sinkhorn scaling of the self-attention logits of head h:
+/// each half-step is one pass of online log-sum-exp over tiles of G recomputed
+/// from the projections, so memory stays O(n E). Iteration 0 is softmax (g = 0,
+/// f = -log sum_j w_j e^{G_ij}); each iteration sets g from the columns, then f
+/// from the rows. status = converged when tolerance > 0 and reached.
+/// Time O(iterations n^2 k). Throws invalid_argument on bad input.
+template <class Scalar>
+SinkhornAttentionResult<Scalar> sinkhorn_attention(const Model<Scalar>& model,
+                                                   const Measure<Scalar>& mu, Index head,
+                                                   const SinkhornAttentionOptions& options = {});
 
 }  // namespace measattn

@@ -19,10 +19,8 @@
 // number of attended tokens exp(H), and the temperature curve (entropy against
 // expected score when the logits are multiplied by beta).
 //
-// Doubly-stochastic (Sinkhorn) attention: the potentials f, g of the entropic
-// coupling of (mu, mu) with cost -G; the kernel row i is
-// K_ij = w_j exp(f_i + G_ij + g_j). Sander, Ablin, Blondel, Peyré, "Sinkformers:
-// Transformers with Doubly Stochastic Attention", AISTATS 2022.
+// Doubly-stochastic (Sinkhorn) attention (sinkhorn_attention) is declared in
+// measattn/attention.hpp, beside the attention it normalizes.
 #pragma once
 
 #include <string>
@@ -174,38 +172,5 @@ struct EntropyResult {
 template <class Scalar>
 EntropyResult<Scalar> attention_entropy(const Model<Scalar>& model, const Measure<Scalar>& mu,
                                         const EntropyOptions& options = {});
-
-// ---- Doubly-stochastic (Sinkhorn) attention ---------------------------------
-
-struct SinkhornAttentionOptions {
-  int iterations = 100;  // full iterations (columns then rows) beyond softmax; >= 0
-  double tolerance = 0;  // stop early once the column-marginal error <= tolerance (0: never)
-  Index block = 0;       // tile size of the streamed passes; 0 = automatic
-  void validate() const;
-};
-
-/// Potentials of head h over the atoms of mu (zero-weight atoms included: their
-/// row potential f_i is the row normalizer, their g_j is defined but unused):
-/// K_ij = w_j exp(f_i + G_ij + g_j) with sum_j K_ij = 1 for every i, and
-/// column_error = sum_j | sum_i w_i K_ij - w_j | (L1 violation of the second marginal).
-template <class Scalar>
-struct SinkhornAttentionResult {
-  Vector<Scalar> f, g;
-  Scalar column_error = 0;
-  int iterations = 0;
-  Status status = Status::iteration_limit;  // converged or iteration_limit (status.hpp)
-  std::string message;
-};
-
-/// Streamed log-domain Sinkhorn scaling of the self-attention logits of head h:
-/// each half-step is one pass of online log-sum-exp over tiles of G recomputed
-/// from the projections, so memory stays O(n E). Iteration 0 is softmax (g = 0,
-/// f = -log sum_j w_j e^{G_ij}); each iteration sets g from the columns, then f
-/// from the rows. status = converged when tolerance > 0 and reached.
-/// Time O(iterations n^2 k). Throws invalid_argument on bad input.
-template <class Scalar>
-SinkhornAttentionResult<Scalar> sinkhorn_attention(const Model<Scalar>& model,
-                                                   const Measure<Scalar>& mu, Index head,
-                                                   const SinkhornAttentionOptions& options = {});
 
 }  // namespace measattn

@@ -300,6 +300,8 @@ With E the embedding size, H heads and k = E / H, head h uses rows
     q(x) = Q_h x + b_q,h,   kappa(y) = K_h y + b_k,h,   v(y) = V_h y + b_v,h
     G(x, y) = <q(x), kappa(y)> / tau          potential "dot" (the Transformer's)
     G(x, y) = -||q(x) - kappa(y)||^2 / tau    potential "l2"  (Kim et al. 2021)
+    G(x, y) = <q(x), kappa(y)> / (||q(x)|| ||kappa(y)|| tau)   potential "cosine"
+              (a zero projection normalizes to 0: G = 0 there)
     pi_j(x) = softmax_j(G(x, x_j) + log w_j)
     Gamma_mu(x) = W_O [sum_j pi^1_j(x) v^1(x_j); ...; sum_j pi^H_j(x) v^H(x_j)] + b_O
 

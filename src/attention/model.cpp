@@ -4,27 +4,20 @@
 #include <random>
 #include <string>
 
+#include "attention/potential.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
 
 namespace measattn {
 
 std::string to_string(Potential p) {
-  switch (p) {
-    case Potential::dot:
-      return "dot";
-    case Potential::l2:
-      return "l2";
-    case Potential::custom:
-      return "custom";
-  }
-  return "unknown";
+  return detail::with_potential(p, [](auto pot) { return std::string(decltype(pot)::name); });
 }
 
 Potential parse_potential(const std::string& name, const std::string& field) {
-  if (name == "dot") return Potential::dot;
-  if (name == "l2") return Potential::l2;
-  throw invalid_argument(field + ": unknown potential '" + name + "' (expected dot or l2)");
+  for (Potential p : {Potential::dot, Potential::l2, Potential::cosine})
+    if (name == to_string(p)) return p;
+  throw invalid_argument(field + ": unknown potential '" + name + "' (expected dot, l2 or cosine)");
 }
 
 std::string to_string(Normalization n) {

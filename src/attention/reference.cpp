@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "attention/internal.hpp"
+#include "attention/potential.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
@@ -20,25 +21,9 @@ Matrix<Scalar> dense_logits(const Model<Scalar>& model, const Measure<Scalar>& m
   const Matrix<Scalar> q = (queries * head.q.transpose()).rowwise() + head.b_q.transpose();
   const Matrix<Scalar> kk = (mu.atoms() * head.k.transpose()).rowwise() + head.b_k.transpose();
   Matrix<Scalar> s(q.rows(), kk.rows());
-  switch (model.potential) {
-    case Potential::dot:
-      s = q * kk.transpose() / head.tau;
-      break;
-    case Potential::l2:
-      for (Index i = 0; i < q.rows(); ++i)
-        for (Index j = 0; j < kk.rows(); ++j)
-          s(i, j) = -(q.row(i) - kk.row(j)).squaredNorm() / head.tau;
-      break;
-    case Potential::custom:
-      for (Index i = 0; i < q.rows(); ++i) {
-        const Vector<Scalar> qi = q.row(i).transpose();
-        for (Index j = 0; j < kk.rows(); ++j) {
-          const Vector<Scalar> kj = kk.row(j).transpose();
-          s(i, j) = model.custom_potential(qi.data(), kj.data(), q.cols());
-        }
-      }
-      break;
-  }
+  with_potential(model.potential, [&](auto pot) {
+    decltype(pot)::template dense<Scalar>(q, kk, head.tau, &model.custom_potential, s);
+  });
   return s;
 }
 

@@ -27,12 +27,11 @@
 #include <vector>
 
 #include "attention/internal.hpp"
+#include "attention/logit_tiles.hpp"
 #include "common/parallel.hpp"
-#include "maxent/logit_tiles.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
-#include "measattn/maxent.hpp"
 
 namespace measattn {
 
@@ -50,56 +49,18 @@ namespace {
 
 constexpr Index kDefaultBlock = 256;
 
-/// out_i = log sum_j exp(L_ij + bias_j) for every row of L, streamed over
-/// column blocks; row blocks in parallel (each row is reduced in a fixed order).
+/// One streamed pass of online log-sum-exp over the rows of L + bias (column
+/// blocks in order, row blocks in parallel; each row is reduced in a fixed
+/// order whatever the thread). Without `values`: out_i = log sum_j exp(L_ij +
+/// bias_j) in column 0 of the result. With `values` (m x k): the rows of
+/// softmax_j(L_ij + bias_j) applied to them (n x k).
 template <class Scalar>
-Vector<Scalar> row_logsumexp(const LogitTiles<Scalar>& logits, const Vector<Scalar>& bias,
-                             Index block) {
+Matrix<Scalar> row_softmax_pass(const LogitTiles<Scalar>& logits, const Vector<Scalar>& bias,
+                                const Matrix<Scalar>* values, Index block) {
   constexpr Scalar kNegInf = -std::numeric_limits<Scalar>::infinity();
   const Index n = logits.rows();
   const Index m = logits.cols();
-  const Index row_blocks = (n + block - 1) / block;
-  Vector<Scalar> out(n);
-  RegionGuard guard;
-#pragma omp parallel if (row_blocks > 1)
-  {
-    Matrix<Scalar> t;
-    Vector<Scalar> mx, sum;
-    guard.run([&] {
-      t.resize(block, block);
-      mx.resize(block);
-      sum.resize(block);
-    });
-#pragma omp for schedule(dynamic, 1)
-    for (Index rb = 0; rb < row_blocks; ++rb) {
-      guard.run([&] {
-        const Index r0 = rb * block;
-        const Index nr = std::min(block, n - r0);
-        mx.head(nr).setConstant(kNegInf);
-        sum.head(nr).setZero();
-        for (Index c0 = 0; c0 < m; c0 += block) {
-          const Index nc = std::min(block, m - c0);
-          logits.tile(r0, nr, c0, nc, t);
-          auto tb = t.topLeftCorner(nr, nc);
-          tb.rowwise() += bias.segment(c0, nc).transpose();
-          for (Index r = 0; r < nr; ++r) online_lse_update(tb.row(r), mx[r], sum[r]);
-        }
-        for (Index r = 0; r < nr; ++r) out[r0 + r] = mx[r] + std::log(sum[r]);
-      });
-    }
-  }
-  guard.finish();
-  return out;
-}
-
-/// Rows of softmax_j(L_ij + bias_j) applied to `values` (m x k), streamed.
-template <class Scalar>
-Matrix<Scalar> row_softmax_times(const LogitTiles<Scalar>& logits, const Vector<Scalar>& bias,
-                                 const Matrix<Scalar>& values, Index block) {
-  constexpr Scalar kNegInf = -std::numeric_limits<Scalar>::infinity();
-  const Index n = logits.rows();
-  const Index m = logits.cols();
-  const Index k = values.cols();
+  const Index k = values ? values->cols() : 1;
   const Index row_blocks = (n + block - 1) / block;
   Matrix<Scalar> out(n, k);
   RegionGuard guard;
@@ -109,7 +70,7 @@ Matrix<Scalar> row_softmax_times(const LogitTiles<Scalar>& logits, const Vector<
     Vector<Scalar> mx, sum;
     guard.run([&] {
       t.resize(block, block);
-      acc.resize(block, k);
+      if (values) acc.resize(block, k);
       mx.resize(block);
       sum.resize(block);
     });
@@ -120,7 +81,7 @@ Matrix<Scalar> row_softmax_times(const LogitTiles<Scalar>& logits, const Vector<
         const Index nr = std::min(block, n - r0);
         mx.head(nr).setConstant(kNegInf);
         sum.head(nr).setZero();
-        acc.topRows(nr).setZero();
+        if (values) acc.topRows(nr).setZero();
         for (Index c0 = 0; c0 < m; c0 += block) {
           const Index nc = std::min(block, m - c0);
           logits.tile(r0, nr, c0, nc, t);
@@ -128,17 +89,37 @@ Matrix<Scalar> row_softmax_times(const LogitTiles<Scalar>& logits, const Vector<
           tb.rowwise() += bias.segment(c0, nc).transpose();
           for (Index r = 0; r < nr; ++r) {
             const Scalar alpha = online_lse_update(tb.row(r), mx[r], sum[r]);
+            if (!values) continue;
             acc.row(r) *= alpha;
             tb.row(r) = (tb.row(r).array() - mx[r]).exp().matrix();
           }
-          acc.topRows(nr).noalias() += tb * values.middleRows(c0, nc);
+          if (values) acc.topRows(nr).noalias() += tb * values->middleRows(c0, nc);
         }
-        for (Index r = 0; r < nr; ++r) out.row(r0 + r) = acc.row(r) / sum[r];
+        for (Index r = 0; r < nr; ++r) {
+          if (values)
+            out.row(r0 + r) = acc.row(r) / sum[r];
+          else
+            out(r0 + r, 0) = mx[r] + std::log(sum[r]);
+        }
       });
     }
   }
   guard.finish();
   return out;
+}
+
+/// out_i = log sum_j exp(L_ij + bias_j) for every row of L, streamed.
+template <class Scalar>
+Vector<Scalar> row_logsumexp(const LogitTiles<Scalar>& logits, const Vector<Scalar>& bias,
+                             Index block) {
+  return row_softmax_pass<Scalar>(logits, bias, nullptr, block).col(0);
+}
+
+/// Rows of softmax_j(L_ij + bias_j) applied to `values` (m x k), streamed.
+template <class Scalar>
+Matrix<Scalar> row_softmax_times(const LogitTiles<Scalar>& logits, const Vector<Scalar>& bias,
+                                 const Matrix<Scalar>& values, Index block) {
+  return row_softmax_pass<Scalar>(logits, bias, &values, block);
 }
 
 template <class Scalar>

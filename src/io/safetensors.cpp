@@ -335,13 +335,11 @@ Model<Scalar> build_model(const SafetensorsFile& file) {
               printable(heads->second) + "'");
   }
   if (const auto p = meta.find("potential"); p != meta.end()) {
-    if (p->second == "dot") {
-      model.potential = Potential::dot;
-    } else if (p->second == "l2") {
-      model.potential = Potential::l2;
+    if (p->second == "dot" || p->second == "l2" || p->second == "cosine") {
+      model.potential = parse_potential(p->second);
     } else {
-      file.fail("__metadata__.potential: expected 'dot' or 'l2', got '" + printable(p->second) +
-                "'");
+      file.fail("__metadata__.potential: expected 'dot', 'l2' or 'cosine', got '" +
+                printable(p->second) + "'");
     }
   }
   if (const auto s = meta.find("scale"); s != meta.end()) {
@@ -526,7 +524,7 @@ void save_model(const std::string& path, const Model<Scalar>& model, DType dtype
   json header = json::object();
   json meta = json::object();
   meta["num_heads"] = std::to_string(model.num_heads);
-  meta["potential"] = model.potential == Potential::l2 ? "l2" : "dot";
+  meta["potential"] = to_string(model.potential);  // custom was refused above
   if (model.scale > 0) meta["scale"] = format_double(static_cast<double>(model.scale));
   meta["format"] = "pt";
   header["__metadata__"] = meta;

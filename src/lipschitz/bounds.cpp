@@ -9,6 +9,7 @@
 #include <limits>
 #include <string>
 
+#include "attention/potential.hpp"
 #include "measattn/error.hpp"
 #include "measattn/lipschitz.hpp"
 
@@ -32,7 +33,8 @@ double one_norm(const MatrixD& m) {  // max absolute column sum
 
 void check_self_attention(const Model<double>& model, bool residual) {
   model.validate();
-  if (model.potential == Potential::custom) {
+  if (!detail::with_potential(model.potential,
+                              [](auto pot) { return decltype(pot)::kDifferentiable; })) {
     throw invalid_argument("potential: no Lipschitz bound is known for a custom potential");
   }
   if (model.query_dim() != model.key_dim()) {
@@ -157,30 +159,28 @@ UpperBoundResult lipschitz_upper_bounds(const Model<double>& model,
   UpperBoundResult out;
   out.radius = r;
   out.residual = options.residual;
-  const bool l2 = model.potential == Potential::l2;
   const Index heads = model.num_heads;
   double px = 0, pm = 0;
+  std::string infinite_reason;  // a potential's reason why no finite bound holds
   VectorD x_parts = VectorD::Zero(heads), m_parts = VectorD::Zero(heads);
   for (Index h = 0; h < heads; ++h) {
     const Head<double> hd = model.head(h);
     HeadBound hb;
     hb.value_norm = spectral_norm(hd.v);
     hb.projected_value_norm = spectral_norm(output_block(model, h) * hd.v);
-    if (!l2) {
-      const MatrixD a = hd.q.transpose() * hd.k / hd.tau;
-      const double an = spectral_norm(a);
-      const double cn = (hd.k.transpose() * hd.b_q).norm() / hd.tau;
-      hb.rho = an * r + cn;
-      hb.oscillation = 2 * r * hb.rho;
-      hb.x_core = an * r * r;
-    } else {
-      const double kq = spectral_norm(hd.k.transpose() * hd.q);
-      const double kk = spectral_norm(hd.k);
-      const double beta = 2.0 / hd.tau * (kq * r + (hd.k.transpose() * (hd.b_q - hd.b_k)).norm());
-      hb.rho = beta + 2.0 * kk * kk * r / hd.tau;
-      hb.oscillation = 2 * r * beta + kk * kk * r * r / hd.tau;
-      hb.x_core = 2.0 * kq * r * r / hd.tau;
-    }
+    // The potential's constants (attention/potential.hpp, docs/theory.md).
+    const detail::PotentialBound pb =
+        detail::with_potential(model.potential, [&](auto pot) -> detail::PotentialBound {
+          using P = decltype(pot);
+          if constexpr (P::kDifferentiable)
+            return P::bound_constants(hd, r, [](const MatrixD& m) { return spectral_norm(m); });
+          else
+            return {};  // refused by check_self_attention
+        });
+    hb.rho = pb.rho;
+    hb.oscillation = pb.oscillation;
+    hb.x_core = pb.x_core;
+    if (infinite_reason.empty()) infinite_reason = pb.infinite_reason;
     hb.measure_core = (1 + 2 * r * hb.rho) * std::exp(hb.oscillation);
     // 0 * inf (a zero value map, an overflowing exponential) is 0: the head adds nothing.
     auto times = [](double norm, double core) { return norm == 0 ? 0.0 : norm * core; };
@@ -197,7 +197,7 @@ UpperBoundResult lipschitz_upper_bounds(const Model<double>& model,
   const double wo = spectral_norm(model.w_o);
   const double res = options.residual ? 1.0 : 0.0;
   const double tx = wo == 0 ? 0.0 : wo * sx, tm = wo == 0 ? 0.0 : wo * sm;
-  const std::string pot = l2 ? "l2" : "dot";
+  const std::string pot = to_string(model.potential);
   const std::string scope = " on measures supported in B_R (W1 Lipschitz constant of mu -> F(mu))";
   out.bounds.push_back(
       {"w1_theorem", tx + tm + res, "w1",
@@ -212,6 +212,10 @@ UpperBoundResult lipschitz_upper_bounds(const Model<double>& model,
   for (auto& b : out.bounds) {
     if (std::isfinite(b.value)) continue;
     b.value = std::numeric_limits<double>::infinity();
+    if (!infinite_reason.empty()) {
+      b.meaning += "; +inf: " + infinite_reason;
+      continue;
+    }
     char buf[160];
     std::snprintf(buf, sizeof buf,
                   "; +inf: the bound overflows double (e^oscillation with oscillation %.3g at "

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <vector>
 
+#include "attention/potential.hpp"
 #include "measattn/attention.hpp"
 #include "measattn/types.hpp"
 
@@ -35,8 +36,27 @@ inline Dual exp(Dual a) {
   const double x = std::exp(a.v);
   return {x, x * a.e};
 }
-inline double value_of(double a) { return a; }
+inline Dual sqrt(Dual a) {
+  const double s = std::sqrt(a.v);
+  return {s, a.e / (2 * s)};
+}
 inline double value_of(Dual a) { return a.v; }
+
+/// x, with the compiler barred from fusing the operation that produced it into
+/// the next one (no multiply-add across this point): the forward pass rounds
+/// the scaled logit before adding the log-weight, as when each potential's
+/// formula was a branch of this loop (results stay bit-identical).
+inline double unfused(double x) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm("" : "+x"(x));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  asm("" : "+w"(x));
+#elif defined(__GNUC__)
+  asm("" : "+m"(x));
+#endif
+  return x;
+}
+inline Dual unfused(Dual a) { return {unfused(a.v), unfused(a.e)}; }
 
 /// Parameters of one layer flattened for the kernels (double).
 struct LayerParams {
@@ -45,7 +65,7 @@ struct LayerParams {
     VectorD bq, bk, bv;  // k
     MatrixD wo;          // d_out x k
     double tau = 1;
-    bool l2 = false;
+    Potential potential = Potential::dot;  // its logit pieces: attention/potential.hpp
   };
   Index d = 0, d_out = 0, k = 0;
   std::vector<HeadP> heads;
@@ -81,6 +101,37 @@ void project_rows(const MatrixD& w, const VectorD& b, const T* x, Index n, Index
     }
 }
 
+/// One head of layer_forward: pi, m and the head's share of out (P: the potential).
+template <class P, class T>
+void head_forward(const LayerParams::HeadP& hp, HeadCache<T>& c, const T* logw, Index n,
+                  double inv_tau, std::vector<T>& s, T* out) {
+  using std::exp;
+  const Index k = hp.q.rows(), dout = hp.wo.rows();
+  for (Index i = 0; i < n; ++i) {
+    double mx = -1e300;
+    for (Index j = 0; j < n; ++j) {
+      const T g = unfused(P::logit(&c.q[i * k], &c.kappa[j * k], k, inv_tau));
+      s[j] = g + logw[j];
+      mx = std::max(mx, value_of(s[j]));
+    }
+    T z(0.0);
+    for (Index j = 0; j < n; ++j) {
+      s[j] = exp(s[j] - T(mx));
+      z += s[j];
+    }
+    for (Index j = 0; j < n; ++j) {
+      const T pij = s[j] / z;
+      c.pi[i * n + j] = pij;
+      for (Index a = 0; a < k; ++a) c.m[i * k + a] += pij * c.v[j * k + a];
+    }
+    for (Index o = 0; o < dout; ++o) {
+      T acc(0.0);
+      for (Index a = 0; a < k; ++a) acc += hp.wo(o, a) * c.m[i * k + a];
+      out[i * dout + o] += acc;
+    }
+  }
+}
+
 /// Forward pass: x is n x d (row-major), logw has n entries (log weights, any
 /// normalization), out is n x d_out. Caches are filled when non-null.
 template <class T>
@@ -108,39 +159,10 @@ void layer_forward(const LayerParams& p, const T* x, const T* logw, Index n, T* 
     project_rows(hp.k, hp.bk, x, n, d, c.kappa.data());
     project_rows(hp.v, hp.bv, x, n, d, c.v.data());
     const double inv_tau = 1.0 / hp.tau;
-    for (Index i = 0; i < n; ++i) {
-      double mx = -1e300;
-      for (Index j = 0; j < n; ++j) {
-        T g(0.0);
-        if (hp.l2) {
-          for (Index a = 0; a < k; ++a) {
-            const T t = c.q[i * k + a] - c.kappa[j * k + a];
-            g += t * t;
-          }
-          g = g * (-inv_tau);
-        } else {
-          for (Index a = 0; a < k; ++a) g += c.q[i * k + a] * c.kappa[j * k + a];
-          g = g * inv_tau;
-        }
-        s[j] = g + logw[j];
-        mx = std::max(mx, value_of(s[j]));
-      }
-      T z(0.0);
-      for (Index j = 0; j < n; ++j) {
-        s[j] = exp(s[j] - T(mx));
-        z += s[j];
-      }
-      for (Index j = 0; j < n; ++j) {
-        const T pij = s[j] / z;
-        c.pi[i * n + j] = pij;
-        for (Index a = 0; a < k; ++a) c.m[i * k + a] += pij * c.v[j * k + a];
-      }
-      for (Index o = 0; o < dout; ++o) {
-        T acc(0.0);
-        for (Index a = 0; a < k; ++a) acc += hp.wo(o, a) * c.m[i * k + a];
-        out[i * dout + o] += acc;
-      }
-    }
+    with_potential(hp.potential, [&](auto pot) {
+      using P = decltype(pot);
+      if constexpr (P::kDifferentiable) head_forward<P>(hp, c, logw, n, inv_tau, s, out);
+    });
   }
 }
 
@@ -172,33 +194,26 @@ void layer_vjp(const LayerParams& p, const T* x, const T* logw, Index n, const T
     std::fill(vbar.begin(), vbar.end(), T(0.0));
     std::fill(qbar.begin(), qbar.end(), T(0.0));
     std::fill(kbar.begin(), kbar.end(), T(0.0));
-    for (Index i = 0; i < n; ++i) {
-      T mean(0.0);
-      for (Index j = 0; j < n; ++j) {
-        T pb(0.0);
-        for (Index a = 0; a < k; ++a) pb += mbar[i * k + a] * c.v[j * k + a];
-        sbar[j] = pb;
-        mean += c.pi[i * n + j] * pb;
-      }
-      for (Index j = 0; j < n; ++j) {
-        const T pij = c.pi[i * n + j];
-        for (Index a = 0; a < k; ++a) vbar[j * k + a] += pij * mbar[i * k + a];
-        const T sb = pij * (sbar[j] - mean);
-        lbar[j] += sb;
-        if (hp.l2) {
-          for (Index a = 0; a < k; ++a) {
-            const T t = (c.q[i * k + a] - c.kappa[j * k + a]) * (2.0 * inv_tau) * sb;
-            qbar[i * k + a] -= t;
-            kbar[j * k + a] += t;
-          }
-        } else {
-          for (Index a = 0; a < k; ++a) {
-            qbar[i * k + a] += sb * c.kappa[j * k + a] * inv_tau;
-            kbar[j * k + a] += sb * c.q[i * k + a] * inv_tau;
-          }
+    with_potential(hp.potential, [&](auto pot) {
+      using P = decltype(pot);
+      for (Index i = 0; i < n; ++i) {
+        T mean(0.0);
+        for (Index j = 0; j < n; ++j) {
+          T pb(0.0);
+          for (Index a = 0; a < k; ++a) pb += mbar[i * k + a] * c.v[j * k + a];
+          sbar[j] = pb;
+          mean += c.pi[i * n + j] * pb;
+        }
+        for (Index j = 0; j < n; ++j) {
+          const T pij = c.pi[i * n + j];
+          for (Index a = 0; a < k; ++a) vbar[j * k + a] += pij * mbar[i * k + a];
+          const T sb = pij * (sbar[j] - mean);
+          lbar[j] += sb;
+          if constexpr (P::kDifferentiable)
+            P::logit_vjp(&c.q[i * k], &c.kappa[j * k], k, inv_tau, sb, &qbar[i * k], &kbar[j * k]);
         }
       }
-    }
+    });
     for (Index i = 0; i < n; ++i)
       for (Index cc = 0; cc < d; ++cc) {
         T s(0.0);

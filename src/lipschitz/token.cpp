@@ -27,7 +27,7 @@ namespace detail {
 
 LayerParams LayerParams::from(const Model<double>& model, bool residual) {
   model.validate();
-  if (model.potential == Potential::custom)
+  if (!with_potential(model.potential, [](auto pot) { return decltype(pot)::kDifferentiable; }))
     throw invalid_argument("potential: custom potentials have no analytic derivatives here");
   if (model.query_dim() != model.key_dim())
     throw invalid_argument("model: self-attention needs equal query and key dimensions");
@@ -50,7 +50,7 @@ LayerParams LayerParams::from(const Model<double>& model, bool residual) {
     hp.bv = hd.b_v;
     hp.wo = model.w_o.middleCols(h * p.k, p.k);
     hp.tau = hd.tau;
-    hp.l2 = hd.potential == Potential::l2;
+    hp.potential = hd.potential;
     p.heads.push_back(std::move(hp));
   }
   return p;
@@ -92,7 +92,13 @@ void check_layer_range(const LayerParams& p, double radius, const std::string& f
     if (lk > log_limit) fail(hh, "keys", lk);
     if (lv > log_limit) fail(hh, "values", lv);
     const double lt = std::log(hp.tau);
-    const double logit = hp.l2 ? 2 * (std::max(lq, lk) + std::log(2.0)) - lt : lq + lk - lt;
+    const double logit = with_potential(hp.potential, [&](auto pot) -> double {
+      using P = decltype(pot);
+      if constexpr (P::kDifferentiable)
+        return P::log_logit_bound(lq, lk, lt);
+      else
+        return -INFINITY;  // not reached: LayerParams::from refuses the others
+    });
     if (logit > log_limit) fail(hh, "logits", logit);
     const double lo = std::log(hp.wo.stableNorm()) + lv;
     log_out = std::max(log_out, lo + std::log(static_cast<double>(p.heads.size())));
@@ -321,6 +327,8 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
   detail::check_layer_range(p, options.radius > 0 ? options.radius : 1.0, "radius");
   const Index n = options.tokens, d = p.d;
   const double scale = options.radius > 0 ? options.radius : 1.0;
+  const bool outlier_starts = detail::with_potential(
+      model.potential, [](auto pot) { return decltype(pot)::kOutlierStarts; });
   struct Out {
     double value = 0;
     MatrixD x;
@@ -336,7 +344,7 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
       std::mt19937_64 rng(options.seed * 0x9E3779B97F4A7C15ULL + static_cast<std::uint64_t>(r));
       MatrixD x;
       const int kind = r % 4;
-      if (kind == 1 || (kind == 3 && model.potential == Potential::l2)) {
+      if (kind == 1 || (kind == 3 && outlier_starts)) {
         // One outlier at distance t from a cluster at 0 (Kim's worst cases).
         x = random_matrix(rng, n, d, 1e-3 * scale);
         VectorD e = random_matrix(rng, d, 1, 1.0).col(0);

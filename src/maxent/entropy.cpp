@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "attention/internal.hpp"
+#include "attention/logit_tiles.hpp"
 #include "common/parallel.hpp"
-#include "maxent/logit_tiles.hpp"
 #include "measattn/error.hpp"
 #include "measattn/maxent.hpp"
 

@@ -150,7 +150,7 @@ def test_model_constructor_and_errors():
     with pytest.raises(ValueError, match="b_q: expected length 6"):
         measattn.Model(*w, b_q=np.zeros(5))
     with pytest.raises(ValueError, match="potential"):
-        measattn.Model(*w, potential="cosine")
+        measattn.Model(*w, potential="cosh")
     with pytest.raises(ValueError, match="scale"):
         measattn.Model(*w, scale=-1.0)
     bad = w[0].copy()

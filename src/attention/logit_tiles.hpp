@@ -1,12 +1,15 @@
 // Tiles of one head's logit matrix recomputed on demand from the projections,
 // so that streamed passes (Sinkhorn half-steps, entropy statistics) never hold
-// the n x m matrix. Shared by src/attention/sinkhorn.cpp and src/maxent/.
+// the n x m matrix. Used by the Sinkhorn normalization (sinkhorn.cpp) and by
+// the maxent module's entropy diagnostics (maxent depends on attention, never
+// the reverse).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "attention/potential.hpp"
 #include "measattn/attention.hpp"
 
 namespace measattn::detail {
@@ -24,8 +27,10 @@ Matrix<Scalar> project_head(const MatrixRef<Scalar>& x, const Matrix<Scalar>& w,
 /// The logit matrix L of head h between projected rows `a` (r x k) and
 /// projected columns `b` (c x k): L(i, j) = G(a_i, b_j) when a holds queries
 /// and b keys, or L(i, j) = G(b_j, a_i) when `swapped` (a keys, b queries: the
-/// transpose of a query-key logit matrix). The dot and l2 formulas are
-/// symmetric in their two arguments; only custom potentials see the swap.
+/// transpose of a query-key logit matrix). The dot, l2 and cosine formulas are
+/// symmetric in their two arguments; only custom potentials see the swap. The
+/// rows of a and b are stored as the potential's split wants them (normalized
+/// for cosine), so a() and b() are the split's A and B.
 template <class Scalar>
 class LogitTiles {
  public:
@@ -36,10 +41,19 @@ class LogitTiles {
         potential_(model.potential),
         custom_(&model.custom_potential),
         swapped_(swapped) {
-    if (potential_ == Potential::l2) {
-      an_ = a_.rowwise().squaredNorm();
-      bn_ = b_.rowwise().squaredNorm();
-    }
+    with_potential(potential_, [&](auto pot) {
+      using P = decltype(pot);
+      if constexpr (P::kNormalized) {
+        for (Index i = 0; i < a_.rows(); ++i)
+          normalize_scaled<Scalar>(a_.row(i).data(), a_.cols(), 1, Scalar(1));
+        for (Index j = 0; j < b_.rows(); ++j)
+          normalize_scaled<Scalar>(b_.row(j).data(), b_.cols(), 1, Scalar(1));
+      }
+      if constexpr (P::kKeyShift) {  // the split's row and column terms need the norms
+        an_ = a_.rowwise().squaredNorm();
+        bn_ = b_.rowwise().squaredNorm();
+      }
+    });
   }
 
   Index rows() const { return a_.rows(); }
@@ -52,18 +66,12 @@ class LogitTiles {
   void tile(Index r0, Index nr, Index c0, Index nc, Matrix<Scalar>& out) const {
     auto t = out.topLeftCorner(nr, nc);
     const Index k = a_.cols();
-    switch (potential_) {
-      case Potential::dot:
-        t.noalias() = a_.middleRows(r0, nr) * b_.middleRows(c0, nc).transpose();
-        t *= inv_tau_;
-        break;
-      case Potential::l2:
-        t.noalias() = a_.middleRows(r0, nr) * b_.middleRows(c0, nc).transpose();
-        t = (Scalar(2) * t.array() - an_.segment(r0, nr).replicate(1, nc).array() -
-             bn_.segment(c0, nc).transpose().replicate(nr, 1).array()) *
-            inv_tau_;
-        break;
-      case Potential::custom:
+    with_potential(potential_, [&](auto pot) {
+      using P = decltype(pot);
+      if constexpr (P::kTiled) {
+        P::template tile<Scalar>(a_.middleRows(r0, nr), b_.middleRows(c0, nc), an_, bn_, r0, c0,
+                                 inv_tau_, t);
+      } else {
         for (Index r = 0; r < nr; ++r) {
           for (Index c = 0; c < nc; ++c) {
             const Scalar* x = a_.row(r0 + r).data();
@@ -71,8 +79,8 @@ class LogitTiles {
             t(r, c) = swapped_ ? (*custom_)(y, x, k) : (*custom_)(x, y, k);
           }
         }
-        break;
-    }
+      }
+    });
   }
 
  private:
