@@ -7,7 +7,6 @@
 #include <limits>
 
 #include "analyze.hpp"
-#include "attention/internal.hpp"
 #include "measattn/maxent.hpp"
 
 namespace measattn::cli {
@@ -58,7 +57,7 @@ void section_entropy(SectionContext& ctx) {
     const auto& head = result.heads[static_cast<size_t>(h)];
     // Recover beta = 1 from each query's expected score by the constrained
     // max-entropy solve: the kernel row is nu_beta with beta = 1.
-    const Matrix<double> logits = detail::dense_logits(model, mu, mu.atoms(), h);
+    const Matrix<double> logits = attention_logits(model, mu, mu.atoms(), h);
     for (Index i = 0; i < mu.size(); ++i) {
       const Vector<double> g = logits.row(i).transpose();
       // The range that matters is over the support of mu (zero-weight tokens are

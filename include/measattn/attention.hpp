@@ -151,6 +151,13 @@ template <class Scalar>
 Measure<Scalar> cross_attention(const Model<Scalar>& model, const Measure<Scalar>& nu,
                                 const Measure<Scalar>& mu, const AttendOptions& options = {});
 
+/// The logits s_ij = G_h(y_i, x_j) of head h between the queries (rows y_i) and
+/// the atoms x_j of mu, without the log-weights: n x m, dense (O(n m) memory).
+/// Validates its arguments as attention_field does and `head` in [0, num_heads).
+template <class Scalar>
+Matrix<Scalar> attention_logits(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                                const MatrixRef<Scalar>& queries, Index head);
+
 /// The Transformer formula computed directly, as a reference: for each head
 /// softmax(S + log w) V with the full n x m logit matrix S materialized, the
 /// heads concatenated and projected. O(n m) memory: for checks, not for speed.

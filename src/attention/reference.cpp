@@ -75,11 +75,24 @@ Matrix<Scalar> transformer_attention(const Model<Scalar>& model, const Measure<S
   return out;
 }
 
+template <class Scalar>
+Matrix<Scalar> attention_logits(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                                const MatrixRef<Scalar>& queries, Index head) {
+  detail::check_inputs(model, mu, queries, AttendOptions{});
+  if (head < 0 || head >= model.num_heads) {
+    throw invalid_argument("head: " + std::to_string(head) + " is not in [0, " +
+                           std::to_string(model.num_heads) + ")");
+  }
+  return detail::dense_logits(model, mu, queries, head);
+}
+
 #define MEASATTN_INSTANTIATE(S)                                                                    \
   template Matrix<S> detail::dense_logits(const Model<S>&, const Measure<S>&, const MatrixRef<S>&, \
                                           Index);                                                  \
   template Matrix<S> detail::dense_kernel(const Model<S>&, const Measure<S>&, const MatrixRef<S>&, \
                                           Index, const AttendOptions&);                            \
+  template Matrix<S> attention_logits(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,     \
+                                      Index);                                                      \
   template Matrix<S> transformer_attention(const Model<S>&, const Measure<S>&,                     \
                                            const MatrixRef<S>&, const AttendOptions&);
 
