@@ -21,6 +21,7 @@ __version__: str
 
 def set_num_threads(num_threads: int) -> None: ...
 def get_num_threads() -> int: ...
+def option_fields(function: str) -> List[Tuple[str, Any]]: ...
 
 class Measure:
     """mu = sum_i w_i delta_{x_i}: atoms (n, d), weights (n,) normalized to sum one."""
@@ -165,7 +166,7 @@ class WassersteinResult:
     def __float__(self) -> float: ...
 
 def wasserstein(a: Tokens, b: Tokens, wa: Optional[ArrayLike] = None,
-                wb: Optional[ArrayLike] = None, p: float = 1.0, method: str = "exact",
+                wb: Optional[ArrayLike] = None, p: float = 1.0, method: str = "auto",
                 dtype: DTypeLike = None, **options: Any) -> WassersteinResult:
     """W_p(mu, nu)^p = min_{pi in Pi(wa, wb)} sum_ij pi_ij ||a_i - b_j||^p."""
 
