@@ -27,8 +27,6 @@
 #include <string>
 #include <vector>
 
-#include <Eigen/Eigenvalues>
-
 #include "command.hpp"
 #include "flags.hpp"
 #include "inputs.hpp"
@@ -61,22 +59,8 @@ bool plot_trajectories(const std::vector<MatrixD>& frames, const std::string& pn
   if (frames.empty()) return false;
   const Index n = frames[0].rows(), d = frames[0].cols();
   const Index count = static_cast<Index>(frames.size());
-  Eigen::MatrixXd basis(d, std::min<Index>(d, 2));
-  if (d <= 2) {
-    basis = Eigen::MatrixXd::Identity(d, d);
-  } else {
-    Eigen::RowVectorXd mean = Eigen::RowVectorXd::Zero(d);
-    for (const auto& f : frames) mean += f.colwise().sum();
-    mean /= static_cast<double>(n * count);
-    Eigen::MatrixXd cov = Eigen::MatrixXd::Zero(d, d);
-    for (const auto& f : frames) {
-      const Eigen::MatrixXd c = f.rowwise() - mean;
-      cov += c.transpose() * c;
-    }
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(cov);
-    basis.col(0) = eig.eigenvectors().col(d - 1);
-    basis.col(1) = eig.eigenvectors().col(d - 2);
-  }
+  const Eigen::MatrixXd basis = d <= 2 ? Eigen::MatrixXd(Eigen::MatrixXd::Identity(d, d))
+                                       : principal_directions<Eigen::MatrixXd>(frames, 2);
   std::ostringstream script;
   script << std::setprecision(9) << "$traj << EOD\n";
   const Index step = std::max<Index>(1, n / 400);
