@@ -30,6 +30,7 @@
 
 #include "measattn/attention.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/options.hpp"
 #include "measattn/types.hpp"
 
 namespace measattn {
@@ -83,6 +84,13 @@ struct MaxEntOptions {
   int max_iterations = 200;  // Newton/bisection steps (bracket expansion included); >= 1
   void validate() const;     // throws invalid_argument naming the field
 };
+
+/// The user-facing fields of MaxEntOptions (options.hpp).
+template <class Visitor>
+void for_each_field(MaxEntOptions& o, Visitor&& visit) {
+  visit("beta_tolerance", o.beta_tolerance, "Relative Newton-step tolerance on beta, in [0, 1)");
+  visit("max_iterations", o.max_iterations, "Solver iteration cap");
+}
 
 enum class MaxEntStatus { converged, iteration_cap };
 std::string to_string(MaxEntStatus s);
@@ -140,6 +148,15 @@ struct EntropyOptions {
   void validate() const;
 };
 
+/// The user-facing fields of EntropyOptions (options.hpp).
+template <class Visitor>
+void for_each_field(EntropyOptions& o, Visitor&& visit) {
+  visit("betas", o.betas, "Inverse temperatures of the temperature curve (empty = default grid)");
+  visit("causal", o.causal, "Query i sees keys j <= i");
+  visit("query_block", o.query_block, "Rows per query block (0 = automatic)");
+  visit("key_block", o.key_block, "Rows per key block (0 = automatic)");
+}
+
 /// -logspace(2, -2, 17) ∪ {0} ∪ logspace(-2, 2, 17): 35 values, increasing,
 /// beta = 1 included. Negative beta (anti-attention toward hardmin) completes
 /// the curve on the side of expected scores below the mean under mu.
@@ -185,6 +202,14 @@ struct SinkhornAttentionOptions {
   Index block = 0;       // tile size of the streamed passes; 0 = automatic
   void validate() const;
 };
+
+/// The user-facing fields of SinkhornAttentionOptions (options.hpp).
+template <class Visitor>
+void for_each_field(SinkhornAttentionOptions& o, Visitor&& visit) {
+  visit("iterations", o.iterations, "Sinkhorn iterations (columns then rows) beyond softmax");
+  visit("tolerance", o.tolerance, "Stop once the column-marginal error <= tolerance (0: never)");
+  visit("block", o.block, "Tile size of the streamed passes (0 = automatic)");
+}
 
 enum class SinkhornStatus { converged, iteration_cap };
 std::string to_string(SinkhornStatus s);
