@@ -29,10 +29,15 @@ COMMANDS = {
 
 # Python functions with a field table but no subcommand binding it.
 OTHER_FUNCTIONS = ["token_jacobian_norm", "token_lipschitz_lower_bound", "attention_entropy",
-                   "sinkhorn_attention"]
+                   "sinkhorn_attention", "misspec"]
 
 # Python defaults that stand for the table's: None = the empty list (the default grid).
-PYTHON_DEFAULTS = {("attention_entropy", "betas"): ([], None)}
+PYTHON_DEFAULTS = {
+    ("attention_entropy", "betas"): ([], None),
+    ("misspec", "sizes"): ([4, 8, 16, 32, 64, 128], None),
+    ("misspec", "sigmas"): ([0.01, 0.03, 0.1, 0.3], None),
+    ("misspec", "eps"): ([0.01, 0.03, 0.1, 0.3], None),
+}
 
 # Older spellings of flags kept as aliases (existing command lines keep working).
 ALIASES = {
