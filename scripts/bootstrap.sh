@@ -9,7 +9,7 @@ packages=(
   clang libclang-rt-14-dev clang-format
   libeigen3-dev libcli11-dev nlohmann-json3-dev liblemon-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  pybind11-dev python3-dev python3-numpy python3-pytest
+  pybind11-dev python3-dev python3-numpy python3-pytest python3-mypy
   python3-torch python3-pot python3-scipy python3-matplotlib
   gnuplot-nox
   libopenblas0-pthread

@@ -3,25 +3,16 @@
 // its distance to the continuum flow (a tight Dormand–Prince reference) is
 // measured in W1 and the convergence order fitted; then the layer-norm (sphere)
 // dynamics are run long enough to watch the tokens cluster.
-#include <Eigen/Eigenvalues>
 #include <cmath>
 
 #include "analyze.hpp"
 #include "measattn/flow.hpp"
 #include "measattn/wasserstein.hpp"
+#include "plot.hpp"
 
 namespace measattn::cli {
 
 namespace {
-
-// Principal directions of the start configuration, for 2-D pictures.
-Matrix<double> top_directions(const Matrix<double>& x, Index count) {
-  const Matrix<double> centered = x.rowwise() - x.colwise().mean();
-  Eigen::SelfAdjointEigenSolver<Matrix<double>> eig(centered.transpose() * centered);
-  Matrix<double> dirs(x.cols(), count);
-  for (Index c = 0; c < count; ++c) dirs.col(c) = eig.eigenvectors().col(x.cols() - 1 - c);
-  return dirs;
-}
 
 // Least-squares slope of log(err) against log(L).
 // Only positive errors enter (log 0 is -inf); NaN when fewer than two remain.
@@ -166,7 +157,9 @@ void section_flow(SectionContext& ctx) {
                          "$C using 1:4 axes x1y2 with lines dt 2 title 'energy E_4 (canonical)'\n");
 
   // Trajectories of this layer's sphere flow, projected on the top-2 principal directions.
-  const Matrix<double> dirs = top_directions(mu.atoms(), 2);
+  // The principal directions of the start configuration (plot.hpp).
+  const Matrix<double> dirs =
+      principal_directions<Matrix<double>>(std::vector<Matrix<double>>{mu.atoms()}, 2);
   Table traj;
   traj.columns = {"particle", "time", "pc1", "pc2"};
   std::string script =

@@ -2,7 +2,10 @@
 //
 //   measattn attend --model M.safetensors --tokens X.npy [--weights w.npy]
 //                   [--queries Y.npy] [--causal] [--residual] [--dtype f64|f32]
-//                   [--normalization softmax|sinkhorn] [--sinkhorn-iters K] --out OUT.npy
+//                   [--normalization softmax|sinkhorn] [--sinkhorn-iterations K] --out OUT.npy
+//
+// The options are AttendOptions' fields (flags from its field table;
+// --sinkhorn-iters is kept as an alias of --sinkhorn-iterations).
 //
 // Without --queries: self-attention, OUT row i = Gamma_mu(x_i) where
 // mu = sum_j w_j delta_{x_j} (uniform weights by default). With --queries:
@@ -28,10 +31,9 @@ namespace {
 
 struct AttendArgs {
   std::string model, tokens, weights, queries, out;
-  bool causal = false, residual = false;
   std::string dtype = "f64";
-  std::string normalization = "softmax";
-  int sinkhorn_iters = 0;
+  AttendOptions options;  ///< bound to the flags through its field table (attention.hpp)
+  OptionBinder binder;
 };
 
 std::string dim_text(Index d) { return std::to_string(d); }
@@ -83,11 +85,7 @@ const bool registered = register_command(
     [](CLI::App& app) {
       auto a = std::make_shared<AttendArgs>();
       std::vector<FieldFlag> fields = token_fields(&a->tokens, &a->weights);
-      fields.insert(fields.end(), {{"queries", "--queries", &a->queries},
-                                   {"residual", "--residual"},
-                                   {"normalization", "--normalization"},
-                                   {"sinkhorn_iterations", "--sinkhorn-iters"}});
-      for (auto& row : model_fields("--model", &a->model)) fields.push_back(row);
+      fields.push_back({"queries", "--queries", &a->queries});
       register_fields(app, std::move(fields));
       app.add_option("--model", a->model,
                      "Model: safetensors with nn.MultiheadAttention weights and num_heads")
@@ -97,25 +95,19 @@ const bool registered = register_command(
       app.add_option("--weights", a->weights, "Token weights: length-n .npy (default uniform)");
       app.add_option("--queries", a->queries,
                      "Queries for cross-attention: m x d_q .npy (default: the tokens)");
-      app.add_flag("--causal", a->causal, "Query i sees tokens 0..i only");
-      app.add_flag("--residual", a->residual, "Add the query to the output (x + Gamma(x))");
+      a->binder.bind(app, a->options,
+                     {"causal", "residual", "normalization", "sinkhorn_iterations"},
+                     {{"sinkhorn_iterations", {"--sinkhorn-iters"}}});
+      // After the options' rows: a field named by both (normalization) maps to its flag.
+      register_fields(app, model_fields("--model", &a->model));
       app.add_option("--dtype", a->dtype, "Precision of the computation and the output: f64|f32")
-          ->capture_default_str();
-      app.add_option("--normalization", a->normalization,
-                     "softmax (standard) or sinkhorn (doubly stochastic, self-attention only)")
-          ->capture_default_str();
-      app.add_option("--sinkhorn-iters", a->sinkhorn_iters,
-                     "Sinkhorn iterations beyond softmax (with --normalization sinkhorn)")
           ->capture_default_str();
       app.add_option("--out", a->out, "Output .npy: one row per query, input order")->required();
       app.callback([a] {
         const DType dtype = parse_dtype(a->dtype, "--dtype");
-        AttendOptions options;
-        options.causal = a->causal;
-        options.residual = a->residual;
-        options.normalization = parse_normalization(a->normalization, "--normalization");
-        if (a->sinkhorn_iters < 0) throw invalid_argument("--sinkhorn-iters: must be >= 0");
-        options.sinkhorn_iterations = a->sinkhorn_iters;
+        a->binder.apply();  // --normalization
+        const AttendOptions options = a->options;
+        options.validate();
         if (options.normalization == Normalization::sinkhorn && !a->queries.empty()) {
           throw invalid_argument(
               "--normalization: sinkhorn attention is defined for self-attention only "

@@ -27,8 +27,6 @@
 #include <string>
 #include <vector>
 
-#include <Eigen/Eigenvalues>
-
 #include "command.hpp"
 #include "flags.hpp"
 #include "inputs.hpp"
@@ -44,10 +42,12 @@ namespace measattn::cli {
 namespace {
 
 struct FlowArgs {
-  std::string model, builtin, tokens, weights, out, scheme = "euler";
-  double beta = 0, time = 0, tol = 1e-6, cluster_tol = 1e-2;
-  long long steps = 0, save_every = 0, checkpoint_every = 0;
-  bool sphere = false, unnormalized = false, resume = false, no_plot = false;
+  std::string model, builtin, tokens, weights, out;
+  double beta = 0;
+  bool unnormalized = false, no_plot = false;
+  FlowOptions options;  ///< bound to the flags through its field table (flow.hpp)
+  OptionBinder binder;
+  const CLI::Option* steps = nullptr;  ///< --steps, to tell whether it was given
 };
 
 // Trajectories projected to 2-D (top-2 principal directions of all saved points
@@ -59,22 +59,8 @@ bool plot_trajectories(const std::vector<MatrixD>& frames, const std::string& pn
   if (frames.empty()) return false;
   const Index n = frames[0].rows(), d = frames[0].cols();
   const Index count = static_cast<Index>(frames.size());
-  Eigen::MatrixXd basis(d, std::min<Index>(d, 2));
-  if (d <= 2) {
-    basis = Eigen::MatrixXd::Identity(d, d);
-  } else {
-    Eigen::RowVectorXd mean = Eigen::RowVectorXd::Zero(d);
-    for (const auto& f : frames) mean += f.colwise().sum();
-    mean /= static_cast<double>(n * count);
-    Eigen::MatrixXd cov = Eigen::MatrixXd::Zero(d, d);
-    for (const auto& f : frames) {
-      const Eigen::MatrixXd c = f.rowwise() - mean;
-      cov += c.transpose() * c;
-    }
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(cov);
-    basis.col(0) = eig.eigenvectors().col(d - 1);
-    basis.col(1) = eig.eigenvectors().col(d - 2);
-  }
+  const Eigen::MatrixXd basis = d <= 2 ? Eigen::MatrixXd(Eigen::MatrixXd::Identity(d, d))
+                                       : principal_directions<Eigen::MatrixXd>(frames, 2);
   std::ostringstream script;
   script << std::setprecision(9) << "$traj << EOD\n";
   const Index step = std::max<Index>(1, n / 400);
@@ -115,7 +101,7 @@ nlohmann::json number_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
 
-void run_flow(const FlowArgs& a) {
+void run_flow(FlowArgs& a) {
   // ---- validate every argument before computing anything ----------------------
   const bool builtin = !a.builtin.empty();
   if (builtin == !a.model.empty()) {
@@ -129,19 +115,18 @@ void run_flow(const FlowArgs& a) {
     throw invalid_argument("--beta: --builtin sa needs --beta B with B > 0");
   }
   if (!builtin && a.beta != 0) throw invalid_argument("--beta: only with --builtin sa");
-  const FlowScheme scheme = parse_flow_scheme(a.scheme, "--scheme");
-  if (!(a.time > 0) || !std::isfinite(a.time)) throw invalid_argument("--time: must be > 0");
-  if (scheme != FlowScheme::dopri5 && a.steps < 1) {
-    throw invalid_argument("--steps: the " + a.scheme + " scheme needs --steps L >= 1");
+  a.binder.apply();  // --scheme
+  FlowOptions options = a.options;
+  const FlowScheme scheme = options.scheme;
+  const bool steps_given = a.steps->count() > 0;
+  // The fixed-step schemes need the number of steps from the user (the
+  // library's default is not a choice the CLI makes for them); dopri5 ignores it.
+  if (scheme != FlowScheme::dopri5 && !steps_given) {
+    throw invalid_argument("--steps: the " + to_string(scheme) + " scheme needs --steps L >= 1");
   }
-  if (a.steps < 0) throw invalid_argument("--steps: must be >= 1");
-  if (!(a.tol > 0) || !std::isfinite(a.tol)) throw invalid_argument("--tol: must be > 0");
-  if (a.save_every < 0) throw invalid_argument("--save-every: must be >= 0");
-  if (a.checkpoint_every < 0) throw invalid_argument("--checkpoint-every: must be >= 0");
-  if (!(a.cluster_tol >= 0) || !std::isfinite(a.cluster_tol)) {
-    throw invalid_argument("--cluster-tol: must be >= 0");
-  }
-  if (a.unnormalized && (!builtin || !a.sphere)) {
+  if (scheme == FlowScheme::dopri5)
+    options.steps = steps_given && options.steps != 0 ? options.steps : 1;
+  if (a.unnormalized && (!builtin || !options.sphere)) {
     throw invalid_argument(
         "--unnormalized: the unnormalized field needs the canonical model and the sphere "
         "(--builtin sa --beta B --sphere)");
@@ -149,16 +134,23 @@ void run_flow(const FlowArgs& a) {
   if (a.unnormalized && a.beta > 700) {
     throw invalid_argument("--beta: the unnormalized field overflows (exp(beta)) for beta > 700");
   }
+  namespace fs = std::filesystem;
+  const std::string checkpoint = (fs::path(a.out) / "checkpoint.bin").string();
+  options.field = a.unnormalized ? FlowField::unnormalized : FlowField::attention;
+  options.checkpoint_path = checkpoint;
+  options.progress = true;
+  // Without --save-every the summary still reports the start and the end.
+  const Index save_every = options.save_every;
+  if (options.save_every == 0) options.save_every = std::numeric_limits<Index>::max();
+  options.validate();
 
   // The output directory is checked before any work: created (last component
   // only) when the results are written, or now when checkpoints go into it.
-  namespace fs = std::filesystem;
   OutputDirectory out(a.out, "flow", "--out");
   const std::vector<std::string> owned = {"final.npy", "trajectory.npy", "summary.json",
                                           "trajectories.png", "checkpoint.bin"};
-  const std::string checkpoint = (fs::path(a.out) / "checkpoint.bin").string();
   std::error_code ec;
-  if (a.resume && !fs::exists(checkpoint, ec)) {
+  if (options.resume && !fs::exists(checkpoint, ec)) {
     throw invalid_argument("--resume: " + checkpoint + " does not exist");
   }
 
@@ -171,7 +163,7 @@ void run_flow(const FlowArgs& a) {
         " (the token dimension); the model has d_out " + std::to_string(model.out_dim()) +
         ", d_q " + std::to_string(model.query_dim()) + ", d_kv " + std::to_string(model.key_dim()));
   }
-  if (a.sphere) {
+  if (options.sphere) {
     for (Index i = 0; i < n; ++i) {
       if (!(mu->atoms().row(i).stableNorm() > 0)) {
         throw invalid_argument("--tokens: " + a.tokens + ": token " + std::to_string(i) +
@@ -180,25 +172,8 @@ void run_flow(const FlowArgs& a) {
     }
   }
 
-  FlowOptions options;
-  options.time = a.time;
-  options.steps = scheme == FlowScheme::dopri5 ? std::max<long long>(a.steps, 1) : a.steps;
-  options.scheme = scheme;
-  options.tolerance = a.tol;
-  options.sphere = a.sphere;
-  options.field = a.unnormalized ? FlowField::unnormalized : FlowField::attention;
-  options.save_every = a.save_every;
-  options.cluster_tolerance = a.cluster_tol;
-  options.checkpoint_every = a.checkpoint_every;
-  options.checkpoint_path = checkpoint;
-  options.resume = a.resume;
-  options.progress = true;
-  // Without --save-every the summary still reports the start and the end.
-  if (options.save_every == 0) options.save_every = std::numeric_limits<Index>::max();
-  options.validate();
-
   std::string dir;
-  if (a.checkpoint_every > 0 || a.resume) dir = out.open_in_place(owned);
+  if (options.checkpoint_every > 0 || options.resume) dir = out.open_in_place(owned);
   const auto started = std::chrono::steady_clock::now();
   const FlowResult<double> r = flow(model, *mu, options);
   const double seconds =
@@ -210,7 +185,7 @@ void run_flow(const FlowArgs& a) {
   // ---- outputs ----------------------------------------------------------------
   if (dir.empty()) dir = out.open_in_place(owned);
   write_npy((fs::path(dir) / "final.npy").string(), r.particles);
-  if (a.save_every > 0) {
+  if (save_every > 0) {
     std::vector<double> values;
     values.reserve(r.frames.size() * static_cast<size_t>(n * d));
     for (const auto& f : r.frames) values.insert(values.end(), f.data(), f.data() + f.size());
@@ -230,9 +205,9 @@ void run_flow(const FlowArgs& a) {
   std::string png;
   if (!a.no_plot) {
     std::ostringstream title;
-    title << "measattn flow: " << a.scheme << (a.sphere ? ", sphere" : "")
+    title << "measattn flow: " << to_string(scheme) << (options.sphere ? ", sphere" : "")
           << (a.unnormalized ? ", unnormalized" : "") << ", n = " << n << ", d = " << d
-          << ", T = " << a.time;
+          << ", T = " << options.time;
     if (builtin) title << ", beta = " << a.beta;
     const std::string path = (fs::path(dir) / "trajectories.png").string();
     if (plot_trajectories(r.frames, path, title.str())) png = "trajectories.png";
@@ -249,12 +224,13 @@ void run_flow(const FlowArgs& a) {
       {"d", d},
       {"scheme", to_string(scheme)},
       {"field", to_string(options.field)},
-      {"sphere", a.sphere},
-      {"time_requested", a.time},
+      {"sphere", options.sphere},
+      {"time_requested", options.time},
       {"time", r.time},
       {"steps_requested",
-       scheme == FlowScheme::dopri5 ? nlohmann::json(nullptr) : nlohmann::json(a.steps)},
-      {"tolerance", scheme == FlowScheme::dopri5 ? nlohmann::json(a.tol) : nlohmann::json(nullptr)},
+       scheme == FlowScheme::dopri5 ? nlohmann::json(nullptr) : nlohmann::json(options.steps)},
+      {"tolerance",
+       scheme == FlowScheme::dopri5 ? nlohmann::json(options.tolerance) : nlohmann::json(nullptr)},
       {"steps", r.steps},
       {"rejected_steps", r.rejected},
       {"field_evaluations", r.evaluations},
@@ -262,8 +238,8 @@ void run_flow(const FlowArgs& a) {
       {"message", r.message},
       {"resumed", r.resumed},
       {"resumed_from_step", r.resumed_from_step},
-      {"save_every", a.save_every},
-      {"cluster_tolerance", a.cluster_tol},
+      {"save_every", save_every},
+      {"cluster_tolerance", options.cluster_tolerance},
       {"energy_defined", canonical},
       {"energy_formula", "E_beta = 1/(2 beta) sum_ij w_i w_j exp(beta <x_i, x_j>)"},
       {"frames", frames},
@@ -271,12 +247,11 @@ void run_flow(const FlowArgs& a) {
       {"seconds", seconds},
       {"outputs",
        {{"final", "final.npy"},
-        {"trajectory",
-         a.save_every > 0 ? nlohmann::json("trajectory.npy") : nlohmann::json(nullptr)},
+        {"trajectory", save_every > 0 ? nlohmann::json("trajectory.npy") : nlohmann::json(nullptr)},
         {"plot", png.empty() ? nlohmann::json(nullptr) : nlohmann::json(png)}}}};
   write_file_atomic((fs::path(dir) / "summary.json").string(), summary.dump(2) + "\n");
   std::vector<std::string> keep = {"final.npy", "summary.json", "checkpoint.bin"};
-  if (a.save_every > 0) keep.push_back("trajectory.npy");
+  if (save_every > 0) keep.push_back("trajectory.npy");
   if (!png.empty()) keep.push_back(png);
   out.finish(keep);
 }
@@ -288,17 +263,8 @@ const bool registered = register_command(
       auto a = std::make_shared<FlowArgs>();
       std::vector<FieldFlag> fields = token_fields(&a->tokens, &a->weights);
       for (auto& row : model_fields("--model", &a->model)) fields.push_back(row);
-      // FlowOptions::validate names its fields; the flags that set them.
-      for (const auto& [field, flag] : std::vector<std::pair<std::string, std::string>>{
-               {"time", "--time"},
-               {"steps", "--steps"},
-               {"scheme", "--scheme"},
-               {"tolerance", "--tol"},
-               {"save_every", "--save-every"},
-               {"cluster_tolerance", "--cluster-tol"},
-               {"checkpoint_every", "--checkpoint-every"},
-               {"field", "--unnormalized"}})
-        fields.push_back({field, flag});
+      // FlowOptions' fields; --unnormalized sets `field`.
+      fields.push_back({"field", "--unnormalized"});
       register_fields(app, std::move(fields));
       app.add_option("--model", a->model, "Model: safetensors with nn.MultiheadAttention weights");
       app.add_option("--builtin", a->builtin,
@@ -306,23 +272,14 @@ const bool registered = register_command(
       app.add_option("--beta", a->beta, "Inverse temperature of --builtin sa");
       app.add_option("--tokens", a->tokens, "Starting particles: n x d .npy")->required();
       app.add_option("--weights", a->weights, "Particle weights: length-n .npy (default uniform)");
-      app.add_option("--time", a->time, "Final time T")->required();
-      app.add_option("--steps", a->steps,
-                     "Number of steps L (h = T/L; Euler = an L-layer weight-shared residual net)");
-      app.add_option("--scheme", a->scheme, "euler | heun | rk4 | dopri5")->capture_default_str();
-      app.add_option("--tol", a->tol, "dopri5 tolerance (atol = rtol)")->capture_default_str();
-      app.add_flag("--sphere", a->sphere,
-                   "Layer-norm dynamics on the unit sphere (starts are normalized)");
+      a->binder.bind(app, a->options,
+                     {"time", "steps", "scheme", "tolerance", "sphere", "save_every",
+                      "cluster_tolerance", "checkpoint_every", "resume"},
+                     {{"tolerance", {"--tol"}}, {"cluster_tolerance", {"--cluster-tol"}}});
+      app.get_option("--time")->required();
+      a->steps = app.get_option("--steps");
       app.add_flag("--unnormalized", a->unnormalized,
                    "Unnormalized field P_x(sum_j w_j e^{beta<x,x_j>} x_j) (--builtin sa --sphere)");
-      app.add_option("--save-every", a->save_every,
-                     "Save a frame every K steps (DIR/trajectory.npy; frame 0 the start)");
-      app.add_option("--checkpoint-every", a->checkpoint_every,
-                     "Write DIR/checkpoint.bin every K steps");
-      app.add_flag("--resume", a->resume, "Continue from DIR/checkpoint.bin");
-      app.add_option("--cluster-tol", a->cluster_tol,
-                     "Distance under which particles count as one cluster (0 = no counts)")
-          ->capture_default_str();
       app.add_flag("--no-plot", a->no_plot, "Do not draw DIR/trajectories.png");
       app.add_option("--out", a->out, "Output directory")->required();
       app.callback([a] { run_flow(*a); });

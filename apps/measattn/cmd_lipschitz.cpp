@@ -39,16 +39,13 @@ namespace {
 
 struct LipschitzArgs {
   std::string model, witness;
-  double radius = 0;
-  Index atoms = 4;
-  int restarts = 16;
-  int steps = 60;
-  double step_size = 0.05;
-  std::uint64_t seed = 0x1a2b3c;
-  int threads = 0;
-  int token_restarts = 6;
-  bool residual = false;
+  int token_restarts = 6;  ///< the CLI's own: restarts of the token-level search (0 = skip)
   bool json = false;
+  /// Bound to the flags through their field tables (lipschitz.hpp): --radius
+  /// from UpperBoundOptions, the search's flags from LipschitzSearchOptions.
+  UpperBoundOptions bounds;
+  LipschitzSearchOptions search;
+  OptionBinder binder;
 };
 
 nlohmann::json finite_or_null(double v) {
@@ -57,20 +54,14 @@ nlohmann::json finite_or_null(double v) {
 }
 
 void run(const LipschitzArgs& args) {
-  if (!(args.radius > 0) || !std::isfinite(args.radius))
-    throw invalid_argument("--radius: must be a positive finite number");
+  UpperBoundOptions uo = args.bounds;
+  uo.validate();  // --radius
   if (args.token_restarts < 0) throw invalid_argument("--token-restarts: must be >= 0");
-  LipschitzSearchOptions so;
-  so.atoms = args.atoms;
-  so.restarts = args.restarts;
-  so.steps = args.steps;
-  so.step_size = args.step_size;
-  so.seed = args.seed;
-  so.threads = args.threads;
-  so.residual = args.residual;
+  LipschitzSearchOptions so = args.search;
   so.progress = true;
   so.validate();
-  // Checked before any work; the witness is built aside and put in place whole.
+  uo.residual = so.residual;
+  uo.tokens = so.atoms;
   std::unique_ptr<OutputDirectory> witness;
   if (!args.witness.empty())
     witness = std::make_unique<OutputDirectory>(args.witness, "lipschitz", "--witness");
@@ -81,26 +72,22 @@ void run(const LipschitzArgs& args) {
   if (model.query_dim() != model.key_dim())
     throw invalid_argument("--model: " + args.model +
                            ": self-attention needs equal query and key dimensions");
-  if (args.residual && model.out_dim() != model.query_dim())
+  if (so.residual && model.out_dim() != model.query_dim())
     throw invalid_argument("--residual: the model's output dimension differs from its input");
 
   const auto start = std::chrono::steady_clock::now();
-  UpperBoundOptions uo;
-  uo.radius = args.radius;
-  uo.residual = args.residual;
-  uo.tokens = args.atoms;
   const UpperBoundResult ub = lipschitz_upper_bounds(model, uo);
-  const LipschitzSearchResult lo = lipschitz_lower_bound(model, args.radius, so);
+  const LipschitzSearchResult lo = lipschitz_lower_bound(model, uo.radius, so);
   TokenSearchResult tok;
   if (args.token_restarts > 0) {
     TokenSearchOptions to;
-    to.tokens = args.atoms;
+    to.tokens = so.atoms;
     to.restarts = args.token_restarts;
     to.steps = 40;
-    to.radius = args.radius;
-    to.seed = args.seed;
-    to.residual = args.residual;
-    to.threads = args.threads;
+    to.radius = uo.radius;
+    to.seed = so.seed;
+    to.residual = so.residual;
+    to.threads = so.threads;
     tok = token_lipschitz_lower_bound(model, to);
   }
   const double seconds =
@@ -121,8 +108,8 @@ void run(const LipschitzArgs& args) {
     j["ratio"] = lo.ratio;
     j["w1_input"] = w.w1_input;
     j["w1_output"] = w.w1_output;
-    j["radius"] = args.radius;
-    j["residual"] = args.residual;
+    j["radius"] = uo.radius;
+    j["residual"] = so.residual;
     j["origin"] = w.origin;
     j["restart"] = w.restart;
     j["model"] = args.model;
@@ -140,8 +127,8 @@ void run(const LipschitzArgs& args) {
                   {"num_heads", model.num_heads},
                   {"potential", to_string(model.potential)},
                   {"tau", model.tau()}};
-    j["radius"] = args.radius;
-    j["residual"] = args.residual;
+    j["radius"] = uo.radius;
+    j["residual"] = so.residual;
     nlohmann::json ubj = nlohmann::json::object(), meaning = nlohmann::json::object(),
                    kinds = nlohmann::json::object();
     for (const auto& b : ub.bounds) {
@@ -166,10 +153,10 @@ void run(const LipschitzArgs& args) {
                        {"rho", h.rho},
                        {"oscillation", h.oscillation}});
     j["heads"] = heads;
-    j["search"] = {{"atoms", args.atoms},
-                   {"restarts", args.restarts},
-                   {"steps", args.steps},
-                   {"seed", args.seed},
+    j["search"] = {{"atoms", so.atoms},
+                   {"restarts", so.restarts},
+                   {"steps", so.steps},
+                   {"seed", so.seed},
                    {"evaluations", lo.evaluations},
                    {"status", to_string(lo.status)},
                    {"message", lo.message},
@@ -180,7 +167,7 @@ void run(const LipschitzArgs& args) {
     if (!args.witness.empty()) j["witness_dir"] = args.witness;
     nlohmann::json tj;
     tj["value"] = args.token_restarts > 0 ? nlohmann::json(tok.value) : nlohmann::json(nullptr);
-    tj["tokens"] = args.atoms;
+    tj["tokens"] = so.atoms;
     tj["evaluations"] = tok.evaluations;
     tj["meaning"] =
         "largest ||J(X)||_2 found over X in B_R^N (N = --atoms), J the Jacobian of X -> "
@@ -200,7 +187,7 @@ void run(const LipschitzArgs& args) {
   std::cout << std::setprecision(8);
   std::cout << "model: " << args.model << " (d = " << model.query_dim()
             << ", heads = " << model.num_heads << ", potential " << to_string(model.potential)
-            << ")\nradius R = " << args.radius << (args.residual ? " (residual)" : "") << "\n";
+            << ")\nradius R = " << uo.radius << (so.residual ? " (residual)" : "") << "\n";
   std::cout << "upper bounds:\n";
   for (const auto& b : ub.bounds)
     std::cout << "  " << std::setw(16) << std::left << b.name << std::right << " " << b.value
@@ -211,7 +198,7 @@ void run(const LipschitzArgs& args) {
   std::cout << "gap               " << gap << "\n";
   if (args.token_restarts > 0)
     std::cout << "token level       " << tok.value
-              << " (largest ||J(X)||_2 found on B_R^N, N = " << args.atoms << ")\n";
+              << " (largest ||J(X)||_2 found on B_R^N, N = " << so.atoms << ")\n";
 }
 
 const bool registered = register_command(
@@ -219,23 +206,17 @@ const bool registered = register_command(
     [](CLI::App& app) {
       auto args = std::make_shared<LipschitzArgs>();
       // UpperBoundOptions::tokens and TokenSearchOptions::tokens are --atoms.
-      std::vector<FieldFlag> fields = {
-          {"radius", "--radius"},     {"atoms", "--atoms"},       {"tokens", "--atoms"},
-          {"restarts", "--restarts"}, {"steps", "--steps"},       {"step_size", "--step-size"},
-          {"threads", "--threads"},   {"residual", "--residual"}, {"seed", "--seed"}};
+      // UpperBoundOptions::tokens is set from --atoms.
+      std::vector<FieldFlag> fields = {{"tokens", "--atoms"}};
       for (auto& row : model_fields("--model", &args->model)) fields.push_back(row);
       register_fields(app, std::move(fields));
       app.add_option("--model", args->model, "model (.safetensors)")->required();
-      app.add_option("--radius", args->radius, "supports in the ball B_R")->required();
-      app.add_option("--atoms", args->atoms, "atoms per measure in the search (and N)");
-      app.add_option("--restarts", args->restarts, "search restarts");
-      app.add_option("--steps", args->steps, "ascent steps per restart");
-      app.add_option("--step-size", args->step_size, "initial step (fraction of R)");
-      app.add_option("--seed", args->seed, "random seed");
-      app.add_option("--threads", args->threads, "OpenMP threads (0 = default, at most 1024)");
+      args->binder.bind(app, args->bounds, {"radius"});
+      app.get_option("--radius")->required();
+      args->binder.bind(app, args->search,
+                        {"atoms", "restarts", "steps", "step_size", "seed", "threads", "residual"});
       app.add_option("--token-restarts", args->token_restarts,
                      "restarts of the token-level search (0 = skip)");
-      app.add_flag("--residual", args->residual, "the layer is mu -> (id + Gamma_mu)#mu");
       app.add_option("--witness", args->witness, "directory for the worst pair found");
       app.add_flag("--json", args->json, "print one JSON object");
       app.callback([args]() { run(*args); });

@@ -29,9 +29,9 @@ namespace {
 struct MaxEntArgs {
   std::string scores, weights;
   double target = 0, beta = 0;
-  int max_iterations = 200;
-  double tolerance = 1e-14;
   bool json = false;
+  MaxEntOptions options;  ///< bound to the flags through its field table (maxent.hpp)
+  OptionBinder binder;
 };
 
 nlohmann::json number_or_null(double v) {
@@ -48,9 +48,7 @@ void run(const MaxEntArgs& a, bool has_target, bool has_beta) {
   if (has_target == has_beta) {
     throw invalid_argument("--target/--beta: give exactly one of them");
   }
-  MaxEntOptions options;
-  options.max_iterations = a.max_iterations;
-  options.beta_tolerance = a.tolerance;
+  const MaxEntOptions options = a.options;
   options.validate();  // its fields map to flags in main() (flags.hpp)
   const VectorD g = read_npy_vector<double>(a.scores, "--scores");
   VectorD w;
@@ -109,9 +107,7 @@ const bool registered = register_command(
       register_fields(app, {{"target", "--target"},
                             {"beta", "--beta"},
                             {"weights", "--weights", &a->weights},
-                            {"scores", "--scores", &a->scores},
-                            {"max_iterations", "--max-iterations"},
-                            {"beta_tolerance", "--tolerance"}});
+                            {"scores", "--scores", &a->scores}});
       app.add_option("--scores", a->scores, "Scores g: length-m .npy")->required();
       app.add_option("--weights", a->weights,
                      "Reference weights: length-m .npy, non-negative (default uniform)");
@@ -119,11 +115,8 @@ const bool registered = register_command(
                                     "Target expected score c, strictly between min and max of g");
       auto* beta = app.add_option("--beta", a->beta, "Inverse temperature (no solve)");
       target->excludes(beta);
-      app.add_option("--max-iterations", a->max_iterations, "Solver iteration cap")
-          ->capture_default_str();
-      app.add_option("--tolerance", a->tolerance,
-                     "Relative Newton-step tolerance on beta, in [0, 1)")
-          ->capture_default_str();
+      a->binder.bind(app, a->options, {"beta_tolerance", "max_iterations"},
+                     {{"beta_tolerance", {"--tolerance"}}});
       app.add_flag("--json", a->json, "Print JSON instead of text");
       app.callback([a, target, beta] { run(*a, target->count() > 0, beta->count() > 0); });
     });

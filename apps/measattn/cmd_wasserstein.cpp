@@ -2,10 +2,12 @@
 //
 //   measattn wasserstein A.npy B.npy [--wa a.npy] [--wb b.npy] [--p P]
 //                        [--method auto|exact|1d|sliced|sinkhorn] [--reg EPS]
-//                        [--tol T] [--max-iter K] [--projections L] [--seed S]
+//                        [--tolerance T] [--max-iterations K] [--projections L] [--seed S]
 //                        [--plan OUT.npy] [--json]
 //
 // A (n x d) and B (m x d) hold one atom per row; weights default to uniform.
+// The options are WassersteinOptions' fields (flags from its field table;
+// --tol and --max-iter are kept as aliases of --tolerance and --max-iterations).
 // Prints value, certified lower/upper bounds, kind (exact/lower/upper/estimate),
 // method and status; --json prints one JSON object (infinite bounds as null)
 // including "seconds", the wall time of the library call alone (no file I/O).
@@ -22,6 +24,8 @@
 #include <string>
 
 #include "command.hpp"
+#include "flags.hpp"
+#include "inputs.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 #include "measattn/measure.hpp"
@@ -33,40 +37,13 @@ namespace {
 
 struct WassersteinArgs {
   std::string a, b, wa, wb, plan;
-  double p = 1;
-  std::string method = "auto";
-  double reg = 0.05;
-  double tol = 1e-9;
-  int max_iter = 1000;
-  int projections = 64;
-  std::uint64_t seed = 0x5eed;
   bool json = false;
+  WassersteinOptions options;  ///< bound to the flags through its field table
+  OptionBinder binder;
 };
 
-MeasureD load_measure(const std::string& path, const std::string& field,
-                      const std::string& weights_path, const std::string& weights_field) {
-  MatrixD atoms = read_npy_matrix<double>(path, field);
-  if (atoms.rows() == 0) throw invalid_argument(field + ": " + path + ": no atoms (0 rows)");
-  if (atoms.cols() == 0) throw invalid_argument(field + ": " + path + ": atoms of dimension 0");
-  VectorD w;
-  if (!weights_path.empty()) {
-    w = read_npy_vector<double>(weights_path, weights_field);
-    if (w.size() != atoms.rows()) {
-      throw invalid_argument(weights_field + ": " + weights_path + ": " + std::to_string(w.size()) +
-                             " weights for " + std::to_string(atoms.rows()) + " atoms in " + path);
-    }
-  } else {
-    w = VectorD::Ones(atoms.rows());
-  }
-  try {
-    return MeasureD(std::move(atoms), std::move(w));
-  } catch (const invalid_argument& e) {
-    const std::string what = e.what();
-    if (what.rfind("weights", 0) == 0 && !weights_path.empty())
-      throw invalid_argument(weights_field + ": " + weights_path + ": " + what);
-    throw invalid_argument(field + ": " + path + ": " + what);
-  }
-}
+const MeasureFiles kA{"A", "--wa", "atoms", true};
+const MeasureFiles kB{"B", "--wb", "atoms", true};
 
 std::string number(double v) {
   if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
@@ -80,29 +57,18 @@ nlohmann::json finite_or_null(double v) {
   return nullptr;
 }
 
-void run(const WassersteinArgs& args) {
-  WassersteinOptions o;
-  if (!(args.p >= 1) || !std::isfinite(args.p))
-    throw invalid_argument("--p: must be a finite number >= 1 (got " + number(args.p) + ")");
-  if (!(args.reg > 0) || !std::isfinite(args.reg))
-    throw invalid_argument("--reg: must be a finite number > 0 (got " + number(args.reg) + ")");
-  if (!(args.tol > 0) || !std::isfinite(args.tol))
-    throw invalid_argument("--tol: must be a finite number > 0");
-  if (args.max_iter < 1) throw invalid_argument("--max-iter: must be >= 1");
-  if (args.projections < 1) throw invalid_argument("--projections: must be >= 1");
+void run(WassersteinArgs& args) {
+  args.binder.apply();  // --method
+  WassersteinOptions o = args.options;
+  o.validate();
   if (!args.plan.empty()) check_output_file(args.plan, "--plan");  // before any work
-  o.p = args.p;
-  o.reg = args.reg;
-  o.tolerance = args.tol;
-  o.max_iterations = args.max_iter;
-  o.projections = args.projections;
-  o.seed = args.seed;
-  o.method = parse_wasserstein_method(args.method, "--method");
   o.progress = true;
   o.want_dense_plan = !args.plan.empty();
 
-  const MeasureD mu = load_measure(args.a, "A", args.wa, "--wa");
-  const MeasureD nu = load_measure(args.b, "B", args.wb, "--wb");
+  const auto mu_files = read_token_measure<double>(args.a, args.wa, kA);
+  const auto nu_files = read_token_measure<double>(args.b, args.wb, kB);
+  const MeasureD& mu = *mu_files;
+  const MeasureD& nu = *nu_files;
   if (mu.dim() != nu.dim()) {
     throw invalid_argument("B: " + args.b + ": atoms have dimension " + std::to_string(nu.dim()) +
                            ", A (" + args.a + ") has " + std::to_string(mu.dim()));
@@ -180,16 +146,9 @@ const bool registered = register_command(
       app.add_option("B", a->b, "Second measure's atoms: m x d .npy")->required();
       app.add_option("--wa", a->wa, "Weights of A: length-n .npy (default uniform)");
       app.add_option("--wb", a->wb, "Weights of B: length-m .npy (default uniform)");
-      app.add_option("--p", a->p, "Exponent p >= 1")->capture_default_str();
-      app.add_option("--method", a->method, "auto|exact|1d|sliced|sinkhorn")->capture_default_str();
-      app.add_option("--reg", a->reg, "Sinkhorn regularization epsilon > 0 (cost units)")
-          ->capture_default_str();
-      app.add_option("--tol", a->tol, "Sinkhorn tolerance on ||P^T 1 - b||_2")
-          ->capture_default_str();
-      app.add_option("--max-iter", a->max_iter, "Sinkhorn iteration cap")->capture_default_str();
-      app.add_option("--projections", a->projections, "Random directions for sliced bounds")
-          ->capture_default_str();
-      app.add_option("--seed", a->seed, "Seed of the random directions")->capture_default_str();
+      a->binder.bind(app, a->options,
+                     {"p", "method", "reg", "tolerance", "max_iterations", "projections", "seed"},
+                     {{"tolerance", {"--tol"}}, {"max_iterations", {"--max-iter"}}});
       app.add_option("--plan", a->plan, "Write the dense n x m coupling to this .npy");
       app.add_flag("--json", a->json, "Print one JSON object");
       app.callback([a] { run(*a); });

@@ -16,10 +16,18 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "measattn/error.hpp"
+#include "measattn/options.hpp"
 
 namespace measattn::cli {
 
@@ -27,6 +35,101 @@ struct FieldFlag {
   std::string field;                  ///< library field ("radius", "weights")
   std::string flag;                   ///< "--radius"
   const std::string* file = nullptr;  ///< the flag's file argument, when it names a file
+  /// Other spellings of the flag (kept from earlier releases: "--tol"); a
+  /// message names the spelling the user typed.
+  std::vector<std::string> aliases = {};
+};
+
+/// Remembers the command line, so that messages name the flag as typed.
+void set_command_line(int argc, const char* const* argv);
+
+/// One flag bound to an Options field (the machine-readable dump, --options-json).
+struct BoundOption {
+  std::string field;
+  std::string flag;
+  std::vector<std::string> aliases;
+  nlohmann::json default_value;
+  std::string doc;
+};
+
+/// Records the bound options of subcommand `command` (for --options-json).
+void record_bound_option(const std::string& command, BoundOption option);
+
+/// {"wasserstein": [{"field": ..., "flag": ..., "aliases": [...], "default": ...}], ...}
+nlohmann::json bound_options_json();
+
+/// Binds the fields of an Options struct to flags through its field table
+/// (options.hpp): flag = flag_name(field) plus the aliases given; the default
+/// shown is the default-constructed value; enumerations are read as text and
+/// parsed by apply(), which the subcommand calls before validate(). Every bound
+/// field joins the subcommand's field -> flag table.
+class OptionBinder {
+ public:
+  /// Aliases: field -> older spellings of its flag.
+  using Aliases = std::map<std::string, std::vector<std::string>>;
+
+  /// Binds the fields of `options` named in `only` (in the table's order).
+  template <class Options>
+  void bind(CLI::App& app, Options& options, const std::vector<std::string>& only,
+            const Aliases& aliases = {}) {
+    for_each_field(options, [&](const char* name, auto& value, const char* doc, auto&&... enum_) {
+      if (std::find(only.begin(), only.end(), name) == only.end()) return;
+      bind_one(app, name, value, doc, aliases, enum_...);
+    });
+    for (const std::string& name : only) {
+      if (std::find(bound_.begin(), bound_.end(), name) == bound_.end())
+        throw std::logic_error("OptionBinder: no field " + name);  // a typo in a subcommand
+    }
+  }
+
+  /// Parses the enumeration flags given (throws invalid_argument naming the field).
+  void apply() const {
+    for (const auto& parse : parsers_) parse();
+  }
+
+ private:
+  static std::string names(const std::string& flag, const std::vector<std::string>& aliases) {
+    std::string out = flag;
+    for (const std::string& a : aliases) out += "," + a;
+    return out;
+  }
+
+  template <class T>
+  void bind_one(CLI::App& app, const char* name, T& value, const char* doc,
+                const Aliases& aliases) {
+    const std::string flag = flag_name(name);
+    const auto it = aliases.find(name);
+    const std::vector<std::string> other =
+        it == aliases.end() ? std::vector<std::string>{} : it->second;
+    if constexpr (std::is_same_v<T, bool>) {
+      app.add_flag(names(flag, other), value, doc);
+    } else {
+      app.add_option(names(flag, other), value, doc)->capture_default_str();
+    }
+    finish(app, name, flag, other, nlohmann::json(value), doc);
+  }
+
+  template <class E>
+  void bind_one(CLI::App& app, const char* name, E& value, const char* doc, const Aliases& aliases,
+                const EnumSpelling<E>& spelling) {
+    const std::string flag = flag_name(name);
+    const auto it = aliases.find(name);
+    const std::vector<std::string> other =
+        it == aliases.end() ? std::vector<std::string>{} : it->second;
+    auto text = std::make_shared<std::string>(spelling.to_string(value));
+    app.add_option(names(flag, other), *text, doc)->capture_default_str();
+    std::string field = name;
+    E* target = &value;
+    parsers_.push_back([text, target, spelling, field] { *target = spelling.parse(*text, field); });
+    finish(app, name, flag, other, nlohmann::json(*text), doc);
+  }
+
+  void finish(CLI::App& app, const std::string& name, const std::string& flag,
+              const std::vector<std::string>& aliases, nlohmann::json default_value,
+              const std::string& doc);
+
+  std::vector<std::string> bound_;
+  std::vector<std::function<void()>> parsers_;
 };
 
 /// Registers the table of subcommand `app` (call from its setup; the strings

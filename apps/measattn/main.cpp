@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <iostream>
+#include <string>
 
 #include "command.hpp"
 #include "flags.hpp"
@@ -20,6 +21,13 @@ int main(int argc, char** argv) {
   for (const auto& command : measattn::cli::commands()) {
     CLI::App* sub = app.add_subcommand(command.name, command.description);
     command.setup(*sub);
+  }
+  measattn::cli::set_command_line(argc, argv);
+  // Hidden: the flags bound to library Options fields, with their defaults, as
+  // JSON (tests/python/test_options.py compares them with the Python keywords).
+  if (argc == 2 && std::string(argv[1]) == "--options-json") {
+    std::cout << measattn::cli::bound_options_json().dump(1) << "\n";
+    return 0;
   }
   try {
     app.parse(argc, argv);

@@ -2,6 +2,8 @@
 // CSV files written atomically. Every PNG comes with the CSV behind it.
 #pragma once
 
+#include <Eigen/Dense>
+#include <Eigen/Eigenvalues>
 #include <string>
 #include <vector>
 
@@ -29,5 +31,30 @@ void render_png(const std::string& png_path, const std::string& script, int widt
 
 /// Quotes a string for a gnuplot script ("..." with escapes).
 std::string gnuplot_quote(const std::string& s);
+
+/// The CLI's one principal-direction projection: the top `count` principal
+/// directions (d x count, largest variance first) of the points (rows) of all
+/// `sets` about their common mean, for 2-D pictures of d-dimensional points.
+/// `Work` is the matrix type the covariance is formed and diagonalized in.
+template <class Work, class Points>
+Work principal_directions(const std::vector<Points>& sets, Eigen::Index count) {
+  const Eigen::Index d = sets.at(0).cols();
+  Eigen::Index rows = 0;
+  Eigen::RowVectorXd mean = Eigen::RowVectorXd::Zero(d);
+  for (const auto& s : sets) {
+    mean += s.colwise().sum();
+    rows += s.rows();
+  }
+  mean /= static_cast<double>(rows);
+  Work cov = Work::Zero(d, d);
+  for (const auto& s : sets) {
+    const Work c = s.rowwise() - mean;
+    cov += c.transpose() * c;
+  }
+  Eigen::SelfAdjointEigenSolver<Work> eig(cov);
+  Work dirs(d, count);
+  for (Eigen::Index c = 0; c < count; ++c) dirs.col(c) = eig.eigenvectors().col(d - 1 - c);
+  return dirs;
+}
 
 }  // namespace measattn::cli

@@ -27,7 +27,9 @@
 #include <functional>
 #include <string>
 
+#include "measattn/error.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/options.hpp"
 #include "measattn/status.hpp"
 #include "measattn/types.hpp"
 
@@ -119,7 +121,29 @@ struct AttendOptions {
   /// only in the last bits.
   Index query_block = 0;
   Index key_block = 0;
+
+  /// Throws invalid_argument naming the field on a bad value.
+  void validate() const {
+    if (sinkhorn_iterations < 0) throw invalid_argument("sinkhorn_iterations: must be >= 0");
+    if (query_block < 0) throw invalid_argument("query_block: must be >= 0");
+    if (key_block < 0) throw invalid_argument("key_block: must be >= 0");
+  }
 };
+
+/// The user-facing fields of AttendOptions (options.hpp).
+template <class Visitor>
+void for_each_field(AttendOptions& o, Visitor&& visit) {
+  visit("causal", o.causal, "Query i sees tokens 0..i only");
+  visit("residual", o.residual, "Add the query to the output (x + Gamma(x))");
+  visit("normalization", o.normalization,
+        "softmax (standard) or sinkhorn (doubly stochastic, self-attention only)",
+        EnumSpelling<Normalization>{[](Normalization n) { return to_string(n); },
+                                    &parse_normalization});
+  visit("sinkhorn_iterations", o.sinkhorn_iterations,
+        "Sinkhorn iterations beyond softmax (with normalization sinkhorn)");
+  visit("query_block", o.query_block, "Rows per query block (0 = automatic)");
+  visit("key_block", o.key_block, "Rows per key block (0 = automatic)");
+}
 
 /// Gamma_mu(y_i) (plus y_i when residual) for each row y_i of `queries`
 /// (n x d_q); keys and values are the atoms of mu (m x d_kv). Returns n x d_out.
@@ -179,6 +203,14 @@ struct SinkhornAttentionOptions {
   Index block = 0;       // tile size of the streamed passes; 0 = automatic
   void validate() const;
 };
+
+/// The user-facing fields of SinkhornAttentionOptions (options.hpp).
+template <class Visitor>
+void for_each_field(SinkhornAttentionOptions& o, Visitor&& visit) {
+  visit("iterations", o.iterations, "Sinkhorn iterations (columns then rows) beyond softmax");
+  visit("tolerance", o.tolerance, "Stop once the column-marginal error <= tolerance (0: never)");
+  visit("block", o.block, "Tile size of the streamed passes (0 = automatic)");
+}
 
 /// Potentials of head h over the atoms of mu (zero-weight atoms included: their
 /// row potential f_i is the row normalizer, their g_j is defined but unused):

@@ -44,7 +44,9 @@
 #include <vector>
 
 #include "measattn/attention.hpp"
+#include "measattn/error.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/options.hpp"
 #include "measattn/status.hpp"
 #include "measattn/types.hpp"
 
@@ -58,6 +60,13 @@ std::string to_string(FlowScheme s);
 std::string to_string(FlowField f);
 /// Parses a scheme name; throws invalid_argument naming `field` otherwise.
 FlowScheme parse_flow_scheme(const std::string& name, const std::string& field = "scheme");
+/// Parses "attention" / "unnormalized"; throws invalid_argument naming `field` otherwise.
+inline FlowField parse_flow_field(const std::string& name, const std::string& field = "field") {
+  if (name == "attention") return FlowField::attention;
+  if (name == "unnormalized") return FlowField::unnormalized;
+  throw invalid_argument(field + ": expected \"attention\" or \"unnormalized\", got \"" + name +
+                         "\"");
+}
 
 struct FlowOptions {
   double time = 1;   ///< T > 0, finite
@@ -93,6 +102,30 @@ struct FlowOptions {
   /// Throws invalid_argument naming the field on a bad value.
   void validate() const;
 };
+
+/// The user-facing fields of FlowOptions (options.hpp); should_stop and the
+/// nested attention options (attention.query_block, attention.key_block) are not listed.
+template <class Visitor>
+void for_each_field(FlowOptions& o, Visitor&& visit) {
+  visit("time", o.time, "Final time T");
+  visit("steps", o.steps,
+        "Number of steps L (h = T/L; Euler = an L-layer weight-shared residual net)");
+  visit("scheme", o.scheme, "euler | heun | rk4 | dopri5",
+        EnumSpelling<FlowScheme>{[](FlowScheme s) { return to_string(s); }, &parse_flow_scheme});
+  visit("tolerance", o.tolerance, "dopri5 tolerance (atol = rtol)");
+  visit("max_steps", o.max_steps, "dopri5: cap on attempted steps");
+  visit("initial_step", o.initial_step, "dopri5: first step size (0 = automatic)");
+  visit("sphere", o.sphere, "Layer-norm dynamics on the unit sphere (starts are normalized)");
+  visit("field", o.field, "attention | unnormalized",
+        EnumSpelling<FlowField>{[](FlowField f) { return to_string(f); }, &parse_flow_field});
+  visit("save_every", o.save_every, "Save a frame every K steps (frame 0 the start)");
+  visit("cluster_tolerance", o.cluster_tolerance,
+        "Distance under which particles count as one cluster (0 = no counts)");
+  visit("checkpoint_every", o.checkpoint_every, "Write a checkpoint every K steps");
+  visit("checkpoint_path", o.checkpoint_path, "Checkpoint file");
+  visit("resume", o.resume, "Continue from the checkpoint");
+  visit("progress", o.progress, "Progress line on stderr (terminal only)");
+}
 
 template <class Scalar>
 struct FlowResult {

@@ -40,6 +40,7 @@
 
 #include "measattn/attention.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/options.hpp"
 #include "measattn/status.hpp"
 #include "measattn/threads.hpp"
 #include "measattn/types.hpp"
@@ -93,6 +94,14 @@ struct UpperBoundOptions {
   Index tokens = 0;       ///< N for Kim's token-level bounds (0 = do not report them)
   void validate() const;
 };
+
+/// The user-facing fields of UpperBoundOptions (options.hpp).
+template <class Visitor>
+void for_each_field(UpperBoundOptions& o, Visitor&& visit) {
+  visit("radius", o.radius, "Supports in the ball B_R (R > 0)");
+  visit("residual", o.residual, "The layer is mu -> (id + Gamma_mu)#mu");
+  visit("tokens", o.tokens, "N for Kim's token-level bounds (0 = do not report them)");
+}
 
 struct UpperBoundResult {
   double radius = 0;
@@ -155,6 +164,20 @@ struct LipschitzSearchOptions {
   bool progress = false;  ///< progress line on stderr (only when it is a terminal)
   void validate() const;
 };
+
+/// The user-facing fields of LipschitzSearchOptions (options.hpp).
+template <class Visitor>
+void for_each_field(LipschitzSearchOptions& o, Visitor&& visit) {
+  visit("atoms", o.atoms, "Atoms per measure in the search (and N)");
+  visit("restarts", o.restarts, "Search restarts");
+  visit("steps", o.steps, "Ascent steps per restart");
+  visit("step_size", o.step_size, "Initial step (fraction of R)");
+  visit("nearby", o.nearby, "Relative size of the nearby-pair perturbation");
+  visit("seed", o.seed, "Random seed");
+  visit("threads", o.threads, "OpenMP threads (0 = default, at most 1024)");
+  visit("residual", o.residual, "The layer is mu -> (id + Gamma_mu)#mu");
+  visit("progress", o.progress, "Progress line on stderr (terminal only)");
+}
 
 /// The best pair found, with its images, recomputed exactly in double.
 struct LipschitzWitness {
@@ -220,6 +243,15 @@ struct TokenJacobianOptions {
   void validate() const;
 };
 
+/// The user-facing fields of TokenJacobianOptions (options.hpp).
+template <class Visitor>
+void for_each_field(TokenJacobianOptions& o, Visitor&& visit) {
+  visit("iterations", o.iterations, "Power iterations cap");
+  visit("tolerance", o.tolerance, "Relative change of the estimate to stop");
+  visit("seed", o.seed, "Random seed of the start vector");
+  visit("residual", o.residual, "The layer is X -> X + Gamma(X)");
+}
+
 struct TokenJacobianResult {
   double value = 0;  ///< ||J(X)||_2 (a lower bound on it at any stop: ||J v|| for unit v)
   int iterations = 0;
@@ -243,6 +275,19 @@ struct TokenSearchOptions {
   int threads = 0;  ///< OpenMP threads over restarts (0 = default, at most kMaxThreads)
   void validate() const;
 };
+
+/// The user-facing fields of TokenSearchOptions (options.hpp).
+template <class Visitor>
+void for_each_field(TokenSearchOptions& o, Visitor&& visit) {
+  visit("tokens", o.tokens, "N");
+  visit("restarts", o.restarts, "Search restarts");
+  visit("steps", o.steps, "Ascent steps per restart");
+  visit("step_size", o.step_size, "Initial step (relative to R, or 1 when unconstrained)");
+  visit("radius", o.radius, "> 0: X in B_R^N (projected); 0: unconstrained");
+  visit("seed", o.seed, "Random seed");
+  visit("residual", o.residual, "The layer is X -> X + Gamma(X)");
+  visit("threads", o.threads, "OpenMP threads (0 = default, at most 1024)");
+}
 
 struct TokenSearchResult {
   double value = 0;  ///< max ||J(X)||_2 found (each a certified lower bound)

@@ -28,6 +28,7 @@
 
 #include "measattn/attention.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/options.hpp"
 #include "measattn/status.hpp"
 #include "measattn/types.hpp"
 
@@ -83,6 +84,13 @@ struct MaxEntOptions {
   void validate() const;     // throws invalid_argument naming the field
 };
 
+/// The user-facing fields of MaxEntOptions (options.hpp).
+template <class Visitor>
+void for_each_field(MaxEntOptions& o, Visitor&& visit) {
+  visit("beta_tolerance", o.beta_tolerance, "Relative Newton-step tolerance on beta, in [0, 1)");
+  visit("max_iterations", o.max_iterations, "Solver iteration cap");
+}
+
 template <class Scalar>
 struct MaxEntResult {
   Scalar beta = 0;               // inverse temperature
@@ -135,6 +143,15 @@ struct EntropyOptions {
   Index key_block = 0;
   void validate() const;
 };
+
+/// The user-facing fields of EntropyOptions (options.hpp).
+template <class Visitor>
+void for_each_field(EntropyOptions& o, Visitor&& visit) {
+  visit("betas", o.betas, "Inverse temperatures of the temperature curve (empty = default grid)");
+  visit("causal", o.causal, "Query i sees keys j <= i");
+  visit("query_block", o.query_block, "Rows per query block (0 = automatic)");
+  visit("key_block", o.key_block, "Rows per key block (0 = automatic)");
+}
 
 /// -logspace(2, -2, 17) ∪ {0} ∪ logspace(-2, 2, 17): 35 values, increasing,
 /// beta = 1 included. Negative beta (anti-attention toward hardmin) completes

@@ -27,6 +27,7 @@
 
 #include "measattn/attention.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/options.hpp"
 
 namespace measattn {
 
@@ -46,6 +47,21 @@ struct MisspecOptions {
   std::uint64_t seed = 1;
   void validate() const;
 };
+
+/// The user-facing fields of MisspecOptions (options.hpp).
+template <class Visitor>
+void for_each_field(MisspecOptions& o, Visitor&& visit) {
+  visit("kind", o.kind, "sample | noise | corrupt",
+        EnumSpelling<MisspecKind>{[](MisspecKind k) { return to_string(k); }, &parse_misspec_kind});
+  visit("sizes", o.sizes, "sample: sizes n (>= 1)");
+  visit("sigmas", o.sigmas, "noise: sigma (>= 0)");
+  visit("eps", o.eps, "corrupt: eps in [0, 1]");
+  visit("repeats", o.repeats, "Draws per parameter value (>= 1), averaged");
+  visit("radius", o.radius, "0: the smallest R containing mu and every mu'");
+  visit("adversarial", o.adversarial, "corrupt: choose z among candidates (else random)");
+  visit("residual", o.residual, "The layer is mu -> (id + Gamma_mu)#mu");
+  visit("seed", o.seed, "Random seed");
+}
 
 /// One parameter value (averages over the repeats; max_ratio over them).
 struct MisspecRow {

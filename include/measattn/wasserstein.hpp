@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "measattn/measure.hpp"
+#include "measattn/options.hpp"
 #include "measattn/status.hpp"
 #include "measattn/types.hpp"
 
@@ -108,6 +109,31 @@ struct WassersteinOptions {
   /// Throws invalid_argument naming the field on a bad value.
   void validate() const;
 };
+
+/// The user-facing fields of WassersteinOptions (options.hpp); the want_*
+/// requests are outputs, not options, and are not listed.
+template <class Visitor>
+void for_each_field(WassersteinOptions& o, Visitor&& visit) {
+  visit("p", o.p, "Exponent p >= 1");
+  visit("method", o.method, "auto|exact|1d|sliced|sinkhorn",
+        EnumSpelling<WassersteinMethod>{[](WassersteinMethod m) { return to_string(m); },
+                                        &parse_wasserstein_method});
+  visit("dense_arc_limit", o.dense_arc_limit, "Exact: complete bipartite graph up to n m arcs");
+  visit("neighbours", o.neighbours, "Exact: initial nearest neighbours per atom");
+  visit("arcs_per_round", o.arcs_per_round, "Exact: arcs added per row per round");
+  visit("prune", o.prune, "Exact: reduced-cost pruning threshold (infinity keeps every arc)");
+  visit("prune_rounds", o.prune_rounds, "Exact: rounds with pruning");
+  visit("max_rounds", o.max_rounds, "Exact: column generation rounds before giving up");
+  visit("projections", o.projections, "Random directions for sliced bounds");
+  visit("max_sliced_restarts", o.max_sliced_restarts, "Max-sliced search: restarts");
+  visit("max_sliced_iterations", o.max_sliced_iterations, "Max-sliced search: iterations");
+  visit("seed", o.seed, "Seed of the random directions");
+  visit("reg", o.reg, "Sinkhorn regularization epsilon > 0 (cost units)");
+  visit("tolerance", o.tolerance, "Sinkhorn tolerance on ||P^T 1 - b||_2");
+  visit("max_iterations", o.max_iterations, "Sinkhorn iteration cap");
+  visit("max_dense_bytes", o.max_dense_bytes, "Sinkhorn kernel memory cap (bytes)");
+  visit("progress", o.progress, "Progress line on stderr (terminal only)");
+}
 
 struct TransportEntry {
   Index i;

@@ -18,9 +18,11 @@ NDArray = npt.NDArray[Any]
 Tokens = Union["Measure", ArrayLike]
 
 __version__: str
+MAX_THREADS: int
 
 def set_num_threads(num_threads: int) -> None: ...
 def get_num_threads() -> int: ...
+def option_fields(function: str) -> List[Tuple[str, Any]]: ...
 
 class Measure:
     """mu = sum_i w_i delta_{x_i}: atoms (n, d), weights (n,) normalized to sum one."""
@@ -59,14 +61,22 @@ class Model:
                  b_v: Optional[ArrayLike] = None, b_o: Optional[ArrayLike] = None,
                  num_heads: int = 1, potential: str = "dot", scale: float = 0.0,
                  dtype: DTypeLike = None) -> None: ...
-    w_q: NDArray  # (E, d_q), read-only view
-    w_k: NDArray  # (E, d_kv)
-    w_v: NDArray  # (E, d_kv)
-    w_o: NDArray  # (d_out, E)
-    b_q: NDArray  # (E,) or (0,)
-    b_k: NDArray
-    b_v: NDArray
-    b_o: NDArray  # (d_out,) or (0,)
+    @property
+    def w_q(self) -> NDArray: ...  # (E, d_q), read-only view
+    @property
+    def w_k(self) -> NDArray: ...  # (E, d_kv)
+    @property
+    def w_v(self) -> NDArray: ...  # (E, d_kv)
+    @property
+    def w_o(self) -> NDArray: ...  # (d_out, E)
+    @property
+    def b_q(self) -> NDArray: ...  # (E,) or (0,)
+    @property
+    def b_k(self) -> NDArray: ...
+    @property
+    def b_v(self) -> NDArray: ...
+    @property
+    def b_o(self) -> NDArray: ...  # (d_out,) or (0,)
     @property
     def num_heads(self) -> int: ...
     @property
@@ -138,57 +148,91 @@ def save_model(path: str, model: Model, dtype: DTypeLike = None) -> None: ...
 # ---- wasserstein ----------------------------------------------------------------
 
 class TransportPlan:
-    rows: NDArray  # (nnz,) int64
-    cols: NDArray  # (nnz,) int64
-    mass: NDArray  # (nnz,)
-    dense: Optional[NDArray]  # (n, m) when dense_plan=True
-    marginal_error: float
+    @property
+    def rows(self) -> NDArray: ...  # (nnz,) int64
+    @property
+    def cols(self) -> NDArray: ...  # (nnz,) int64
+    @property
+    def mass(self) -> NDArray: ...  # (nnz,)
+    @property
+    def dense(self) -> Optional[NDArray]: ...  # (n, m) when dense_plan=True
+    @property
+    def marginal_error(self) -> float: ...
     def __len__(self) -> int: ...
 
 class WassersteinResult:
-    value: float
-    kind: str  # "exact" | "lower" | "upper" | "estimate"
-    lower: float
-    upper: float
-    cost: float
-    p: float
-    method: str
-    status: str  # "optimal" | "converged" | "iteration_limit" | "bounds_only"
-    message: str
-    iterations: int
-    plan: Optional[TransportPlan]
-    potentials: Optional[Tuple[NDArray, NDArray]]
-    # Sinkhorn only (None for the other methods):
-    entropic_cost: Optional[float]
-    transport_cost: Optional[float]
-    rounded_cost: Optional[float]
-    marginal_violation: Optional[float]
+    @property
+    def value(self) -> float: ...
+    @property
+    def kind(self) -> str: ...  # "exact" | "lower" | "upper" | "estimate"
+    @property
+    def lower(self) -> float: ...
+    @property
+    def upper(self) -> float: ...
+    @property
+    def cost(self) -> float: ...
+    @property
+    def p(self) -> float: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def status(self) -> str: ...  # "optimal" | "converged" | "iteration_limit" | "bounds_only"
+    @property
+    def message(self) -> str: ...
+    @property
+    def iterations(self) -> int: ...
+    @property
+    def plan(self) -> Optional[TransportPlan]: ...
+    @property
+    def potentials(self) -> Optional[Tuple[NDArray, NDArray]]: ...
+    @property
+    def entropic_cost(self) -> Optional[float]: ...  # Sinkhorn only, else None
+    @property
+    def transport_cost(self) -> Optional[float]: ...  # Sinkhorn only, else None
+    @property
+    def rounded_cost(self) -> Optional[float]: ...  # Sinkhorn only, else None
+    @property
+    def marginal_violation(self) -> Optional[float]: ...  # Sinkhorn only, else None
     def __float__(self) -> float: ...
 
 def wasserstein(a: Tokens, b: Tokens, wa: Optional[ArrayLike] = None,
-                wb: Optional[ArrayLike] = None, p: float = 1.0, method: str = "exact",
+                wb: Optional[ArrayLike] = None, p: float = 1.0, method: str = "auto",
                 dtype: DTypeLike = None, **options: Any) -> WassersteinResult:
     """W_p(mu, nu)^p = min_{pi in Pi(wa, wb)} sum_ij pi_ij ||a_i - b_j||^p."""
 
 # ---- flow -----------------------------------------------------------------------
 
 class FlowResult:
-    particles: NDArray  # (n, d)
-    weights: NDArray  # (n,)
-    frames: NDArray  # (F, n, d)
-    frame_times: NDArray
-    frame_steps: NDArray
-    energies: NDArray
-    cluster_counts: NDArray
-    time: float
-    steps: int
-    rejected: int
-    evaluations: int
-    # "completed" | "iteration_limit" | "step_size_underflow" | "non_finite" | "interrupted"
-    status: str
-    message: str
-    resumed: bool
-    resumed_from_step: int
+    @property
+    def particles(self) -> NDArray: ...  # (n, d)
+    @property
+    def weights(self) -> NDArray: ...  # (n,)
+    @property
+    def frames(self) -> NDArray: ...  # (F, n, d)
+    @property
+    def frame_times(self) -> NDArray: ...
+    @property
+    def frame_steps(self) -> NDArray: ...
+    @property
+    def energies(self) -> NDArray: ...
+    @property
+    def cluster_counts(self) -> NDArray: ...
+    @property
+    def time(self) -> float: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def evaluations(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def resumed(self) -> bool: ...
+    @property
+    def resumed_from_step(self) -> int: ...
 
 def flow(model: Model, tokens: Tokens, weights: Optional[ArrayLike] = None,
          time: float = 1.0, steps: int = 10, scheme: str = "euler", tolerance: float = 1e-6,
@@ -210,57 +254,98 @@ def is_canonical(model: Model) -> Tuple[bool, Optional[float]]: ...
 # ---- maxent ---------------------------------------------------------------------
 
 class GibbsResult:
-    probabilities: NDArray
-    log_partition: float
-    expected_score: float
-    entropy: float
-    kl: float
+    @property
+    def probabilities(self) -> NDArray: ...
+    @property
+    def log_partition(self) -> float: ...
+    @property
+    def expected_score(self) -> float: ...
+    @property
+    def entropy(self) -> float: ...
+    @property
+    def kl(self) -> float: ...
 
 class GibbsBoundResult:
-    objective: float
-    log_partition: float
-    gap: float
+    @property
+    def objective(self) -> float: ...
+    @property
+    def log_partition(self) -> float: ...
+    @property
+    def gap(self) -> float: ...
 
 class MaxEntResult:
-    beta: float
-    probabilities: NDArray
-    expected_score: float
-    target: float
-    residual: float
-    entropy: float
-    kl: float
-    log_partition: float
-    variance: float
-    score_min: float
-    score_max: float
-    beta_lower: float
-    beta_upper: float
-    iterations: int
-    status: str  # "converged" | "iteration_limit"
-    message: str
+    @property
+    def beta(self) -> float: ...
+    @property
+    def probabilities(self) -> NDArray: ...
+    @property
+    def expected_score(self) -> float: ...
+    @property
+    def target(self) -> float: ...
+    @property
+    def residual(self) -> float: ...
+    @property
+    def entropy(self) -> float: ...
+    @property
+    def kl(self) -> float: ...
+    @property
+    def log_partition(self) -> float: ...
+    @property
+    def variance(self) -> float: ...
+    @property
+    def score_min(self) -> float: ...
+    @property
+    def score_max(self) -> float: ...
+    @property
+    def beta_lower(self) -> float: ...
+    @property
+    def beta_upper(self) -> float: ...
+    @property
+    def iterations(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def message(self) -> str: ...
 
 class HeadEntropy:
-    entropy: NDArray
-    effective_tokens: NDArray
-    expected_score: NDArray
-    mean_entropy: float
-    min_entropy: float
-    max_entropy: float
-    mean_effective_tokens: float
-    curve_entropy: NDArray
-    curve_expected_score: NDArray
+    @property
+    def entropy(self) -> NDArray: ...
+    @property
+    def effective_tokens(self) -> NDArray: ...
+    @property
+    def expected_score(self) -> NDArray: ...
+    @property
+    def mean_entropy(self) -> float: ...
+    @property
+    def min_entropy(self) -> float: ...
+    @property
+    def max_entropy(self) -> float: ...
+    @property
+    def mean_effective_tokens(self) -> float: ...
+    @property
+    def curve_entropy(self) -> NDArray: ...
+    @property
+    def curve_expected_score(self) -> NDArray: ...
 
 class EntropyResult:
-    betas: List[float]
-    heads: List[HeadEntropy]
+    @property
+    def betas(self) -> List[float]: ...
+    @property
+    def heads(self) -> List[HeadEntropy]: ...
 
 class SinkhornAttentionResult:
-    f: NDArray
-    g: NDArray
-    column_error: float
-    iterations: int
-    status: str  # "converged" | "iteration_limit"
-    message: str
+    @property
+    def f(self) -> NDArray: ...
+    @property
+    def g(self) -> NDArray: ...
+    @property
+    def column_error(self) -> float: ...
+    @property
+    def iterations(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def message(self) -> str: ...
 
 def gibbs(scores: ArrayLike, weights: Optional[ArrayLike] = None) -> GibbsResult: ...
 def log_partition(scores: ArrayLike, weights: Optional[ArrayLike] = None) -> float: ...
@@ -281,61 +366,103 @@ def sinkhorn_attention(model: Model, tokens: Tokens, weights: Optional[ArrayLike
 # ---- lipschitz ------------------------------------------------------------------
 
 class NamedBound:
-    name: str
-    value: float
-    kind: str
-    meaning: str
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def meaning(self) -> str: ...
 
 class HeadBound:
-    x_part: float
-    measure_part: float
-    x_core: float
-    measure_core: float
-    value_norm: float
-    projected_value_norm: float
-    rho: float
-    oscillation: float
+    @property
+    def x_part(self) -> float: ...
+    @property
+    def measure_part(self) -> float: ...
+    @property
+    def x_core(self) -> float: ...
+    @property
+    def measure_core(self) -> float: ...
+    @property
+    def value_norm(self) -> float: ...
+    @property
+    def projected_value_norm(self) -> float: ...
+    @property
+    def rho(self) -> float: ...
+    @property
+    def oscillation(self) -> float: ...
 
 class UpperBoundResult:
-    radius: float
-    residual: bool
-    heads: List[HeadBound]
-    bounds: List[NamedBound]
-    best_w1: float
-    best_name: str
-    output_radius: float
+    @property
+    def radius(self) -> float: ...
+    @property
+    def residual(self) -> bool: ...
+    @property
+    def heads(self) -> List[HeadBound]: ...
+    @property
+    def bounds(self) -> List[NamedBound]: ...
+    @property
+    def best_w1(self) -> float: ...
+    @property
+    def best_name(self) -> str: ...
+    @property
+    def output_radius(self) -> float: ...
     def get(self, name: str) -> float: ...
 
 class LipschitzWitness:
-    mu_atoms: NDArray
-    nu_atoms: NDArray
-    mu_weights: NDArray
-    nu_weights: NDArray
-    f_mu_atoms: NDArray
-    f_nu_atoms: NDArray
-    w1_input: float
-    w1_output: float
-    origin: str
-    restart: int
+    @property
+    def mu_atoms(self) -> NDArray: ...
+    @property
+    def nu_atoms(self) -> NDArray: ...
+    @property
+    def mu_weights(self) -> NDArray: ...
+    @property
+    def nu_weights(self) -> NDArray: ...
+    @property
+    def f_mu_atoms(self) -> NDArray: ...
+    @property
+    def f_nu_atoms(self) -> NDArray: ...
+    @property
+    def w1_input(self) -> float: ...
+    @property
+    def w1_output(self) -> float: ...
+    @property
+    def origin(self) -> str: ...
+    @property
+    def restart(self) -> int: ...
 
 class LipschitzSearchResult:
-    ratio: float
-    witness: LipschitzWitness
-    restart_ratios: List[float]
-    evaluations: int
-    status: str  # "completed" | "degenerate"
-    message: str
+    @property
+    def ratio(self) -> float: ...
+    @property
+    def witness(self) -> LipschitzWitness: ...
+    @property
+    def restart_ratios(self) -> List[float]: ...
+    @property
+    def evaluations(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def message(self) -> str: ...
 
 class TokenJacobianResult:
-    value: float
-    iterations: int
-    status: str  # "converged" | "iteration_limit"
-    message: str
+    @property
+    def value(self) -> float: ...
+    @property
+    def iterations(self) -> int: ...
+    @property
+    def status(self) -> str: ...  # "converged" | "iteration_limit"
+    @property
+    def message(self) -> str: ...
 
 class TokenSearchResult:
-    value: float
-    tokens: NDArray
-    evaluations: int
+    @property
+    def value(self) -> float: ...
+    @property
+    def tokens(self) -> NDArray: ...
+    @property
+    def evaluations(self) -> int: ...
 
 def lipschitz_upper_bounds(model: Model, radius: float, residual: bool = False,
                            tokens: int = 0) -> UpperBoundResult: ...
@@ -343,9 +470,12 @@ def lipschitz_lower_bound(model: Model, radius: float, residual: bool = False,
                           **options: Any) -> LipschitzSearchResult: ...
 def lipschitz_ratio(model: Model, mu: Tokens, nu: Tokens, residual: bool = False) -> float: ...
 class StackBoundResult:
-    value: float
-    constants: List[float]
-    radii: List[float]
+    @property
+    def value(self) -> float: ...
+    @property
+    def constants(self) -> List[float]: ...
+    @property
+    def radii(self) -> List[float]: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[Any]: ...
     def __getitem__(self, index: int) -> Any: ...
@@ -365,22 +495,36 @@ def token_lipschitz_lower_bound(model: Model, tokens: int = 8, restarts: int = 8
 # ---- misspec --------------------------------------------------------------------
 
 class MisspecRow:
-    parameter: float
-    w1_input: float
-    w1_output: float
-    bound: float
-    a_priori: Optional[float]  # None for kind "sample"
-    max_ratio: float
+    @property
+    def parameter(self) -> float: ...
+    @property
+    def w1_input(self) -> float: ...
+    @property
+    def w1_output(self) -> float: ...
+    @property
+    def bound(self) -> float: ...
+    @property
+    def a_priori(self) -> Optional[float]: ...  # None for kind "sample"
+    @property
+    def max_ratio(self) -> float: ...
 
 class MisspecResult:
-    kind: str
-    radius: float
-    lipschitz: float
-    bound_name: str
-    rows: List[MisspecRow]
-    output_rate: Optional[float]  # kind "sample" only, else None
-    input_rate: Optional[float]
-    violated: bool
+    @property
+    def kind(self) -> str: ...
+    @property
+    def radius(self) -> float: ...
+    @property
+    def lipschitz(self) -> float: ...
+    @property
+    def bound_name(self) -> str: ...
+    @property
+    def rows(self) -> List[MisspecRow]: ...
+    @property
+    def output_rate(self) -> Optional[float]: ...  # kind "sample" only, else None
+    @property
+    def input_rate(self) -> Optional[float]: ...
+    @property
+    def violated(self) -> bool: ...
 
 def misspec(model: Model, tokens: Tokens, weights: Optional[ArrayLike] = None,
             kind: str = "sample", sizes: Optional[Sequence[int]] = None,

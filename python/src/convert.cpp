@@ -1,6 +1,8 @@
 // Array conversion and argument checking for the Python bindings.
 #include "convert.hpp"
 
+#include <map>
+
 #include <algorithm>
 #include <sstream>
 
@@ -143,6 +145,28 @@ void reject_unknown(const py::dict& kwargs, const std::vector<std::string>& know
                              "' (known: " + list + ")");
     }
   }
+}
+
+namespace {
+std::map<std::string, std::function<py::list()>>& option_tables() {
+  static std::map<std::string, std::function<py::list()>> tables;
+  return tables;
+}
+}  // namespace
+
+void register_option_fields(const std::string& function, std::function<py::list()> fields) {
+  option_tables()[function] = std::move(fields);
+}
+
+py::list option_fields(const std::string& function) {
+  const auto it = option_tables().find(function);
+  if (it == option_tables().end()) {
+    std::string list;
+    for (const auto& [name, fields] : option_tables()) list += (list.empty() ? "" : ", ") + name;
+    throw invalid_argument("function",
+                           "no option table for '" + function + "' (known: " + list + ")");
+  }
+  return it->second();
 }
 
 }  // namespace measattn::python

@@ -7,7 +7,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,6 +20,7 @@
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
 #include "measattn/measure.hpp"
+#include "measattn/options.hpp"
 #include "measattn/types.hpp"
 
 namespace measattn::python {
@@ -219,6 +222,56 @@ DT call_dtype(const py::handle& tokens, const py::handle& dtype);
 /// would be Python's habit, but one error policy: bad input is ValueError).
 void reject_unknown(const py::dict& kwargs, const std::vector<std::string>& known,
                     const char* function);
+
+// ---- Options through their field tables (measattn/options.hpp) ---------------
+
+/// The default of a field as Python sees it (enumerations by name).
+template <class T>
+py::object field_default(const T& value) {
+  return py::cast(value);
+}
+template <class E>
+py::object field_default(const E& value, const EnumSpelling<E>& spelling) {
+  return py::str(spelling.to_string(value));
+}
+
+/// [(name, default)] of the table of Options, defaults from Options{}.
+template <class Options>
+py::list option_fields_of() {
+  Options defaults{};
+  py::list out;
+  for_each_field(defaults, [&](const char* name, auto& value, const char*, auto&&... spelling) {
+    out.append(py::make_tuple(name, field_default(value, spelling...)));
+  });
+  return out;
+}
+
+/// Registers the table of Options under `function` for measattn._measattn.option_fields.
+void register_option_fields(const std::string& function, std::function<py::list()> fields);
+
+/// The registered table of `function` (ValueError for an unknown name).
+py::list option_fields(const std::string& function);
+
+/// Sets the fields of `o` named by keywords of `kw` (names = field names),
+/// skipping those in `skip` (bound as explicit arguments elsewhere); enumerations
+/// are parsed from their names. Returns the names it knows, for reject_unknown.
+template <class Options>
+std::vector<std::string> apply_fields(Options& o, const py::dict& kw,
+                                      const std::vector<std::string>& skip = {}) {
+  std::vector<std::string> known;
+  for_each_field(o, [&](const char* name, auto& value, const char*, auto&&... spelling) {
+    if (std::find(skip.begin(), skip.end(), name) != skip.end()) return;
+    known.emplace_back(name);
+    if (!kw.contains(name)) return;
+    using T = std::decay_t<decltype(value)>;
+    if constexpr (sizeof...(spelling) == 0) {
+      value = kw[name].template cast<T>();
+    } else {
+      value = (spelling.parse(kw[name].template cast<std::string>(), name), ...);
+    }
+  });
+  return known;
+}
 
 // ---- Module pieces (one file each) ---------------------------------------------
 void bind_core(py::module_& m);

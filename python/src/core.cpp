@@ -452,6 +452,10 @@ void bind_model(py::module_& m) {
           "potential, scale), written atomically. dtype None = the model's.")
       .def("__repr__", &model_repr);
 
+  // Keywords = AttendOptions' table (attention.hpp), defaults from AttendOptions{};
+  // sinkhorn_iters is the Python spelling of sinkhorn_iterations.
+  const AttendOptions attend;
+  register_option_fields("attend", &option_fields_of<AttendOptions>);
   cls.def(
          "attend",
          [](const PyModel& pm, const py::object& tokens, const py::object& weights,
@@ -463,9 +467,10 @@ void bind_model(py::module_& m) {
              return field_call<decltype(s)>(pm, tokens, weights, queries, o, FieldKind::field);
            });
          },
-         "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(), "causal"_a = false,
-         "residual"_a = false, "normalization"_a = "softmax", "sinkhorn_iters"_a = 0,
-         "query_block"_a = 0, "key_block"_a = 0, "dtype"_a = py::none(), attend_doc().c_str())
+         "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(), "causal"_a = attend.causal,
+         "residual"_a = attend.residual, "normalization"_a = to_string(attend.normalization),
+         "sinkhorn_iters"_a = attend.sinkhorn_iterations, "query_block"_a = attend.query_block,
+         "key_block"_a = attend.key_block, "dtype"_a = py::none(), attend_doc().c_str())
       .def(
           "head_fields",
           [](const PyModel& pm, const py::object& tokens, const py::object& weights,
@@ -477,9 +482,10 @@ void bind_model(py::module_& m) {
               return field_call<decltype(s)>(pm, tokens, weights, queries, o, FieldKind::heads);
             });
           },
-          "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(), "causal"_a = false,
-          "normalization"_a = "softmax", "sinkhorn_iters"_a = 0, "query_block"_a = 0,
-          "key_block"_a = 0, "dtype"_a = py::none(),
+          "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(),
+          "causal"_a = attend.causal, "normalization"_a = to_string(attend.normalization),
+          "sinkhorn_iters"_a = attend.sinkhorn_iterations, "query_block"_a = attend.query_block,
+          "key_block"_a = attend.key_block, "dtype"_a = py::none(),
           "The per-head fields before the output projection, shape (n, E): head h in\n"
           "columns [h k, (h+1) k). Arguments as for attend.")
       .def(
@@ -492,9 +498,10 @@ void bind_model(py::module_& m) {
               return field_call<decltype(s)>(pm, tokens, weights, queries, o, FieldKind::reference);
             });
           },
-          "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(), "causal"_a = false,
-          "residual"_a = false, "normalization"_a = "softmax", "sinkhorn_iters"_a = 0,
-          "dtype"_a = py::none(),
+          "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(),
+          "causal"_a = attend.causal, "residual"_a = attend.residual,
+          "normalization"_a = to_string(attend.normalization),
+          "sinkhorn_iters"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
           "The Transformer formula computed directly (softmax(S + log w) V per head with the\n"
           "full n x m logit matrix): a reference for checks, O(n m) memory. Same result as\n"
           "attend up to rounding.")
@@ -509,8 +516,8 @@ void bind_model(py::module_& m) {
             });
           },
           "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(), "head"_a = 0,
-          "causal"_a = false, "normalization"_a = "softmax", "sinkhorn_iters"_a = 0,
-          "dtype"_a = py::none(),
+          "causal"_a = attend.causal, "normalization"_a = to_string(attend.normalization),
+          "sinkhorn_iters"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
           "The attention kernel of one head materialized, shape (n, m): row i is\n"
           "pi(y_i) = softmax_j(G(y_i, x_j) + log w_j) (rows sum to one; zero-weight or\n"
           "masked keys get exactly 0). O(n m) memory: for inspection of small inputs.")
@@ -523,8 +530,9 @@ void bind_model(py::module_& m) {
             return dispatch(call_dtype(mu, dtype),
                             [&](auto s) { return self_call<decltype(s)>(pm, mu, weights, o); });
           },
-          "mu"_a, "weights"_a = py::none(), "causal"_a = false, "residual"_a = false,
-          "normalization"_a = "softmax", "sinkhorn_iters"_a = 0, "dtype"_a = py::none(),
+          "mu"_a, "weights"_a = py::none(), "causal"_a = attend.causal,
+          "residual"_a = attend.residual, "normalization"_a = to_string(attend.normalization),
+          "sinkhorn_iters"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
           "F(mu) = (Gamma_mu)#mu (with residual (id + Gamma_mu)#mu) as a Measure with the\n"
           "weights of mu. mu: a Measure or an (n, d) array (+ weights).")
       .def(
@@ -535,7 +543,7 @@ void bind_model(py::module_& m) {
             return dispatch(call_dtype(mu, dtype),
                             [&](auto s) { return cross_call<decltype(s)>(pm, nu, mu, o); });
           },
-          "nu"_a, "mu"_a, "residual"_a = false, "dtype"_a = py::none(),
+          "nu"_a, "mu"_a, "residual"_a = attend.residual, "dtype"_a = py::none(),
           "F(nu; mu) = (Gamma_mu)#nu: queries from nu, keys and values from mu (Measures\n"
           "or arrays with uniform weights).");
 }

@@ -48,12 +48,6 @@ PyFlowResult convert(FlowResult<Scalar>&& r) {
   return out;
 }
 
-FlowField parse_field(const std::string& s) {
-  if (s == "attention") return FlowField::attention;
-  if (s == "unnormalized") return FlowField::unnormalized;
-  throw invalid_argument("field: expected \"attention\" or \"unnormalized\", got \"" + s + "\"");
-}
-
 template <class Scalar>
 PyFlowResult run_flow(const PyModel& pm, const py::handle& tokens, const py::handle& weights,
                       const FlowOptions& options) {
@@ -119,6 +113,7 @@ void bind_flow(py::module_& m) {
                ", steps=" + std::to_string(r.steps) + ", status='" + r.status + "')";
       });
 
+  const FlowOptions defaults;  // the keywords' defaults (never copies)
   m.def(
       "flow",
       [](const PyModel& model, const py::object& tokens, const py::object& weights, double time,
@@ -134,7 +129,7 @@ void bind_flow(py::module_& m) {
         o.max_steps = max_steps;
         o.initial_step = initial_step;
         o.sphere = sphere;
-        o.field = parse_field(field);
+        o.field = parse_flow_field(field);
         o.save_every = save_every;
         o.cluster_tolerance = cluster_tolerance;
         o.checkpoint_every = checkpoint_every;
@@ -152,11 +147,18 @@ void bind_flow(py::module_& m) {
         return dispatch(call_dtype(tokens, dtype),
                         [&](auto s) { return run_flow<decltype(s)>(model, tokens, weights, o); });
       },
-      "model"_a, "tokens"_a, "weights"_a = py::none(), "time"_a = 1.0, "steps"_a = 10,
-      "scheme"_a = "euler", "tolerance"_a = 1e-6, "max_steps"_a = 1000000, "initial_step"_a = 0.0,
-      "sphere"_a = false, "field"_a = "attention", "save_every"_a = 0, "cluster_tolerance"_a = 1e-2,
-      "checkpoint_every"_a = 0, "checkpoint_path"_a = "", "resume"_a = false, "progress"_a = false,
-      "query_block"_a = 0, "key_block"_a = 0, "dtype"_a = py::none(), kFlowDoc);
+      // Keywords = FlowOptions' table (flow.hpp), defaults from FlowOptions{}.
+      "model"_a, "tokens"_a, "weights"_a = py::none(), "time"_a = defaults.time,
+      "steps"_a = defaults.steps, "scheme"_a = to_string(defaults.scheme),
+      "tolerance"_a = defaults.tolerance, "max_steps"_a = defaults.max_steps,
+      "initial_step"_a = defaults.initial_step, "sphere"_a = defaults.sphere,
+      "field"_a = to_string(defaults.field), "save_every"_a = defaults.save_every,
+      "cluster_tolerance"_a = defaults.cluster_tolerance,
+      "checkpoint_every"_a = defaults.checkpoint_every,
+      "checkpoint_path"_a = defaults.checkpoint_path, "resume"_a = defaults.resume,
+      "progress"_a = defaults.progress, "query_block"_a = defaults.attention.query_block,
+      "key_block"_a = defaults.attention.key_block, "dtype"_a = py::none(), kFlowDoc);
+  register_option_fields("flow", &option_fields_of<FlowOptions>);
 
   m.def(
       "flow_field",
@@ -164,7 +166,7 @@ void bind_flow(py::module_& m) {
          const std::string& field, const py::object& dtype) {
         FlowOptions o;
         o.sphere = sphere;
-        o.field = parse_field(field);
+        o.field = parse_flow_field(field);
         return dispatch(call_dtype(particles, dtype), [&](auto s) -> py::array {
           using S = decltype(s);
           ModelArg<S> model(pm);

@@ -8,26 +8,24 @@ namespace {
 
 using namespace pybind11::literals;
 
+// Keywords = LipschitzSearchOptions' table (lipschitz.hpp); residual is an explicit argument.
 void apply_search_options(LipschitzSearchOptions& o, const py::dict& kw) {
-  reject_unknown(
-      kw, {"atoms", "restarts", "steps", "step_size", "nearby", "seed", "threads", "progress"},
-      "lipschitz_lower_bound");
-  auto get = [&](const char* k, auto& field) {
-    if (kw.contains(k)) field = kw[k].cast<std::decay_t<decltype(field)>>();
-  };
-  get("atoms", o.atoms);
-  get("restarts", o.restarts);
-  get("steps", o.steps);
-  get("step_size", o.step_size);
-  get("nearby", o.nearby);
-  get("seed", o.seed);
-  get("threads", o.threads);
-  get("progress", o.progress);
+  std::vector<std::string> known;
+  for (const std::string& name : field_names<LipschitzSearchOptions>())
+    if (name != "residual") known.push_back(name);
+  reject_unknown(kw, known, "lipschitz_lower_bound");
+  apply_fields(o, kw, {"residual"});
 }
 
 }  // namespace
 
 void bind_lipschitz(py::module_& m) {
+  const TokenJacobianOptions jacobian;  // the keywords' defaults (never copies)
+  const TokenSearchOptions search;
+  register_option_fields("lipschitz_upper_bounds", &option_fields_of<UpperBoundOptions>);
+  register_option_fields("lipschitz_lower_bound", &option_fields_of<LipschitzSearchOptions>);
+  register_option_fields("token_jacobian_norm", &option_fields_of<TokenJacobianOptions>);
+  register_option_fields("token_lipschitz_lower_bound", &option_fields_of<TokenSearchOptions>);
   py::class_<NamedBound>(m, "NamedBound", "One named upper bound and what it bounds.")
       .def_readonly("name", &NamedBound::name)
       .def_readonly("value", &NamedBound::value)
@@ -74,7 +72,8 @@ void bind_lipschitz(py::module_& m) {
         py::gil_scoped_release release;
         return lipschitz_upper_bounds(model.get(), o);
       },
-      "model"_a, "radius"_a, "residual"_a = false, "tokens"_a = 0,
+      "model"_a, "radius"_a, "residual"_a = UpperBoundOptions{}.residual,
+      "tokens"_a = UpperBoundOptions{}.tokens,
       "Every certified upper bound L with W1(F(mu), F(nu)) <= L W1(mu, nu) for mu, nu in\n"
       "B_radius (Vuckovic et al.'s theorem, per-head and combined forms), plus Kim et\n"
       "al.'s token-level bounds for N = tokens when they apply. O(H d^3).");
@@ -120,7 +119,7 @@ void bind_lipschitz(py::module_& m) {
         py::gil_scoped_release release;
         return lipschitz_lower_bound(model.get(), radius, o);
       },
-      "model"_a, "radius"_a, "residual"_a = false,
+      "model"_a, "radius"_a, "residual"_a = LipschitzSearchOptions{}.residual,
       "Search for mu, nu in B_radius maximizing W1(F(mu), F(nu)) / W1(mu, nu) (gradient\n"
       "ascent over atoms and weights, restarts); the reported ratio is recomputed with the\n"
       "exact W1 solver: a certified lower bound. Options: atoms, restarts, steps,\n"
@@ -201,8 +200,9 @@ void bind_lipschitz(py::module_& m) {
         py::gil_scoped_release release;
         return token_jacobian_norm(model.get(), x, o);
       },
-      "model"_a, "tokens"_a, "residual"_a = false, "iterations"_a = 300, "tolerance"_a = 1e-12,
-      "seed"_a = 7,
+      // Keywords = TokenJacobianOptions' table, defaults from TokenJacobianOptions{}.
+      "model"_a, "tokens"_a, "residual"_a = jacobian.residual, "iterations"_a = jacobian.iterations,
+      "tolerance"_a = jacobian.tolerance, "seed"_a = jacobian.seed,
       "||J(X)||_2 of X -> (Gamma_{mu_X}(x_i))_i (tokens X (n, d), uniform weights) by power\n"
       "iteration with exact Jacobian-vector products.");
 
@@ -245,8 +245,10 @@ void bind_lipschitz(py::module_& m) {
         py::gil_scoped_release release;
         return token_lipschitz_lower_bound(model.get(), o);
       },
-      "model"_a, "tokens"_a = 8, "restarts"_a = 8, "steps"_a = 100, "step_size"_a = 0.05,
-      "radius"_a = 0.0, "seed"_a = 11, "residual"_a = false, "threads"_a = 0,
+      // Keywords = TokenSearchOptions' table, defaults from TokenSearchOptions{}.
+      "model"_a, "tokens"_a = search.tokens, "restarts"_a = search.restarts,
+      "steps"_a = search.steps, "step_size"_a = search.step_size, "radius"_a = search.radius,
+      "seed"_a = search.seed, "residual"_a = search.residual, "threads"_a = search.threads,
       "max_X ||J(X)||_2 over N = tokens tokens (in B_R^N when radius > 0): Kim et al.'s\n"
       "empirical lower bound on the token-level Lipschitz constant.");
 }

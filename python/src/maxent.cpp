@@ -18,6 +18,10 @@ py::array vec(const VectorD& v) { return to_numpy(VectorD(v)); }
 }  // namespace
 
 void bind_maxent(py::module_& m) {
+  // Keywords = the field tables of maxent.hpp, defaults from default-constructed Options.
+  register_option_fields("maxent", &option_fields_of<MaxEntOptions>);
+  register_option_fields("attention_entropy", &option_fields_of<EntropyOptions>);
+  register_option_fields("sinkhorn_attention", &option_fields_of<SinkhornAttentionOptions>);
   using GR = GibbsResult<double>;
   py::class_<GR>(m, "GibbsResult", "The Gibbs (softmax) measure nu*_j = w_j e^{g_j} / Z.")
       .def_property_readonly("probabilities", [](const GR& r) { return vec(r.probabilities); })
@@ -95,8 +99,9 @@ void bind_maxent(py::module_& m) {
         return maxent<double>(vector_copy<double>(scores, "scores"), target,
                               optional_weights(weights), o);
       },
-      "scores"_a, "target"_a, "weights"_a = py::none(), "beta_tolerance"_a = 1e-14,
-      "max_iterations"_a = 200,
+      "scores"_a, "target"_a, "weights"_a = py::none(),
+      "beta_tolerance"_a = MaxEntOptions{}.beta_tolerance,
+      "max_iterations"_a = MaxEntOptions{}.max_iterations,
       "Constrained maximum entropy: the beta with E_{nu_beta}[g] = target, nu_beta ∝\n"
       "w e^{beta g} (the minimizer of KL(nu || mu) under E_nu[g] = target). Standard\n"
       "attention is beta = 1. target must lie in (min g, max g) on supp mu (else\n"
@@ -154,8 +159,9 @@ void bind_maxent(py::module_& m) {
         py::gil_scoped_release release;
         return attention_entropy<double>(model.get(), mu.get(), o);
       },
-      "model"_a, "tokens"_a, "weights"_a = py::none(), "betas"_a = py::none(), "causal"_a = false,
-      "query_block"_a = 0, "key_block"_a = 0,
+      "model"_a, "tokens"_a, "weights"_a = py::none(), "betas"_a = py::none(),
+      "causal"_a = EntropyOptions{}.causal, "query_block"_a = EntropyOptions{}.query_block,
+      "key_block"_a = EntropyOptions{}.key_block,
       "Self-attention entropy of every head on mu (queries = atoms, averages weighted by\n"
       "mu), effective number of attended tokens exp(H), and the temperature curve over\n"
       "betas (None = default_temperature_grid()). Streamed: never forms the n x n kernel.");
@@ -187,8 +193,10 @@ void bind_maxent(py::module_& m) {
         py::gil_scoped_release release;
         return sinkhorn_attention<double>(model.get(), mu.get(), head, o);
       },
-      "model"_a, "tokens"_a, "weights"_a = py::none(), "head"_a = 0, "iterations"_a = 100,
-      "tolerance"_a = 0.0, "block"_a = 0,
+      "model"_a, "tokens"_a, "weights"_a = py::none(), "head"_a = 0,
+      "iterations"_a = SinkhornAttentionOptions{}.iterations,
+      "tolerance"_a = SinkhornAttentionOptions{}.tolerance,
+      "block"_a = SinkhornAttentionOptions{}.block,
       "Streamed log-domain Sinkhorn scaling of the self-attention logits of one head\n"
       "(Sander et al. 2022): iteration 0 is softmax; each iteration fixes the columns,\n"
       "then the rows. O(iterations n^2 k) time, O(n E) memory.");

@@ -58,6 +58,7 @@ void bind_misspec(py::module_& m) {
       .def_readonly("violated", &MisspecResult::violated,
                     "True if any draw exceeded its bound (never expected).");
 
+  const MisspecOptions defaults;  // the keywords' defaults (never copies)
   m.def(
       "misspec",
       [](const PyModel& pm, const py::object& tokens, const py::object& weights,
@@ -80,9 +81,14 @@ void bind_misspec(py::module_& m) {
         py::gil_scoped_release release;
         return misspecification(model.get(), mu.get(), o);
       },
-      "model"_a, "tokens"_a, "weights"_a = py::none(), "kind"_a = "sample", "sizes"_a = py::none(),
-      "sigmas"_a = py::none(), "eps"_a = py::none(), "repeats"_a = 3, "radius"_a = 0.0,
-      "adversarial"_a = true, "residual"_a = false, "seed"_a = 1, kDoc);
+      // Keywords = MisspecOptions' table (misspec.hpp), defaults from MisspecOptions{};
+      // sizes / sigmas / eps: None = the table's default lists.
+      "model"_a, "tokens"_a, "weights"_a = py::none(), "kind"_a = to_string(defaults.kind),
+      "sizes"_a = py::none(), "sigmas"_a = py::none(), "eps"_a = py::none(),
+      "repeats"_a = defaults.repeats, "radius"_a = defaults.radius,
+      "adversarial"_a = defaults.adversarial, "residual"_a = defaults.residual,
+      "seed"_a = defaults.seed, kDoc);
+  register_option_fields("misspec", &option_fields_of<MisspecOptions>);
 
   m.def("expected_gaussian_norm", &expected_gaussian_norm, "d"_a,
         "E||xi|| for xi ~ N(0, I_d): sqrt(2) Gamma((d+1)/2) / Gamma(d/2).");

@@ -7,37 +7,23 @@ namespace {
 
 using namespace pybind11::literals;
 
-// Applies keyword options to a WassersteinOptions (names as in the C++ struct;
-// plan / dense_plan / potentials for the want_* flags).
+// Applies keyword options to a WassersteinOptions: the fields of its table
+// (names and parsing from wasserstein.hpp's for_each_field) and plan /
+// dense_plan / potentials for the want_* requests.
 void apply_options(WassersteinOptions& o, const py::dict& kw) {
-  reject_unknown(kw,
-                 {"plan", "dense_plan", "potentials", "dense_arc_limit", "neighbours",
-                  "arcs_per_round", "prune", "prune_rounds", "max_rounds", "projections",
-                  "max_sliced_restarts", "max_sliced_iterations", "seed", "reg", "tolerance",
-                  "max_iterations", "max_dense_bytes", "progress"},
-                 "wasserstein");
-  auto get = [&](const char* k, auto& field) {
-    if (kw.contains(k)) field = kw[k].cast<std::decay_t<decltype(field)>>();
+  std::vector<std::string> known = {"plan", "dense_plan", "potentials"};
+  for (const std::string& name : field_names<WassersteinOptions>()) {
+    if (name != "p" && name != "method") known.push_back(name);  // explicit arguments
+  }
+  reject_unknown(kw, known, "wasserstein");
+  auto get = [&](const char* k, bool& field) {
+    if (kw.contains(k)) field = kw[k].cast<bool>();
   };
   get("plan", o.want_plan);
   get("dense_plan", o.want_dense_plan);
   get("potentials", o.want_potentials);
   if (o.want_dense_plan) o.want_plan = true;
-  get("dense_arc_limit", o.dense_arc_limit);
-  get("neighbours", o.neighbours);
-  get("arcs_per_round", o.arcs_per_round);
-  get("prune", o.prune);
-  get("prune_rounds", o.prune_rounds);
-  get("max_rounds", o.max_rounds);
-  get("projections", o.projections);
-  get("max_sliced_restarts", o.max_sliced_restarts);
-  get("max_sliced_iterations", o.max_sliced_iterations);
-  get("seed", o.seed);
-  get("reg", o.reg);
-  get("tolerance", o.tolerance);
-  get("max_iterations", o.max_iterations);
-  get("max_dense_bytes", o.max_dense_bytes);
-  get("progress", o.progress);
+  apply_fields(o, kw, {"p", "method"});
 }
 
 template <class Scalar>
@@ -59,7 +45,8 @@ a and b may also be Measures (then wa / wb must be None). Weights None = uniform
 
 p >= 1. method: "exact" (network simplex, certified optimal), "1d" (quantile
 formula, d = 1), "sliced" (certified lower and upper bounds), "sinkhorn"
-(entropic estimate with a certified upper bound), "auto".
+(entropic estimate with a certified upper bound), "auto" (the default, as in
+C++ and the CLI: 1d when d = 1, exact when n m <= 2.5e7, else sliced).
 
 Options (keyword): plan=True (sparse coupling), dense_plan=True (also the
 (n, m) matrix), potentials=True (Kantorovich potentials f, g),
@@ -167,6 +154,7 @@ void bind_wasserstein(py::module_& m) {
                to_string(r.status) + "')";
       });
 
+  const WassersteinOptions defaults;  // the keywords' defaults (never copies)
   m.def(
       "wasserstein",
       [](const py::object& a, const py::object& b, const py::object& wa, const py::object& wb,
@@ -179,8 +167,9 @@ void bind_wasserstein(py::module_& m) {
         return dispatch(call_dtype(a, dtype),
                         [&](auto s) { return run<decltype(s)>(a, b, wa, wb, o); });
       },
-      "a"_a, "b"_a, "wa"_a = py::none(), "wb"_a = py::none(), "p"_a = 1.0, "method"_a = "exact",
-      "dtype"_a = py::none(), kDoc);
+      "a"_a, "b"_a, "wa"_a = py::none(), "wb"_a = py::none(), "p"_a = defaults.p,
+      "method"_a = to_string(defaults.method), "dtype"_a = py::none(), kDoc);
+  register_option_fields("wasserstein", &option_fields_of<WassersteinOptions>);
 }
 
 }  // namespace measattn::python

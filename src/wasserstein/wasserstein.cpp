@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <iomanip>
 #include <random>
+#include <sstream>
 #include <string>
 
 #include "common/parallel.hpp"
@@ -139,12 +141,20 @@ WassersteinMethod parse_wasserstein_method(const std::string& name, const std::s
 }
 
 void WassersteinOptions::validate() const {
-  if (!(p >= 1) || !std::isfinite(p)) throw invalid_argument("p: must be a finite number >= 1");
+  // The offending value is quoted (the CLI prints it after its flag).
+  const auto got = [](double v) {
+    std::ostringstream s;
+    s << std::setprecision(12) << v;
+    return " (got " + s.str() + ")";
+  };
+  if (!(p >= 1) || !std::isfinite(p))
+    throw invalid_argument("p: must be a finite number >= 1" + got(p));
   if (p > kMaxWassersteinP)
     throw invalid_argument(
         "p: at most 1e6 (beyond it W_p equals W_inf to within 4e-5 and ||x - y||^p cannot be "
         "represented in double)");
-  if (!(reg > 0) || !std::isfinite(reg)) throw invalid_argument("reg: must be a finite number > 0");
+  if (!(reg > 0) || !std::isfinite(reg))
+    throw invalid_argument("reg: must be a finite number > 0" + got(reg));
   if (!(tolerance > 0) || !std::isfinite(tolerance))
     throw invalid_argument("tolerance: must be a finite number > 0");
   if (max_iterations < 1) throw invalid_argument("max_iterations: must be >= 1");
