@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Lipschitz sweeps driven through the measattn CLI (THEORY Sections 6 and 8).
+"""Lipschitz sweeps driven through the measattn CLI (docs/theory.md: lipschitz, sections 2 and 8).
 
   radius: a dot-product layer (canonical: Q = K = V = W_O = I_2, tau = 1) on B_R for a
           range of R: the certified upper bound and the best lower bound found both grow

@@ -1,4 +1,4 @@
-// Tests of the particle flow (THEORY Section 3): Euler = weight-shared residual
+// Tests of the particle flow (docs/theory.md#flow): Euler = weight-shared residual
 // network, convergence orders, the energy identity, the orthogonal-start closed
 // form, clustering, the unnormalized field, checkpoints and bit-identical resume.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// Section 2 of the report: attention as maximum entropy (THEORY Section 4).
+// Section 2 of the report: attention as maximum entropy (docs/theory.md#maxent).
 // Per head: the entropy of every query's kernel row, the effective number of
 // attended tokens, the temperature curve, and the check that each row is the
 // maximum-entropy measure at inverse temperature beta = 1.

@@ -1,5 +1,5 @@
 // Section 1 of the report: attention on measures equals the Transformer formula
-// (THEORY Section 2), with the invariances that the measure view predicts.
+// (docs/theory.md#attention), with the invariances that the measure view predicts.
 #include <algorithm>
 #include <numeric>
 #include <random>

@@ -1,4 +1,4 @@
-// Section 5 of the report: the tokens as interacting particles (THEORY Section 3).
+// Section 5 of the report: the tokens as interacting particles (docs/theory.md#flow).
 // The L-layer weight-shared residual network is Euler's scheme with h = T / L;
 // its distance to the continuum flow (a tight Dormand–Prince reference) is
 // measured in W1 and the convergence order fitted; then the layer-norm (sphere)

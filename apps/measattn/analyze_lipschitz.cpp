@@ -1,4 +1,4 @@
-// Section 3 of the report: attention is Lipschitz in W1 on B_R (THEORY Section 6).
+// Section 3 of the report: attention is Lipschitz in W1 on B_R (docs/theory.md#lipschitz).
 // Every applicable upper bound (proved in docs/theory.md), the certified lower
 // bound found by the search (a witness pair, ratios recomputed with exact W1),
 // their gap, the token-level local constant, and the radius sweep that shows

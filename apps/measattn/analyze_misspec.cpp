@@ -1,4 +1,4 @@
-// Section 4 of the report: mis-specified inputs (THEORY Section 7). For each
+// Section 4 of the report: mis-specified inputs (docs/theory.md#misspec). For each
 // kind of perturbation, the certified bound L W1(mu', mu) next to the output
 // deviation W1(F(mu'), F(mu)) actually realized.
 #include <cmath>

@@ -1,5 +1,5 @@
 // measattn flow — tokens as interacting particles: the infinitely deep
-// weight-shared attention network as an ODE on measures (THEORY Section 3).
+// weight-shared attention network as an ODE on measures (docs/theory.md#flow).
 //
 //   measattn flow (--model M.safetensors | --builtin sa --beta B) --tokens X0.npy
 //                 [--weights w.npy] --time T [--steps L] [--scheme euler|heun|rk4|dopri5]

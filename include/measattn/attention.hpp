@@ -1,7 +1,7 @@
 // measattn/attention.hpp — attention as a map on probability measures.
 //
 // A Model is one multi-head attention layer with PyTorch nn.MultiheadAttention's
-// parameters (THEORY Section 2). With E the embedding size, H heads and
+// parameters (docs/theory.md#attention). With E the embedding size, H heads and
 // k = E / H the head size, head h uses rows [h k, (h+1) k) of w_q, w_k, w_v:
 //
 //   q(x) = Q_h x + b_q,h     kappa(y) = K_h y + b_k,h     v(y) = V_h y + b_v,h
@@ -48,7 +48,7 @@ Potential parse_potential(const std::string& name, const std::string& field = "p
 template <class Scalar>
 using PotentialFunction = std::function<Scalar(const Scalar* q, const Scalar* k, Index head_dim)>;
 
-/// One head in the notation of THEORY Section 2 (a view extracted from a Model).
+/// One head in the notation of docs/theory.md#attention (a view extracted from a Model).
 template <class Scalar>
 struct Head {
   Matrix<Scalar> q, k, v;  // k x d_q, k x d_kv, k x d_kv
@@ -89,7 +89,7 @@ struct Model {
   /// Head h as (Q, K, V, biases, tau), zero biases made explicit.
   Head<Scalar> head(Index h) const;
 
-  /// The canonical model of the particle literature (THEORY Section 3):
+  /// The canonical model of the particle literature (docs/theory.md#flow):
   /// one head, Q = K = V = W_O = I_d, no biases, G(x,y) = beta <x,y>.
   static Model canonical(Index dim, Scalar beta);
 
@@ -103,7 +103,7 @@ struct Model {
 
 enum class Normalization {
   softmax,   // standard attention: rows of the kernel sum to one
-  sinkhorn,  // doubly-stochastic attention (THEORY Section 4), self-attention only
+  sinkhorn,  // doubly-stochastic attention (docs/theory.md#maxent), self-attention only
 };
 
 std::string to_string(Normalization n);
@@ -193,7 +193,7 @@ Matrix<Scalar> transformer_attention(const Model<Scalar>& model, const Measure<S
 // ---- Doubly-stochastic (Sinkhorn) attention ---------------------------------
 //
 // The potentials f, g of the entropic coupling of (mu, mu) with cost -G; the
-// kernel row i is K_ij = w_j exp(f_i + G_ij + g_j) (THEORY Section 4). Sander,
+// kernel row i is K_ij = w_j exp(f_i + G_ij + g_j) (docs/theory.md#maxent). Sander,
 // Ablin, Blondel, Peyré, "Sinkformers: Transformers with Doubly Stochastic
 // Attention", AISTATS 2022. attend's Normalization::sinkhorn uses the same solver.
 

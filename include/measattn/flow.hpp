@@ -1,5 +1,5 @@
 // measattn/flow.hpp — self-attention as interacting particles; infinitely deep
-// weight-shared networks as flows of measures (THEORY Section 3).
+// weight-shared networks as flows of measures (docs/theory.md#flow).
 //
 // Tokens are particles x_i(t) in R^d with fixed weights w_i (sum 1) and
 // mu_t = sum_i w_i delta_{x_i(t)}. The flow is the ODE system
@@ -200,7 +200,7 @@ double sphere_energy(const MatrixRef<Scalar>& particles, const Vector<Scalar>& w
 /// max_points atoms is counted instead (a lower bound on the true count).
 Index cluster_count(const MatrixRef<double>& particles, double tolerance, Index max_points = 20000);
 
-/// gamma(t) of the orthogonal-start closed form (THEORY Section 3): n <= d
+/// gamma(t) of the orthogonal-start closed form (docs/theory.md#flow): n <= d
 /// mutually orthogonal unit starts, uniform weights, canonical model with beta on
 /// the sphere; every pairwise cosine equals gamma(t), the solution of
 ///   gamma' = 2 e^{beta gamma} (1 - gamma) ((n - 1) gamma + 1) / (e^beta + (n - 1) e^{beta gamma}),

@@ -2,7 +2,7 @@
 // upper bounds (proved in docs/theory.md (lipschitz)) and certified lower bounds
 // (a search for the worst pair of measures, every ratio recomputed exactly).
 //
-// For a layer F(mu) = (Gamma_mu)#mu (THEORY Sections 2 and 6) and mu, nu
+// For a layer F(mu) = (Gamma_mu)#mu (docs/theory.md: attention, lipschitz) and mu, nu
 // supported in the ball B_R:
 //
 //     W1(F(mu), F(nu)) <= L W1(mu, nu).

@@ -1,4 +1,4 @@
-// measattn/maxent.hpp — attention as maximum entropy (THEORY Section 4).
+// measattn/maxent.hpp — attention as maximum entropy (docs/theory.md#maxent).
 //
 // Scores g in R^m over the atoms of a reference probability measure
 // mu = sum_j w_j delta_j (weights normalized to sum one; empty weights mean

@@ -1,6 +1,6 @@
 // measattn/measure.hpp — weighted discrete probability measures on R^d.
 //
-//   mu = sum_i w_i delta_{x_i},  w_i >= 0,  sum_i w_i = 1      (THEORY Section 1)
+//   mu = sum_i w_i delta_{x_i},  w_i >= 0,  sum_i w_i = 1      (docs/theory.md#measure)
 //
 // Atoms are the rows of an n x d row-major matrix. Construction validates and
 // normalizes: weights that do not sum to one are divided by their total; a

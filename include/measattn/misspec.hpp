@@ -1,4 +1,4 @@
-// measattn/misspec.hpp — mis-specified inputs (THEORY Section 7).
+// measattn/misspec.hpp — mis-specified inputs (docs/theory.md#misspec).
 //
 // If a layer F sees mu' instead of mu, and both are supported in B_R,
 //

@@ -1,6 +1,7 @@
 // measattn/wasserstein.hpp — Wasserstein distances between discrete measures.
 //
-//   W_p(mu, nu)^p = min_{pi in Pi(a, b)} sum_ij pi_ij ||x_i - y_j||^p        (THEORY Section 5)
+//   W_p(mu, nu)^p = min_{pi in Pi(a, b)} sum_ij pi_ij ||x_i - y_j||^p
+//   (docs/theory.md#wasserstein)
 //
 // mu = sum_i a_i delta_{x_i} (n atoms), nu = sum_j b_j delta_{y_j} (m atoms), both in
 // R^d, p >= 1, Euclidean ground distance. Pi(a, b) is the set of couplings: n x m
@@ -79,7 +80,6 @@ struct WassersteinOptions {
   /// Problems with n*m <= this many arcs are solved on the complete bipartite graph.
   std::int64_t dense_arc_limit = 40000;
   /// Column generation: initial nearest neighbours per atom, arcs added per row per round.
-  /// (Defaults tuned on uniform measures in R^8, n = 500..4000; docs/performance.md.)
   int neighbours = 48;
   int arcs_per_round = 32;
   /// In the first prune_rounds rounds, arcs off the current support whose reduced

@@ -1,4 +1,4 @@
-// Streaming multi-head attention on measures (THEORY Section 2).
+// Streaming multi-head attention on measures (docs/theory.md#attention).
 //
 // For each head and each block of queries, keys are visited block by block; a
 // running row maximum m, a running normalizer l and a running weighted sum of

@@ -1,4 +1,4 @@
-// Doubly-stochastic ("Sinkhorn") attention (THEORY Section 4; Sander, Ablin,
+// Doubly-stochastic ("Sinkhorn") attention (docs/theory.md#maxent; Sander, Ablin,
 // Blondel, Peyré, Sinkformers, AISTATS 2022), streamed in the log domain.
 //
 // Over the support S of mu (atoms of positive weight w, log-weights lw), the

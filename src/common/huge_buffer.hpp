@@ -19,7 +19,7 @@ using HugeBuffer = std::unique_ptr<double[], FreeDeleter>;
 
 /// `count` doubles (uninitialized), 2 MiB aligned and advised to use huge
 /// pages: first touch of fresh 4 KiB pages costs ~11 us each on this kind of
-/// machine (MACHINE.md), of 2 MiB pages a small fraction of that.
+/// machine, of 2 MiB pages a small fraction of that.
 inline HugeBuffer huge_buffer(std::size_t count) {
   constexpr std::size_t kHuge = std::size_t{2} << 20;
   const std::size_t bytes =

@@ -1,4 +1,4 @@
-// The right-hand side of the particle flow (THEORY Section 3): the attention
+// The right-hand side of the particle flow (docs/theory.md#flow): the attention
 // field of the particles' own measure (through the kernel layer's entry point,
 // attention/kernels.hpp), its tangent projection on the sphere, the
 // unnormalized ("USA") field, and the observables E_beta and cluster counts.

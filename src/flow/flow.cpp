@@ -1,4 +1,4 @@
-// Integrators of the particle flow dx_i/dt = f_i(X) (THEORY Section 3): Euler,
+// Integrators of the particle flow dx_i/dt = f_i(X) (docs/theory.md#flow): Euler,
 // Heun, classical RK4 and adaptive Dormand–Prince 5(4); frames, checkpoints and
 // bit-identical resume.
 #include <algorithm>

@@ -1,5 +1,5 @@
 // The Gibbs variational principle and constrained maximum entropy
-// (THEORY Section 4): the log-partition, the Gibbs measure, duality gaps of
+// (docs/theory.md#maxent): the log-partition, the Gibbs measure, duality gaps of
 // candidates, and the inverse temperature reaching a target expected score.
 #include <algorithm>
 #include <cmath>

@@ -15,6 +15,10 @@
 // reduced cost are added and the problem re-solved until none is left. Then the
 // duals are feasible for the full problem, so the plan is optimal.
 //
+// The defaults of WassersteinOptions (neighbours, arcs_per_round, prune,
+// prune_rounds) were tuned on uniform measures in R^8, n = 500..4000
+// (docs/performance.md).
+//
 // LEMON's simplex cannot be warm-started from a basis, and a cold re-solve of
 // the whole arc set each round dominated the run time. Two things make the
 // re-solves cheap: (1) every re-solve is handed the reduced costs

@@ -1,4 +1,4 @@
-"""`measattn attend` against PyTorch's nn.MultiheadAttention (THEORY Section 2).
+"""`measattn attend` against PyTorch's nn.MultiheadAttention (docs/theory.md#attention).
 
 Every comparison runs the CLI on files written here and PyTorch in float64
 (float32 for the --dtype f32 path) on the same weights; relative error is
@@ -203,7 +203,7 @@ def test_float32_path_matches_torch_float32(tmp_path, e, heads, n, bias, kdim):
     assert np.array_equal(out, out64)
 
 
-# ---- invariances of attention as a map on measures (THEORY Section 2) ----------------
+# ---- invariances of attention as a map on measures (docs/theory.md#attention) ----------------
 
 @pytest.fixture(scope="module")
 def invariance_setup(tmp_path_factory):

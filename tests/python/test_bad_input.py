@@ -1,6 +1,6 @@
 """Every bad input to `measattn attend` is refused the same way: exit code 2, one
 line on stderr naming the file or option and the reason, and no output file (an
-existing output is left untouched). THEORY Section 1 lists the invalid measures;
+existing output is left untouched). docs/theory.md#measure lists the invalid measures;
 the rest are malformed .npy / safetensors files and bad options.
 """
 
@@ -144,7 +144,7 @@ def valid_header_bad_length(p):
 
 
 CASES = {
-    # THEORY Section 1: invalid measures.
+    # docs/theory.md#measure: invalid measures.
     "negative_weight": weights_case([1, 2, -0.5, 1, 1, 1], "negative"),
     "nan_weight": weights_case([1, 2, np.nan, 1, 1, 1], "NaN"),
     "inf_weight": weights_case([1, 2, np.inf, 1, 1, 1], "infinite"),

@@ -1,4 +1,4 @@
-"""`measattn maxent`, `measattn entropy` and Sinkhorn attention (THEORY Section 4).
+"""`measattn maxent`, `measattn entropy` and Sinkhorn attention (docs/theory.md#maxent).
 
 References: SciPy's brentq on the one-dimensional map beta -> E_beta[g] - c,
 closed-form Gibbs measures in NumPy, PyTorch's attention weights
