@@ -10,12 +10,15 @@
 
 namespace measattn::cli {
 
+/// The default of analyze's --seed (AnalysisInput::seed).
+inline constexpr unsigned long long kAnalyzeSeed = 2020;
+
 struct AnalysisInput {
   Model<double> model;
   std::shared_ptr<Measure<double>> tokens;
   std::string model_name, tokens_name;
   double radius = 1;
-  unsigned long long seed = 2020;
+  unsigned long long seed = kAnalyzeSeed;
 };
 
 /// The built-in example layer: d = 8, 2 heads, dot potential, biases, seed 2020.

@@ -29,13 +29,21 @@ namespace measattn::cli {
 
 namespace {
 
+// analyze's flags are CLI-only: it is a report driver, not one library call.
+// --model/--tokens/--weights/--out are files; --radius (0 = the tokens' radius,
+// checked against it) becomes AnalysisInput::radius, the R that the Lipschitz
+// section sets in its library Options, and --seed seeds the sections' random
+// choices (the Lipschitz search, the misspec draws, the equivalence samples);
+// the sections' Options keep their library defaults otherwise. So no library Options struct has
+// these fields, and no default here copies a library one: the seed's default is the driver's own
+// (AnalysisInput, analyze.hpp).
 struct AnalyzeArgs {
   std::string model_path;
   std::string tokens_path;
   std::string weights_path;
   std::string out = "analysis";
   double radius = 0;
-  unsigned long long seed = 2020;
+  unsigned long long seed = kAnalyzeSeed;
 };
 
 void run_analyze(const AnalyzeArgs& args) {

@@ -37,8 +37,12 @@ namespace measattn::cli {
 namespace {
 
 struct EntropyArgs {
-  std::string model, tokens, weights, plot, betas;
-  bool causal = false, json = false;
+  std::string model, tokens, weights, plot;
+  bool json = false;
+  /// --causal and --betas, bound through its field table (maxent.hpp); --betas
+  /// keeps its comma list and messages (parse_betas; empty text = the default grid).
+  EntropyOptions options;
+  OptionBinder binder;
 };
 
 std::vector<double> to_vector(const VectorD& v) {
@@ -71,9 +75,9 @@ std::string fmt(double v) {
 
 void run(const EntropyArgs& a) {
   namespace fs = std::filesystem;
-  EntropyOptions options;
-  options.causal = a.causal;
-  if (!a.betas.empty()) options.betas = parse_betas(a.betas);
+  a.binder.apply();  // --betas
+  const EntropyOptions& options = a.options;
+  options.validate();  // its fields map to flags in main() (flags.hpp)
   // Output paths (the PNG and the CSV beside it) are checked before any work.
   if (!a.plot.empty()) {
     check_output_file(a.plot, "--plot");
@@ -158,7 +162,7 @@ void run(const EntropyArgs& a) {
         {"n", mu->size()},
         {"support", support},
         {"max_entropy_possible", std::log(static_cast<double>(support))},
-        {"causal", a.causal},
+        {"causal", options.causal},
         {"log_base", "e"},
         {"algorithm", "streamed online log-sum-exp (no n x n kernel)"},
         {"heads", heads},
@@ -194,16 +198,18 @@ const bool registered = register_command(
     [](CLI::App& app) {
       auto a = std::make_shared<EntropyArgs>();
       std::vector<FieldFlag> fields = token_fields(&a->tokens, &a->weights);
-      fields.insert(fields.end(), {{"queries", "--tokens", &a->tokens}, {"betas", "--betas"}});
+      fields.insert(fields.end(), {{"queries", "--tokens", &a->tokens}});
       for (auto& row : model_fields("--model", &a->model)) fields.push_back(row);
       register_fields(app, std::move(fields));
       app.add_option("--model", a->model, "Model: safetensors (nn.MultiheadAttention weights)")
           ->required();
       app.add_option("--tokens", a->tokens, "Tokens: n x d .npy, one per row")->required();
       app.add_option("--weights", a->weights, "Token weights: length-n .npy (default uniform)");
-      app.add_flag("--causal", a->causal, "Query i sees tokens 0..i only");
-      app.add_option("--betas", a->betas,
-                     "Temperature grid, comma-separated (default +-logspace(-2,2,17) and 0)");
+      EntropyOptions* options = &a->options;
+      a->binder.bind(app, a->options, {"betas", "causal"}, {},
+                     {{"betas", [options](const std::string& text) {
+                         if (!text.empty()) options->betas = parse_betas(text);
+                       }}});
       app.add_flag("--json", a->json, "Print JSON (per-query values included)");
       app.add_option("--plot", a->plot, "Write a PNG of the temperature curves (and FILE.csv)");
       app.callback([a] { run(*a); });

@@ -38,14 +38,12 @@ namespace measattn::cli {
 namespace {
 
 struct MisspecArgs {
-  std::string model, tokens, weights, kind = "sample", csv, plot;
-  std::vector<Index> sizes;
-  std::vector<double> sigmas, eps;
-  int repeats = 3;
-  double radius = 0;
+  std::string model, tokens, weights, csv, plot;
+  /// Bound to the flags through its field table (misspec.hpp), except
+  /// `adversarial`, whose flag is its negation --random-corruption.
+  MisspecOptions options;
+  OptionBinder binder;
   bool random_corruption = false;
-  bool residual = false;
-  std::uint64_t seed = 1;
   bool json = false;
 };
 
@@ -71,17 +69,10 @@ double or_nan(const std::optional<double>& v) {
 }
 
 void run(const MisspecArgs& args) {
-  MisspecOptions o;
-  o.kind = parse_misspec_kind(args.kind);
-  if (!args.sizes.empty()) o.sizes = args.sizes;
-  if (!args.sigmas.empty()) o.sigmas = args.sigmas;
-  if (!args.eps.empty()) o.eps = args.eps;
-  o.repeats = args.repeats;
-  o.radius = args.radius;
-  o.adversarial = !args.random_corruption;
-  o.residual = args.residual;
-  o.seed = args.seed;
-  o.validate();
+  args.binder.apply();  // --kind
+  MisspecOptions o = args.options;
+  if (args.random_corruption) o.adversarial = false;
+  o.validate();  // its fields map to flags in main() (flags.hpp)
   // Output paths are checked before any work.
   if (!args.csv.empty()) check_output_file(args.csv, "--csv");
   if (!args.plot.empty()) check_output_file(args.plot, "--plot");
@@ -92,7 +83,7 @@ void run(const MisspecArgs& args) {
     throw invalid_argument("--model: custom potentials are not supported");
   if (model.query_dim() != model.key_dim())
     throw invalid_argument("--model: self-attention needs equal query and key dimensions");
-  if (args.residual && model.out_dim() != model.query_dim())
+  if (o.residual && model.out_dim() != model.query_dim())
     throw invalid_argument("--residual: the model's output dimension differs from its input");
   const auto mu = read_token_measure<double>(args.tokens, args.weights);
   if (mu->dim() != model.query_dim())
@@ -116,7 +107,7 @@ void run(const MisspecArgs& args) {
     s << "set logscale xy\nset key top left\nset grid\n";
     s << "set xlabel " << gnuplot_quote(pname) << "\nset ylabel 'W1'\n";
     s << "set title "
-      << gnuplot_quote("mis-specified input (" + args.kind + "): L = " +
+      << gnuplot_quote("mis-specified input (" + to_string(o.kind) + "): L = " +
                        std::to_string(r.lipschitz) + " on B_R, R = " + std::to_string(r.radius))
       << "\n";
     s << "plot $data using 1:3 with linespoints lw 2 title 'realized W1(F(mu''), F(mu))', "
@@ -176,28 +167,17 @@ const bool registered = register_command(
     [](CLI::App& app) {
       auto args = std::make_shared<MisspecArgs>();
       std::vector<FieldFlag> fields = token_fields(&args->tokens, &args->weights);
-      fields.insert(fields.end(), {{"kind", "--kind"},
-                                   {"sizes", "--sizes"},
-                                   {"sigmas", "--sigmas"},
-                                   {"eps", "--eps"},
-                                   {"repeats", "--repeats"},
-                                   {"radius", "--radius"},
-                                   {"residual", "--residual"}});
       for (auto& row : model_fields("--model", &args->model)) fields.push_back(row);
       register_fields(app, std::move(fields));
       app.add_option("--model", args->model, "model (.safetensors)")->required();
       app.add_option("--tokens", args->tokens, "atoms of mu (.npy, n x d)")->required();
       app.add_option("--weights", args->weights, "weights of mu (.npy, n)");
-      app.add_option("--kind", args->kind, "sample | noise | corrupt")->required();
-      app.add_option("--sizes", args->sizes, "sample sizes n")->delimiter(',');
-      app.add_option("--sigmas", args->sigmas, "noise levels sigma")->delimiter(',');
-      app.add_option("--eps", args->eps, "corrupted mass fractions")->delimiter(',');
-      app.add_option("--repeats", args->repeats, "draws per value");
-      app.add_option("--radius", args->radius, "ball B_R for corruption and L (0 = automatic)");
+      args->binder.bind(
+          app, args->options,
+          {"kind", "sizes", "sigmas", "eps", "repeats", "radius", "residual", "seed"});
+      app.get_option("--kind")->required();  // no default kind on the command line
       app.add_flag("--random-corruption", args->random_corruption,
-                   "corrupt with random points (default: adversarial candidates)");
-      app.add_flag("--residual", args->residual, "the layer is mu -> (id + Gamma_mu)#mu");
-      app.add_option("--seed", args->seed, "random seed");
+                   "corrupt with random points (sets adversarial = false)");
       app.add_flag("--json", args->json, "print one JSON object");
       app.add_option("--csv", args->csv, "write the table as CSV");
       app.add_option("--plot", args->plot, "write a PNG plot (gnuplot)");

@@ -67,13 +67,25 @@ class OptionBinder {
  public:
   /// Aliases: field -> older spellings of its flag.
   using Aliases = std::map<std::string, std::vector<std::string>>;
+  /// Fields read as one text and parsed by the subcommand (a list with its own
+  /// syntax and messages: entropy's --betas): field -> parse(text), which sets
+  /// the field. apply() calls it only when the flag was given.
+  using Parsers = std::map<std::string, std::function<void(const std::string&)>>;
 
   /// Binds the fields of `options` named in `only` (in the table's order).
+  /// Lists (std::vector fields) take several values, comma-separated or not.
   template <class Options>
   void bind(CLI::App& app, Options& options, const std::vector<std::string>& only,
-            const Aliases& aliases = {}) {
+            const Aliases& aliases = {}, const Parsers& parsers = {}) {
     for_each_field(options, [&](const char* name, auto& value, const char* doc, auto&&... enum_) {
       if (std::find(only.begin(), only.end(), name) == only.end()) return;
+      if constexpr (sizeof...(enum_) == 0) {
+        const auto parser = parsers.find(name);
+        if (parser != parsers.end()) {
+          bind_text(app, name, nlohmann::json(value), doc, aliases, parser->second);
+          return;
+        }
+      }
       bind_one(app, name, value, doc, aliases, enum_...);
     });
     for (const std::string& name : only) {
@@ -104,9 +116,30 @@ class OptionBinder {
     if constexpr (std::is_same_v<T, bool>) {
       app.add_flag(names(flag, other), value, doc);
     } else {
-      app.add_option(names(flag, other), value, doc)->capture_default_str();
+      CLI::Option* option = app.add_option(names(flag, other), value, doc);
+      option->capture_default_str();
+      if constexpr (is_vector<T>::value) option->delimiter(',');
     }
     finish(app, name, flag, other, nlohmann::json(value), doc);
+  }
+
+  template <class T>
+  struct is_vector : std::false_type {};
+  template <class T, class A>
+  struct is_vector<std::vector<T, A>> : std::true_type {};
+
+  void bind_text(CLI::App& app, const char* name, nlohmann::json default_value, const char* doc,
+                 const Aliases& aliases, std::function<void(const std::string&)> parse) {
+    const std::string flag = flag_name(name);
+    const auto it = aliases.find(name);
+    const std::vector<std::string> other =
+        it == aliases.end() ? std::vector<std::string>{} : it->second;
+    auto text = std::make_shared<std::string>();
+    CLI::Option* option = app.add_option(names(flag, other), *text, doc);
+    parsers_.push_back([text, option, parse] {
+      if (option->count() > 0) parse(*text);
+    });
+    finish(app, name, flag, other, std::move(default_value), doc);
   }
 
   template <class E>

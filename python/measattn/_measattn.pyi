@@ -116,29 +116,34 @@ class Model:
     def attend(self, tokens: Tokens, weights: Optional[ArrayLike] = None,
                queries: Optional[ArrayLike] = None, causal: bool = False,
                residual: bool = False, normalization: str = "softmax",
-               sinkhorn_iters: int = 0, query_block: int = 0, key_block: int = 0,
-               dtype: DTypeLike = None) -> NDArray:
+               sinkhorn_iterations: int = 0, query_block: int = 0, key_block: int = 0,
+               dtype: DTypeLike = None, *,
+               sinkhorn_iters: Optional[int] = None) -> NDArray:
         """Gamma_mu(y_i) for each query (default: the tokens); shape (n, d_out)."""
     def head_fields(self, tokens: Tokens, weights: Optional[ArrayLike] = None,
                     queries: Optional[ArrayLike] = None, causal: bool = False,
-                    normalization: str = "softmax", sinkhorn_iters: int = 0,
+                    normalization: str = "softmax", sinkhorn_iterations: int = 0,
                     query_block: int = 0, key_block: int = 0,
-                    dtype: DTypeLike = None) -> NDArray:
+                    dtype: DTypeLike = None, *,
+                    sinkhorn_iters: Optional[int] = None) -> NDArray:
         """Per-head fields before W_O; shape (n, E)."""
     def reference(self, tokens: Tokens, weights: Optional[ArrayLike] = None,
                   queries: Optional[ArrayLike] = None, causal: bool = False,
                   residual: bool = False, normalization: str = "softmax",
-                  sinkhorn_iters: int = 0, dtype: DTypeLike = None) -> NDArray:
+                  sinkhorn_iterations: int = 0, dtype: DTypeLike = None, *,
+                  sinkhorn_iters: Optional[int] = None) -> NDArray:
         """The dense Transformer formula (O(n m) memory); shape (n, d_out)."""
     def kernel(self, tokens: Tokens, weights: Optional[ArrayLike] = None,
                queries: Optional[ArrayLike] = None, head: int = 0, causal: bool = False,
-               normalization: str = "softmax", sinkhorn_iters: int = 0,
-               dtype: DTypeLike = None) -> NDArray:
+               normalization: str = "softmax", sinkhorn_iterations: int = 0,
+               dtype: DTypeLike = None, *,
+               sinkhorn_iters: Optional[int] = None) -> NDArray:
         """The kernel pi(y_i)_j of one head; shape (n, m), rows sum to one."""
     def self_attention(self, mu: Tokens, weights: Optional[ArrayLike] = None,
                        causal: bool = False, residual: bool = False,
-                       normalization: str = "softmax", sinkhorn_iters: int = 0,
-                       dtype: DTypeLike = None) -> Measure: ...
+                       normalization: str = "softmax", sinkhorn_iterations: int = 0,
+                       dtype: DTypeLike = None, *,
+                       sinkhorn_iters: Optional[int] = None) -> Measure: ...
     def cross_attention(self, nu: Tokens, mu: Tokens, residual: bool = False,
                         dtype: DTypeLike = None) -> Measure: ...
 

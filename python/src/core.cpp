@@ -1,6 +1,7 @@
 // Bindings of measure.hpp, attention.hpp and io.hpp: Measure, Model, attention,
 // load_model / save_model. Thin: argument conversion, then one library call with
 // the GIL released.
+#include <optional>
 #include <sstream>
 
 #include "convert.hpp"
@@ -187,13 +188,29 @@ PyModel new_model(const py::handle& w_q, const py::handle& w_k, const py::handle
   return PyModel{std::move(model)};
 }
 
+// The value of sinkhorn_iterations given the deprecated keyword sinkhorn_iters
+// (same meaning, kept for existing callers; it warns with DeprecationWarning).
+int sinkhorn_iterations_arg(int sinkhorn_iterations, const std::optional<int>& sinkhorn_iters) {
+  if (!sinkhorn_iters) return sinkhorn_iterations;
+  if (PyErr_WarnEx(PyExc_DeprecationWarning,
+                   "sinkhorn_iters is deprecated: use sinkhorn_iterations", 1) < 0) {
+    throw py::error_already_set();
+  }
+  if (sinkhorn_iterations != AttendOptions{}.sinkhorn_iterations &&
+      sinkhorn_iterations != *sinkhorn_iters) {
+    throw invalid_argument(
+        "sinkhorn_iters: deprecated spelling of sinkhorn_iterations, give only one of them");
+  }
+  return *sinkhorn_iters;
+}
+
 AttendOptions attend_options(bool causal, bool residual, const std::string& normalization,
-                             int sinkhorn_iters, Index query_block, Index key_block) {
+                             int sinkhorn_iterations, Index query_block, Index key_block) {
   AttendOptions o;
   o.causal = causal;
   o.residual = residual;
   o.normalization = parse_normalization(normalization);
-  o.sinkhorn_iterations = sinkhorn_iters;
+  o.sinkhorn_iterations = sinkhorn_iterations;
   o.query_block = query_block;
   o.key_block = key_block;
   return o;
@@ -323,7 +340,8 @@ queries:  (n, d_q) array of query points y_i; None = the tokens (self-attention)
 causal:   query i sees keys j <= i only.
 residual: add the query: y_i + Gamma_mu(y_i) (needs d_out == d_q).
 normalization: "softmax" or "sinkhorn" (doubly stochastic, self-attention only).
-sinkhorn_iters: Sinkhorn half-steps beyond softmax (with "sinkhorn").
+sinkhorn_iterations: Sinkhorn half-steps beyond softmax (with "sinkhorn");
+          sinkhorn_iters is its deprecated spelling (keyword only).
 query_block, key_block: block sizes of the streaming kernel (0 = automatic).
 dtype:    "float32" / "float64"; None = float32 when tokens are float32, else float64.
 )doc";
@@ -453,47 +471,58 @@ void bind_model(py::module_& m) {
       .def("__repr__", &model_repr);
 
   // Keywords = AttendOptions' table (attention.hpp), defaults from AttendOptions{};
-  // sinkhorn_iters is the Python spelling of sinkhorn_iterations.
+  // sinkhorn_iters (keyword-only) is the deprecated spelling of sinkhorn_iterations.
   const AttendOptions attend;
   register_option_fields("attend", &option_fields_of<AttendOptions>);
   cls.def(
          "attend",
          [](const PyModel& pm, const py::object& tokens, const py::object& weights,
             const py::object& queries, bool causal, bool residual, const std::string& normalization,
-            int sinkhorn_iters, Index query_block, Index key_block, const py::object& dtype) {
-           const auto o = attend_options(causal, residual, normalization, sinkhorn_iters,
-                                         query_block, key_block);
+            int sinkhorn_iterations, Index query_block, Index key_block, const py::object& dtype,
+            const std::optional<int>& sinkhorn_iters) {
+           const auto o =
+               attend_options(causal, residual, normalization,
+                              sinkhorn_iterations_arg(sinkhorn_iterations, sinkhorn_iters),
+                              query_block, key_block);
            return dispatch(call_dtype(tokens, dtype), [&](auto s) {
              return field_call<decltype(s)>(pm, tokens, weights, queries, o, FieldKind::field);
            });
          },
          "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(), "causal"_a = attend.causal,
          "residual"_a = attend.residual, "normalization"_a = to_string(attend.normalization),
-         "sinkhorn_iters"_a = attend.sinkhorn_iterations, "query_block"_a = attend.query_block,
-         "key_block"_a = attend.key_block, "dtype"_a = py::none(), attend_doc().c_str())
+         "sinkhorn_iterations"_a = attend.sinkhorn_iterations, "query_block"_a = attend.query_block,
+         "key_block"_a = attend.key_block, "dtype"_a = py::none(), py::kw_only(),
+         "sinkhorn_iters"_a = py::none(), attend_doc().c_str())
       .def(
           "head_fields",
           [](const PyModel& pm, const py::object& tokens, const py::object& weights,
              const py::object& queries, bool causal, const std::string& normalization,
-             int sinkhorn_iters, Index query_block, Index key_block, const py::object& dtype) {
-            const auto o = attend_options(causal, false, normalization, sinkhorn_iters, query_block,
-                                          key_block);
+             int sinkhorn_iterations, Index query_block, Index key_block, const py::object& dtype,
+             const std::optional<int>& sinkhorn_iters) {
+            const auto o =
+                attend_options(causal, false, normalization,
+                               sinkhorn_iterations_arg(sinkhorn_iterations, sinkhorn_iters),
+                               query_block, key_block);
             return dispatch(call_dtype(tokens, dtype), [&](auto s) {
               return field_call<decltype(s)>(pm, tokens, weights, queries, o, FieldKind::heads);
             });
           },
           "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(),
           "causal"_a = attend.causal, "normalization"_a = to_string(attend.normalization),
-          "sinkhorn_iters"_a = attend.sinkhorn_iterations, "query_block"_a = attend.query_block,
-          "key_block"_a = attend.key_block, "dtype"_a = py::none(),
+          "sinkhorn_iterations"_a = attend.sinkhorn_iterations,
+          "query_block"_a = attend.query_block, "key_block"_a = attend.key_block,
+          "dtype"_a = py::none(), py::kw_only(), "sinkhorn_iters"_a = py::none(),
           "The per-head fields before the output projection, shape (n, E): head h in\n"
           "columns [h k, (h+1) k). Arguments as for attend.")
       .def(
           "reference",
           [](const PyModel& pm, const py::object& tokens, const py::object& weights,
              const py::object& queries, bool causal, bool residual,
-             const std::string& normalization, int sinkhorn_iters, const py::object& dtype) {
-            const auto o = attend_options(causal, residual, normalization, sinkhorn_iters, 0, 0);
+             const std::string& normalization, int sinkhorn_iterations, const py::object& dtype,
+             const std::optional<int>& sinkhorn_iters) {
+            const auto o =
+                attend_options(causal, residual, normalization,
+                               sinkhorn_iterations_arg(sinkhorn_iterations, sinkhorn_iters), 0, 0);
             return dispatch(call_dtype(tokens, dtype), [&](auto s) {
               return field_call<decltype(s)>(pm, tokens, weights, queries, o, FieldKind::reference);
             });
@@ -501,7 +530,8 @@ void bind_model(py::module_& m) {
           "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(),
           "causal"_a = attend.causal, "residual"_a = attend.residual,
           "normalization"_a = to_string(attend.normalization),
-          "sinkhorn_iters"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
+          "sinkhorn_iterations"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
+          py::kw_only(), "sinkhorn_iters"_a = py::none(),
           "The Transformer formula computed directly (softmax(S + log w) V per head with the\n"
           "full n x m logit matrix): a reference for checks, O(n m) memory. Same result as\n"
           "attend up to rounding.")
@@ -509,30 +539,37 @@ void bind_model(py::module_& m) {
           "kernel",
           [](const PyModel& pm, const py::object& tokens, const py::object& weights,
              const py::object& queries, Index head, bool causal, const std::string& normalization,
-             int sinkhorn_iters, const py::object& dtype) {
-            const auto o = attend_options(causal, false, normalization, sinkhorn_iters, 0, 0);
+             int sinkhorn_iterations, const py::object& dtype,
+             const std::optional<int>& sinkhorn_iters) {
+            const auto o =
+                attend_options(causal, false, normalization,
+                               sinkhorn_iterations_arg(sinkhorn_iterations, sinkhorn_iters), 0, 0);
             return dispatch(call_dtype(tokens, dtype), [&](auto s) {
               return kernel_call<decltype(s)>(pm, tokens, weights, queries, head, o);
             });
           },
           "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(), "head"_a = 0,
           "causal"_a = attend.causal, "normalization"_a = to_string(attend.normalization),
-          "sinkhorn_iters"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
+          "sinkhorn_iterations"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
+          py::kw_only(), "sinkhorn_iters"_a = py::none(),
           "The attention kernel of one head materialized, shape (n, m): row i is\n"
           "pi(y_i) = softmax_j(G(y_i, x_j) + log w_j) (rows sum to one; zero-weight or\n"
           "masked keys get exactly 0). O(n m) memory: for inspection of small inputs.")
       .def(
           "self_attention",
           [](const PyModel& pm, const py::object& mu, const py::object& weights, bool causal,
-             bool residual, const std::string& normalization, int sinkhorn_iters,
-             const py::object& dtype) {
-            const auto o = attend_options(causal, residual, normalization, sinkhorn_iters, 0, 0);
+             bool residual, const std::string& normalization, int sinkhorn_iterations,
+             const py::object& dtype, const std::optional<int>& sinkhorn_iters) {
+            const auto o =
+                attend_options(causal, residual, normalization,
+                               sinkhorn_iterations_arg(sinkhorn_iterations, sinkhorn_iters), 0, 0);
             return dispatch(call_dtype(mu, dtype),
                             [&](auto s) { return self_call<decltype(s)>(pm, mu, weights, o); });
           },
           "mu"_a, "weights"_a = py::none(), "causal"_a = attend.causal,
           "residual"_a = attend.residual, "normalization"_a = to_string(attend.normalization),
-          "sinkhorn_iters"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
+          "sinkhorn_iterations"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
+          py::kw_only(), "sinkhorn_iters"_a = py::none(),
           "F(mu) = (Gamma_mu)#mu (with residual (id + Gamma_mu)#mu) as a Measure with the\n"
           "weights of mu. mu: a Measure or an (n, d) array (+ weights).")
       .def(

@@ -9,6 +9,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -25,11 +26,12 @@ COMMANDS = {
     "attend": ["attend"],
     "lipschitz": ["lipschitz_upper_bounds", "lipschitz_lower_bound"],
     "maxent": ["maxent"],
+    "entropy": ["attention_entropy"],
+    "misspec": ["misspec"],
 }
 
 # Python functions with a field table but no subcommand binding it.
-OTHER_FUNCTIONS = ["token_jacobian_norm", "token_lipschitz_lower_bound", "attention_entropy",
-                   "sinkhorn_attention", "misspec"]
+OTHER_FUNCTIONS = ["token_jacobian_norm", "token_lipschitz_lower_bound", "sinkhorn_attention"]
 
 # Python defaults that stand for the table's: None = the empty list (the default grid).
 PYTHON_DEFAULTS = {
@@ -49,8 +51,13 @@ ALIASES = {
     ("maxent", "beta_tolerance"): ["--tolerance"],
 }
 
-# Python keywords spelled differently from their field (kept for existing callers).
-PYTHON_ALIASES = {("attend", "sinkhorn_iterations"): "sinkhorn_iters"}
+# Python keywords spelled differently from their field (none: Model's sinkhorn_iters is
+# now a deprecated keyword-only alias of sinkhorn_iterations, see below).
+PYTHON_ALIASES = {}
+
+# Fields of a subcommand's table that it does not bind, with the flag that sets them
+# instead (misspec: --random-corruption is the negation adversarial = false).
+UNBOUND = {("misspec", "adversarial"): "--random-corruption"}
 
 
 def bound_options():
@@ -186,3 +193,96 @@ def test_stubs_match_the_module():
                            "--allowlist", str(allowlist)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def small_model(tmp_path, rng):
+    """A 2-head self-attention layer in R^4 and 6 tokens, as files."""
+    model = str(tmp_path / "m.safetensors")
+    measattn.Model.random(4, 2, bias=True, seed=3).save(model)
+    return model, save_npy(tmp_path / "x.npy", rng.normal(size=(6, 4)))
+
+
+def test_entropy_and_misspec_bind_their_tables():
+    dump = bound_options()
+    entropy = {row["field"]: row for row in dump["entropy"]}
+    assert set(entropy) == {"betas", "causal"}
+    assert entropy["betas"]["default"] == [] and entropy["causal"]["default"] is False
+    misspec = {row["field"]: row for row in dump["misspec"]}
+    table = dict(_measattn.option_fields("misspec"))
+    assert set(misspec) | {f for (c, f) in UNBOUND if c == "misspec"} == set(table)
+    for field, row in misspec.items():
+        assert row["default"] == table[field], field
+    helptext = run_cli(["misspec", "--help"], check=True).stdout
+    for (command, field), flag in UNBOUND.items():
+        assert field not in misspec and flag in helptext
+    # --kind stays required although its field has a default.
+    proc = run_cli(["misspec", "--model", "m", "--tokens", "x"])
+    assert proc.returncode == 2 and "--kind" in proc.stderr
+
+
+def test_entropy_and_misspec_flags_set_the_fields(tmp_path):
+    rng = np.random.default_rng(2)
+    model, x = small_model(tmp_path, rng)
+    grid = _measattn.default_temperature_grid()
+    base = ["entropy", "--model", model, "--tokens", x, "--json"]
+    out = json.loads(run_cli(base, check=True).stdout)
+    assert out["causal"] == dict(_measattn.option_fields("attention_entropy"))["causal"]
+    assert out["heads"][0]["temperature_curve"]["beta"] == pytest.approx(grid, rel=0, abs=0)
+    out = json.loads(run_cli([*base, "--causal", "--betas", "-1,0,2.5"], check=True).stdout)
+    assert out["causal"] is True
+    assert out["heads"][0]["temperature_curve"]["beta"] == [-1, 0, 2.5]
+    # An empty list keeps the default grid, as before the table bound the flag.
+    out = json.loads(run_cli([*base, "--betas", ""], check=True).stdout)
+    assert out["heads"][0]["temperature_curve"]["beta"] == pytest.approx(grid, rel=0, abs=0)
+    proc = run_cli([*base, "--betas", "1,x"])
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("measattn: error: --betas: 'x' is not a finite number")
+
+    base = ["misspec", "--model", model, "--tokens", x, "--repeats", "1", "--json"]
+    out = json.loads(run_cli([*base, "--kind", "sample"], check=True).stdout)
+    table = dict(_measattn.option_fields("misspec"))
+    assert [row["n"] for row in out["rows"]] == table["sizes"]
+    out = json.loads(run_cli([*base, "--kind", "noise", "--sigmas", "0.1,0.2"], check=True).stdout)
+    assert out["kind"] == "noise" and out["repeats"] == 1
+    assert [row["sigma"] for row in out["rows"]] == [0.1, 0.2]
+    out = json.loads(run_cli([*base, "--kind", "corrupt", "--eps", "0.1", "0.2",
+                              "--random-corruption"], check=True).stdout)
+    assert [row["eps"] for row in out["rows"]] == [0.1, 0.2]
+    for flag, value, message in [("--repeats", "0", "--repeats: must be >= 1"),
+                                 ("--radius", "-1", "--radius: must be >= 0"),
+                                 ("--kind", "bogus", "--kind: unknown kind 'bogus'")]:
+        args = ["misspec", "--model", model, "--tokens", x, flag, value]
+        if flag != "--kind":
+            args += ["--kind", "sample"]
+        proc = run_cli(args)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"measattn: error: {message}"), (
+            flag, proc.stderr)
+
+
+def test_sinkhorn_iters_is_a_deprecated_alias():
+    rng = np.random.default_rng(4)
+    model = measattn.Model.random(4, 2, bias=True, seed=5)
+    x = rng.normal(size=(7, 4))
+
+    def array(result):
+        return result.atoms if isinstance(result, measattn.Measure) else result
+
+    for method in ("attend", "head_fields", "reference", "kernel", "self_attention"):
+        call = getattr(model, method)
+        new = array(call(x, normalization="sinkhorn", sinkhorn_iterations=3))
+        with pytest.warns(DeprecationWarning, match="use sinkhorn_iterations"):
+            old = array(call(x, normalization="sinkhorn", sinkhorn_iters=3))
+        np.testing.assert_array_equal(new, old)
+        assert not np.array_equal(new, array(call(x, normalization="sinkhorn"))), method
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with pytest.raises(ValueError, match="sinkhorn_iters: .*give only one"):
+                call(x, normalization="sinkhorn", sinkhorn_iterations=2, sinkhorn_iters=3)
+            # The same value twice is the same request.
+            np.testing.assert_array_equal(
+                new, array(call(x, normalization="sinkhorn", sinkhorn_iterations=3,
+                                sinkhorn_iters=3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(ValueError, match="sinkhorn_iterations: must be >= 0"):
+            model.attend(x, normalization="sinkhorn", sinkhorn_iters=-1)
