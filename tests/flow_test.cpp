@@ -715,6 +715,83 @@ TEST(flow_test, kernel_entry_point_matches_streaming_kernel) {
   EXPECT_LT((out - ref).cwiseAbs().maxCoeff(), 1e-5f * (1 + ref.cwiseAbs().maxCoeff()));
 }
 
+// The streaming fallback of attention_field_kernel against attention_field on
+// the Measure of the keys, in one precision: the same bits, on 1 and 2 threads.
+template <class Scalar>
+void expect_streaming_fallback_bit_identical() {
+  using M = Model<Scalar>;
+  using Mat = Matrix<Scalar>;
+  using Vec = Vector<Scalar>;
+  AttendOptions causal;
+  causal.causal = true;
+  AttendOptions blocks;
+  blocks.query_block = 24;
+  blocks.key_block = 40;
+  blocks.causal = true;
+  struct Case {
+    M model;
+    AttendOptions options;
+    bool self;
+  };
+  const std::vector<Case> cases = {
+      {ModelD::random(16, 1, true, 901).cast<Scalar>(), {}, true},
+      {ModelD::random(16, 1, true, 902).cast<Scalar>(), causal, true},
+      {ModelD::random(24, 2, false, 903).cast<Scalar>(), {}, false},
+      {ModelD::random(6, 2, true, 904, Potential::l2).cast<Scalar>(), causal, true},
+      {ModelD::random(12, 1, true, 905, Potential::cosine).cast<Scalar>(), {}, false},
+      {ModelD::random(4, 1, true, 906).cast<Scalar>(), blocks, true},
+  };
+  const int threads = omp_get_max_threads();
+  for (size_t c = 0; c < cases.size(); ++c) {
+    const auto& [model, options, self] = cases[c];
+    const std::string what = "case " + std::to_string(c);
+    const Index n = 301 + 37 * static_cast<Index>(c), d = model.w_q.cols();
+    const Mat keys = random_points(n, d, 910 + c).cast<Scalar>();
+    const Mat others = random_points(n / 3 + 5, d, 920 + c).cast<Scalar>();
+    const Mat& queries = self ? keys : others;
+    // Weights that do not sum to 1 (the Measure renormalizes them), with zero
+    // weights inside and at the end, never at position 0 (causal masks).
+    Vec w = (random_weights(n, 930 + c) * 3.7).cast<Scalar>();
+    for (Index j = 5; j < n; j += 17) w[j] = 0;
+    w[n - 1] = 0;
+    ASSERT_EQ(detail::field_kernel(model, options, self), FieldKernel::streaming) << what;
+    const detail::KeyWeights<Scalar> prepared = detail::key_weights(w);
+    const Measure<Scalar> mu(keys, w);
+    for (int t : {1, 2}) {
+      omp_set_num_threads(t);
+      const Mat ref = attention_field(model, mu, queries, options);
+      Mat out;
+      detail::attention_field_kernel<Scalar>(model, keys, prepared, queries, options, out);
+      ASSERT_EQ(out.rows(), ref.rows()) << what;
+      ASSERT_EQ(out.cols(), ref.cols()) << what;
+      EXPECT_EQ(std::memcmp(out.data(), ref.data(), sizeof(Scalar) * ref.size()), 0)
+          << what << ", " << t << " threads";
+    }
+    omp_set_num_threads(threads);
+    if (options.causal) {
+      // Query 0 sees only a token of zero weight: both refuse it alike.
+      Vec w0 = w;
+      w0[0] = 0;
+      Mat out;
+      EXPECT_THROW(detail::attention_field_kernel<Scalar>(model, keys, detail::key_weights(w0),
+                                                          queries, options, out),
+                   invalid_argument)
+          << what;
+      EXPECT_THROW(attention_field(model, Measure<Scalar>(keys, w0), queries, options),
+                   invalid_argument)
+          << what;
+    }
+  }
+}
+
+TEST(flow_test, streaming_fallback_equals_attention_field_bit_for_bit) {
+  // The fallback takes the keys of positive weight and the log-weights that
+  // key_weights prepared, without a Measure: the same operations as
+  // attention_field, so the same bits.
+  expect_streaming_fallback_bit_identical<double>();
+  expect_streaming_fallback_bit_identical<float>();
+}
+
 TEST(flow_test, key_weights_are_checked_and_prepared_once) {
   VectorD w(5);
   w << 0.25, 0, 0.25, 0.5, 0.25;

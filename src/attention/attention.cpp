@@ -41,6 +41,11 @@ void check_inputs(const Model<Scalar>& model, const Measure<Scalar>& mu,
   }
   if (queries.rows() == 0) throw invalid_argument("queries: no queries");
   if (!queries.allFinite()) throw invalid_argument("queries: contains a NaN or infinite entry");
+  check_options(model, options);
+}
+
+template <class Scalar>
+void check_options(const Model<Scalar>& model, const AttendOptions& options) {
   if (options.residual && model.out_dim() != model.query_dim()) {
     throw invalid_argument("residual: the output dimension " + std::to_string(model.out_dim()) +
                            " differs from the query dimension " +
@@ -194,7 +199,7 @@ void project_rows(const Scalar* x, Index x_stride, Index rows, const Scalar* __r
 /// scalar type (one instantiation per potential measured 10 % slower at k = 16
 /// in float, bench/attention_bench, 4096 tokens).
 template <class Scalar>
-Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
+Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<Scalar>& keys,
                                    const MatrixRef<Scalar>& queries, const AttendOptions& options,
                                    bool project_out) {
   constexpr Index L = Simd<Scalar>::L;
@@ -204,19 +209,12 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
   const Index e = model.embed_dim();
   const Scalar tau = model.tau();
 
-  // Keys: the atoms of positive weight (all of mu's atoms when none is zero,
-  // without copying them).
-  bool all_positive = true;
-  for (Index j = 0; j < mu.size(); ++j) all_positive = all_positive && mu.weight(j) > 0;
-  KeySet<Scalar> dropped;
-  if (!all_positive) dropped = positive_keys(mu);
-  const MatrixRef<Scalar> key_atoms =
-      all_positive ? MatrixRef<Scalar>(mu.atoms()) : MatrixRef<Scalar>(dropped.atoms);
+  const MatrixRef<Scalar>& key_atoms = keys.atoms;
   const Index m = key_atoms.rows();
   if (m == 0) throw invalid_argument("weights: every token has weight zero");
-  auto key_index = [&](Index j) {
-    return all_positive ? j : dropped.index[static_cast<size_t>(j)];
-  };
+  const Scalar* const log_w = keys.log_weights;
+  const Index* const positions = keys.index;
+  auto key_index = [positions](Index j) { return positions == nullptr ? j : positions[j]; };
   if (options.causal && key_index(0) > 0) {
     // Query i sees the keys at positions <= i; the first key of positive
     // weight must therefore come no later than the first query.
@@ -244,10 +242,6 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
   const Scalar q_scale = split.q_scale;
 
   // Work arrays, allocated once per call and reused by every head.
-  std::vector<Scalar> log_w(static_cast<size_t>(m));
-  for (Index j = 0; j < m; ++j) {
-    log_w[static_cast<size_t>(j)] = all_positive ? std::log(mu.weight(j)) : dropped.log_weights[j];
-  }
   Matrix<Scalar> kt(key_blocks * k, bk);                       // key panels
   Matrix<Scalar> vh(key_blocks * bk, k_pad);                   // values, zero-padded
   Vector<Scalar> bias(key_blocks * bk);                        // per-key logit offsets
@@ -322,7 +316,7 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
             for (Index j = 0; j < bk; ++j) {
               Scalar bj = 0;
               if (j < cols) {
-                bj = log_w[static_cast<size_t>(j0 + j)];
+                bj = log_w[j0 + j];
                 if constexpr (P::kKeyShift) bj -= P::template key_shift<Scalar>(panel.col(j), tau);
               }
               bias[j0 + j] = bj;
@@ -429,13 +423,32 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Sca
 }
 
 template <class Scalar>
-void check_finite_result(const Model<Scalar>& model, const Measure<Scalar>& mu,
-                         const MatrixRef<Scalar>& queries, const Matrix<Scalar>& out) {
+Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                                   const MatrixRef<Scalar>& queries, const AttendOptions& options,
+                                   bool project_out) {
+  // Keys: the atoms of positive weight (all of mu's atoms when none is zero,
+  // without copying them).
+  bool all_positive = true;
+  for (Index j = 0; j < mu.size(); ++j) all_positive = all_positive && mu.weight(j) > 0;
+  if (all_positive) {
+    std::vector<Scalar> log_w(static_cast<size_t>(mu.size()));
+    for (Index j = 0; j < mu.size(); ++j) log_w[static_cast<size_t>(j)] = std::log(mu.weight(j));
+    return streaming_attention(model, StreamKeys<Scalar>{mu.atoms(), log_w.data(), nullptr},
+                               queries, options, project_out);
+  }
+  const KeySet<Scalar> dropped = positive_keys(mu);
+  return streaming_attention(
+      model, StreamKeys<Scalar>{dropped.atoms, dropped.log_weights.data(), dropped.index.data()},
+      queries, options, project_out);
+}
+
+template <class Scalar>
+void check_finite_result(const Model<Scalar>& model, const MatrixRef<Scalar>& atoms,
+                         const MatrixRef<Scalar>& queries, bool self, const Matrix<Scalar>& out) {
   if (out.allFinite()) return;
   // Finite inputs, non-finite result: say which projection overflowed (only on this
   // failure path, so it costs nothing otherwise).
   const char* type = std::is_same_v<Scalar, float> ? "float32" : "float64";
-  const bool self = queries.data() == mu.atoms().data() && queries.rows() == mu.size();
   auto finite = [](const MatrixRef<Scalar>& x, const Matrix<Scalar>& w, const Vector<Scalar>& b) {
     return project<Scalar>(x, w, b).allFinite();
   };
@@ -443,9 +456,9 @@ void check_finite_result(const Model<Scalar>& model, const Measure<Scalar>& mu,
   if (!finite(queries, model.w_q, model.b_q)) {
     field = self ? "tokens" : "queries";
     cause = "the query projections overflow ";
-  } else if (!finite(mu.atoms(), model.w_k, model.b_k)) {
+  } else if (!finite(atoms, model.w_k, model.b_k)) {
     cause = "the key projections overflow ";
-  } else if (!finite(mu.atoms(), model.w_v, model.b_v)) {
+  } else if (!finite(atoms, model.w_v, model.b_v)) {
     cause = "the value projections overflow ";
   } else {
     field = self ? "tokens" : "queries";
@@ -453,6 +466,14 @@ void check_finite_result(const Model<Scalar>& model, const Measure<Scalar>& mu,
   }
   throw invalid_argument(field + ": the attention output is not finite: " + cause + type +
                          " (inputs too large for " + type + ")");
+}
+
+template <class Scalar>
+void check_finite_result(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                         const MatrixRef<Scalar>& queries, const Matrix<Scalar>& out) {
+  if (out.allFinite()) return;
+  const bool self = queries.data() == mu.atoms().data() && queries.rows() == mu.size();
+  check_finite_result(model, MatrixRef<Scalar>(mu.atoms()), queries, self, out);
 }
 
 }  // namespace detail
@@ -512,21 +533,26 @@ Measure<Scalar> cross_attention(const Model<Scalar>& model, const Measure<Scalar
   return nu.push_forward(attention_field(model, mu, nu.atoms(), options));
 }
 
-#define MEASATTN_INSTANTIATE(S)                                                                 \
-  template Matrix<S> head_fields(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,       \
-                                 const AttendOptions&);                                         \
-  template Matrix<S> attention_field(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,   \
-                                     const AttendOptions&);                                     \
-  template Matrix<S> attention_kernel(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,  \
-                                      Index, const AttendOptions&);                             \
-  template Measure<S> self_attention(const Model<S>&, const Measure<S>&, const AttendOptions&); \
-  template Measure<S> cross_attention(const Model<S>&, const Measure<S>&, const Measure<S>&,    \
-                                      const AttendOptions&);                                    \
-  template void detail::check_inputs(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,   \
-                                     const AttendOptions&);                                     \
-  template detail::KeySet<S> detail::positive_keys(const Measure<S>&);                          \
-  template void detail::check_finite_result(const Model<S>&, const Measure<S>&,                 \
-                                            const MatrixRef<S>&, const Matrix<S>&);             \
+#define MEASATTN_INSTANTIATE(S)                                                                    \
+  template Matrix<S> head_fields(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,          \
+                                 const AttendOptions&);                                            \
+  template Matrix<S> attention_field(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,      \
+                                     const AttendOptions&);                                        \
+  template Matrix<S> attention_kernel(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,     \
+                                      Index, const AttendOptions&);                                \
+  template Measure<S> self_attention(const Model<S>&, const Measure<S>&, const AttendOptions&);    \
+  template Measure<S> cross_attention(const Model<S>&, const Measure<S>&, const Measure<S>&,       \
+                                      const AttendOptions&);                                       \
+  template void detail::check_inputs(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,      \
+                                     const AttendOptions&);                                        \
+  template void detail::check_options(const Model<S>&, const AttendOptions&);                      \
+  template detail::KeySet<S> detail::positive_keys(const Measure<S>&);                             \
+  template void detail::check_finite_result(const Model<S>&, const Measure<S>&,                    \
+                                            const MatrixRef<S>&, const Matrix<S>&);                \
+  template void detail::check_finite_result(const Model<S>&, const MatrixRef<S>&,                  \
+                                            const MatrixRef<S>&, bool, const Matrix<S>&);          \
+  template Matrix<S> detail::streaming_attention(const Model<S>&, const detail::StreamKeys<S>&,    \
+                                                 const MatrixRef<S>&, const AttendOptions&, bool); \
   template Matrix<S> detail::project(const MatrixRef<S>&, const Matrix<S>&, const Vector<S>&);
 
 MEASATTN_INSTANTIATE(float)

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/internal.hpp"
 #include "attention/kernels.hpp"
 #include "attention/tiles.hpp"
 #include "common/huge_buffer.hpp"
@@ -891,6 +892,24 @@ KeyWeights<Scalar> key_weights(const Vector<Scalar>& weights) {
     }
   }
   if (w.positive.empty()) throw invalid_argument("weights: the weights sum to zero");
+  // The normalized weights as the Measure constructor computes them (long
+  // double total, w_j / total rounded to Scalar unless the total is 1).
+  long double total = 0;
+  for (Index j = 0; j < m; ++j) total += weights[j];
+  w.total_overflows = !std::isfinite(static_cast<double>(total));
+  w.positive_log_weights.resize(static_cast<Index>(w.positive.size()));
+  last = 0;
+  last_log = 0;
+  for (size_t t = 0; t < w.positive.size(); ++t) {
+    const Scalar wj = weights[w.positive[t]];
+    const Scalar normalized =
+        total != 1 ? static_cast<Scalar>(static_cast<long double>(wj) / total) : wj;
+    if (t == 0 || normalized != last) {
+      last = normalized;
+      last_log = std::log(normalized);
+    }
+    w.positive_log_weights[static_cast<Index>(t)] = last_log;
+  }
   // Eigen's logarithm of the whole vector, as the tied head_dim <= 8 kernel
   // computed it per call (the packets depend on the positions in the vector).
   w.packed_log_weights = weights.array().log().matrix();
@@ -924,9 +943,31 @@ void attention_field_kernel(const Model<Scalar>& model, const MatrixRef<Scalar>&
     if (kernel == FieldKernel::tied_gemm)
       return tied_gemm_attention_field(model, weights, keys, out);
   }
-  // The streaming kernel takes a measure (and validates it again).
-  const Measure<Scalar> mu(Matrix<Scalar>(keys), weights.weights);
-  out = attention_field(model, mu, queries, options);
+  // The streaming kernel, on the keys of positive weight (gathered when some
+  // weight is zero) and the log-weights prepared once in key_weights.
+  if (options.normalization != Normalization::softmax) {
+    // Not the flow's (flow() rejects it): attention_field on the measure of the keys.
+    out = attention_field(model, Measure<Scalar>(Matrix<Scalar>(keys), weights.weights), queries,
+                          options);
+    return;
+  }
+  check_options(model, options);  // O(1): what the Measure path checked besides the inputs
+  if (weights.total_overflows) throw invalid_argument("weights: the sum of the weights overflows");
+  const Index p = static_cast<Index>(weights.positive.size());
+  const bool all_positive = p == keys.rows();
+  Matrix<Scalar> gathered;
+  if (!all_positive) {
+    gathered.resize(p, keys.cols());
+    for (Index t = 0; t < p; ++t)
+      gathered.row(t) = keys.row(weights.positive[static_cast<size_t>(t)]);
+  }
+  const StreamKeys<Scalar> stream{all_positive ? keys : MatrixRef<Scalar>(gathered),
+                                  weights.positive_log_weights.data(),
+                                  all_positive ? nullptr : weights.positive.data()};
+  out = streaming_attention(model, stream, queries, options, true);
+  // The Measure the streaming kernel took before held a copy of the keys: the
+  // queries never counted as its atoms.
+  check_finite_result(model, keys, queries, false, out);
 }
 
 #define MEASATTN_INSTANTIATE(S)                                                                    \

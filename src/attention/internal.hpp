@@ -21,13 +21,45 @@ struct KeySet {
 template <class Scalar>
 KeySet<Scalar> positive_keys(const Measure<Scalar>& mu);
 
-/// Validates model, measure, queries and options together (throws invalid_argument).
+/// The keys as the streaming kernel takes them, prepared by its caller: m atoms
+/// of positive weight, their log-weights (m values) and their original
+/// positions (m increasing values, for causal masks; nullptr when atom t is at
+/// position t). Views: the arrays outlive the call.
+template <class Scalar>
+struct StreamKeys {
+  MatrixRef<Scalar> atoms;
+  const Scalar* log_weights;
+  const Index* index;
+};
+
+/// The streaming kernel (attention.cpp): the head fields (n x E) of the queries
+/// under the keys or, when `project_out`, the attention field W_O [fields] + b_O
+/// (+ the queries when options.residual), softmax normalization. Nothing is
+/// validated but what the keys alone decide (some key, and with causal masks a
+/// key at position 0); the caller has checked the model, the dimensions, finite
+/// atoms and queries, and the options (check_inputs). Deterministic whatever
+/// the thread count.
+template <class Scalar>
+Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<Scalar>& keys,
+                                   const MatrixRef<Scalar>& queries, const AttendOptions& options,
+                                   bool project_out);
+
 /// Throws invalid_argument naming tokens / queries and the projection that
-/// overflowed when `out` (computed from finite inputs) is not finite.
+/// overflowed when `out` (computed from finite inputs) is not finite. The
+/// queries count as the tokens when `self`; the Measure form sets it when the
+/// queries are mu's atoms.
+template <class Scalar>
+void check_finite_result(const Model<Scalar>& model, const MatrixRef<Scalar>& atoms,
+                         const MatrixRef<Scalar>& queries, bool self, const Matrix<Scalar>& out);
 template <class Scalar>
 void check_finite_result(const Model<Scalar>& model, const Measure<Scalar>& mu,
                          const MatrixRef<Scalar>& queries, const Matrix<Scalar>& out);
 
+/// The checks of check_inputs on the options alone, given a valid model.
+template <class Scalar>
+void check_options(const Model<Scalar>& model, const AttendOptions& options);
+
+/// Validates model, measure, queries and options together (throws invalid_argument).
 template <class Scalar>
 void check_inputs(const Model<Scalar>& model, const Measure<Scalar>& mu,
                   const MatrixRef<Scalar>& queries, const AttendOptions& options);

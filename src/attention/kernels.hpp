@@ -46,6 +46,12 @@ struct KeyWeights {
   std::vector<Index> positive;
   /// max_j log w_j.
   Scalar max_log_weight = 0;
+  /// The streaming kernel's log-weights: log of w_j / sum w, normalized as a
+  /// Measure normalizes its weights, for the j in `positive` (in that order),
+  /// so that its results equal attention_field's on the Measure of the keys.
+  Vector<Scalar> positive_log_weights;
+  /// True when sum w overflows Scalar (which a Measure rejects).
+  bool total_overflows = false;
 };
 
 /// Checks the weights (field `weights`: finite, >= 0, positive total; throws
