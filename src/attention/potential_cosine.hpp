@@ -117,14 +117,23 @@ struct CosinePotential : DotPotential {
   // The engine's inputs are range-checked (check_layer_range: |q|, |kappa| <=
   // 1e150), so the plain sums of squares below stay finite.
   template <class T>
+  struct Sums {
+    T qq, kk, qk;  // ||q||^2, ||kappa||^2, <q, kappa>
+  };
+  template <class T>
+  [[gnu::always_inline]] static Sums<T> sums(const T* q, const T* kappa, Index k) {
+    Sums<T> r{T(0.0), T(0.0), T(0.0)};
+    for (Index a = 0; a < k; ++a) {
+      r.qq += q[a] * q[a];
+      r.kk += kappa[a] * kappa[a];
+      r.qk += q[a] * kappa[a];
+    }
+    return r;
+  }
+  template <class T>
   [[gnu::always_inline]] static T logit(const T* q, const T* kappa, Index k, double inv_tau) {
     using std::sqrt;
-    T qq(0.0), kk(0.0), qk(0.0);
-    for (Index a = 0; a < k; ++a) {
-      qq += q[a] * q[a];
-      kk += kappa[a] * kappa[a];
-      qk += q[a] * kappa[a];
-    }
+    const auto [qq, kk, qk] = sums(q, kappa, k);
     if (!(value_of(qq) > 0) || !(value_of(kk) > 0)) return T(0.0);
     return qk / (sqrt(qq) * sqrt(kk)) * inv_tau;
   }
@@ -134,12 +143,7 @@ struct CosinePotential : DotPotential {
   [[gnu::always_inline]] static void logit_vjp(const T* q, const T* kappa, Index k, double inv_tau,
                                                const T& sb, T* qbar, T* kbar) {
     using std::sqrt;
-    T qq(0.0), kk(0.0), qk(0.0);
-    for (Index a = 0; a < k; ++a) {
-      qq += q[a] * q[a];
-      kk += kappa[a] * kappa[a];
-      qk += q[a] * kappa[a];
-    }
+    const auto [qq, kk, qk] = sums(q, kappa, k);
     if (!(value_of(qq) > 0) || !(value_of(kk) > 0)) return;
     const T nq = sqrt(qq), nk = sqrt(kk);
     const T c = qk / (nq * nk);
