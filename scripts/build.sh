@@ -5,6 +5,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${MEASATTN_BUILD_DIR:-$root/build}"
 "$root/scripts/bootstrap.sh"
+# The Python that builds the module and runs the tests: the project's virtual
+# environment (Debian's packages plus transformers, tokenizers, the model).
+python="$("$root/scripts/venv.sh")"
 generator=()
 # ccache (Debian) makes the repeated configurations of CI (plain, sanitized,
 # fuzz, portable) and rebuilds cheap; CCACHE_BASEDIR lets checkouts in other
@@ -19,5 +22,5 @@ if command -v ccache >/dev/null 2>&1; then
 fi
 if command -v ninja >/dev/null 2>&1 && [ ! -f "$build/Makefile" ]; then generator=(-G Ninja); fi
 cmake -S "$root" -B "$build" "${generator[@]}" "${launcher[@]}" -DCMAKE_BUILD_TYPE=Release \
-  -DPython3_EXECUTABLE=/usr/bin/python3 "$@" >/dev/null
+  -DPython3_EXECUTABLE="$python" "$@" >/dev/null
 cmake --build "$build" --parallel "$(nproc)"
