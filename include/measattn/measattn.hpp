@@ -12,6 +12,7 @@
 #include "measattn/misspec.hpp"
 #include "measattn/status.hpp"
 #include "measattn/threads.hpp"
+#include "measattn/transformer.hpp"
 #include "measattn/types.hpp"
 #include "measattn/version.hpp"
 #include "measattn/wasserstein.hpp"

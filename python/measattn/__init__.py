@@ -67,6 +67,8 @@ _OPTIONAL = [
     "TokenJacobianResult", "TokenSearchResult",
     # misspec.hpp
     "misspec", "MisspecResult", "MisspecRow", "expected_gaussian_norm",
+    # transformer.hpp
+    "Transformer", "TransformerBlock",
 ]
 for _name in _OPTIONAL:
     if hasattr(_measattn, _name):

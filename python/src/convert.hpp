@@ -290,5 +290,8 @@ void bind_lipschitz(py::module_& m);
 #ifdef MEASATTN_PY_MISSPEC
 void bind_misspec(py::module_& m);
 #endif
+#ifdef MEASATTN_PY_TRANSFORMER
+void bind_transformer(py::module_& m);
+#endif
 
 }  // namespace measattn::python

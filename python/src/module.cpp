@@ -107,6 +107,9 @@ PYBIND11_MODULE(_measattn, m) {
 #ifdef MEASATTN_PY_MISSPEC
   bind_misspec(m);
 #endif
+#ifdef MEASATTN_PY_TRANSFORMER
+  bind_transformer(m);
+#endif
   m.def("option_fields", &measattn::python::option_fields, py::arg("function"),
         "[(name, default)] of the options of `function` (e.g. \"wasserstein\"): the fields of\n"
         "the C++ Options struct, whose names are the function's keywords and whose defaults\n"
