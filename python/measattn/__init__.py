@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as _np
 
-from . import _measattn
+from . import _interop, _measattn
 from ._measattn import (  # noqa: F401  (re-exported)
     MAX_THREADS,
     Measure,
@@ -146,6 +146,12 @@ def _from_torch(module: Any, dtype: Any = None, potential: str = "dot",
                 scale: float = 0.0) -> Model:
     """Copies the weights of a PyTorch ``nn.MultiheadAttention`` into a Model.
 
+    Also accepts the attention modules of Hugging Face models: ``BertAttention``
+    (query/key/value and the output projection ``output.dense``; the LayerNorm
+    after it belongs to the block), a bare ``BertSelfAttention`` (W_O = I) and
+    ``GPT2Attention`` (fused Conv1D ``c_attn``, ``c_proj``; GPT-2 attends
+    causally: pass ``causal=True`` to ``attend``).
+
     Reads ``in_proj_weight`` (or ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``),
     ``in_proj_bias``, ``out_proj.weight``, ``out_proj.bias`` and ``num_heads`` from
     the module (duck typing: any object with these attributes, or with a
@@ -160,6 +166,10 @@ def _from_torch(module: Any, dtype: Any = None, potential: str = "dot",
     Raises ValueError for features the model does not have: add_bias_kv
     (bias_k / bias_v) and add_zero_attn.
     """
+    # The attention modules of Hugging Face BERT and GPT-2 (_interop.py).
+    hf = _interop.attention_model_from_module(module, dtype)
+    if hf is not None:
+        return hf
     if getattr(module, "bias_k", None) is not None or getattr(module, "bias_v", None) is not None:
         raise ValueError("module: add_bias_kv (bias_k / bias_v) is not supported")
     if getattr(module, "add_zero_attn", False):
@@ -256,5 +266,7 @@ def _parameters(self: Model) -> dict:
 
 
 Model.from_torch = staticmethod(_from_torch)
+if hasattr(_measattn, "Transformer"):
+    _measattn.Transformer.from_torch = staticmethod(_interop.transformer_from_torch)
 Model.to_torch = _to_torch
 Model.parameters = _parameters
