@@ -2,6 +2,7 @@
 #include "measattn/flow.hpp"
 #include "convert.hpp"
 #include "measattn/interrupt.hpp"
+#include "progress_arg.hpp"
 
 namespace measattn::python {
 namespace {
@@ -120,7 +121,8 @@ void bind_flow(py::module_& m) {
          Index steps, const std::string& scheme, double tolerance, Index max_steps,
          double initial_step, bool sphere, const std::string& field, Index save_every,
          double cluster_tolerance, Index checkpoint_every, const std::string& checkpoint_path,
-         bool resume, bool progress, Index query_block, Index key_block, const py::object& dtype) {
+         bool resume, const py::object& progress, Index query_block, Index key_block,
+         const py::object& dtype) {
         FlowOptions o;
         o.time = time;
         o.steps = steps;
@@ -135,7 +137,10 @@ void bind_flow(py::module_& m) {
         o.checkpoint_every = checkpoint_every;
         o.checkpoint_path = checkpoint_path;
         o.resume = resume;
-        o.progress = progress;
+        // progress: None/False, True (tqdm bar or stderr line) or f(done, total); the
+        // library's own terminal line (FlowOptions::progress) stays off.
+        ProgressArg progress_arg(progress, "flow " + scheme);
+        o.progress_callback = progress_arg.callback();
         o.attention.query_block = query_block;
         o.attention.key_block = key_block;
         // Ctrl-C: polled after every accepted step; raises KeyboardInterrupt.
@@ -156,7 +161,7 @@ void bind_flow(py::module_& m) {
       "cluster_tolerance"_a = defaults.cluster_tolerance,
       "checkpoint_every"_a = defaults.checkpoint_every,
       "checkpoint_path"_a = defaults.checkpoint_path, "resume"_a = defaults.resume,
-      "progress"_a = defaults.progress, "query_block"_a = defaults.attention.query_block,
+      "progress"_a = py::none(), "query_block"_a = defaults.attention.query_block,
       "key_block"_a = defaults.attention.key_block, "dtype"_a = py::none(), kFlowDoc);
   register_option_fields("flow", &option_fields_of<FlowOptions>);
 

@@ -1,6 +1,7 @@
 // Bindings of misspec.hpp: measattn.misspec(...) -> MisspecResult.
 #include "measattn/misspec.hpp"
 #include "convert.hpp"
+#include "progress_arg.hpp"
 
 namespace measattn::python {
 namespace {
@@ -64,7 +65,7 @@ void bind_misspec(py::module_& m) {
       [](const PyModel& pm, const py::object& tokens, const py::object& weights,
          const std::string& kind, const py::object& sizes, const py::object& sigmas,
          const py::object& eps, int repeats, double radius, bool adversarial, bool residual,
-         std::uint64_t seed) {
+         std::uint64_t seed, const py::object& progress) {
         MisspecOptions o;
         o.kind = parse_misspec_kind(kind, "kind");
         if (!sizes.is_none()) o.sizes = sizes.cast<std::vector<Index>>();
@@ -78,8 +79,14 @@ void bind_misspec(py::module_& m) {
         o.validate();
         ModelArg<double> model(pm);
         MeasureArg<double> mu(tokens, weights);
-        py::gil_scoped_release release;
-        return misspecification(model.get(), mu.get(), o);
+        ProgressArg progress_arg(progress, "misspec " + kind);
+        o.progress_callback = progress_arg.callback();
+        MisspecResult r;
+        {
+          py::gil_scoped_release release;
+          r = misspecification(model.get(), mu.get(), o);
+        }
+        return r;
       },
       // Keywords = MisspecOptions' table (misspec.hpp), defaults from MisspecOptions{};
       // sizes / sigmas / eps: None = the table's default lists.
@@ -87,7 +94,7 @@ void bind_misspec(py::module_& m) {
       "sizes"_a = py::none(), "sigmas"_a = py::none(), "eps"_a = py::none(),
       "repeats"_a = defaults.repeats, "radius"_a = defaults.radius,
       "adversarial"_a = defaults.adversarial, "residual"_a = defaults.residual,
-      "seed"_a = defaults.seed, kDoc);
+      "seed"_a = defaults.seed, "progress"_a = py::none(), kDoc);
   register_option_fields("misspec", &option_fields_of<MisspecOptions>);
 
   m.def("expected_gaussian_norm", &expected_gaussian_norm, "d"_a,
