@@ -8,12 +8,15 @@
 #include <Eigen/QR>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "attention/kernels.hpp"
@@ -425,6 +428,44 @@ void expect_bit_identical(const FlowResult<double>& a, const FlowResult<double>&
   }
   EXPECT_EQ(a.energies, b.energies);
   EXPECT_EQ(a.cluster_counts, b.cluster_counts);
+}
+
+TEST(flow_test, progress_callback_counts_steps_and_can_stop) {
+  const Index d = 3;
+  const MeasureD mu0(random_points(20, d, 61), random_weights(20, 62));
+  const auto model = ModelD::random(d, 1, true, 63);
+  for (FlowScheme scheme : {FlowScheme::euler, FlowScheme::dopri5}) {
+    FlowOptions o;
+    o.time = 0.7;
+    o.steps = 9;
+    o.scheme = scheme;
+    const auto plain = flow(model, mu0, o);
+    std::vector<std::pair<std::int64_t, std::int64_t>> calls;
+    o.progress_callback = [&](std::int64_t done, std::int64_t total) {
+      calls.emplace_back(done, total);
+    };
+    const auto watched = flow(model, mu0, o);
+    EXPECT_EQ(watched.particles, plain.particles);  // bit for bit
+    const std::int64_t total = scheme == FlowScheme::dopri5 ? 1000 : 9;
+    ASSERT_EQ(static_cast<Index>(calls.size()), watched.steps);
+    for (size_t i = 0; i < calls.size(); ++i) {
+      EXPECT_EQ(calls[i].second, total);
+      if (i > 0) {
+        EXPECT_GE(calls[i].first, calls[i - 1].first);
+      }
+    }
+    EXPECT_EQ(calls.back().first, total);
+  }
+  // An exception thrown by the callback stops the run and propagates.
+  FlowOptions o;
+  o.steps = 100;
+  int seen = 0;
+  o.progress_callback = [&](std::int64_t done, std::int64_t) {
+    seen = static_cast<int>(done);
+    if (done == 3) throw std::runtime_error("stop");
+  };
+  EXPECT_THROW(flow(model, mu0, o), std::runtime_error);
+  EXPECT_EQ(seen, 3);
 }
 
 TEST(flow_test, resume_is_bit_identical) {

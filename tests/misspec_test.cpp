@@ -4,7 +4,10 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdint>
 #include <random>
+#include <stdexcept>
+#include <vector>
 
 #include "measattn/error.hpp"
 #include "measattn/misspec.hpp"
@@ -105,6 +108,40 @@ TEST(misspec_test, sampling_error_decreases_with_n) {
   EXPECT_LT(r.output_rate.value(), -0.2);
   EXPECT_GT(r.rows.front().w1_output, r.rows.back().w1_output);
   EXPECT_FALSE(r.rows.front().a_priori.has_value());  // was NaN before it was optional
+}
+
+TEST(misspec_test, progress_callback_counts_draws) {
+  std::mt19937_64 rng(4);
+  const Model<double> model = Model<double>::random(2, 1, false, 6, Potential::dot);
+  const MeasureD mu = random_measure(rng, 10, 2);
+  for (MisspecKind kind : {MisspecKind::sample, MisspecKind::noise, MisspecKind::corrupt}) {
+    MisspecOptions o;
+    o.kind = kind;
+    o.sizes = {3, 6};
+    o.sigmas = {0.1, 0.2};
+    o.eps = {0.1, 0.2};
+    o.repeats = 3;
+    const MisspecResult plain = misspecification(model, mu, o);
+    std::vector<std::int64_t> dones;
+    std::int64_t total = -1;
+    o.progress_callback = [&](std::int64_t done, std::int64_t t) {
+      dones.push_back(done);
+      total = t;
+    };
+    const MisspecResult watched = misspecification(model, mu, o);
+    const std::int64_t expected = (kind == MisspecKind::corrupt ? 2 : 1) * 2 * 3;
+    EXPECT_EQ(total, expected);
+    ASSERT_EQ(static_cast<std::int64_t>(dones.size()), expected);
+    for (std::int64_t i = 0; i < expected; ++i) EXPECT_EQ(dones[static_cast<size_t>(i)], i + 1);
+    ASSERT_EQ(watched.rows.size(), plain.rows.size());
+    for (size_t i = 0; i < plain.rows.size(); ++i) {
+      EXPECT_EQ(watched.rows[i].w1_output, plain.rows[i].w1_output);
+      EXPECT_EQ(watched.rows[i].bound, plain.rows[i].bound);
+    }
+  }
+  MisspecOptions o;
+  o.progress_callback = [](std::int64_t, std::int64_t) { throw std::runtime_error("stop"); };
+  EXPECT_THROW(misspecification(model, mu, o), std::runtime_error);
 }
 
 TEST(misspec_test, bad_options_throw) {

@@ -47,6 +47,7 @@
 #include "measattn/error.hpp"
 #include "measattn/measure.hpp"
 #include "measattn/options.hpp"
+#include "measattn/progress.hpp"
 #include "measattn/status.hpp"
 #include "measattn/types.hpp"
 
@@ -96,6 +97,10 @@ struct FlowOptions {
   /// Called after every accepted step (after any checkpoint); returning true stops
   /// the run with status interrupted. For tests and interactive use.
   std::function<bool(Index step, double time)> should_stop;
+  /// Called after every accepted step with (done, total): (step, steps) for the
+  /// fixed-step schemes, (floor(1000 t / T), 1000) for dopri5 (progress.hpp); an
+  /// exception it throws stops the run and propagates. Not part of the results.
+  ProgressCallback progress_callback;
   /// Attention kernel options (block sizes only; causal/residual/sinkhorn are refused).
   AttendOptions attention;
 
@@ -103,7 +108,7 @@ struct FlowOptions {
   void validate() const;
 };
 
-/// The user-facing fields of FlowOptions (options.hpp); should_stop and the
+/// The user-facing fields of FlowOptions (options.hpp); should_stop, progress_callback and the
 /// nested attention options (attention.query_block, attention.key_block) are not listed.
 template <class Visitor>
 void for_each_field(FlowOptions& o, Visitor&& visit) {

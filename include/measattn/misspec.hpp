@@ -28,6 +28,7 @@
 #include "measattn/attention.hpp"
 #include "measattn/measure.hpp"
 #include "measattn/options.hpp"
+#include "measattn/progress.hpp"
 
 namespace measattn {
 
@@ -45,6 +46,10 @@ struct MisspecOptions {
   bool adversarial = true;  ///< corrupt: choose z among candidates (else random)
   bool residual = false;
   std::uint64_t seed = 1;
+  /// Called with (done, total) after each draw is evaluated (and, for corrupt, after
+  /// each draw is chosen: total = 2 x values x repeats, else values x repeats); an
+  /// exception it throws stops the computation and propagates. Not in the field table.
+  ProgressCallback progress_callback;
   void validate() const;
 };
 

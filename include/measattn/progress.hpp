@@ -4,23 +4,36 @@
 // at most a few times per second, and nothing otherwise (pipes, files, CI).
 // Public so that programs built on measattn (its CLI among them) report their own
 // long work the same way as the solvers do.
+//
+// A computation may also hand its progress to a callback (FlowOptions and
+// MisspecOptions have one): it receives (done, total) on every update, on the
+// thread that runs the computation, outside parallel regions; an exception it
+// throws propagates out of update() and stops the computation.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace measattn {
+
+/// Receives (done, total) after each unit of work (total 0 = unknown).
+using ProgressCallback = std::function<void(std::int64_t done, std::int64_t total)>;
 
 class Progress {
  public:
   /// `label` names the work; `total` is the number of units (0 = unknown).
   Progress(std::string label, std::int64_t total);
+  /// The same, and every update() is passed to `callback` (when not empty); the
+  /// stderr line is drawn only when `line` is true (and enabled()).
+  Progress(std::string label, std::int64_t total, ProgressCallback callback, bool line);
   ~Progress();
   Progress(const Progress&) = delete;
   Progress& operator=(const Progress&) = delete;
 
   /// Reports that `done` units are finished; `note` is appended (e.g. "W1=0.31").
+  /// Calls the callback first (every time; whatever it throws propagates).
   void update(std::int64_t done, const std::string& note = "");
   /// Ends the line (called by the destructor too).
   void finish();
@@ -31,6 +44,7 @@ class Progress {
  private:
   std::string label_;
   std::int64_t total_;
+  ProgressCallback callback_;
   bool active_;
   bool finished_ = false;
   std::chrono::steady_clock::time_point start_;

@@ -78,17 +78,44 @@ del _name
 
 
 def available() -> list:
-    """Names of the optional capabilities compiled into this build."""
+    """Names of the optional capabilities compiled into this build.
+
+    Returns
+    -------
+    list of str
+        The functions and classes of the library's optional modules
+        (wasserstein, flow, maxent, lipschitz, misspec) that this build has.
+
+    Examples
+    --------
+    >>> "flow" in measattn.available() and "misspec" in measattn.available()
+    True
+    """
     return [n for n in _OPTIONAL if hasattr(_measattn, n)]
 
 
 class LipschitzResult:
-    """Both sides of the W1 Lipschitz constant of a layer on B_R.
+    """Both sides of the W1 Lipschitz constant of a layer on B_R (see lipschitz).
 
-    upper: UpperBoundResult (every certified bound; upper.best_w1 the smallest);
-    lower: LipschitzSearchResult or None (lower.ratio = W1(F mu, F nu) / W1(mu, nu)
-    of the best pair found, both computed exactly: a certified lower bound).
-    upper_bound, lower_bound: the two numbers; gap = upper_bound / lower_bound.
+    Attributes
+    ----------
+    upper : UpperBoundResult
+        Every certified upper bound; upper.best_w1 is the smallest, named
+        upper.best_name.
+    lower : LipschitzSearchResult or None
+        The search: lower.ratio = W1(F(mu), F(nu)) / W1(mu, nu) of the best pair
+        found, both distances exact, so a certified lower bound; None without
+        search.
+    upper_bound, lower_bound : float
+        The two numbers (lower_bound 0 without search).
+    gap : float
+        upper_bound / lower_bound (inf without search).
+
+    Examples
+    --------
+    >>> r = measattn.lipschitz(measattn.Model.random(2, seed=0), radius=1.0, search=False)
+    >>> r.lower, r.lower_bound, r.gap
+    (None, 0.0, inf)
     """
 
     def __init__(self, upper: Any, lower: Any) -> None:
@@ -106,14 +133,52 @@ class LipschitzResult:
 
 def lipschitz(model: Model, radius: float, residual: bool = False, search: bool = True,
               tokens: int = 0, **options: Any) -> LipschitzResult:
-    """The Lipschitz constant L of mu -> F(mu) in W1 for measures supported in B_radius:
+    """The Lipschitz constant of a layer in W1, bracketed from both sides.
 
-        lower_bound <= L = sup W1(F(mu), F(nu)) / W1(mu, nu) <= upper_bound.
+    For measures supported in the ball B_R (R = radius),
 
-    upper: lipschitz_upper_bounds(model, radius, residual, tokens) (closed forms,
-    O(H d^3)); lower (search=True): lipschitz_lower_bound(model, radius, residual,
-    **options) with options atoms, restarts, steps, step_size, nearby, seed,
-    threads, progress. Needs the lipschitz module (see available()).
+        lower_bound <= L = sup W1(F(mu), F(nu)) / W1(mu, nu) <= upper_bound,
+
+    F(mu) = (Gamma_mu)#mu (residual: (id + Gamma_mu)#mu).
+
+    Parameters
+    ----------
+    model : Model
+        Self-attention: d_q = d_kv.
+    radius : float
+        R > 0.
+    residual : bool, default False
+    search : bool, default True
+        Search for a lower bound (else lower_bound = 0).
+    tokens : int, default 0
+        Number of tokens n the bounds may use (0 = any number).
+    **options
+        Of lipschitz_lower_bound: atoms, restarts, steps, step_size, nearby,
+        seed, threads, progress.
+
+    Returns
+    -------
+    LipschitzResult
+        upper_bound: the smallest certified upper bound of
+        lipschitz_upper_bounds (closed forms, O(H d^3)); lower_bound: the best
+        ratio found by gradient ascent over pairs of measures, each ratio
+        certified by two exact W1 computations.
+
+    Examples
+    --------
+    >>> model = measattn.Model.random(2, seed=0)
+    >>> r = measattn.lipschitz(model, radius=1.0, atoms=3, restarts=2, steps=20, seed=0)
+    >>> round(r.lower_bound, 6), round(r.upper_bound, 6), r.upper.best_name
+    (2.558557, 125.316492, 'w1_per_head')
+    >>> r.lower_bound <= r.upper_bound
+    True
+
+    References
+    ----------
+    Vuckovic, Baratin and Tachet des Combes, "A mathematical theory of
+    attention" (2020); Castin, Ablin and Peyre, "How smooth is attention?"
+    (2024); docs/theory.md, section "Lipschitz continuity of attention in W1".
+    Needs the lipschitz module (see available()).
     """
     if not hasattr(_measattn, "lipschitz_upper_bounds"):
         raise RuntimeError("measattn was built without the lipschitz module")
@@ -146,6 +211,8 @@ def _from_torch(module: Any, dtype: Any = None, potential: str = "dot",
                 scale: float = 0.0) -> Model:
     """Copies the weights of a PyTorch ``nn.MultiheadAttention`` into a Model.
 
+    Model.from_torch(module, dtype=None, potential="dot", scale=0.0).
+
     Also accepts the attention modules of Hugging Face models: ``BertAttention``
     (query/key/value and the output projection ``output.dense``; the LayerNorm
     after it belongs to the block), a bare ``BertSelfAttention`` (W_O = I) and
@@ -165,6 +232,35 @@ def _from_torch(module: Any, dtype: Any = None, potential: str = "dot",
 
     Raises ValueError for features the model does not have: add_bias_kv
     (bias_k / bias_v) and add_zero_attn.
+
+    Parameters
+    ----------
+    module : torch.nn.MultiheadAttention or a look-alike
+    dtype : {None, "float32", "float64"}
+    potential : {"dot", "l2", "cosine"}, default "dot"
+    scale : float, default 0.0
+
+    Returns
+    -------
+    Model
+        The same parameters (copied, exact).
+
+    Examples
+    --------
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> mha = torch.nn.MultiheadAttention(4, num_heads=2).eval()
+    >>> model = measattn.Model.from_torch(mha)
+    >>> model.num_heads, model.dtype
+    (2, dtype('float32'))
+    >>> x = torch.randn(5, 4)
+    >>> reference = mha(x, x, x, need_weights=False)[0].detach().numpy()
+    >>> bool(np.allclose(model.attend(x.numpy()), reference, rtol=0, atol=1e-6))
+    True
+
+    References
+    ----------
+    docs/python.md, "Models and attention".
     """
     # The attention modules of Hugging Face BERT and GPT-2 (_interop.py).
     hf = _interop.attention_model_from_module(module, dtype)
@@ -222,6 +318,26 @@ def _to_torch(self: Model, dtype: Any = None) -> Any:
     Only the dot potential with the default scale has a PyTorch equivalent; the
     module is created with batch_first=False, dropout 0 and the model's biases
     (zero biases where the model has none).
+
+    Parameters
+    ----------
+    dtype : {None, "float32", "float64"}
+        None = the model's.
+
+    Returns
+    -------
+    torch.nn.MultiheadAttention
+        In eval mode, with a copy of the parameters.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = measattn.Model.random(4, num_heads=2, seed=0)
+    >>> mha = model.to_torch()
+    >>> x = np.random.default_rng(0).normal(size=(3, 4))
+    >>> out = mha(*[torch.from_numpy(x)] * 3, need_weights=False)[0].detach().numpy()
+    >>> bool(np.allclose(out, model.attend(x), rtol=0, atol=1e-12))
+    True
     """
     import torch  # local: measattn never imports torch at import time
 
@@ -255,8 +371,25 @@ def _to_torch(self: Model, dtype: Any = None) -> Any:
 
 
 def _parameters(self: Model) -> dict:
-    """The constructor arguments of this model (arrays copied), so that
-    ``Model(**model.parameters())`` rebuilds it and a changed copy is easy to make."""
+    """The constructor arguments of this model (arrays copied).
+
+    ``Model(**model.parameters())`` rebuilds it, and a changed copy is easy to
+    make.
+
+    Returns
+    -------
+    dict
+        w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o (None for no bias), num_heads,
+        potential, scale.
+
+    Examples
+    --------
+    >>> model = measattn.Model.random(4, num_heads=2, seed=0)
+    >>> p = model.parameters()
+    >>> p["scale"] = 0.5
+    >>> measattn.Model(**p).tau
+    0.5
+    """
     def opt(a):
         return _np.array(a) if a.size else None
     return dict(w_q=_np.array(self.w_q), w_k=_np.array(self.w_k), w_v=_np.array(self.w_v),

@@ -7,7 +7,7 @@ Names of optional modules (wasserstein, flow, maxent, lipschitz) exist only when
 compiled in: see measattn.available().
 """
 
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +16,8 @@ ArrayLike = npt.ArrayLike
 DTypeLike = Union[str, type, np.dtype, None]
 NDArray = npt.NDArray[Any]
 Tokens = Union["Measure", ArrayLike]
+# progress= of the long calls: None/False, True (tqdm bar or stderr line), f(done, total).
+Progress = Union[bool, Callable[[int, int], object], None]
 
 __version__: str
 MAX_THREADS: int
@@ -244,7 +246,7 @@ def flow(model: Model, tokens: Tokens, weights: Optional[ArrayLike] = None,
          max_steps: int = 1000000, initial_step: float = 0.0, sphere: bool = False,
          field: str = "attention", save_every: int = 0, cluster_tolerance: float = 1e-2,
          checkpoint_every: int = 0, checkpoint_path: str = "", resume: bool = False,
-         progress: bool = False, query_block: int = 0, key_block: int = 0,
+         progress: Progress = None, query_block: int = 0, key_block: int = 0,
          dtype: DTypeLike = None) -> FlowResult:
     """dx_i/dt = Gamma_{mu_t}(x_i) from the tokens (n, d) to time T."""
 def flow_field(model: Model, particles: ArrayLike, weights: Optional[ArrayLike] = None,
@@ -535,7 +537,7 @@ def misspec(model: Model, tokens: Tokens, weights: Optional[ArrayLike] = None,
             kind: str = "sample", sizes: Optional[Sequence[int]] = None,
             sigmas: Optional[Sequence[float]] = None, eps: Optional[Sequence[float]] = None,
             repeats: int = 3, radius: float = 0.0, adversarial: bool = True,
-            residual: bool = False, seed: int = 1) -> MisspecResult:
+            residual: bool = False, seed: int = 1, progress: Progress = None) -> MisspecResult:
     """W1(F(mu'), F(mu)) <= L(R) W1(mu', mu) next to the realized deviation."""
 def expected_gaussian_norm(d: int) -> float: ...
 

@@ -35,19 +35,135 @@ std::string measure_repr(const PyMeasure& pm) {
 }
 
 constexpr const char* kMeasureDoc = R"doc(
-A weighted discrete probability measure on R^d,
+A weighted discrete probability measure on R^d.
 
     mu = sum_i w_i delta_{x_i},   w_i >= 0,   sum_i w_i = 1.
 
-Measure(atoms, weights=None, dtype=None)
+Parameters
+----------
+atoms : array_like, shape (n, d)
+    One atom x_i per row (float32 or float64; other real dtypes are converted).
+weights : array_like, shape (n,), optional
+    Non-negative with a positive total; normalized to sum one. None means
+    uniform (the empirical measure of the rows).
+dtype : {"float32", "float64"}, optional
+    None = float32 for float32 atoms, else float64.
 
-atoms:   array-like (n, d), one atom per row.
-weights: array-like (n,), non-negative with a positive total; normalized to sum
-         one. None means uniform (the empirical measure of the rows).
-dtype:   "float32" or "float64"; None = float32 for float32 atoms, else float64.
+Raises
+------
+ValueError
+    Negative, NaN or infinite weights, a zero total, NaN or infinite
+    coordinates, no atoms, or a weight count different from the atom count
+    (the message names the argument).
 
-Negative/NaN/infinite weights, a zero total, NaN or infinite coordinates, no
-atoms, or a weight count different from the atom count raise ValueError.
+Notes
+-----
+Exact: the atoms are stored as given and the weights divided by their sum once.
+Every function of the package that takes ``tokens`` (and ``weights``) also takes
+a Measure.
+
+Examples
+--------
+>>> mu = measattn.Measure([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], weights=[1, 1, 2])
+>>> mu
+Measure(size=3, dim=2, dtype=float64)
+>>> mu.weights
+array([0.25, 0.25, 0.5 ])
+>>> mu.mean(), mu.radius()
+(array([0.25, 1.  ]), 2.0)
+
+References
+----------
+docs/theory.md, section "Measures"; docs/python.md, "Measures".
+)doc";
+
+constexpr const char* kEmpiricalDoc = R"doc(
+The empirical measure of the rows of `atoms`.
+
+    mu_X = (1/n) sum_i delta_{x_i}
+
+Parameters
+----------
+atoms : array_like, shape (n, d)
+dtype : {"float32", "float64"}, optional
+    None = float32 for float32 atoms, else float64.
+
+Returns
+-------
+Measure
+    Uniform weights 1/n (exact).
+
+Examples
+--------
+>>> mu = measattn.Measure.empirical(np.eye(2))
+>>> mu.weights, mu.is_uniform()
+(array([0.5, 0.5]), True)
+)doc";
+
+constexpr const char* kMergedDoc = R"doc(
+The same measure with nearby atoms merged.
+
+Atoms closer than `tolerance` in the max-norm are merged into the first of
+them, which carries their summed weight; zero-weight atoms are dropped.
+
+Parameters
+----------
+tolerance : float, default 0.0
+    Max-norm distance under which two atoms are one (0 = identical atoms only).
+
+Returns
+-------
+Measure
+    Same mass, fewer atoms (exact sums of the weights).
+
+Examples
+--------
+>>> mu = measattn.Measure([[0.0], [1e-9], [1.0]])
+>>> mu.merged(1e-6).weights
+array([0.666667, 0.333333])
+)doc";
+
+constexpr const char* kPushForwardDoc = R"doc(
+The push-forward T#mu of the measure by a map T given on its atoms.
+
+    T#mu = sum_i w_i delta_{T(x_i)}
+
+Parameters
+----------
+images : array_like, shape (n, d')
+    Row i is T(x_i).
+
+Returns
+-------
+Measure
+    The images as atoms, with the weights of mu.
+
+Examples
+--------
+>>> mu = measattn.Measure([[0.0], [1.0]], weights=[3, 1])
+>>> nu = mu.push_forward([[2.0, 0.0], [3.0, 1.0]])
+>>> nu.atoms, nu.weights
+(array([[2., 0.],
+       [3., 1.]]), array([0.75, 0.25]))
+)doc";
+
+constexpr const char* kMeasureAstypeDoc = R"doc(
+The same measure in float32 or float64.
+
+Parameters
+----------
+dtype : {"float32", "float64"} or a NumPy float dtype
+
+Returns
+-------
+Measure
+    Atoms and weights rounded to `dtype`; the weights are renormalized after
+    rounding.
+
+Examples
+--------
+>>> measattn.Measure(np.eye(2)).astype("float32").dtype
+dtype('float32')
 )doc";
 
 void bind_measure(py::module_& m) {
@@ -64,8 +180,7 @@ void bind_measure(py::module_& m) {
             return dispatch(choose_dtype(atoms, dtype),
                             [&](auto s) { return new_measure<decltype(s)>(atoms, py::none()); });
           },
-          "atoms"_a, "dtype"_a = py::none(),
-          "The empirical measure mu_X = (1/n) sum_i delta_{x_i} of the rows of atoms (n, d).")
+          "atoms"_a, "dtype"_a = py::none(), kEmpiricalDoc)
       .def_property_readonly(
           "atoms",
           [](const py::object& self) -> py::array {
@@ -73,7 +188,7 @@ void bind_measure(py::module_& m) {
             return std::visit(
                 [&](const auto& mu) -> py::array { return readonly_view(mu.atoms(), self); }, pm.m);
           },
-          "The atoms x_i as a read-only (n, d) array (a view, no copy).")
+          "The atoms x_i as a read-only (n, d) array (a view into the measure, no copy).")
       .def_property_readonly(
           "weights",
           [](const py::object& self) -> py::array {
@@ -107,21 +222,32 @@ void bind_measure(py::module_& m) {
           [](const PyMeasure& pm) {
             return std::visit([](const auto& mu) { return mu.is_uniform(); }, pm.m);
           },
-          "True when every stored weight equals 1/n exactly.")
+          "True when every stored weight equals 1/n exactly.\n\n"
+          "Examples\n--------\n"
+          ">>> measattn.Measure(np.eye(3)).is_uniform()\nTrue\n"
+          ">>> measattn.Measure(np.eye(3), weights=[1, 1, 2]).is_uniform()\nFalse\n")
       .def(
           "mean",
           [](const PyMeasure& pm) -> py::array {
             return std::visit([](const auto& mu) -> py::array { return to_numpy(mu.mean()); },
                               pm.m);
           },
-          "The barycenter sum_i w_i x_i, shape (d,).")
+          "The barycenter sum_i w_i x_i, shape (d,) (the measure's dtype).\n\n"
+          "Examples\n--------\n"
+          ">>> measattn.Measure([[0.0, 0.0], [4.0, 2.0]], weights=[3, 1]).mean()\n"
+          "array([1. , 0.5])\n")
       .def(
           "radius",
           [](const PyMeasure& pm) {
             return std::visit([](const auto& mu) { return static_cast<double>(mu.radius()); },
                               pm.m);
           },
-          "max_i ||x_i|| over atoms of positive weight: the smallest R with supp(mu) in B_R.")
+          "max_i ||x_i|| (Euclidean) over atoms of positive weight: the smallest R with\n"
+          "supp(mu) in the closed ball B_R (exact up to rounding). The Lipschitz bounds hold\n"
+          "on B_R (docs/theory.md, \"Lipschitz continuity of attention in W1\").\n\n"
+          "Examples\n--------\n"
+          ">>> measattn.Measure([[3.0, 4.0], [0.0, 1.0]]).radius()\n5.0\n"
+          ">>> measattn.Measure([[3.0, 4.0], [0.0, 1.0]], weights=[0, 1]).radius()\n1.0\n")
       .def(
           "merged",
           [](const PyMeasure& pm, double tolerance) {
@@ -132,9 +258,7 @@ void bind_measure(py::module_& m) {
                 },
                 pm.m);
           },
-          "tolerance"_a = 0.0,
-          "The same measure with atoms closer than `tolerance` (max-norm) merged into the\n"
-          "first of them, carrying the summed weight; zero-weight atoms dropped.")
+          "tolerance"_a = 0.0, kMergedDoc)
       .def(
           "push_forward",
           [](const PyMeasure& pm, const py::object& images) {
@@ -145,17 +269,14 @@ void bind_measure(py::module_& m) {
                 },
                 pm.m);
           },
-          "images"_a,
-          "T#mu = sum_i w_i delta_{T(x_i)} with T given by its values on the atoms:\n"
-          "images (n, d'), row i = T(x_i). The weights are kept.")
+          "images"_a, kPushForwardDoc)
       .def(
           "astype",
           [](const PyMeasure& pm, const py::object& dtype) {
             return dispatch(parse_dtype_arg(dtype, pm.dtype()),
                             [&](auto s) { return PyMeasure{pm.as<decltype(s)>()}; });
           },
-          "dtype"_a,
-          "The same measure in float32 or float64 (weights renormalized after rounding).")
+          "dtype"_a, kMeasureAstypeDoc)
       .def("__repr__", &measure_repr);
 }
 
@@ -311,8 +432,30 @@ auto on_model(F f) {
 constexpr const char* kModelDoc = R"doc(
 One multi-head attention layer in PyTorch nn.MultiheadAttention's layout.
 
-With E the embedding size, H heads and k = E / H, head h uses rows
-[h k, (h+1) k) of w_q, w_k, w_v:
+Parameters
+----------
+w_q : array_like, shape (E, d_q)
+    Query projection (E the embedding size, H heads, head size k = E / H).
+w_k, w_v : array_like, shape (E, d_kv)
+    Key and value projections.
+w_o : array_like, shape (d_out, E)
+    Output projection.
+b_q, b_k, b_v : array_like, shape (E,), optional
+    Biases; None = zero.
+b_o : array_like, shape (d_out,), optional
+    Output bias; None = zero.
+num_heads : int, default 1
+    H, a divisor of E.
+potential : {"dot", "l2", "cosine"}, default "dot"
+    The logit G of each head (below).
+scale : float, default 0.0
+    The temperature tau; 0 means sqrt(E / num_heads), PyTorch's.
+dtype : {"float32", "float64"}, optional
+    None = that of w_q (float32 stays float32, anything else is float64).
+
+Notes
+-----
+Head h uses rows [h k, (h+1) k) of w_q, w_k, w_v:
 
     q(x) = Q_h x + b_q,h,   kappa(y) = K_h y + b_k,h,   v(y) = V_h y + b_v,h
     G(x, y) = <q(x), kappa(y)> / tau          potential "dot" (the Transformer's)
@@ -322,39 +465,409 @@ With E the embedding size, H heads and k = E / H, head h uses rows
     pi_j(x) = softmax_j(G(x, x_j) + log w_j)
     Gamma_mu(x) = W_O [sum_j pi^1_j(x) v^1(x_j); ...; sum_j pi^H_j(x) v^H(x_j)] + b_O
 
-Model(w_q, w_k, w_v, w_o, b_q=None, b_k=None, b_v=None, b_o=None,
-      num_heads=1, potential="dot", scale=0.0, dtype=None)
+The parameters are copied and validated (ValueError naming the parameter) and
+read back as read-only NumPy views. Model.from_torch copies an
+nn.MultiheadAttention; Model.to_torch builds one.
 
-w_q (E, d_q), w_k (E, d_kv), w_v (E, d_kv), w_o (d_out, E); biases (E,), b_o
-(d_out,), or None for zero. scale = tau (0 means sqrt(E / num_heads)). dtype:
-None = that of w_q (float32 stays float32), else "float32"/"float64". The
-parameters are copied and validated (ValueError naming the parameter).
-Parameters read back as read-only NumPy views.
+Examples
+--------
+The canonical model (Q = K = V = W_O = I, tau = 1) on three tokens, against
+the formula computed with NumPy:
+
+>>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+>>> model = measattn.Model(np.eye(2), np.eye(2), np.eye(2), np.eye(2), scale=1.0)
+>>> model
+Model(embed_dim=2, num_heads=1, query_dim=2, key_dim=2, out_dim=2, potential='dot', tau=1, bias=False, dtype=float64)
+>>> logits = x @ x.T
+>>> pi = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+>>> bool(np.allclose(model.attend(x), pi @ x))
+True
+>>> model.attend(x)
+array([[0.844638, 0.577681],
+       [0.577681, 0.844638],
+       [0.788058, 0.788058]])
+
+References
+----------
+Vaswani et al., "Attention is all you need" (2017); Kim, Papamakarios and Mnih,
+"The Lipschitz constant of self-attention" (2021); docs/theory.md, section
+"Attention as a map on measures".
+)doc";
+
+constexpr const char* kValidateDoc = R"doc(
+Checks the shapes, finiteness and scale of the parameters.
+
+Raises
+------
+ValueError
+    Naming the parameter (w_q, b_o, num_heads, scale, ...).
+
+Examples
+--------
+>>> measattn.Model.random(4, num_heads=2).validate()
+)doc";
+
+constexpr const char* kHeadDoc = R"doc(
+The parameters of head h.
+
+Parameters
+----------
+h : int
+    0 <= h < num_heads.
+
+Returns
+-------
+dict
+    q, k, v: (k, d) blocks of w_q, w_k, w_v (rows [h k, (h+1) k)); b_q, b_k,
+    b_v: (k,) with zero biases explicit; tau (float) and potential (str).
+
+Examples
+--------
+>>> head = measattn.Model.random(4, num_heads=2, seed=0).head(1)
+>>> sorted(head), head["q"].shape, round(head["tau"], 6)
+(['b_k', 'b_q', 'b_v', 'k', 'potential', 'q', 'tau', 'v'], (2, 4), 1.414214)
+)doc";
+
+constexpr const char* kModelAstypeDoc = R"doc(
+The same model in float32 or float64 (parameters rounded to `dtype`).
+
+Examples
+--------
+>>> measattn.Model.canonical(3, 1.0).astype("float32").dtype
+dtype('float32')
+)doc";
+
+constexpr const char* kRandomDoc = R"doc(
+A random model: E = d_q = d_kv = d_out = dim, entries N(0, 1/dim).
+
+Parameters
+----------
+dim : int
+num_heads : int, default 1
+    A divisor of dim.
+bias : bool, default True
+    Random biases too (else none).
+seed : int, default 0
+    The same seed gives the same model on every platform and thread count.
+potential : {"dot", "l2", "cosine"}, default "dot"
+dtype : {"float32", "float64"}, default "float64"
+
+Examples
+--------
+>>> model = measattn.Model.random(4, num_heads=2, seed=0)
+>>> model.embed_dim, model.head_dim, model.has_bias
+(4, 2, True)
+>>> bool(np.array_equal(model.w_q, measattn.Model.random(4, num_heads=2, seed=0).w_q))
+True
+)doc";
+
+constexpr const char* kCanonicalDoc = R"doc(
+The canonical model of the particle literature.
+
+One head, Q = K = V = W_O = I_dim, no biases, potential "dot" with tau = 1/beta:
+
+    G(x, y) = beta <x, y>,   Gamma_mu(x) = sum_j w_j e^{beta <x, x_j>} x_j / Z(x).
+
+Parameters
+----------
+dim : int
+beta : float
+    Inverse temperature (> 0).
+dtype : {"float32", "float64"}, default "float64"
+
+Examples
+--------
+>>> model = measattn.Model.canonical(2, beta=2.0)
+>>> model.tau, model.num_heads, measattn.is_canonical(model)
+(0.5, 1, (True, 2.0))
+
+References
+----------
+Geshkovski, Letrouit, Polyanskiy and Rigollet, "A mathematical perspective on
+Transformers" (2023); docs/theory.md, "Tokens as interacting particles".
+)doc";
+
+constexpr const char* kSaveDoc = R"doc(
+Saves the model as a safetensors file, atomically.
+
+Tensor names are PyTorch's state-dict names (in_proj_weight, in_proj_bias,
+out_proj.weight, out_proj.bias); the metadata holds num_heads, potential and
+scale. load_model reads it back exactly.
+
+Parameters
+----------
+path : str
+dtype : {"float32", "float64"}, optional
+    None = the model's.
+
+Examples
+--------
+>>> import os, tempfile
+>>> model = measattn.Model.random(4, num_heads=2, seed=3)
+>>> with tempfile.TemporaryDirectory() as d:
+...     model.save(os.path.join(d, "layer.safetensors"))
+...     back = measattn.load_model(os.path.join(d, "layer.safetensors"))
+>>> bool(np.array_equal(back.w_o, model.w_o)), back.num_heads
+(True, 2)
+
+References
+----------
+docs/io.md (the safetensors layout).
 )doc";
 
 constexpr const char* kAttendArgs = R"doc(
-tokens:   (m, d_kv) array (the atoms x_j of mu) or a measattn.Measure.
-weights:  (m,) weights of the tokens (normalized); None = uniform. Must be None
-          when tokens is a Measure.
-queries:  (n, d_q) array of query points y_i; None = the tokens (self-attention).
-causal:   query i sees keys j <= i only.
-residual: add the query: y_i + Gamma_mu(y_i) (needs d_out == d_q).
-normalization: "softmax" or "sinkhorn" (doubly stochastic, self-attention only).
-sinkhorn_iterations: Sinkhorn half-steps beyond softmax (with "sinkhorn");
-          sinkhorn_iters is its deprecated spelling (keyword only).
-query_block, key_block: block sizes of the streaming kernel (0 = automatic).
-dtype:    "float32" / "float64"; None = float32 when tokens are float32, else float64.
+Parameters
+----------
+tokens : array_like, shape (m, d_kv), or Measure
+    The atoms x_j of mu (keys and values).
+weights : array_like, shape (m,), optional
+    Weights of the tokens (normalized); None = uniform. Must be None when
+    tokens is a Measure.
+queries : array_like, shape (n, d_q), optional
+    Query points y_i; None = the tokens (self-attention).
+causal : bool, default False
+    Query i sees keys j <= i only.
+residual : bool, default False
+    Add the query: y_i + Gamma_mu(y_i) (needs d_out == d_q).
+normalization : {"softmax", "sinkhorn"}, default "softmax"
+    "sinkhorn": doubly stochastic attention (self-attention only).
+sinkhorn_iterations : int
+    Sinkhorn half-steps beyond softmax (with "sinkhorn"); sinkhorn_iters is its
+    deprecated spelling (keyword only).
+query_block, key_block : int, default 0
+    Block sizes of the streaming kernel (0 = automatic; no effect on the result).
+dtype : {"float32", "float64"}, optional
+    None = float32 when tokens are float32, else float64.
+)doc";
+
+constexpr const char* kAttendDoc = R"doc(
+The attention field Gamma_mu(y_i) for every query y_i.
+
+    Gamma_mu(y) = W_O [sum_j pi^h_j(y) v^h(x_j)]_h + b_O,
+    pi^h_j(y) = softmax_j(G_h(y, x_j) + log w_j),   mu = sum_j w_j delta_{x_j}
+)doc";
+
+constexpr const char* kAttendMore = R"doc(
+Returns
+-------
+numpy.ndarray, shape (n, d_out)
+    Gamma_mu(y_i) per row (y_i + Gamma_mu(y_i) with residual), in the call's
+    dtype; equal to PyTorch's nn.MultiheadAttention output to rounding (the
+    value computed, not a bound).
+
+Notes
+-----
+Streaming (online log-sum-exp over key blocks): O(n m E) time, O((n + m) E)
+memory; the same result whatever the block sizes and thread count.
+
+Examples
+--------
+>>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+>>> model = measattn.Model.canonical(2, beta=1.0)
+>>> model.attend(x)
+array([[0.844638, 0.577681],
+       [0.577681, 0.844638],
+       [0.788058, 0.788058]])
+>>> model.attend(x, causal=True)[:2]
+array([[1.      , 0.      ],
+       [0.268941, 0.731059]])
+>>> model.attend(x, queries=[[2.0, 0.0]])
+array([[0.936621, 0.531689]])
+
+References
+----------
+docs/theory.md, section "Attention as a map on measures"; docs/python.md,
+"Models and attention".
 )doc";
 
 const std::string& attend_doc() {
-  static const std::string doc =
-      std::string(
-          "The attention field Gamma_mu(y_i) for every query y_i, shape (n, d_out)\n"
-          "(y_i + Gamma_mu(y_i) with residual). mu = sum_j w_j delta_{x_j}.\n"
-          "Streaming (online log-sum-exp): O(n m E) time, O((n + m) E) memory.\n") +
-      kAttendArgs;
+  static const std::string doc = std::string(kAttendDoc) + kAttendArgs + kAttendMore;
   return doc;
 }
+
+constexpr const char* kHeadFieldsDoc = R"doc(
+The per-head fields before the output projection.
+
+    [sum_j pi^1_j(y_i) v^1(x_j); ...; sum_j pi^H_j(y_i) v^H(x_j)]
+
+Arguments as for attend (no residual).
+
+Returns
+-------
+numpy.ndarray, shape (n, E)
+    Head h in columns [h k, (h+1) k); attend = this @ w_o.T + b_o.
+
+Examples
+--------
+>>> model = measattn.Model.random(4, num_heads=2, seed=1)
+>>> x = np.random.default_rng(0).normal(size=(5, 4))
+>>> fields = model.head_fields(x)
+>>> fields.shape, bool(np.allclose(fields @ model.w_o.T + model.b_o, model.attend(x)))
+((5, 4), True)
+)doc";
+
+constexpr const char* kReferenceDoc = R"doc(
+The Transformer formula computed directly: a reference for checks.
+
+    softmax(Q K^T / tau + log w) V per head, then W_O and b_O,
+
+with the full n x m logit matrix (O(n m) memory). Arguments as for attend.
+
+Returns
+-------
+numpy.ndarray, shape (n, d_out)
+    The same value as attend up to rounding.
+
+Examples
+--------
+>>> model = measattn.Model.random(4, num_heads=2, seed=1)
+>>> x = np.random.default_rng(0).normal(size=(6, 4))
+>>> bool(np.allclose(model.reference(x), model.attend(x), rtol=0, atol=1e-12))
+True
+)doc";
+
+constexpr const char* kKernelDoc = R"doc(
+The attention kernel of one head, materialized.
+
+    pi(y_i)_j = softmax_j(G(y_i, x_j) + log w_j)
+
+Parameters
+----------
+tokens, weights, queries, causal, normalization, sinkhorn_iterations, dtype
+    As for attend.
+head : int, default 0
+    0 <= head < num_heads.
+
+Returns
+-------
+numpy.ndarray, shape (n, m)
+    Row i is pi(y_i): rows sum to one; zero-weight or masked keys get exactly 0.
+    O(n m) memory: for inspection of small inputs.
+
+Examples
+--------
+>>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+>>> measattn.Model.canonical(2, beta=1.0).kernel(x)
+array([[0.422319, 0.155362, 0.422319],
+       [0.155362, 0.422319, 0.422319],
+       [0.211942, 0.211942, 0.576117]])
+>>> measattn.Model.canonical(2, beta=1.0).kernel(x, weights=[0, 1, 1])[0]
+array([0.      , 0.268941, 0.731059])
+)doc";
+
+constexpr const char* kSelfAttentionDoc = R"doc(
+Self-attention as a map on measures: F(mu) = (Gamma_mu)#mu.
+
+    F(mu) = sum_i w_i delta_{Gamma_mu(x_i)}   (residual: (id + Gamma_mu)#mu)
+
+Parameters
+----------
+mu : Measure or array_like, shape (n, d)
+weights : array_like, shape (n,), optional
+    With an array mu; None = uniform.
+causal, residual, normalization, sinkhorn_iterations, dtype
+    As for attend.
+
+Returns
+-------
+Measure
+    The images Gamma_mu(x_i) as atoms, with the weights of mu.
+
+Examples
+--------
+>>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+>>> out = measattn.Model.canonical(2, beta=1.0).self_attention(x, weights=[2, 1, 1])
+>>> out.weights
+array([0.5 , 0.25, 0.25])
+>>> out.atoms[0]
+array([0.890768, 0.406155])
+
+References
+----------
+docs/theory.md, section "Attention as a map on measures".
+)doc";
+
+constexpr const char* kCrossAttentionDoc = R"doc(
+Cross-attention: F(nu; mu) = (Gamma_mu)#nu.
+
+Queries from nu, keys and values from mu.
+
+Parameters
+----------
+nu : Measure or array_like, shape (n, d_q)
+    The queries (arrays: uniform weights).
+mu : Measure or array_like, shape (m, d_kv)
+    The keys and values (arrays: uniform weights).
+residual : bool, default False
+dtype : {"float32", "float64"}, optional
+
+Returns
+-------
+Measure
+    sum_i nu_i delta_{Gamma_mu(y_i)}.
+
+Examples
+--------
+>>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+>>> measattn.Model.canonical(2, beta=1.0).cross_attention(x[:1], x).atoms
+array([[0.844638, 0.577681]])
+)doc";
+
+constexpr const char* kLoadModelDoc = R"doc(
+Loads a model from a safetensors file.
+
+Parameters
+----------
+path : str
+    Tensors with PyTorch nn.MultiheadAttention names: in_proj_weight (3E, E) or
+    q_proj_weight / k_proj_weight / v_proj_weight, in_proj_bias,
+    out_proj.weight, out_proj.bias (F32 or F64); metadata num_heads
+    (required), potential, scale.
+dtype : {"float32", "float64"}, default "float64"
+
+Returns
+-------
+Model
+
+Raises
+------
+ValueError
+    Naming the file and the field (every dtype, shape and byte count is checked
+    before anything is read into the model).
+
+Examples
+--------
+>>> import os, tempfile
+>>> with tempfile.TemporaryDirectory() as d:
+...     measattn.save_model(os.path.join(d, "m.safetensors"), measattn.Model.canonical(3, 2.0))
+...     model = measattn.load_model(os.path.join(d, "m.safetensors"))
+>>> model.tau, model.w_q.shape
+(0.5, (3, 3))
+
+References
+----------
+docs/io.md.
+)doc";
+
+constexpr const char* kSaveModelDoc = R"doc(
+Saves `model` as safetensors, atomically (see Model.save).
+
+Parameters
+----------
+path : str
+model : Model
+dtype : {"float32", "float64"}, optional
+    None = the model's.
+
+Examples
+--------
+>>> import os, tempfile
+>>> with tempfile.TemporaryDirectory() as d:
+...     path = os.path.join(d, "m.safetensors")
+...     measattn.save_model(path, measattn.Model.random(2), dtype="float32")
+...     measattn.load_model(path, dtype="float32").dtype
+dtype('float32')
+)doc";
 
 void bind_model(py::module_& m) {
   py::class_<PyModel> cls(m, "Model", kModelDoc);
@@ -382,26 +895,34 @@ void bind_model(py::module_& m) {
                              "(E,) value bias, or (0,) for none.")
       .def_property_readonly("b_o", MEASATTN_FIELD_GETTER(b_o),
                              "(d_out,) output bias, or (0,) for none.")
-      .def_property_readonly("num_heads", on_model([](const auto& x) { return x.num_heads; }))
+      .def_property_readonly("num_heads", on_model([](const auto& x) { return x.num_heads; }),
+                             "H, the number of heads.")
       .def_property_readonly("potential",
                              on_model([](const auto& x) { return to_string(x.potential); }),
-                             "\"dot\" or \"l2\".")
+                             "\"dot\", \"l2\" or \"cosine\".")
       .def_property_readonly("scale",
                              on_model([](const auto& x) { return static_cast<double>(x.scale); }),
                              "The stored scale tau (0 = default sqrt(head_dim)); see tau.")
       .def_property_readonly("tau",
                              on_model([](const auto& x) { return static_cast<double>(x.tau()); }),
                              "The temperature in use: scale if positive, else sqrt(head_dim).")
-      .def_property_readonly("embed_dim", on_model([](const auto& x) { return x.embed_dim(); }))
-      .def_property_readonly("head_dim", on_model([](const auto& x) { return x.head_dim(); }))
-      .def_property_readonly("query_dim", on_model([](const auto& x) { return x.query_dim(); }))
-      .def_property_readonly("key_dim", on_model([](const auto& x) { return x.key_dim(); }))
-      .def_property_readonly("out_dim", on_model([](const auto& x) { return x.out_dim(); }))
-      .def_property_readonly("has_bias", on_model([](const auto& x) { return x.has_bias(); }))
-      .def_property_readonly("dtype", [](const PyModel& pm) { return numpy_dtype(pm.dtype()); });
+      .def_property_readonly("embed_dim", on_model([](const auto& x) { return x.embed_dim(); }),
+                             "E, the rows of w_q, w_k, w_v.")
+      .def_property_readonly("head_dim", on_model([](const auto& x) { return x.head_dim(); }),
+                             "k = E / H.")
+      .def_property_readonly("query_dim", on_model([](const auto& x) { return x.query_dim(); }),
+                             "d_q, the columns of w_q.")
+      .def_property_readonly("key_dim", on_model([](const auto& x) { return x.key_dim(); }),
+                             "d_kv, the columns of w_k and w_v.")
+      .def_property_readonly("out_dim", on_model([](const auto& x) { return x.out_dim(); }),
+                             "d_out, the rows of w_o.")
+      .def_property_readonly("has_bias", on_model([](const auto& x) { return x.has_bias(); }),
+                             "True when any bias is stored.")
+      .def_property_readonly(
+          "dtype", [](const PyModel& pm) { return numpy_dtype(pm.dtype()); },
+          "numpy.float32 or numpy.float64.");
 
-  cls.def("validate", on_model([](const auto& x) { x.validate(); }),
-          "Checks shapes, finiteness and scale; raises ValueError naming the parameter.")
+  cls.def("validate", on_model([](const auto& x) { x.validate(); }), kValidateDoc)
       .def(
           "head",
           [](const PyModel& pm, Index h) {
@@ -421,16 +942,14 @@ void bind_model(py::module_& m) {
                 },
                 pm.m);
           },
-          "h"_a,
-          "Head h as a dict: q, k, v (k x d), b_q, b_k, b_v (k,) with zero biases explicit,\n"
-          "tau and potential.")
+          "h"_a, kHeadDoc)
       .def(
           "astype",
           [](const PyModel& pm, const py::object& dtype) {
             return dispatch(parse_dtype_arg(dtype, pm.dtype()),
                             [&](auto s) { return PyModel{pm.as<decltype(s)>()}; });
           },
-          "dtype"_a, "The same model in float32 or float64.")
+          "dtype"_a, kModelAstypeDoc)
       .def_static(
           "random",
           [](Index dim, Index num_heads, bool bias, unsigned long long seed,
@@ -442,8 +961,7 @@ void bind_model(py::module_& m) {
             });
           },
           "dim"_a, "num_heads"_a = 1, "bias"_a = true, "seed"_a = 0, "potential"_a = "dot",
-          "dtype"_a = "float64",
-          "A model with E = d_q = d_kv = d_out = dim and N(0, 1/dim) entries, seeded.")
+          "dtype"_a = "float64", kRandomDoc)
       .def_static(
           "canonical",
           [](Index dim, double beta, const py::object& dtype) {
@@ -452,9 +970,7 @@ void bind_model(py::module_& m) {
               return PyModel{Model<S>::canonical(dim, static_cast<S>(beta))};
             });
           },
-          "dim"_a, "beta"_a, "dtype"_a = "float64",
-          "The canonical model of the particle literature: one head, Q = K = V = W_O = I_dim,\n"
-          "no biases, G(x, y) = beta <x, y> (tau = 1 / beta).")
+          "dim"_a, "beta"_a, "dtype"_a = "float64", kCanonicalDoc)
       .def(
           "save",
           [](const PyModel& pm, const std::string& path, const py::object& dtype) {
@@ -465,9 +981,7 @@ void bind_model(py::module_& m) {
                 },
                 pm.m);
           },
-          "path"_a, "dtype"_a = py::none(),
-          "Saves the model as safetensors (PyTorch state-dict names, metadata num_heads,\n"
-          "potential, scale), written atomically. dtype None = the model's.")
+          "path"_a, "dtype"_a = py::none(), kSaveDoc)
       .def("__repr__", &model_repr);
 
   // Keywords = AttendOptions' table (attention.hpp), defaults from AttendOptions{};
@@ -511,9 +1025,7 @@ void bind_model(py::module_& m) {
           "causal"_a = attend.causal, "normalization"_a = to_string(attend.normalization),
           "sinkhorn_iterations"_a = attend.sinkhorn_iterations,
           "query_block"_a = attend.query_block, "key_block"_a = attend.key_block,
-          "dtype"_a = py::none(), py::kw_only(), "sinkhorn_iters"_a = py::none(),
-          "The per-head fields before the output projection, shape (n, E): head h in\n"
-          "columns [h k, (h+1) k). Arguments as for attend.")
+          "dtype"_a = py::none(), py::kw_only(), "sinkhorn_iters"_a = py::none(), kHeadFieldsDoc)
       .def(
           "reference",
           [](const PyModel& pm, const py::object& tokens, const py::object& weights,
@@ -531,10 +1043,7 @@ void bind_model(py::module_& m) {
           "causal"_a = attend.causal, "residual"_a = attend.residual,
           "normalization"_a = to_string(attend.normalization),
           "sinkhorn_iterations"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
-          py::kw_only(), "sinkhorn_iters"_a = py::none(),
-          "The Transformer formula computed directly (softmax(S + log w) V per head with the\n"
-          "full n x m logit matrix): a reference for checks, O(n m) memory. Same result as\n"
-          "attend up to rounding.")
+          py::kw_only(), "sinkhorn_iters"_a = py::none(), kReferenceDoc)
       .def(
           "kernel",
           [](const PyModel& pm, const py::object& tokens, const py::object& weights,
@@ -551,10 +1060,7 @@ void bind_model(py::module_& m) {
           "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(), "head"_a = 0,
           "causal"_a = attend.causal, "normalization"_a = to_string(attend.normalization),
           "sinkhorn_iterations"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
-          py::kw_only(), "sinkhorn_iters"_a = py::none(),
-          "The attention kernel of one head materialized, shape (n, m): row i is\n"
-          "pi(y_i) = softmax_j(G(y_i, x_j) + log w_j) (rows sum to one; zero-weight or\n"
-          "masked keys get exactly 0). O(n m) memory: for inspection of small inputs.")
+          py::kw_only(), "sinkhorn_iters"_a = py::none(), kKernelDoc)
       .def(
           "self_attention",
           [](const PyModel& pm, const py::object& mu, const py::object& weights, bool causal,
@@ -569,9 +1075,7 @@ void bind_model(py::module_& m) {
           "mu"_a, "weights"_a = py::none(), "causal"_a = attend.causal,
           "residual"_a = attend.residual, "normalization"_a = to_string(attend.normalization),
           "sinkhorn_iterations"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
-          py::kw_only(), "sinkhorn_iters"_a = py::none(),
-          "F(mu) = (Gamma_mu)#mu (with residual (id + Gamma_mu)#mu) as a Measure with the\n"
-          "weights of mu. mu: a Measure or an (n, d) array (+ weights).")
+          py::kw_only(), "sinkhorn_iters"_a = py::none(), kSelfAttentionDoc)
       .def(
           "cross_attention",
           [](const PyModel& pm, const py::object& nu, const py::object& mu, bool residual,
@@ -581,8 +1085,7 @@ void bind_model(py::module_& m) {
                             [&](auto s) { return cross_call<decltype(s)>(pm, nu, mu, o); });
           },
           "nu"_a, "mu"_a, "residual"_a = attend.residual, "dtype"_a = py::none(),
-          "F(nu; mu) = (Gamma_mu)#nu: queries from nu, keys and values from mu (Measures\n"
-          "or arrays with uniform weights).");
+          kCrossAttentionDoc);
 }
 
 void bind_io(py::module_& m) {
@@ -599,11 +1102,7 @@ void bind_io(py::module_& m) {
           return PyModel{std::move(model)};
         });
       },
-      "path"_a, "dtype"_a = "float64",
-      "Loads a model from a safetensors file with PyTorch nn.MultiheadAttention names\n"
-      "(in_proj_weight [3E, E] or q/k/v_proj_weight, in_proj_bias, out_proj.weight,\n"
-      "out_proj.bias; F32 or F64) and metadata num_heads (required), potential, scale.\n"
-      "ValueError names the file and the field.");
+      "path"_a, "dtype"_a = "float64", kLoadModelDoc);
   m.def(
       "save_model",
       [](const std::string& path, const PyModel& pm, const py::object& dtype) {
@@ -614,8 +1113,7 @@ void bind_io(py::module_& m) {
             },
             pm.m);
       },
-      "path"_a, "model"_a, "dtype"_a = py::none(),
-      "Saves `model` as safetensors, atomically (see Model.save).");
+      "path"_a, "model"_a, "dtype"_a = py::none(), kSaveModelDoc);
 }
 
 }  // namespace

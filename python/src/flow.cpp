@@ -2,6 +2,7 @@
 #include "measattn/flow.hpp"
 #include "convert.hpp"
 #include "measattn/interrupt.hpp"
+#include "progress_arg.hpp"
 
 namespace measattn::python {
 namespace {
@@ -62,41 +63,263 @@ PyFlowResult run_flow(const PyModel& pm, const py::handle& tokens, const py::han
 }
 
 constexpr const char* kFlowDoc = R"doc(
-Self-attention as interacting particles: integrates
+Self-attention as interacting particles: integrates the tokens along the flow.
 
     dx_i/dt = Gamma_{mu_t}(x_i),   mu_t = sum_i w_i delta_{x_i(t)},
 
-from the tokens (n, d) (or a Measure) to time T. Explicit Euler with L steps of
-h = T / L is the weight-shared residual network x <- x + h Gamma_mu(x).
+from the tokens at t = 0 to time T. Explicit Euler with L steps of h = T / L is
+the weight-shared residual network x <- x + h Gamma_mu(x) with L layers.
 
-model:   a Model with d_q = d_kv = d_out = d (e.g. Model.canonical(d, beta)).
-weights: (n,) particle weights (fixed along the flow); None = uniform.
-time: T > 0.  steps: L (fixed-step schemes).  scheme: "euler", "heun", "rk4",
-"dopri5" (adaptive, atol = rtol = tolerance; max_steps, initial_step).
-sphere: layer-norm dynamics on the unit sphere (f = P_x Gamma, renormalized).
-field: "attention" or "unnormalized" (canonical model on the sphere only).
-save_every: keep a frame every k accepted steps (0 = none; frame 0 = start,
-the final state always). cluster_tolerance: cluster count per frame (0 = none).
-checkpoint_every / checkpoint_path / resume: atomic checkpoints; a resumed
-run ends bit-identical to an uninterrupted one.
+Parameters
+----------
+model : Model
+    With d_q = d_kv = d_out = d (e.g. Model.canonical(d, beta)).
+tokens : array_like, shape (n, d), or Measure
+    The particles at t = 0 (float32 runs in float32).
+weights : array_like, shape (n,), optional
+    Particle weights (fixed along the flow); None = uniform.
+time : float, default 1.0
+    T > 0.
+steps : int, default 10
+    L, for the fixed-step schemes.
+scheme : {"euler", "heun", "rk4", "dopri5"}, default "euler"
+    "dopri5": adaptive Dormand-Prince 5(4) with atol = rtol = tolerance,
+    max_steps attempted steps and initial_step (0 = automatic).
+sphere : bool, default False
+    Layer-norm dynamics on the unit sphere: f = P_x Gamma (the starts are
+    normalized, every step renormalized).
+field : {"attention", "unnormalized"}, default "attention"
+    "unnormalized": the canonical model on the sphere only.
+save_every : int, default 0
+    Keep a frame every k accepted steps (0 = none; frame 0 = the start, the
+    final state always).
+cluster_tolerance : float
+    Cluster count per frame at this distance (0 = none).
+checkpoint_every, checkpoint_path, resume
+    Atomic checkpoints; a resumed run ends bit-identical to an uninterrupted one.
+progress : None, bool or callable, optional
+    None or False: nothing. A callable progress(done, total) is called after
+    every accepted step, with the GIL held: (step, steps) for the fixed-step
+    schemes, (floor(1000 t / T), 1000) for dopri5; an exception it raises stops
+    the flow and propagates. True: a tqdm bar when tqdm imports, else a line on
+    stderr. The result does not depend on it.
+query_block, key_block : int, default 0
+    Block sizes of the field kernel (0 = automatic; no effect on the result).
+dtype : {"float32", "float64"}, optional
 
-Ctrl-C raises KeyboardInterrupt between steps. Returns a FlowResult.
-Cost: O(L s n^2 d) for s field evaluations per step.
+Returns
+-------
+FlowResult
+    The particles at the time reached (a numerical solution of the ODE: exact
+    arithmetic of the scheme, not a bound), the frames, and a status.
+
+Notes
+-----
+Cost O(L s n^2 d) for s field evaluations per step (1, 2, 4, 6-7). Ctrl-C
+raises KeyboardInterrupt between steps. The same result whatever the thread
+count. On the sphere the canonical flow increases the energy
+E_beta = (1/(2 beta)) sum_ij w_i w_j exp(beta <x_i, x_j>) (sphere_energy) and
+the tokens cluster.
+
+Examples
+--------
+>>> model = measattn.Model.canonical(3, beta=1.0)
+>>> x = np.random.default_rng(0).normal(size=(8, 3))
+>>> r = measattn.flow(model, x, time=1.0, steps=20, sphere=True, save_every=5)
+>>> r
+FlowResult(time=1.0, steps=20, status='completed')
+>>> r.frames.shape, r.frame_times
+((5, 8, 3), array([0.  , 0.25, 0.5 , 0.75, 1.  ]))
+>>> r.energies
+array([0.635965, 0.643048, 0.651089, 0.660276, 0.670849])
+>>> long = measattn.flow(model, x, time=10.0, scheme="dopri5", sphere=True,
+...                      save_every=50, cluster_tolerance=1e-3)
+>>> long.status, long.cluster_counts
+('completed', array([8, 3]))
+>>> seen = []
+>>> _ = measattn.flow(model, x, steps=4, progress=lambda done, total: seen.append(done))
+>>> seen
+[1, 2, 3, 4]
+
+References
+----------
+Geshkovski, Letrouit, Polyanskiy and Rigollet, "A mathematical perspective on
+Transformers" (2023); docs/theory.md, section "Tokens as interacting particles"
+(and its "Numerics" for the schemes).
+)doc";
+
+constexpr const char* kFlowResultDoc = R"doc(
+The result of measattn.flow.
+
+Attributes
+----------
+particles : numpy.ndarray, shape (n, d)
+    The particles at `time`.
+weights : numpy.ndarray, shape (n,)
+    The normalized weights (fixed along the flow).
+frames : numpy.ndarray, shape (F, n, d)
+    Saved frames (F = 0 when save_every = 0), at frame_times / frame_steps.
+energies, cluster_counts : numpy.ndarray, shape (F,)
+    E_beta per frame (canonical model only, else empty) and cluster counts.
+time, steps, rejected, evaluations
+    Time reached, accepted steps, dopri5 rejected steps, field evaluations.
+status, message : str
+    "completed", "iteration_limit", "step_size_underflow", "non_finite" or
+    "interrupted", and what happened.
+
+Examples
+--------
+>>> r = measattn.flow(measattn.Model.canonical(2, 1.0), np.eye(2), steps=3, save_every=1)
+>>> r.frame_steps, r.evaluations
+(array([0, 1, 2, 3]), 3)
+)doc";
+
+constexpr const char* kFlowFieldDoc = R"doc(
+The right-hand side f(X) of the flow at the particles X.
+
+    f(x_i) = Gamma_{mu_X}(x_i),  mu_X = sum_j w_j delta_{x_j}
+    (sphere=True: P_{x_i} Gamma = Gamma - <Gamma, x_i> x_i)
+
+Parameters
+----------
+model : Model
+particles : array_like, shape (n, d)
+weights : array_like, shape (n,), optional
+    None = uniform.
+sphere : bool, default False
+    Project on the tangent space of the sphere.
+field : {"attention", "unnormalized"}, default "attention"
+dtype : {"float32", "float64"}, optional
+
+Returns
+-------
+numpy.ndarray, shape (n, d)
+    The field (streaming, O(n^2 d); the value computed, not a bound).
+
+Examples
+--------
+>>> model = measattn.Model.canonical(2, beta=1.0)
+>>> measattn.flow_field(model, np.eye(2))
+array([[0.731059, 0.268941],
+       [0.268941, 0.731059]])
+>>> measattn.flow_field(model, np.eye(2), sphere=True)
+array([[0.      , 0.268941],
+       [0.268941, 0.      ]])
+)doc";
+
+constexpr const char* kSphereEnergyDoc = R"doc(
+The interaction energy of the canonical flow on the sphere.
+
+    E_beta(mu) = (1 / (2 beta)) sum_ij w_i w_j exp(beta <x_i, x_j>)
+
+Non-decreasing along the canonical flow on the sphere (docs/theory.md, "Layer
+norm: dynamics on the sphere").
+
+Parameters
+----------
+particles : array_like, shape (n, d)
+beta : float
+weights : array_like, shape (n,), optional
+    None = uniform.
+
+Returns
+-------
+float
+    The exact sum (computed in float64).
+
+Examples
+--------
+>>> round(measattn.sphere_energy(np.eye(2), beta=1.0), 6)
+0.92957
+>>> round((2 * np.e + 2) / 8, 6)
+0.92957
+)doc";
+
+constexpr const char* kClusterCountDoc = R"doc(
+The number of clusters of the particles.
+
+Connected components of the graph joining particles at distance <= tolerance.
+
+Parameters
+----------
+particles : array_like, shape (n, d)
+tolerance : float
+max_points : int, default 20000
+    Larger inputs are refused (O(n^2) pairs).
+
+Returns
+-------
+int
+
+Examples
+--------
+>>> measattn.cluster_count([[0.0, 0.0], [0.001, 0.0], [1.0, 0.0]], tolerance=0.01)
+2
+)doc";
+
+constexpr const char* kOrthogonalStartDoc = R"doc(
+The common pairwise cosine gamma(t) of n orthogonal unit starts.
+
+Under the canonical flow on the sphere, n <= d orthonormal starts keep equal
+pairwise cosines gamma(t), the solution of a scalar ODE (integrated with RK4 in
+`steps` steps): a closed form the flows are tested against.
+
+Parameters
+----------
+n : int
+beta : float
+t : float
+steps : int, default 100000
+
+Returns
+-------
+float
+    gamma(t), with gamma(0) = 0, increasing to 1.
+
+Examples
+--------
+>>> round(measattn.orthogonal_start_cosine(3, beta=1.0, t=0.0), 6)
+0.0
+>>> round(measattn.orthogonal_start_cosine(3, beta=1.0, t=1.0), 6)
+0.523677
+
+References
+----------
+docs/theory.md, "Layer norm: dynamics on the sphere".
+)doc";
+
+constexpr const char* kIsCanonicalDoc = R"doc(
+Whether `model` is the canonical one, and its beta.
+
+Returns
+-------
+tuple
+    (True, beta) when model has one head, Q = K = V = W_O = I, no bias and the
+    dot potential; else (False, None).
+
+Examples
+--------
+>>> measattn.is_canonical(measattn.Model.canonical(3, beta=4.0))
+(True, 4.0)
+>>> measattn.is_canonical(measattn.Model.random(3))
+(False, None)
 )doc";
 
 }  // namespace
 
 void bind_flow(py::module_& m) {
-  py::class_<PyFlowResult>(m, "FlowResult", "The result of measattn.flow.")
+  py::class_<PyFlowResult>(m, "FlowResult", kFlowResultDoc)
       .def_readonly("particles", &PyFlowResult::particles, "(n, d) particles at `time`.")
       .def_readonly("weights", &PyFlowResult::weights, "(n,) normalized weights.")
       .def_readonly("frames", &PyFlowResult::frames,
                     "(F, n, d) saved frames (F = 0 when save_every = 0).")
-      .def_readonly("frame_times", &PyFlowResult::frame_times)
-      .def_readonly("frame_steps", &PyFlowResult::frame_steps)
+      .def_readonly("frame_times", &PyFlowResult::frame_times, "(F,) times of the frames.")
+      .def_readonly("frame_steps", &PyFlowResult::frame_steps,
+                    "(F,) accepted steps of the frames (int64).")
       .def_readonly("energies", &PyFlowResult::energies,
                     "E_beta per frame (canonical model only, else empty).")
-      .def_readonly("cluster_counts", &PyFlowResult::cluster_counts)
+      .def_readonly("cluster_counts", &PyFlowResult::cluster_counts,
+                    "(F,) clusters per frame at cluster_tolerance (int64; empty when 0).")
       .def_readonly("time", &PyFlowResult::time, "Time reached (T when completed).")
       .def_readonly("steps", &PyFlowResult::steps, "Accepted steps.")
       .def_readonly("rejected", &PyFlowResult::rejected, "dopri5 rejected steps.")
@@ -105,9 +328,10 @@ void bind_flow(py::module_& m) {
           "status", &PyFlowResult::status,
           "\"completed\", \"iteration_limit\", \"step_size_underflow\", \"non_finite\" or "
           "\"interrupted\" (measattn/status.hpp).")
-      .def_readonly("message", &PyFlowResult::message)
-      .def_readonly("resumed", &PyFlowResult::resumed)
-      .def_readonly("resumed_from_step", &PyFlowResult::resumed_from_step)
+      .def_readonly("message", &PyFlowResult::message, "What happened, in words.")
+      .def_readonly("resumed", &PyFlowResult::resumed, "True when started from a checkpoint.")
+      .def_readonly("resumed_from_step", &PyFlowResult::resumed_from_step,
+                    "The checkpoint's step (0 when not resumed).")
       .def("__repr__", [](const PyFlowResult& r) {
         return "FlowResult(time=" + py::repr(py::float_(r.time)).cast<std::string>() +
                ", steps=" + std::to_string(r.steps) + ", status='" + r.status + "')";
@@ -120,7 +344,8 @@ void bind_flow(py::module_& m) {
          Index steps, const std::string& scheme, double tolerance, Index max_steps,
          double initial_step, bool sphere, const std::string& field, Index save_every,
          double cluster_tolerance, Index checkpoint_every, const std::string& checkpoint_path,
-         bool resume, bool progress, Index query_block, Index key_block, const py::object& dtype) {
+         bool resume, const py::object& progress, Index query_block, Index key_block,
+         const py::object& dtype) {
         FlowOptions o;
         o.time = time;
         o.steps = steps;
@@ -135,7 +360,10 @@ void bind_flow(py::module_& m) {
         o.checkpoint_every = checkpoint_every;
         o.checkpoint_path = checkpoint_path;
         o.resume = resume;
-        o.progress = progress;
+        // progress: None/False, True (tqdm bar or stderr line) or f(done, total); the
+        // library's own terminal line (FlowOptions::progress) stays off.
+        ProgressArg progress_arg(progress, "flow " + scheme);
+        o.progress_callback = progress_arg.callback();
         o.attention.query_block = query_block;
         o.attention.key_block = key_block;
         // Ctrl-C: polled after every accepted step; raises KeyboardInterrupt.
@@ -156,7 +384,7 @@ void bind_flow(py::module_& m) {
       "cluster_tolerance"_a = defaults.cluster_tolerance,
       "checkpoint_every"_a = defaults.checkpoint_every,
       "checkpoint_path"_a = defaults.checkpoint_path, "resume"_a = defaults.resume,
-      "progress"_a = defaults.progress, "query_block"_a = defaults.attention.query_block,
+      "progress"_a = py::none(), "query_block"_a = defaults.attention.query_block,
       "key_block"_a = defaults.attention.key_block, "dtype"_a = py::none(), kFlowDoc);
   register_option_fields("flow", &option_fields_of<FlowOptions>);
 
@@ -182,10 +410,7 @@ void bind_flow(py::module_& m) {
         });
       },
       "model"_a, "particles"_a, "weights"_a = py::none(), "sphere"_a = false,
-      "field"_a = "attention", "dtype"_a = py::none(),
-      "The right-hand side f(X), shape (n, d): Gamma_{mu_X}(x_i) (projected on the tangent\n"
-      "space of the sphere when sphere=True, or the unnormalized field). weights None =\n"
-      "uniform. Streaming, O(n^2 d).");
+      "field"_a = "attention", "dtype"_a = py::none(), kFlowFieldDoc);
 
   m.def(
       "sphere_energy",
@@ -198,9 +423,7 @@ void bind_flow(py::module_& m) {
         py::gil_scoped_release release;
         return sphere_energy<double>(MatrixRef<double>(x.map), w, beta);
       },
-      "particles"_a, "beta"_a, "weights"_a = py::none(),
-      "E_beta(mu) = (1 / (2 beta)) sum_ij w_i w_j exp(beta <x_i, x_j>) (non-decreasing along\n"
-      "the canonical flow). weights None = uniform.");
+      "particles"_a, "beta"_a, "weights"_a = py::none(), kSphereEnergyDoc);
 
   m.def(
       "cluster_count",
@@ -209,13 +432,10 @@ void bind_flow(py::module_& m) {
         py::gil_scoped_release release;
         return cluster_count(MatrixRef<double>(x.map), tolerance, max_points);
       },
-      "particles"_a, "tolerance"_a, "max_points"_a = 20000,
-      "Connected components of the graph joining particles at distance <= tolerance.");
+      "particles"_a, "tolerance"_a, "max_points"_a = 20000, kClusterCountDoc);
 
   m.def("orthogonal_start_cosine", &orthogonal_start_cosine, "n"_a, "beta"_a, "t"_a,
-        "steps"_a = 100000,
-        "gamma(t): the common pairwise cosine of n <= d orthogonal unit starts under the\n"
-        "canonical flow on the sphere (closed-form ODE, RK4).");
+        "steps"_a = 100000, kOrthogonalStartDoc);
 
   m.def(
       "is_canonical",
@@ -224,9 +444,7 @@ void bind_flow(py::module_& m) {
         const bool c = std::visit([&](const auto& x) { return is_canonical(x, &beta); }, pm.m);
         return py::make_tuple(c, c ? py::object(py::float_(beta)) : py::object(py::none()));
       },
-      "model"_a,
-      "(True, beta) when model is the canonical one (one head, Q = K = V = W_O = I, no\n"
-      "bias, dot potential), else (False, None).");
+      "model"_a, kIsCanonicalDoc);
 }
 
 }  // namespace measattn::python

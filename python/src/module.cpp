@@ -47,6 +47,69 @@ void raise_interrupted(const char* what) {
   }
 }
 
+constexpr const char* kSetThreadsDoc = R"doc(
+Sets the number of OpenMP threads measattn uses.
+
+Parameters
+----------
+num_threads : int
+    1 to measattn.MAX_THREADS (1024); ValueError outside.
+
+Notes
+-----
+Applies to any other OpenMP code in the process too. Results do not depend on
+it: every computation does the same operations in the same order whatever the
+thread count.
+
+Examples
+--------
+>>> before = measattn.get_num_threads()
+>>> measattn.set_num_threads(1)
+>>> measattn.get_num_threads()
+1
+>>> measattn.set_num_threads(before)
+>>> measattn.set_num_threads(0)
+Traceback (most recent call last):
+    ...
+ValueError: num_threads: must be in [1, 1024]
+)doc";
+
+constexpr const char* kGetThreadsDoc = R"doc(
+The number of OpenMP threads measattn will use (see set_num_threads).
+
+Examples
+--------
+>>> 1 <= measattn.get_num_threads() <= measattn.MAX_THREADS
+True
+)doc";
+
+constexpr const char* kOptionFieldsDoc = R"doc(
+The options of `function` as [(name, default)].
+
+The fields of the C++ Options struct behind the function (its field table):
+their names are the function's keywords, the CLI's flags (dashes for
+underscores) and the JSON keys; the defaults (those of a default-constructed
+Options, enumerations by name) are the keywords' defaults.
+
+Parameters
+----------
+function : str
+    E.g. "flow", "wasserstein", "misspec", "attend"; ValueError for a function
+    without an option table.
+
+Returns
+-------
+list of (str, object)
+
+Examples
+--------
+>>> from measattn import _measattn
+>>> dict(_measattn.option_fields("misspec"))["repeats"]
+3
+>>> [name for name, _ in _measattn.option_fields("flow")][:3]
+['time', 'steps', 'scheme']
+)doc";
+
 }  // namespace
 }  // namespace measattn::python
 
@@ -82,14 +145,10 @@ PYBIND11_MODULE(_measattn, m) {
         }
         omp_set_num_threads(static_cast<int>(n));
       },
-      py::arg("num_threads"),
-      "Sets the number of OpenMP threads used by measattn (and any other OpenMP code in\n"
-      "the process), 1 to 1024 (measattn.MAX_THREADS); ValueError outside. Results do not\n"
-      "depend on it.");
+      py::arg("num_threads"), kSetThreadsDoc);
   m.attr("MAX_THREADS") = measattn::kMaxThreads;
   m.def(
-      "get_num_threads", []() { return omp_get_max_threads(); },
-      "The number of OpenMP threads measattn will use.");
+      "get_num_threads", []() { return omp_get_max_threads(); }, kGetThreadsDoc);
 
   bind_core(m);
 #ifdef MEASATTN_PY_WASSERSTEIN
@@ -110,8 +169,5 @@ PYBIND11_MODULE(_measattn, m) {
 #ifdef MEASATTN_PY_TRANSFORMER
   bind_transformer(m);
 #endif
-  m.def("option_fields", &measattn::python::option_fields, py::arg("function"),
-        "[(name, default)] of the options of `function` (e.g. \"wasserstein\"): the fields of\n"
-        "the C++ Options struct, whose names are the function's keywords and whose defaults\n"
-        "(a default-constructed Options; enumerations by name) are the keywords' defaults.");
+  m.def("option_fields", &measattn::python::option_fields, py::arg("function"), kOptionFieldsDoc);
 }

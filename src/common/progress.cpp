@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 namespace measattn {
 
@@ -20,9 +21,18 @@ Progress::Progress(std::string label, std::int64_t total)
       start_(std::chrono::steady_clock::now()),
       last_(start_ - std::chrono::seconds(1)) {}
 
+Progress::Progress(std::string label, std::int64_t total, ProgressCallback callback, bool line)
+    : label_(std::move(label)),
+      total_(total),
+      callback_(std::move(callback)),
+      active_(line && enabled()),
+      start_(std::chrono::steady_clock::now()),
+      last_(start_ - std::chrono::seconds(1)) {}
+
 Progress::~Progress() { finish(); }
 
 void Progress::update(std::int64_t done, const std::string& note) {
+  if (callback_) callback_(done, total_);
   if (!active_ || finished_) return;
   const auto now = std::chrono::steady_clock::now();
   if (now - last_ < std::chrono::milliseconds(200) && done != total_) return;

@@ -370,7 +370,9 @@ class Integrator {
     }
     {
       const std::int64_t total = o_.scheme == FlowScheme::dopri5 ? 1000 : o_.steps;
-      Progress progress(std::string("flow ") + to_string(o_.scheme), o_.progress ? total : 0);
+      Progress progress(std::string("flow ") + to_string(o_.scheme),
+                        o_.progress || o_.progress_callback ? total : 0, o_.progress_callback,
+                        o_.progress);
       if (o_.scheme == FlowScheme::dopri5) {
         run_dopri5(progress);
       } else {

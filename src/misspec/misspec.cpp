@@ -14,6 +14,7 @@
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
 #include "measattn/lipschitz.hpp"
+#include "measattn/progress.hpp"
 #include "measattn/wasserstein.hpp"
 
 namespace measattn {
@@ -176,6 +177,13 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
 
   // Draw every mu' first: the radius of L must contain all of them.
   std::vector<Draw> draws;
+  const std::size_t values = options.kind == MisspecKind::sample  ? options.sizes.size()
+                             : options.kind == MisspecKind::noise ? options.sigmas.size()
+                                                                  : options.eps.size();
+  const auto units = static_cast<std::int64_t>(values) * options.repeats;
+  const bool corrupt = options.kind == MisspecKind::corrupt;
+  Progress progress("misspec", corrupt ? 2 * units : units, options.progress_callback, false);
+  std::int64_t done = 0;
   if (options.kind == MisspecKind::sample) {
     for (Index n : options.sizes)
       for (int q = 0; q < options.repeats; ++q)
@@ -210,6 +218,7 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
           }
         }
         draws.push_back({e, std::move(chosen), 2 * std::max(r_corrupt, mu.radius()) * e});
+        progress.update(++done);
       }
   }
   double radius = std::max(options.radius, mu.radius());
@@ -248,6 +257,7 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
       // Allow the rounding of two exact solvers and two attention passes.
       if (w_out > times_l(w_in) * (1 + 1e-9) + 1e-12) res.violated = true;
       if (w_in > 0) row.max_ratio = std::max(row.max_ratio, w_out / (L * w_in));
+      progress.update(++done);
     }
     res.rows.push_back(row);
   }

@@ -1,8 +1,10 @@
 """Runs the examples in the docstrings of the measattn package (the extension's
 functions and classes and the pure-Python modules) with doctest, against
 whatever `import measattn` finds: the build tree under ctest, the installed
-package in scripts/pip_check.sh. Exits non-zero on a failure or when no
-example was found."""
+package in scripts/pip_check.sh. Exits non-zero on a failure or when a module
+has no example. DocTestFinder finds the extension's functions (their
+__module__ is "measattn._measattn") and, through the classes, their methods,
+static methods and properties."""
 
 import doctest
 import importlib
@@ -27,6 +29,10 @@ def main() -> int:
                                  doctest.ELLIPSIS, extraglobs={"np": np, "measattn": measattn})
         failed += result.failed
         attempted += result.attempted
+        print(f"doctest: {name}: {result.attempted} examples, {result.failed} failed")
+        if result.attempted == 0:
+            print(f"doctest: no examples found in {name}", file=sys.stderr)
+            return 1
     print(f"doctest: {attempted} examples, {failed} failed")
     if attempted == 0:
         print("doctest: no examples found", file=sys.stderr)

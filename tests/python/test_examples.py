@@ -75,9 +75,30 @@ def test_lipschitz_sweeps(tmp_path, script, args):
         assert len(rows) > 2
 
 
+def test_tutorial(tmp_path):
+    """examples/tutorial.py writes the figures of docs/tutorial.md and prints the
+    numbers it quotes: every quoted line is on the page."""
+    pytest.importorskip("torch")
+    out = tmp_path / "img"
+    stdout = run_example([sys.executable, str(EXAMPLES / "tutorial.py"), "--out", str(out)],
+                         tmp_path)
+    page = (REPO_ROOT / "docs" / "tutorial.md").read_text()
+    quotes = [line[len("quote: "):] for line in stdout.splitlines()
+              if line.startswith("quote: ")]
+    assert len(quotes) >= 15, stdout
+    missing = [q for q in quotes if q not in page]
+    assert not missing, f"numbers printed by examples/tutorial.py not in docs/tutorial.md: {missing}"
+    for name in ["entropy", "lipschitz", "flow"]:
+        png = out / f"tutorial_{name}.png"
+        assert png.stat().st_size > 0
+        assert f"img/tutorial_{name}.png" in page
+        assert (REPO_ROOT / "docs" / "img" / png.name).is_file()
+
+
 def test_every_example_is_run():
     tested = {"flow_clustering.sh", "flow_convergence.py", "flow_mean_field.py",
-              "lipschitz_sweeps.py", "lipschitz_radius_sweep.sh"} | set(RUN_ELSEWHERE)
+              "lipschitz_sweeps.py", "lipschitz_radius_sweep.sh",
+              "tutorial.py"} | set(RUN_ELSEWHERE)
     present = {p.name for p in EXAMPLES.iterdir() if p.is_file()}
     assert present - tested == set(), "examples without a test"
     assert tested - present == set(), "tests of examples that no longer exist"

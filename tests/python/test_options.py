@@ -36,6 +36,7 @@ OTHER_FUNCTIONS = ["token_jacobian_norm", "token_lipschitz_lower_bound", "sinkho
 # Python defaults that stand for the table's: None = the empty list (the default grid).
 PYTHON_DEFAULTS = {
     ("attention_entropy", "betas"): ([], None),
+    ("flow", "progress"): (False, None),  # None = no progress; True or a callable: progress
     ("misspec", "sizes"): ([4, 8, 16, 32, 64, 128], None),
     ("misspec", "sigmas"): ([0.01, 0.03, 0.1, 0.3], None),
     ("misspec", "eps"): ([0.01, 0.03, 0.1, 0.3], None),
