@@ -1,11 +1,14 @@
 // measattn wasserstein — W_p between two weighted point clouds.
 //
 //   measattn wasserstein A.npy B.npy [--wa a.npy] [--wb b.npy] [--p P]
-//                        [--method auto|exact|1d|sliced|sinkhorn] [--reg EPS]
+//                        [--method auto|exact|1d|sliced|sinkhorn] [--mass strict|renormalize]
+//                        [--reg EPS]
 //                        [--tolerance T] [--max-iterations K] [--projections L] [--seed S]
 //                        [--plan OUT.npy] [--json]
 //
-// A (n x d) and B (m x d) hold one atom per row; weights default to uniform.
+// A (n x d) and B (m x d) hold one atom per row; weights default to uniform (total 1).
+// Weights of different totals are an error (--mass strict, the default, as POT) unless
+// --mass renormalize is given, which divides each weight vector by its total.
 // The options are WassersteinOptions' fields (flags from its field table;
 // --tol and --max-iter are kept as aliases of --tolerance and --max-iterations).
 // Prints value, certified lower/upper bounds, kind (exact/lower/upper/estimate),
@@ -57,6 +60,37 @@ nlohmann::json finite_or_null(double v) {
   return nullptr;
 }
 
+/// The total of a weights file as given (the Measure holds them normalized);
+/// uniform weights (no file) total 1, as POT's empty histograms.
+double weights_total(const std::string& path, const std::string& flag) {
+  if (path.empty()) return 1.0;
+  const VectorD w = read_npy_vector<double>(path, flag);
+  long double total = 0;
+  for (Index i = 0; i < w.size(); ++i) total += w[i];
+  return static_cast<double>(total);
+}
+
+std::string describe(const std::string& path, const std::string& flag) {
+  return path.empty() ? std::string("the uniform weights of ") + (flag == "--wa" ? "A" : "B")
+                      : flag + " (" + path + ")";
+}
+
+/// --mass strict (the default): weights of different totals are an error naming both.
+void check_totals(const WassersteinArgs& args, MassPolicy policy) {
+  if (policy != MassPolicy::strict || (args.wa.empty() && args.wb.empty())) return;
+  const double ta = weights_total(args.wa, "--wa"), tb = weights_total(args.wb, "--wb");
+  try {
+    check_mass(ta, tb, policy);
+  } catch (const invalid_argument&) {
+    std::ostringstream s;
+    s << std::setprecision(12) << (args.wb.empty() ? "--wa: " + args.wa : "--wb: " + args.wb)
+      << ": the weights have different totals (" << describe(args.wa, "--wa") << " sum to " << ta
+      << ", " << describe(args.wb, "--wb") << " sum to " << tb
+      << "); --mass renormalize divides each by its total";
+    throw invalid_argument(s.str());
+  }
+}
+
 void run(WassersteinArgs& args) {
   args.binder.apply();  // --method
   WassersteinOptions o = args.options;
@@ -69,6 +103,7 @@ void run(WassersteinArgs& args) {
   const auto nu_files = read_token_measure<double>(args.b, args.wb, kB);
   const MeasureD& mu = *mu_files;
   const MeasureD& nu = *nu_files;
+  check_totals(args, o.mass);
   if (mu.dim() != nu.dim()) {
     throw invalid_argument("B: " + args.b + ": atoms have dimension " + std::to_string(nu.dim()) +
                            ", A (" + args.a + ") has " + std::to_string(mu.dim()));
@@ -146,9 +181,10 @@ const bool registered = register_command(
       app.add_option("B", a->b, "Second measure's atoms: m x d .npy")->required();
       app.add_option("--wa", a->wa, "Weights of A: length-n .npy (default uniform)");
       app.add_option("--wb", a->wb, "Weights of B: length-m .npy (default uniform)");
-      a->binder.bind(app, a->options,
-                     {"p", "method", "reg", "tolerance", "max_iterations", "projections", "seed"},
-                     {{"tolerance", {"--tol"}}, {"max_iterations", {"--max-iter"}}});
+      a->binder.bind(
+          app, a->options,
+          {"p", "method", "mass", "reg", "tolerance", "max_iterations", "projections", "seed"},
+          {{"tolerance", {"--tol"}}, {"max_iterations", {"--max-iter"}}});
       app.add_option("--plan", a->plan, "Write the dense n x m coupling to this .npy");
       app.add_flag("--json", a->json, "Print one JSON object");
       app.callback([a] { run(*a); });

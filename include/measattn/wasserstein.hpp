@@ -55,12 +55,31 @@ enum class Bound { exact, lower, upper, estimate };
 
 enum class WassersteinMethod { automatic, exact, one_d, sliced, sinkhorn };
 
+/// What to do with weights whose totals differ: strict (the default, as POT)
+/// refuses them; renormalize divides each weight vector by its own total.
+enum class MassPolicy { strict, renormalize };
+
 /// "exact" / "lower" / "upper" / "estimate"; "automatic" / "exact" / "1d" / ...
 std::string to_string(Bound b);
 std::string to_string(WassersteinMethod m);
 /// Parses "auto", "exact", "1d", "sliced", "sinkhorn"; throws invalid_argument naming `field`.
 WassersteinMethod parse_wasserstein_method(const std::string& name,
                                            const std::string& field = "method");
+/// "strict" / "renormalize".
+std::string to_string(MassPolicy m);
+/// Parses "strict", "renormalize"; throws invalid_argument naming `field`.
+MassPolicy parse_mass_policy(const std::string& name, const std::string& field = "mass");
+
+/// Relative tolerance of the strict mass check: totals ta, tb are equal when
+/// |ta - tb| <= kMassTolerance * max(ta, tb).
+inline constexpr double kMassTolerance = 1e-6;
+
+/// The strict mass check on raw weight totals (before any normalization): with
+/// MassPolicy::strict and totals that differ (see kMassTolerance), throws
+/// invalid_argument "mass: the weights have different totals (<name_a> sums to ..., <name_b>
+/// sums to ...)"; with renormalize, or equal totals, does nothing.
+void check_mass(double total_a, double total_b, MassPolicy policy, const std::string& name_a = "a",
+                const std::string& name_b = "b");
 
 /// Largest exponent accepted. Every p in [1, 1e6] is computed in scaled form (atoms
 /// rescaled so the longest arc has length 1, costs in log form around the optimal
@@ -72,6 +91,8 @@ inline constexpr double kMaxWassersteinP = 1e6;
 struct WassersteinOptions {
   double p = 1;  ///< exponent, 1 <= p <= kMaxWassersteinP
   WassersteinMethod method = WassersteinMethod::automatic;
+  /// Weights of different totals: an error (strict) or each divided by its total.
+  MassPolicy mass = MassPolicy::strict;
 
   // Exact solver.
   bool want_plan = false;        ///< fill result.plan (sparse list of (i, j, mass))
@@ -118,6 +139,8 @@ void for_each_field(WassersteinOptions& o, Visitor&& visit) {
   visit("method", o.method, "auto|exact|1d|sliced|sinkhorn",
         EnumSpelling<WassersteinMethod>{[](WassersteinMethod m) { return to_string(m); },
                                         &parse_wasserstein_method});
+  visit("mass", o.mass, "strict|renormalize: weights of different totals are an error or rescaled",
+        EnumSpelling<MassPolicy>{[](MassPolicy m) { return to_string(m); }, &parse_mass_policy});
   visit("dense_arc_limit", o.dense_arc_limit, "Exact: complete bipartite graph up to n m arcs");
   visit("neighbours", o.neighbours, "Exact: initial nearest neighbours per atom");
   visit("arcs_per_round", o.arcs_per_round, "Exact: arcs added per row per round");

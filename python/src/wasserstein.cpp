@@ -1,5 +1,8 @@
 // Bindings of wasserstein.hpp: measattn.wasserstein(...) -> WassersteinResult.
 #include "measattn/wasserstein.hpp"
+
+#include <limits>
+
 #include "convert.hpp"
 
 namespace measattn::python {
@@ -26,11 +29,33 @@ void apply_options(WassersteinOptions& o, const py::dict& kw) {
   apply_fields(o, kw, {"p", "method"});
 }
 
+/// The total of weights as given (None: uniform, total 1); NaN when they are not
+/// a readable real array (MeasureArg reports that).
+double raw_total(const py::handle& w) {
+  if (w.is_none()) return 1.0;
+  try {
+    auto arr = py::array_t<double, py::array::forcecast>::ensure(w);
+    if (!arr) {
+      PyErr_Clear();
+      return std::numeric_limits<double>::quiet_NaN();
+    }
+    long double total = 0;
+    const double* d = arr.data();
+    for (py::ssize_t k = 0; k < arr.size(); ++k) total += d[k];
+    return static_cast<double>(total);
+  } catch (const py::error_already_set&) {
+    return std::numeric_limits<double>::quiet_NaN();
+  }
+}
+
 template <class Scalar>
 WassersteinResult run(const py::handle& a, const py::handle& b, const py::handle& wa,
                       const py::handle& wb, const WassersteinOptions& options) {
   MeasureArg<Scalar> mu(a, wa, "a");
   MeasureArg<Scalar> nu(b, wb, "b");
+  // The measures hold normalized weights: the strict check reads the raw ones.
+  if (!wa.is_none() || !wb.is_none())
+    check_mass(raw_total(wa), raw_total(wb), options.mass, "wa", "wb");
   py::gil_scoped_release release;
   return wasserstein(mu.get(), nu.get(), options);
 }
@@ -42,6 +67,9 @@ Wasserstein distance between two discrete measures,
 
 mu = sum_i wa_i delta_{a_i} (a: (n, d)), nu = sum_j wb_j delta_{b_j} (b: (m, d));
 a and b may also be Measures (then wa / wb must be None). Weights None = uniform.
+
+Weights of different totals raise ValueError (mass="strict", the default, as
+POT); mass="renormalize" divides each weight vector by its total.
 
 p >= 1. method: "exact" (network simplex, certified optimal), "1d" (quantile
 formula, d = 1), "sliced" (certified lower and upper bounds), "sinkhorn"

@@ -140,6 +140,29 @@ WassersteinMethod parse_wasserstein_method(const std::string& name, const std::s
                          "' (expected auto, exact, 1d, sliced or sinkhorn)");
 }
 
+std::string to_string(MassPolicy m) { return m == MassPolicy::strict ? "strict" : "renormalize"; }
+
+MassPolicy parse_mass_policy(const std::string& name, const std::string& field) {
+  if (name == "strict") return MassPolicy::strict;
+  if (name == "renormalize") return MassPolicy::renormalize;
+  throw invalid_argument(field + ": unknown mass policy '" + name +
+                         "' (expected strict or renormalize)");
+}
+
+void check_mass(double total_a, double total_b, MassPolicy policy, const std::string& name_a,
+                const std::string& name_b) {
+  if (policy != MassPolicy::strict) return;
+  if (!std::isfinite(total_a) || !std::isfinite(total_b)) return;  // reported by the caller
+  if (std::abs(total_a - total_b) <=
+      kMassTolerance * std::max(std::abs(total_a), std::abs(total_b)))
+    return;
+  std::ostringstream s;
+  s << std::setprecision(12) << "mass: the weights have different totals (" << name_a << " sums to "
+    << total_a << ", " << name_b << " sums to " << total_b
+    << "); mass = renormalize divides each by its total";
+  throw invalid_argument(s.str());
+}
+
 void WassersteinOptions::validate() const {
   // The offending value is quoted (the CLI prints it after its flag).
   const auto got = [](double v) {
