@@ -273,4 +273,55 @@ template <class Scalar>
 WassersteinResult wasserstein_sinkhorn(const Measure<Scalar>& mu, const Measure<Scalar>& nu,
                                        const WassersteinOptions& options = {});
 
+// ---- Transport on a given cost matrix ---------------------------------------------
+//
+//   min_{P >= 0, P 1 = a, P^T 1 = b} <P, C>  (+ reg sum_ij P_ij (log P_ij - 1) for Sinkhorn)
+//
+// C is any real n x m matrix (negative and non-metric costs included); a (n) and b (m)
+// are non-negative weights with equal totals (options.mass = strict; renormalize divides
+// both by their totals). Problems are computed in double precision.
+
+/// The solution of a transport problem on a cost matrix.
+struct TransportResult {
+  double cost = 0;  ///< <P, C> of the returned plan (POT's emd2 / sinkhorn2 value)
+  /// The plan P (n x m); empty unless options.want_dense_plan.
+  MatrixD plan;
+  /// Dual potentials in cost units. Exact: f_i + g_j <= C_ij with equality on the
+  /// plan's support and <a, f> + <b, g> = cost (certified by a full sweep). Sinkhorn:
+  /// f = reg log u, g = reg log v for the scalings of P = diag(u) K diag(v), K = exp(-C/reg).
+  VectorD f, g;
+  /// optimal / converged, or iteration_limit (Sinkhorn's max_iterations or the exact
+  /// solver's max_rounds was reached; the plan is then the last iterate).
+  Status status = Status::optimal;
+  std::string message;
+  std::int64_t iterations = 0;  ///< Sinkhorn iterations run / column generation rounds
+  /// Exact: max(||P 1 - a||_1, ||P^T 1 - b||_1). Sinkhorn: ||P^T 1 - b||_2 at the stop.
+  double marginal_violation = 0;
+  /// Sinkhorn: ||P^T 1 - b||_2 at every check (every 10 iterations, from the first).
+  std::vector<double> errors;
+};
+
+/// Exact OT on a cost matrix: LEMON's network simplex, by column generation from the
+/// options.neighbours smallest costs of every row and column plus a feasible plan, each
+/// round certified by a sweep of all n m reduced costs (the complete graph when n m <=
+/// options.dense_arc_limit); the plan is re-solved on its support for the exact
+/// weights. Throws invalid_argument naming a, b or cost (shapes, negative or non-finite
+/// weights, non-finite costs, totals under mass = strict).
+TransportResult transport_exact(const VectorD& a, const VectorD& b, const MatrixRef<double>& cost,
+                                const WassersteinOptions& options = {});
+
+/// Entropic OT on a cost matrix for each column of `b` (m x k histograms, k >= 1),
+/// regularization options.reg, by Sinkhorn's iteration in stabilized form (kernel with
+/// absorbed log-potentials, exact log-sum-exp updates where a scaling under- or
+/// overflows). Iteration t updates v = b / (K^T u) then u = a / (K v); every 10th
+/// iteration from t = 0 checks ||P^T 1 - b||_2 < options.tolerance. At most
+/// options.max_iterations iterations (status iteration_limit otherwise).
+/// log_u0 (n x k, or n x 1 for every histogram) starts the iteration from u = exp(log_u0)
+/// (a warm start; default zeros). O(n m) memory (options.max_dense_bytes), one plan per
+/// histogram only when want_dense_plan.
+std::vector<TransportResult> transport_sinkhorn(const VectorD& a, const MatrixRef<double>& b,
+                                                const MatrixRef<double>& cost,
+                                                const WassersteinOptions& options = {},
+                                                const MatrixD* log_u0 = nullptr);
+
 }  // namespace measattn

@@ -2,6 +2,8 @@
 #include "measattn/wasserstein.hpp"
 
 #include <limits>
+#include <optional>
+#include <vector>
 
 #include "convert.hpp"
 
@@ -87,6 +89,29 @@ Returns a WassersteinResult: value (W_p itself, not its p-th power), kind
 ("exact", "lower", "upper", "estimate"), certified lower <= W_p <= upper, cost
 (= value^p), status, message, iterations, plan, potentials.
 )doc";
+
+/// A TransportResult as a dict (the arrays in float64; measattn.ot casts them).
+py::dict transport_dict(TransportResult&& r, bool with_plan) {
+  py::dict d;
+  d["cost"] = r.cost;
+  d["plan"] = with_plan ? py::object(to_numpy(std::move(r.plan))) : py::object(py::none());
+  d["f"] = to_numpy(std::move(r.f));
+  d["g"] = to_numpy(std::move(r.g));
+  d["status"] = to_string(r.status);
+  d["message"] = r.message;
+  d["iterations"] = r.iterations;
+  d["marginal_violation"] = r.marginal_violation;
+  d["errors"] = to_numpy(r.errors);
+  return d;
+}
+
+/// Options of the cost-matrix calls: WassersteinOptions' fields by name.
+WassersteinOptions transport_options(const py::dict& kw, const char* function) {
+  WassersteinOptions o;
+  reject_unknown(kw, apply_fields(o, kw), function);
+  o.validate();
+  return o;
+}
 
 }  // namespace
 
@@ -198,6 +223,51 @@ void bind_wasserstein(py::module_& m) {
       "a"_a, "b"_a, "wa"_a = py::none(), "wb"_a = py::none(), "p"_a = defaults.p,
       "method"_a = to_string(defaults.method), "dtype"_a = py::none(), kDoc);
   register_option_fields("wasserstein", &option_fields_of<WassersteinOptions>);
+
+  // The cost-matrix solvers behind measattn.ot (private: ot.py gives them POT's API).
+  m.def(
+      "_transport_exact",
+      [](const py::object& a, const py::object& b, const py::object& cost, bool plan,
+         const py::kwargs& kw) {
+        WassersteinOptions o = transport_options(kw, "_transport_exact");
+        o.want_dense_plan = plan;
+        const VectorD av = vector_copy<double>(a, "a");
+        const VectorD bv = vector_copy<double>(b, "b");
+        const auto c = matrix_arg<double>(cost, "cost");
+        TransportResult r;
+        {
+          py::gil_scoped_release release;
+          r = transport_exact(av, bv, c.map, o);
+        }
+        return transport_dict(std::move(r), plan);
+      },
+      "a"_a, "b"_a, "cost"_a, "plan"_a = true,
+      "Exact OT on a cost matrix (measattn.ot.emd): a dict with cost, plan, f, g, status, "
+      "message, iterations, marginal_violation.");
+  m.def(
+      "_transport_sinkhorn",
+      [](const py::object& a, const py::object& b, const py::object& cost, const py::object& log_u0,
+         bool plan, const py::kwargs& kw) {
+        WassersteinOptions o = transport_options(kw, "_transport_sinkhorn");
+        o.want_dense_plan = plan;
+        const VectorD av = vector_copy<double>(a, "a");
+        const auto bm = matrix_arg<double>(b, "b", true);
+        const auto c = matrix_arg<double>(cost, "cost");
+        std::optional<MatrixD> start;
+        if (!log_u0.is_none()) start = matrix_copy<double>(log_u0, "log_u0", true);
+        std::vector<TransportResult> rs;
+        {
+          py::gil_scoped_release release;
+          rs = transport_sinkhorn(av, bm.map, c.map, o, start ? &*start : nullptr);
+        }
+        py::list out;
+        for (auto& r : rs) out.append(transport_dict(std::move(r), plan));
+        return out;
+      },
+      "a"_a, "b"_a, "cost"_a, "log_u0"_a = py::none(), "plan"_a = true,
+      "Sinkhorn on a cost matrix for each column of b (measattn.ot.sinkhorn): a list of dicts "
+      "with cost, plan, f = reg log u, g = reg log v, status, message, iterations, "
+      "marginal_violation, errors.");
 }
 
 }  // namespace measattn::python
