@@ -116,9 +116,12 @@ WassersteinOptions transport_options(const py::dict& kw, const char* function) {
 }  // namespace
 
 void bind_wasserstein(py::module_& m) {
+  // Results of a float32 call carry the attribute _float32: their plans and
+  // potentials come out in float32 (the solvers compute in double).
   py::class_<TransportPlan>(m, "TransportPlan",
                             "A coupling pi in Pi(wa, wb): its non-zero entries in row-major "
-                            "order and, on request, the dense matrix.")
+                            "order and, on request, the dense matrix.",
+                            py::dynamic_attr())
       .def_property_readonly(
           "rows",
           [](const TransportPlan& p) {
@@ -139,25 +142,31 @@ void bind_wasserstein(py::module_& m) {
           "Column indices j of the non-zero entries (int64).")
       .def_property_readonly(
           "mass",
-          [](const TransportPlan& p) {
-            py::array_t<double> out(static_cast<py::ssize_t>(p.entries.size()));
-            auto* d = out.mutable_data();
-            for (size_t t = 0; t < p.entries.size(); ++t) d[t] = p.entries[t].mass;
-            return out;
+          [](const py::object& self) -> py::object {
+            const auto& p = self.cast<const TransportPlan&>();
+            std::vector<double> mass(p.entries.size());
+            for (size_t t = 0; t < p.entries.size(); ++t) mass[t] = p.entries[t].mass;
+            if (py::hasattr(self, "_float32"))
+              return to_numpy(std::vector<float>(mass.begin(), mass.end()));
+            return to_numpy(mass);
           },
-          "Masses pi_ij of the non-zero entries.")
+          "Masses pi_ij of the non-zero entries (float32 for float32 inputs).")
       .def_property_readonly(
           "dense",
-          [](const TransportPlan& p) -> py::object {
+          [](const py::object& self) -> py::object {
+            const auto& p = self.cast<const TransportPlan&>();
             if (!p.dense) return py::none();
+            if (py::hasattr(self, "_float32")) return to_numpy(MatrixF(p.dense->cast<float>()));
             return to_numpy(MatrixD(*p.dense));
           },
-          "The (n, m) matrix when dense_plan=True was asked, else None.")
+          "The (n, m) matrix when dense_plan=True was asked, else None (float32 for float32 "
+          "inputs).")
       .def_readonly("marginal_error", &TransportPlan::marginal_error,
                     "max(||pi 1 - wa||_1, ||pi^T 1 - wb||_1).")
       .def("__len__", [](const TransportPlan& p) { return p.entries.size(); });
 
-  py::class_<WassersteinResult>(m, "WassersteinResult", "The result of measattn.wasserstein.")
+  py::class_<WassersteinResult>(m, "WassersteinResult", "The result of measattn.wasserstein.",
+                                py::dynamic_attr())
       .def_readonly("value", &WassersteinResult::value,
                     "W_p (or the bound / estimate named by kind).")
       .def_property_readonly(
@@ -176,15 +185,22 @@ void bind_wasserstein(py::module_& m) {
       .def_readonly("iterations", &WassersteinResult::iterations)
       .def_property_readonly(
           "plan",
-          [](const WassersteinResult& r) -> py::object {
+          [](const py::object& self) -> py::object {
+            const auto& r = self.cast<const WassersteinResult&>();
             if (!r.plan) return py::none();
-            return py::cast(*r.plan);
+            py::object plan = py::cast(*r.plan);
+            if (py::hasattr(self, "_float32")) plan.attr("_float32") = true;
+            return plan;
           },
           "TransportPlan when plan=True / dense_plan=True was asked, else None.")
       .def_property_readonly(
           "potentials",
-          [](const WassersteinResult& r) -> py::object {
+          [](const py::object& self) -> py::object {
+            const auto& r = self.cast<const WassersteinResult&>();
             if (!r.potentials) return py::none();
+            if (py::hasattr(self, "_float32"))
+              return py::make_tuple(to_numpy(VectorF(r.potentials->f.cast<float>())),
+                                    to_numpy(VectorF(r.potentials->g.cast<float>())));
             return py::make_tuple(to_numpy(VectorD(r.potentials->f)),
                                   to_numpy(VectorD(r.potentials->g)));
           },
@@ -217,8 +233,11 @@ void bind_wasserstein(py::module_& m) {
         o.method = parse_wasserstein_method(method);
         apply_options(o, kw);
         o.validate();
-        return dispatch(call_dtype(a, dtype),
-                        [&](auto s) { return run<decltype(s)>(a, b, wa, wb, o); });
+        const DT dt = call_dtype(a, dtype);
+        py::object out =
+            py::cast(dispatch(dt, [&](auto s) { return run<decltype(s)>(a, b, wa, wb, o); }));
+        if (dt == DT::f32) out.attr("_float32") = true;  // float32 plans and potentials
+        return out;
       },
       "a"_a, "b"_a, "wa"_a = py::none(), "wb"_a = py::none(), "p"_a = defaults.p,
       "method"_a = to_string(defaults.method), "dtype"_a = py::none(), kDoc);

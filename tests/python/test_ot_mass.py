@@ -53,3 +53,21 @@ def test_cli_strict_by_default_and_renormalize(tmp_path):
     assert json.loads(ok.stdout)["value"] == pytest.approx(ref, rel=1e-12)
     bad = run_cli(["wasserstein", *files, "--mass", "loose"])
     assert bad.returncode == 2 and "--mass" in bad.stderr
+
+
+def test_float32_in_float32_plans_and_potentials_out():
+    """docs/python.md: float32 inputs return float32 (plans and potentials included)."""
+    rng = np.random.default_rng(3)
+    x, y, a, b = instance(rng, 9, 8, 3)
+    for method in ("exact", "sinkhorn"):
+        r32 = measattn.wasserstein(x.astype(np.float32), y.astype(np.float32), a / a.sum(),
+                                   b / b.sum(), method=method, dense_plan=True, potentials=True,
+                                   reg=0.5)
+        r64 = measattn.wasserstein(x, y, a / a.sum(), b / b.sum(), method=method,
+                                   dense_plan=True, potentials=True, reg=0.5)
+        assert r32.plan.dense.dtype == np.float32 and r32.plan.mass.dtype == np.float32
+        assert r32.potentials[0].dtype == r32.potentials[1].dtype == np.float32
+        assert r64.plan.dense.dtype == np.float64 and r64.potentials[0].dtype == np.float64
+        np.testing.assert_allclose(r32.plan.dense, r64.plan.dense, atol=1e-5)
+    r = measattn.wasserstein(x, y, dtype="float32", plan=True)
+    assert r.plan.mass.dtype == np.float32
