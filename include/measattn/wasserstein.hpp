@@ -123,6 +123,10 @@ struct WassersteinOptions {
   double tolerance = 1e-9;    ///< stop when ||P^T 1 - b||_2 < tolerance (as POT)
   int max_iterations = 1000;  ///< iteration cap (POT's numItermax default)
   std::int64_t max_dense_bytes = std::int64_t{2} << 30;  ///< kernel memory cap
+  /// Sinkhorn without a stored kernel: the costs are computed on the fly in every
+  /// log-domain update (O(n + m) memory, epsilon scaling); no plan, and the certified
+  /// upper bound is the cost of a monotone coupling along one direction.
+  bool online = false;
 
   /// Show a progress line on stderr (only when it is a terminal) for large problems.
   bool progress = false;
@@ -155,6 +159,7 @@ void for_each_field(WassersteinOptions& o, Visitor&& visit) {
   visit("tolerance", o.tolerance, "Sinkhorn tolerance on ||P^T 1 - b||_2");
   visit("max_iterations", o.max_iterations, "Sinkhorn iteration cap");
   visit("max_dense_bytes", o.max_dense_bytes, "Sinkhorn kernel memory cap (bytes)");
+  visit("online", o.online, "Sinkhorn: costs on the fly, O(n + m) memory (no plan)");
   visit("progress", o.progress, "Progress line on stderr (terminal only)");
 }
 

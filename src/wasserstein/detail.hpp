@@ -159,6 +159,10 @@ double polish_flows(Index n, Index m, const VectorD& a, const VectorD& b,
                     const std::vector<std::pair<int, int>>& edges,
                     const std::vector<std::int64_t>& int_flow, std::vector<double>& flow);
 
+/// Sinkhorn with the costs computed on the fly, O(n + m) memory (online_sinkhorn.cpp).
+WassersteinResult online_sinkhorn_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
+                                            const WassersteinOptions& options);
+
 /// Columns [j0, j1) of row i of the ground cost (out has j1 - j0 entries).
 void cost_row_range(const MatrixD& x, Index i, const MatrixD& yt, Index j0, Index j1, double p,
                     double* out);

@@ -625,7 +625,8 @@ WassersteinResult wasserstein_sinkhorn(const Measure<Scalar>& mu, const Measure<
                   options.reg, log10_reg);
     note = buf;
   }
-  WassersteinResult r = detail::sinkhorn_transport(np.a(), np.b(), scaled);
+  WassersteinResult r = options.online ? detail::online_sinkhorn_transport(np.a(), np.b(), scaled)
+                                       : detail::sinkhorn_transport(np.a(), np.b(), scaled);
   // A kernel that under- or overflowed despite the safeguards leaves NaN behind:
   // fall back to the bounds that are always valid (mean difference, +inf).
   if (!std::isfinite(r.lower)) r.lower = 0;
