@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 import ot
 
+import measattn
 import measattn.ot as mot
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,7 +90,10 @@ def main():
                 if kind == "sinkhorn2" and cost == "random":
                     continue
                 if cost == "sqeuclidean":
-                    M = ot.dist(rng.random((n, 3)), rng.random((n, 3)))
+                    x, y = rng.random((n, 3)), rng.random((n, 3))
+                    M = ot.dist(x, y)
+                    np.save(tmp / f"{kind}_{n}_x.npy", x)
+                    np.save(tmp / f"{kind}_{n}_y.npy", y)
                     M /= M.max()
                 else:
                     M = rng.random((n, n))
@@ -112,6 +116,15 @@ def main():
                 t_m, v_m = median_time(lambda: mot.sinkhorn2(a, a, M, args.reg), args.reps)
                 t_p, v_p = median_time(lambda: ot.sinkhorn2(a, a, M, args.reg), args.reps)
         row.update(measattn=t_m, pot082=t_p, value_measattn=float(v_m), value_pot082=float(v_p))
+        if row["kind"] == "sinkhorn2":
+            # The online Sinkhorn on the points (no cost matrix, O(n + m) memory): the
+            # same problem, costs not divided by their maximum (reg multiplied instead).
+            base = row["M"][:-len("_sqeuclidean.npy")]
+            x, y = np.load(base + "_x.npy"), np.load(base + "_y.npy")
+            scale = float(ot.dist(x, y).max())
+            t_o, r_o = median_time(lambda: measattn.wasserstein(
+                x, y, p=2, method="sinkhorn", reg=args.reg * scale, online=True), args.reps)
+            row.update(online=t_o, value_online=float(r_o.transport_cost) / scale)
         del M
     if python is not None:
         proc = subprocess.run([python, "-I", "-c", CHILD, json.dumps(jobs)], capture_output=True,
@@ -136,6 +149,13 @@ def main():
             line += f" {r['pot_latest']:18.3f} {r['pot_latest'] / r['measattn']:6.1f}"
         rel = abs(r["value_measattn"] - r["value_pot082"]) / max(abs(r["value_pot082"]), 1e-300)
         line += f"   |value diff| / value = {rel:.1e}"
+        if "online" in r:
+            rel_o = abs(r["value_online"] - r["value_pot082"]) / abs(r["value_pot082"])
+            line += (f"\n{'  online':10s} {r['n']:6d} {'(points)':12s} {r['online']:11.3f} "
+                     f"{r['pot082']:12.3f} {r['pot082'] / r['online']:6.1f}")
+            if "pot_latest" in r:
+                line += f" {r['pot_latest']:18.3f} {r['pot_latest'] / r['online']:6.1f}"
+            line += f"   |value diff| / value = {rel_o:.1e}"
         print(line, flush=True)
     print(json.dumps(rows), file=open(tmp / "results.json", "w"))
 
