@@ -12,7 +12,7 @@ at these sizes (it then warns and returns a suboptimal cost). The values are com
 M is the squared Euclidean cost between uniform point clouds in R^3 (divided by its
 maximum) with uniform weights for emd2, and a random non-metric matrix as a second case.
 
-Usage: /work/main/.venv/bin/python bench/ot_vs_pot.py [--sizes 2000 5000] [--reps 3]
+Usage: "$(scripts/venv.sh)" bench/ot_vs_pot.py [--sizes 2000 5000] [--reps 3]
        [--sinkhorn-sizes 2000 5000] [--reg 0.05]
 """
 import argparse
