@@ -5,6 +5,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${MEASATTN_BUILD_DIR:-$root/build}"
 "$root/scripts/build.sh" "$@"
+# The newest POT from PyPI in its own environment (cheap once created; the tests
+# that use it skip with a reason when it cannot be created).
+"$root/scripts/venv-pot.sh" >/dev/null || true
 # ctest runs two test programs at once on two cores: OpenMP threads that spin
 # at barriers would steal the other program's core.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"

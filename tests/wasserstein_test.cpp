@@ -507,3 +507,153 @@ TEST(wasserstein_test, sinkhorn_tiny_reg_keeps_value_in_its_bracket) {
     EXPECT_GE(r.upper, exact * (1 - 1e-9)) << reg;
   }
 }
+
+// ---- mass checks and transport on a given cost matrix ------------------------------
+
+namespace {
+
+MatrixD random_cost(std::mt19937_64& rng, Index n, Index m) {
+  std::normal_distribution<double> normal(0, 1);
+  MatrixD c(n, m);
+  for (Index i = 0; i < n; ++i)
+    for (Index j = 0; j < m; ++j) c(i, j) = normal(rng);  // negative, not a metric
+  return c;
+}
+
+VectorD normalized(VectorD w) { return w / w.sum(); }
+
+}  // namespace
+
+TEST(wasserstein_test, mass_check_is_strict_by_default_and_names_both_totals) {
+  EXPECT_NO_THROW(check_mass(1.0, 1.0 + 1e-9, MassPolicy::strict));
+  EXPECT_NO_THROW(check_mass(3.0, 1.0, MassPolicy::renormalize));
+  try {
+    check_mass(3.0, 1.0, MassPolicy::strict, "wa", "wb");
+    FAIL() << "no throw";
+  } catch (const invalid_argument& e) {
+    EXPECT_EQ(e.field(), "mass");
+    EXPECT_NE(std::string(e.what()).find("wa sums to 3, wb sums to 1"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(parse_mass_policy("renormalize"), MassPolicy::renormalize);
+  EXPECT_EQ(to_string(MassPolicy::strict), "strict");
+  EXPECT_THROW(parse_mass_policy("loose"), invalid_argument);
+  EXPECT_EQ(WassersteinOptions{}.mass, MassPolicy::strict);
+}
+
+TEST(wasserstein_test, cost_matrix_exact_column_generation_matches_the_dense_solve) {
+  std::mt19937_64 rng(21);
+  for (auto [n, m] : {std::pair<Index, Index>{40, 30}, {250, 300}}) {
+    const MatrixD c = random_cost(rng, n, m);
+    const VectorD a = normalized(random_weights(rng, n)), b = normalized(random_weights(rng, m));
+    WassersteinOptions dense, sparse;
+    dense.dense_arc_limit = n * m;
+    sparse.dense_arc_limit = 0;
+    sparse.neighbours = 4;
+    dense.want_dense_plan = sparse.want_dense_plan = true;
+    const TransportResult rd = transport_exact(a, b, c, dense);
+    const TransportResult rs = transport_exact(a, b, c, sparse);
+    EXPECT_EQ(rd.status, Status::optimal);
+    EXPECT_EQ(rs.status, Status::optimal);
+    EXPECT_NEAR(rs.cost, rd.cost, 1e-12);
+    EXPECT_LT((rs.plan - rd.plan).cwiseAbs().maxCoeff(), 1e-12);
+    for (const TransportResult* r : {&rd, &rs}) {
+      // Marginals, dual feasibility and strong duality: the certificate.
+      EXPECT_LT((r->plan.rowwise().sum() - a).cwiseAbs().maxCoeff(), 1e-14);
+      EXPECT_LT((r->plan.colwise().sum().transpose() - b).cwiseAbs().maxCoeff(), 1e-14);
+      double worst = -1e300;
+      for (Index i = 0; i < n; ++i)
+        for (Index j = 0; j < m; ++j) worst = std::max(worst, r->f[i] + r->g[j] - c(i, j));
+      EXPECT_LE(worst, 1e-10);
+      EXPECT_NEAR(a.dot(r->f) + b.dot(r->g), r->cost, 1e-10);
+    }
+  }
+}
+
+TEST(wasserstein_test, cost_matrix_exact_small_brute_force_and_bad_input) {
+  // Uniform 1/n weights on n x n: the optimum is a permutation.
+  std::mt19937_64 rng(22);
+  const Index n = 6;
+  const MatrixD c = random_cost(rng, n, n);
+  std::vector<int> perm(n);
+  std::iota(perm.begin(), perm.end(), 0);
+  double best = std::numeric_limits<double>::infinity();
+  do {
+    double s = 0;
+    for (Index i = 0; i < n; ++i) s += c(i, perm[static_cast<size_t>(i)]);
+    best = std::min(best, s / static_cast<double>(n));
+  } while (std::next_permutation(perm.begin(), perm.end()));
+  const VectorD u = VectorD::Constant(n, 1.0 / n);
+  EXPECT_NEAR(transport_exact(u, u, c).cost, best, 1e-14);
+  // Equal totals other than 1 scale the cost; different totals are an error.
+  EXPECT_NEAR(transport_exact(VectorD(3 * u), VectorD(3 * u), c).cost, 3 * best, 1e-13);
+  EXPECT_THROW(transport_exact(u, VectorD(2 * u), c), invalid_argument);
+  WassersteinOptions renorm;
+  renorm.mass = MassPolicy::renormalize;
+  EXPECT_NEAR(transport_exact(u, VectorD(2 * u), c, renorm).cost, best, 1e-14);
+  EXPECT_THROW(transport_exact(VectorD::Ones(n - 1), u, c), invalid_argument);
+  MatrixD bad = c;
+  bad(1, 2) = std::numeric_limits<double>::infinity();
+  EXPECT_THROW(transport_exact(u, u, bad), invalid_argument);
+  VectorD negative = u;
+  negative[0] = -0.1;
+  EXPECT_THROW(transport_exact(negative, u, c, renorm), invalid_argument);
+}
+
+TEST(wasserstein_test, cost_matrix_sinkhorn_marginals_caps_warm_start_histograms_threads) {
+  std::mt19937_64 rng(23);
+  const Index n = 120, m = 90;
+  MatrixD c = random_cost(rng, n, m).cwiseAbs();
+  const VectorD a = normalized(random_weights(rng, n));
+  MatrixD B(m, 3);
+  for (Index k = 0; k < 3; ++k) B.col(k) = normalized(random_weights(rng, m));
+  WassersteinOptions o;
+  o.reg = 0.05;
+  o.want_dense_plan = true;
+  o.max_iterations = 100000;
+  const auto rs = transport_sinkhorn(a, B, c, o);
+  ASSERT_EQ(rs.size(), 3u);
+  for (Index k = 0; k < 3; ++k) {
+    const TransportResult& r = rs[static_cast<size_t>(k)];
+    EXPECT_EQ(r.status, Status::converged);
+    EXPECT_LT((r.plan.colwise().sum().transpose() - B.col(k)).norm(), o.tolerance);
+    EXPECT_LT((r.plan.rowwise().sum() - a).cwiseAbs().maxCoeff(), 1e-15);
+    EXPECT_NEAR((r.plan.array() * c.array()).sum(), r.cost, 1e-14);
+    // P = exp((f_i + g_j - C_ij) / reg).
+    EXPECT_NEAR(r.plan(3, 4), std::exp((r.f[3] + r.g[4] - c(3, 4)) / o.reg), 1e-15);
+  }
+  // A warm start from the solution converges at the first check.
+  const MatrixD start = rs[0].f / o.reg;
+  const auto warm = transport_sinkhorn(a, B.col(0), c, o, &start);
+  EXPECT_EQ(warm[0].iterations, 1);
+  EXPECT_LT((warm[0].plan - rs[0].plan).cwiseAbs().maxCoeff(), 1e-10);
+  // The cap is a status.
+  WassersteinOptions capped = o;
+  capped.max_iterations = 3;
+  const auto rc = transport_sinkhorn(a, B.col(0), c, capped);
+  EXPECT_EQ(rc[0].status, Status::iteration_limit);
+  EXPECT_EQ(rc[0].iterations, 3);
+  // Tiny reg: exp(-C / reg) underflows, the stabilized iteration stays finite.
+  WassersteinOptions tiny = o;
+  tiny.reg = 1e-4;
+  tiny.max_iterations = 50;
+  const auto rt = transport_sinkhorn(a, B.col(0), c, tiny);
+  EXPECT_TRUE(rt[0].plan.allFinite());
+  EXPECT_TRUE(std::isfinite(rt[0].cost));
+  // Bit-identical whatever the thread count (sizes above the parallel threshold).
+  const MatrixD big = random_cost(rng, 1500, 1400).cwiseAbs();
+  const VectorD a6 = normalized(random_weights(rng, 1500));
+  const VectorD b5 = normalized(random_weights(rng, 1400));
+  WassersteinOptions short_run = o;
+  short_run.max_iterations = 25;
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const auto r1 = transport_sinkhorn(a6, b5, big, short_run);
+  omp_set_num_threads(2);
+  const auto r2 = transport_sinkhorn(a6, b5, big, short_run);
+  omp_set_num_threads(saved);
+  EXPECT_EQ(r1[0].cost, r2[0].cost);
+  EXPECT_EQ(r1[0].iterations, r2[0].iterations);
+  EXPECT_TRUE((r1[0].plan.array() == r2[0].plan.array()).all());
+  EXPECT_THROW(transport_sinkhorn(a, MatrixD::Ones(m + 1, 1), c, o), invalid_argument);
+}

@@ -55,12 +55,31 @@ enum class Bound { exact, lower, upper, estimate };
 
 enum class WassersteinMethod { automatic, exact, one_d, sliced, sinkhorn };
 
+/// What to do with weights whose totals differ: strict (the default, as POT)
+/// refuses them; renormalize divides each weight vector by its own total.
+enum class MassPolicy { strict, renormalize };
+
 /// "exact" / "lower" / "upper" / "estimate"; "automatic" / "exact" / "1d" / ...
 std::string to_string(Bound b);
 std::string to_string(WassersteinMethod m);
 /// Parses "auto", "exact", "1d", "sliced", "sinkhorn"; throws invalid_argument naming `field`.
 WassersteinMethod parse_wasserstein_method(const std::string& name,
                                            const std::string& field = "method");
+/// "strict" / "renormalize".
+std::string to_string(MassPolicy m);
+/// Parses "strict", "renormalize"; throws invalid_argument naming `field`.
+MassPolicy parse_mass_policy(const std::string& name, const std::string& field = "mass");
+
+/// Relative tolerance of the strict mass check: totals ta, tb are equal when
+/// |ta - tb| <= kMassTolerance * max(ta, tb).
+inline constexpr double kMassTolerance = 1e-6;
+
+/// The strict mass check on raw weight totals (before any normalization): with
+/// MassPolicy::strict and totals that differ (see kMassTolerance), throws
+/// invalid_argument "mass: the weights have different totals (<name_a> sums to ..., <name_b>
+/// sums to ...)"; with renormalize, or equal totals, does nothing.
+void check_mass(double total_a, double total_b, MassPolicy policy, const std::string& name_a = "a",
+                const std::string& name_b = "b");
 
 /// Largest exponent accepted. Every p in [1, 1e6] is computed in scaled form (atoms
 /// rescaled so the longest arc has length 1, costs in log form around the optimal
@@ -72,6 +91,8 @@ inline constexpr double kMaxWassersteinP = 1e6;
 struct WassersteinOptions {
   double p = 1;  ///< exponent, 1 <= p <= kMaxWassersteinP
   WassersteinMethod method = WassersteinMethod::automatic;
+  /// Weights of different totals: an error (strict) or each divided by its total.
+  MassPolicy mass = MassPolicy::strict;
 
   // Exact solver.
   bool want_plan = false;        ///< fill result.plan (sparse list of (i, j, mass))
@@ -102,6 +123,10 @@ struct WassersteinOptions {
   double tolerance = 1e-9;    ///< stop when ||P^T 1 - b||_2 < tolerance (as POT)
   int max_iterations = 1000;  ///< iteration cap (POT's numItermax default)
   std::int64_t max_dense_bytes = std::int64_t{2} << 30;  ///< kernel memory cap
+  /// Sinkhorn without a stored kernel: the costs are computed on the fly in every
+  /// log-domain update (O(n + m) memory, epsilon scaling); no plan, and the certified
+  /// upper bound is the cost of a monotone coupling along one direction.
+  bool online = false;
 
   /// Show a progress line on stderr (only when it is a terminal) for large problems.
   bool progress = false;
@@ -118,6 +143,8 @@ void for_each_field(WassersteinOptions& o, Visitor&& visit) {
   visit("method", o.method, "auto|exact|1d|sliced|sinkhorn",
         EnumSpelling<WassersteinMethod>{[](WassersteinMethod m) { return to_string(m); },
                                         &parse_wasserstein_method});
+  visit("mass", o.mass, "strict|renormalize: weights of different totals are an error or rescaled",
+        EnumSpelling<MassPolicy>{[](MassPolicy m) { return to_string(m); }, &parse_mass_policy});
   visit("dense_arc_limit", o.dense_arc_limit, "Exact: complete bipartite graph up to n m arcs");
   visit("neighbours", o.neighbours, "Exact: initial nearest neighbours per atom");
   visit("arcs_per_round", o.arcs_per_round, "Exact: arcs added per row per round");
@@ -132,6 +159,7 @@ void for_each_field(WassersteinOptions& o, Visitor&& visit) {
   visit("tolerance", o.tolerance, "Sinkhorn tolerance on ||P^T 1 - b||_2");
   visit("max_iterations", o.max_iterations, "Sinkhorn iteration cap");
   visit("max_dense_bytes", o.max_dense_bytes, "Sinkhorn kernel memory cap (bytes)");
+  visit("online", o.online, "Sinkhorn: costs on the fly, O(n + m) memory (no plan)");
   visit("progress", o.progress, "Progress line on stderr (terminal only)");
 }
 
@@ -249,5 +277,56 @@ WassersteinResult identity_coupling_upper_bound(const Measure<Scalar>& mu,
 template <class Scalar>
 WassersteinResult wasserstein_sinkhorn(const Measure<Scalar>& mu, const Measure<Scalar>& nu,
                                        const WassersteinOptions& options = {});
+
+// ---- Transport on a given cost matrix ---------------------------------------------
+//
+//   min_{P >= 0, P 1 = a, P^T 1 = b} <P, C>  (+ reg sum_ij P_ij (log P_ij - 1) for Sinkhorn)
+//
+// C is any real n x m matrix (negative and non-metric costs included); a (n) and b (m)
+// are non-negative weights with equal totals (options.mass = strict; renormalize divides
+// both by their totals). Problems are computed in double precision.
+
+/// The solution of a transport problem on a cost matrix.
+struct TransportResult {
+  double cost = 0;  ///< <P, C> of the returned plan (POT's emd2 / sinkhorn2 value)
+  /// The plan P (n x m); empty unless options.want_dense_plan.
+  MatrixD plan;
+  /// Dual potentials in cost units. Exact: f_i + g_j <= C_ij with equality on the
+  /// plan's support and <a, f> + <b, g> = cost (certified by a full sweep). Sinkhorn:
+  /// f = reg log u, g = reg log v for the scalings of P = diag(u) K diag(v), K = exp(-C/reg).
+  VectorD f, g;
+  /// optimal / converged, or iteration_limit (Sinkhorn's max_iterations or the exact
+  /// solver's max_rounds was reached; the plan is then the last iterate).
+  Status status = Status::optimal;
+  std::string message;
+  std::int64_t iterations = 0;  ///< Sinkhorn iterations run / column generation rounds
+  /// Exact: max(||P 1 - a||_1, ||P^T 1 - b||_1). Sinkhorn: ||P^T 1 - b||_2 at the stop.
+  double marginal_violation = 0;
+  /// Sinkhorn: ||P^T 1 - b||_2 at every check (every 10 iterations, from the first).
+  std::vector<double> errors;
+};
+
+/// Exact OT on a cost matrix: LEMON's network simplex, by column generation from the
+/// options.neighbours smallest costs of every row and column plus a feasible plan, each
+/// round certified by a sweep of all n m reduced costs (the complete graph when n m <=
+/// options.dense_arc_limit); the plan is re-solved on its support for the exact
+/// weights. Throws invalid_argument naming a, b or cost (shapes, negative or non-finite
+/// weights, non-finite costs, totals under mass = strict).
+TransportResult transport_exact(const VectorD& a, const VectorD& b, const MatrixRef<double>& cost,
+                                const WassersteinOptions& options = {});
+
+/// Entropic OT on a cost matrix for each column of `b` (m x k histograms, k >= 1),
+/// regularization options.reg, by Sinkhorn's iteration in stabilized form (kernel with
+/// absorbed log-potentials, exact log-sum-exp updates where a scaling under- or
+/// overflows). Iteration t updates v = b / (K^T u) then u = a / (K v); every 10th
+/// iteration from t = 0 checks ||P^T 1 - b||_2 < options.tolerance. At most
+/// options.max_iterations iterations (status iteration_limit otherwise).
+/// log_u0 (n x k, or n x 1 for every histogram) starts the iteration from u = exp(log_u0)
+/// (a warm start; default zeros). O(n m) memory (options.max_dense_bytes), one plan per
+/// histogram only when want_dense_plan.
+std::vector<TransportResult> transport_sinkhorn(const VectorD& a, const MatrixRef<double>& b,
+                                                const MatrixRef<double>& cost,
+                                                const WassersteinOptions& options = {},
+                                                const MatrixD* log_u0 = nullptr);
 
 }  // namespace measattn

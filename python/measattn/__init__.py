@@ -77,6 +77,11 @@ for _name in _OPTIONAL:
 del _name
 
 
+if hasattr(_measattn, "_transport_exact"):
+    from . import ot  # noqa: F401  (POT-compatible optimal transport: measattn.ot)
+    __all__.append("ot")
+
+
 def available() -> list:
     """Names of the optional capabilities compiled into this build.
 

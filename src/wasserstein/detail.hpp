@@ -136,6 +136,33 @@ WassersteinResult exact_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
 WassersteinResult sinkhorn_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
                                      const WassersteinOptions& options);
 
+/// Integer supplies summing to 2^53 exactly (largest remainder rounding of w / sum w).
+std::vector<std::int64_t> integer_weights(const VectorD& w);
+
+struct NetworkSolution {
+  std::vector<std::int64_t> flow;  // per arc
+  VectorD f, g;                    // f_i + g_j <= c_ij on the arcs given, = on the basis
+  bool ok = false;
+};
+
+/// LEMON's network simplex on the bipartite arcs (i, j) with integer supplies A
+/// and demands B (both summing to 2^53); costs (any sign) are quantized to int64
+/// for the simplex only (exact.cpp).
+NetworkSolution solve_network(Index n, Index m, const std::vector<std::int64_t>& A,
+                              const std::vector<std::int64_t>& B,
+                              const std::vector<std::pair<int, int>>& arcs,
+                              const std::vector<double>& cost);
+
+/// Flows for the exact weights a, b on the support of an integer plan (leaf
+/// elimination on its forest); returns the marginal error.
+double polish_flows(Index n, Index m, const VectorD& a, const VectorD& b,
+                    const std::vector<std::pair<int, int>>& edges,
+                    const std::vector<std::int64_t>& int_flow, std::vector<double>& flow);
+
+/// Sinkhorn with the costs computed on the fly, O(n + m) memory (online_sinkhorn.cpp).
+WassersteinResult online_sinkhorn_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
+                                            const WassersteinOptions& options);
+
 /// Columns [j0, j1) of row i of the ground cost (out has j1 - j0 entries).
 void cost_row_range(const MatrixD& x, Index i, const MatrixD& yt, Index j0, Index j1, double p,
                     double* out);

@@ -63,8 +63,6 @@
 
 namespace measattn::detail {
 
-namespace {
-
 constexpr std::int64_t kUnits = std::int64_t{1} << 53;
 
 /// Integer supplies summing to kUnits exactly (largest remainder rounding).
@@ -99,12 +97,6 @@ std::vector<std::int64_t> integer_weights(const VectorD& w) {
   }
   return out;
 }
-
-struct NetworkSolution {
-  std::vector<std::int64_t> flow;  // per arc
-  VectorD f, g;                    // f_i + g_j <= c_ij on the arcs given, = on the basis
-  bool ok = false;
-};
 
 /// Solves min sum c_e x_e over the bipartite arcs (i, j) (sorted by i) with
 /// integer supplies A (sources) and demands B (sinks).
@@ -241,6 +233,8 @@ double polish_flows(Index n, Index m, const VectorD& a, const VectorD& b,
   }
   return error;
 }
+
+namespace {
 
 /// The monotone plan along theta computed on the integer supplies: its arcs make
 /// the restricted problem feasible.

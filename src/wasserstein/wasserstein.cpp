@@ -140,6 +140,29 @@ WassersteinMethod parse_wasserstein_method(const std::string& name, const std::s
                          "' (expected auto, exact, 1d, sliced or sinkhorn)");
 }
 
+std::string to_string(MassPolicy m) { return m == MassPolicy::strict ? "strict" : "renormalize"; }
+
+MassPolicy parse_mass_policy(const std::string& name, const std::string& field) {
+  if (name == "strict") return MassPolicy::strict;
+  if (name == "renormalize") return MassPolicy::renormalize;
+  throw invalid_argument(field + ": unknown mass policy '" + name +
+                         "' (expected strict or renormalize)");
+}
+
+void check_mass(double total_a, double total_b, MassPolicy policy, const std::string& name_a,
+                const std::string& name_b) {
+  if (policy != MassPolicy::strict) return;
+  if (!std::isfinite(total_a) || !std::isfinite(total_b)) return;  // reported by the caller
+  if (std::abs(total_a - total_b) <=
+      kMassTolerance * std::max(std::abs(total_a), std::abs(total_b)))
+    return;
+  std::ostringstream s;
+  s << std::setprecision(12) << "mass: the weights have different totals (" << name_a << " sums to "
+    << total_a << ", " << name_b << " sums to " << total_b
+    << "); mass = renormalize divides each by its total";
+  throw invalid_argument(s.str());
+}
+
 void WassersteinOptions::validate() const {
   // The offending value is quoted (the CLI prints it after its flag).
   const auto got = [](double v) {
@@ -602,7 +625,8 @@ WassersteinResult wasserstein_sinkhorn(const Measure<Scalar>& mu, const Measure<
                   options.reg, log10_reg);
     note = buf;
   }
-  WassersteinResult r = detail::sinkhorn_transport(np.a(), np.b(), scaled);
+  WassersteinResult r = options.online ? detail::online_sinkhorn_transport(np.a(), np.b(), scaled)
+                                       : detail::sinkhorn_transport(np.a(), np.b(), scaled);
   // A kernel that under- or overflowed despite the safeguards leaves NaN behind:
   // fall back to the bounds that are always valid (mean difference, +inf).
   if (!std::isfinite(r.lower)) r.lower = 0;
