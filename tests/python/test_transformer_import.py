@@ -202,6 +202,11 @@ def test_blocks_expose_attention_as_model(tmp_path):
     part = t.forward(IDS, layers=(1, 2))
     assert part.shape == (2, len(IDS), 24)
     assert np.array_equal(part, h[1:3])
+    assert np.array_equal(t.forward(IDS, layers=(1, None)), h[1:])
+    with pytest.raises(ValueError, match="last_layer"):
+        t.forward(IDS, layers=(0, -1))  # no Python-style negative indices
+    with pytest.raises(ValueError, match="last_layer"):
+        t.forward(IDS, layers=(0, 3))
 
 
 def test_float32_load(tmp_path):
