@@ -62,8 +62,9 @@ void model_section_w1_bounds(ModelContext& ctx) {
       "attention between the real and the perturbed inputs of section 4 (**exact**: a local "
       "lower bound on L).");
   Table t;
-  t.columns = {"layer",       "radius",          "log10_upper_per_head", "upper_best",
-               "lower_bound", "token_lipschitz", "local_w1_ratio"};
+  // log10 of each figure that exists (a refused search or no text leaves it out).
+  t.columns = {"layer", "radius", "figure(0=upper,1=lower,2=token_jacobian,3=local_w1_ratio)",
+               "log10_value"};
   std::vector<std::vector<std::string>> rows;
   nlohmann::json jl = nlohmann::json::array();
   std::string line = "W1 bounds (log10 upper / lower / local ratio):";
@@ -99,8 +100,12 @@ void model_section_w1_bounds(ModelContext& ctx) {
                     fmt(max_osc, 4), std::isnan(lower) ? "refused: " + lower_note : fmt(lower, 4),
                     std::isnan(token) ? "-" : fmt(token, 4),
                     std::isnan(local) ? "-" : fmt(local, 4)});
-    t.rows.push_back(
-        {static_cast<double>(l), radius, log10_upper, ub.best_w1, lower, token, local});
+    const double logs[] = {log10_upper, lower > 0 ? std::log10(lower) : NAN,
+                           token > 0 ? std::log10(token) : NAN,
+                           local > 0 ? std::log10(local) : NAN};
+    for (int f = 0; f < 4; ++f)
+      if (std::isfinite(logs[f]))
+        t.rows.push_back({static_cast<double>(l), radius, static_cast<double>(f), logs[f]});
     jl.push_back({{"layer", l},
                   {"radius", json_number(radius)},
                   {"upper_best", json_number(ub.best_w1)},
