@@ -1192,3 +1192,54 @@ TEST(io_test, temporaries_registry_removes_what_is_registered) {
   EXPECT_EQ(fs::path(name).filename().string().rfind(".x.npy.tmp.", 0), 0u);
   EXPECT_EQ(fs::path(name).filename().string().size(), std::string(".x.npy.tmp.XXXXXX").size());
 }
+
+TEST(Npy, TokenIdsFromIntegerAndIntegralFloatArrays) {
+  auto dict = [](const std::string& descr, const std::string& shape) {
+    return "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  };
+  auto bytes_of = [](const auto& values) {
+    return std::string(reinterpret_cast<const char*>(values.data()),
+                       values.size() * sizeof(values[0]));
+  };
+  const std::vector<std::int64_t> i8 = {101, 0, -3, 30521};
+  EXPECT_EQ(measattn::parse_npy_ids(npy_bytes(dict("<i8", "(4,)"), bytes_of(i8)), "a.npy", "ids"),
+            i8);
+  const std::vector<std::int32_t> i4 = {7, -1};
+  EXPECT_EQ(measattn::parse_npy_ids(npy_bytes(dict("<i4", "(1, 2)"), bytes_of(i4)), "a.npy", "ids"),
+            (std::vector<std::int64_t>{7, -1}));
+  const std::vector<std::uint16_t> u2 = {65535, 2};
+  EXPECT_EQ(measattn::parse_npy_ids(npy_bytes(dict("<u2", "(2,)"), bytes_of(u2)), "a.npy", "ids"),
+            (std::vector<std::int64_t>{65535, 2}));
+  const std::vector<std::int8_t> i1 = {-128, 5};
+  EXPECT_EQ(measattn::parse_npy_ids(npy_bytes(dict("|i1", "(2,)"), bytes_of(i1)), "a.npy", "ids"),
+            (std::vector<std::int64_t>{-128, 5}));
+  const std::vector<double> f8 = {3.0, 4.0};
+  EXPECT_EQ(measattn::parse_npy_ids(npy_bytes(dict("<f8", "(2,)"), bytes_of(f8)), "a.npy", "ids"),
+            (std::vector<std::int64_t>{3, 4}));
+  const std::vector<double> half = {3.0, 4.5};
+  expect_invalid(
+      [&] {
+        measattn::parse_npy_ids(npy_bytes(dict("<f8", "(2,)"), bytes_of(half)), "a.npy", "ids");
+      },
+      "ids: a.npy", "entry 1 is 4.5");
+  const std::vector<std::uint64_t> big = {1, std::uint64_t{1} << 63};
+  expect_invalid(
+      [&] {
+        measattn::parse_npy_ids(npy_bytes(dict("<u8", "(2,)"), bytes_of(big)), "a.npy", "ids");
+      },
+      "ids: a.npy", "entry 1 is 9223372036854775808, out of range");
+  expect_invalid(
+      [&] {
+        measattn::parse_npy_ids(npy_bytes(dict("<i8", "(2, 2)"), bytes_of(i8)), "a.npy", "ids");
+      },
+      "a.npy", "expected a 1-D array of token ids");
+  expect_invalid(
+      [&] {
+        measattn::parse_npy_ids(npy_bytes(dict(">i8", "(4,)"), bytes_of(i8)), "a.npy", "ids");
+      },
+      "a.npy", "not supported");
+  // The float readers still refuse integer arrays.
+  expect_invalid(
+      [&] { measattn::parse_npy(npy_bytes(dict("<i8", "(4,)"), bytes_of(i8)), "a.npy"); }, "a.npy",
+      "not supported");
+}

@@ -1,8 +1,8 @@
 // measattn/io.hpp — files: NumPy .npy arrays, safetensors models, atomic writes.
 //
 // .npy: format versions 1.0/2.0/3.0, dtype '<f4' or '<f8' (little-endian
-// float32/float64), C order. Anything else (Fortran order, other dtypes,
-// truncated data, a malformed header) throws invalid_argument naming the file
+// float32/float64), C order; token ids (read_npy_ids) also integer dtypes. Anything else (Fortran
+// order, other dtypes, truncated data, a malformed header) throws invalid_argument naming the file
 // and the reason.
 //
 // safetensors: an 8-byte little-endian header length, a JSON header, then the
@@ -53,6 +53,15 @@ Matrix<Scalar> read_npy_matrix(const std::string& path, const std::string& field
 /// A 1-D array (or n x 1 / 1 x n) as a vector; values must be finite.
 template <class Scalar>
 Vector<Scalar> read_npy_vector(const std::string& path, const std::string& field);
+
+/// A 1-D array of integer token ids (shape (n,) or (1, n)): dtype '<i8', '<i4',
+/// '<i2', '|i1', '<u8', '<u4', '<u2', '|u1', or '<f4'/'<f8' holding integral
+/// values. Throws invalid_argument("<field>: <path>: ...") on another shape or
+/// dtype, naming the entry of a non-integral value or one outside int64.
+std::vector<std::int64_t> read_npy_ids(const std::string& path, const std::string& field);
+/// The same from .npy bytes in memory (for fuzzing); `name` is used in messages.
+std::vector<std::int64_t> parse_npy_ids(const std::string& bytes, const std::string& name,
+                                        const std::string& field);
 
 /// Serializes values (C order) with the given shape as .npy bytes of `dtype`.
 std::string format_npy(const double* values, const std::vector<std::int64_t>& shape, DType dtype);

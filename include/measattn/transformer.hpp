@@ -2,7 +2,7 @@
 // pretrained checkpoints (Hugging Face BERT / GPT-2, PyTorch TransformerEncoder).
 //
 // A sequence of n tokens is the empirical measure of its points in R^d. Everything
-// that acts token by token is a push-forward by a fixed map (docs/theory.md#blocks):
+// that acts token by token is a push-forward by a fixed map (docs/transformers.md#blocks):
 //
 //   LN(x)  = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta   (over coordinates)
 //   MLP(x) = W_2 act(W_1 x + b_1) + b_2

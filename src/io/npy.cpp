@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -246,7 +247,23 @@ constexpr std::uint64_t kMaxHeader = 65536;
 
 // Reads a .npy array from `src`: the preamble first (magic, version, header
 // length), then exactly the header, then exactly the bytes its shape needs.
-NpyArray read_npy_from(detail::Source& src) {
+// With `ids` (read_npy_ids), integer dtypes are accepted too: their values go
+// to *ids (as int64; an unsigned value above 2^63 - 1 is refused), not to the
+// doubles of the result.
+bool integer_descr(const std::string& descr, std::size_t& bytes, bool& is_unsigned) {
+  static const char* const kDescrs[] = {"<i8", "<i4", "<i2", "|i1", "<i1",
+                                        "<u8", "<u4", "<u2", "|u1", "<u1"};
+  for (const char* d : kDescrs) {
+    if (descr == d) {
+      bytes = static_cast<std::size_t>(d[2] - '0');
+      is_unsigned = d[1] == 'u';
+      return true;
+    }
+  }
+  return false;
+}
+
+NpyArray read_npy_from(detail::Source& src, std::vector<std::int64_t>* ids = nullptr) {
   const std::string& name = src.name();
   std::string pre;
   src.read(pre, kMagicSize + 2);
@@ -288,7 +305,11 @@ NpyArray read_npy_from(detail::Source& src) {
   HeaderParser(header, name).parse(descr, fortran, out.shape);
 
   std::size_t item = 0;
-  if (descr == "<f8") {
+  std::size_t int_bytes = 0;
+  bool is_unsigned = false;
+  if (ids && integer_descr(descr, int_bytes, is_unsigned)) {
+    item = int_bytes;
+  } else if (descr == "<f8") {
     out.dtype = DType::f64;
     item = 8;
   } else if (descr == "<f4") {
@@ -348,6 +369,26 @@ NpyArray read_npy_from(detail::Source& src) {
     throw invalid_argument(name + ": shape " + shape_text(out.shape) + " needs " +
                            std::to_string(expected) +
                            " bytes of data, the input has more (trailing bytes)");
+  }
+  if (int_bytes) {
+    ids->resize(static_cast<std::size_t>(count));
+    for (std::size_t i = 0; i < ids->size(); ++i) {
+      std::uint64_t bits = 0;
+      std::memcpy(&bits, data.data() + int_bytes * i, int_bytes);  // little-endian host
+      std::int64_t v;
+      if (is_unsigned) {
+        if (bits > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+          throw invalid_argument(name + ": entry " + std::to_string(i) + " is " +
+                                 std::to_string(bits) + ", out of range (above 2^63 - 1)");
+        }
+        v = static_cast<std::int64_t>(bits);
+      } else {
+        const int shift = static_cast<int>(64 - 8 * int_bytes);  // sign extension
+        v = static_cast<std::int64_t>(bits << shift) >> shift;
+      }
+      (*ids)[i] = v;
+    }
+    return out;
   }
   out.values.resize(static_cast<std::size_t>(count));
   if (expected > 0 && item == 8) {  // (memcpy from/to null is undefined even for 0 bytes)
@@ -418,6 +459,60 @@ Matrix<Scalar> read_npy_matrix(const std::string& path, const std::string& field
   Matrix<Scalar> m(rows, cols);
   for (Index i = 0; i < rows * cols; ++i) m.data()[i] = static_cast<Scalar>(a.values[i]);
   return m;
+}
+
+namespace {
+
+std::vector<std::int64_t> ids_from(detail::Source& src, const std::string& field) {
+  const std::string path = src.name();
+  std::vector<std::int64_t> ids;
+  NpyArray a;
+  try {
+    a = read_npy_from(src, &ids);
+  } catch (const invalid_argument& e) {
+    throw invalid_argument(field + ": " + e.what());
+  }
+  const bool ok = a.shape.size() == 1 || (a.shape.size() == 2 && a.shape[0] == 1);
+  if (!ok) {
+    throw invalid_argument(field + ": " + path +
+                           ": expected a 1-D array of token ids (one sequence), got shape " +
+                           shape_text(a.shape));
+  }
+  if (!a.values.empty()) {  // a float array: integral values only
+    ids.resize(a.values.size());
+    for (std::size_t i = 0; i < a.values.size(); ++i) {
+      const double v = a.values[i];
+      if (!std::isfinite(v) || v != std::floor(v)) {
+        throw invalid_argument(field + ": " + path + ": entry " + std::to_string(i) + " is " +
+                               (std::isnan(v) ? std::string("NaN") : std::to_string(v)) +
+                               ", not an integer token id");
+      }
+      if (!(std::fabs(v) < 9.2e18)) {
+        throw invalid_argument(field + ": " + path + ": entry " + std::to_string(i) +
+                               " is out of range");
+      }
+      ids[i] = static_cast<std::int64_t>(v);
+    }
+  }
+  return ids;
+}
+
+}  // namespace
+
+std::vector<std::int64_t> read_npy_ids(const std::string& path, const std::string& field) {
+  std::unique_ptr<detail::InputFile> file;
+  try {
+    file = std::make_unique<detail::InputFile>(path);
+  } catch (const invalid_argument& e) {
+    throw invalid_argument(field + ": " + e.what());
+  }
+  return ids_from(*file, field);
+}
+
+std::vector<std::int64_t> parse_npy_ids(const std::string& bytes, const std::string& name,
+                                        const std::string& field) {
+  detail::MemorySource src(bytes, name);
+  return ids_from(src, field);
 }
 
 template <class Scalar>

@@ -25,9 +25,14 @@ namespace measattn {
 
 namespace {
 
-constexpr Index kRows = 64;  // tokens per row block (fixed: determinism)
+// Tokens per row block (fixed, whatever the thread count: determinism). The
+// projections and the MLP use large blocks, so that each weight matrix is
+// packed for the GEMM kernel few times; the attention uses small query blocks
+// (with every head, enough units for the threads).
+constexpr Index kRows = 64;       // attention query blocks, LayerNorms
+constexpr Index kGemmRows = 256;  // projections and the MLP
 
-Index row_blocks(Index n) { return (n + kRows - 1) / kRows; }
+Index row_blocks(Index n, Index rows = kRows) { return (n + rows - 1) / rows; }
 
 std::string shape_text(Index r, Index c) {
   return "[" + std::to_string(r) + ", " + std::to_string(c) + "]";
@@ -44,14 +49,14 @@ void check_finite(const Vector<Scalar>& v, const std::string& name) {
 
 // Runs body(r0, rows) over the fixed row blocks of n rows, in parallel.
 template <class F>
-void for_row_blocks(Index n, F&& body) {
-  const Index blocks = row_blocks(n);
+void for_row_blocks(Index n, F&& body, Index rows = kRows) {
+  const Index blocks = row_blocks(n, rows);
   detail::RegionGuard guard;
 #pragma omp parallel for schedule(static) if (blocks > 1)
   for (Index b = 0; b < blocks; ++b) {
     guard.run([&] {
-      const Index r0 = b * kRows;
-      body(r0, std::min(kRows, n - r0));
+      const Index r0 = b * rows;
+      body(r0, std::min(rows, n - r0));
     });
   }
   guard.finish();
@@ -123,12 +128,15 @@ Matrix<Scalar> block_attention(const Block<Scalar>& block, const Matrix<Scalar>&
   const Index k = m.head_dim();
   const Scalar tau = m.tau();
   Matrix<Scalar> q(n, e), kk(n, e), v(n, e);
-  for_row_blocks(n, [&](Index r0, Index rows) {
-    const auto xb = x.middleRows(r0, rows);
-    affine_rows(xb, m.w_q, m.b_q, q.middleRows(r0, rows));
-    affine_rows(xb, m.w_k, m.b_k, kk.middleRows(r0, rows));
-    affine_rows(xb, m.w_v, m.b_v, v.middleRows(r0, rows));
-  });
+  for_row_blocks(
+      n,
+      [&](Index r0, Index rows) {
+        const auto xb = x.middleRows(r0, rows);
+        affine_rows(xb, m.w_q, m.b_q, q.middleRows(r0, rows));
+        affine_rows(xb, m.w_k, m.b_k, kk.middleRows(r0, rows));
+        affine_rows(xb, m.w_v, m.b_v, v.middleRows(r0, rows));
+      },
+      kGemmRows);
   Matrix<Scalar> context(n, e);
   const Index blocks = row_blocks(n);
   detail::RegionGuard guard;
@@ -160,9 +168,12 @@ Matrix<Scalar> block_attention(const Block<Scalar>& block, const Matrix<Scalar>&
   }
   guard.finish();
   Matrix<Scalar> out(n, m.out_dim());
-  for_row_blocks(n, [&](Index r0, Index rows) {
-    affine_rows(context.middleRows(r0, rows), m.w_o, m.b_o, out.middleRows(r0, rows));
-  });
+  for_row_blocks(
+      n,
+      [&](Index r0, Index rows) {
+        affine_rows(context.middleRows(r0, rows), m.w_o, m.b_o, out.middleRows(r0, rows));
+      },
+      kGemmRows);
   return out;
 }
 
