@@ -46,25 +46,31 @@ struct AnalyzeArgs {
   std::string weights_path;
   std::string out = "analysis";
   std::string text_path;
+  std::string ids_path;
   long long max_tokens = 0;
   double radius = 0;
   unsigned long long seed = kAnalyzeSeed;
 };
 
-// A checkpoint (a directory with config.json, or --text given): the real-model report.
+// A checkpoint (a directory, or --text / --input-ids given): the real-model report.
 bool is_checkpoint_run(const AnalyzeArgs& args) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  return !args.text_path.empty() ||
+  return !args.text_path.empty() || !args.ids_path.empty() ||
          (!args.model_path.empty() && fs::is_directory(args.model_path, ec));
 }
 
 void run_model_analyze(const AnalyzeArgs& args) {
   namespace fs = std::filesystem;
   // Every input is checked before any work and before the output directory is touched.
-  if (args.model_path.empty()) throw invalid_argument("--model: required with --text");
-  if (args.text_path.empty()) {
-    throw invalid_argument("--text: required with the checkpoint " + args.model_path);
+  const std::string input_flag = args.text_path.empty() ? "--input-ids" : "--text";
+  if (args.model_path.empty()) throw invalid_argument("--model: required with " + input_flag);
+  if (args.text_path.empty() && args.ids_path.empty()) {
+    throw invalid_argument("--text: required with the checkpoint " + args.model_path +
+                           " (or --input-ids)");
+  }
+  if (!args.text_path.empty() && !args.ids_path.empty()) {
+    throw invalid_argument("--input-ids: give either --text or --input-ids, not both");
   }
   if (!args.tokens_path.empty() || !args.weights_path.empty()) {
     throw invalid_argument(std::string(args.tokens_path.empty() ? "--weights" : "--tokens") +
@@ -85,20 +91,33 @@ void run_model_analyze(const AnalyzeArgs& args) {
                            ": the checkpoint has no word embeddings (a torch encoder state "
                            "dict): it cannot read text");
   }
-  in.text = read_file(args.text_path);
-  in.ids = tokenize_text(args.model_path, args.text_path, "--text");
-  in.source = "--text " + args.text_path;
+  if (!args.text_path.empty()) {
+    in.text = read_file(args.text_path);
+    in.ids = tokenize_text(args.model_path, args.text_path, "--text");
+    in.source = "--text " + args.text_path;
+  } else {
+    in.ids = read_npy_ids(args.ids_path, "--input-ids");
+    in.source = "--input-ids " + args.ids_path;
+    for (size_t i = 0; i < in.ids.size(); ++i) {
+      if (in.ids[i] < 0 || in.ids[i] >= in.model.vocab_size()) {
+        throw invalid_argument("--input-ids: " + args.ids_path + ": entry " + std::to_string(i) +
+                               " = " + std::to_string(in.ids[i]) + " is outside [0, " +
+                               std::to_string(in.model.vocab_size()) + ")");
+      }
+    }
+  }
+  const std::string input_path = args.text_path.empty() ? args.ids_path : args.text_path;
   if (args.max_tokens > 0 && in.ids.size() > static_cast<size_t>(args.max_tokens)) {
     in.ids.resize(static_cast<size_t>(args.max_tokens));
     in.source += " (first " + std::to_string(args.max_tokens) + " tokens)";
   }
   if (in.ids.size() < 2) {
-    throw invalid_argument("--text: " + args.text_path + ": " + std::to_string(in.ids.size()) +
+    throw invalid_argument(input_flag + ": " + input_path + ": " + std::to_string(in.ids.size()) +
                            " token; the report needs at least 2");
   }
   if (in.model.max_positions() > 0 &&
       in.ids.size() > static_cast<size_t>(in.model.max_positions())) {
-    throw invalid_argument("--text: " + args.text_path + ": " + std::to_string(in.ids.size()) +
+    throw invalid_argument(input_flag + ": " + input_path + ": " + std::to_string(in.ids.size()) +
                            " tokens, more than the model's " +
                            std::to_string(in.model.max_positions()) +
                            " positions (use --max-tokens)");
@@ -116,7 +135,7 @@ void run_model_analyze(const AnalyzeArgs& args) {
 void run_analyze(const AnalyzeArgs& args) {
   namespace fs = std::filesystem;
   if (is_checkpoint_run(args)) return run_model_analyze(args);
-  if (args.max_tokens != 0) throw invalid_argument("--max-tokens: needs --text");
+  if (args.max_tokens != 0) throw invalid_argument("--max-tokens: needs --text or --input-ids");
   // The output directory is checked before any work; the report is built in a
   // hidden temporary directory next to it and put in place only when complete.
   OutputDirectory out(args.out, "analyze", "--out");
@@ -178,8 +197,12 @@ const bool registered = register_command(
       app.add_option("--text", args->text_path,
                      "Text (UTF-8) for a checkpoint, tokenized by its tokenizer.json")
           ->check(CLI::ExistingFile);
+      app.add_option("--input-ids", args->ids_path,
+                     "Token ids (.npy, 1-D integers) for a checkpoint, instead of --text (no "
+                     "text: no mis-specification section)")
+          ->check(CLI::ExistingFile);
       app.add_option("--max-tokens", args->max_tokens,
-                     "Keep the first N tokens of --text (0 = all)");
+                     "Keep the first N tokens of the input (0 = all)");
       app.add_option("--tokens", args->tokens_path, "Token atoms (.npy, n x d); default: built-in")
           ->check(CLI::ExistingFile);
       app.add_option("--weights", args->weights_path, "Token weights (.npy, n); default uniform")

@@ -221,3 +221,52 @@ def test_bad_inputs_exit_2_before_any_work(random_bert, tmp_path):
         proc = run_cli(["analyze", *args, "--out", out])
         one_error_line(proc, *words)
         assert not out.exists(), args
+
+
+def test_input_ids_instead_of_text(random_bert, tmp_path):
+    import numpy as np
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.array([101, 1996, 4937, 2938, 2006, 1996, 7844, 102], dtype=np.int64))
+    out = tmp_path / "o"
+    run_cli(["analyze", "--model", random_bert, "--input-ids", ids, "--out", out], check=True)
+    report = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in report, section
+    assert "no text to perturb" in report
+    data = json.loads((out / "report.json").read_text())
+    assert data["input"]["ids"][:2] == [101, 1996]
+    assert "skipped" in data["misspec"]
+    assert all(math.isfinite(v) for v in numbers(data))
+    # An id outside the vocabulary, and --text with --input-ids: exit 2, no output.
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.array([1, 2, 30522], dtype=np.int64))
+    text = tmp_path / "t.txt"
+    text.write_text(SHORT_TEXT)
+    never = tmp_path / "never"
+    one_error_line(run_cli(["analyze", "--model", random_bert, "--input-ids", bad, "--out", never]),
+                   "--input-ids", "entry 2")
+    one_error_line(run_cli(["analyze", "--model", random_bert, "--input-ids", ids, "--text", text,
+                            "--out", never]), "--input-ids", "not both")
+    assert not never.exists()
+
+
+def test_gpt2_causal_checkpoint_by_ids(tmp_path):
+    import numpy as np
+    torch.manual_seed(1)
+    cfg = transformers.GPT2Config(vocab_size=70, n_embd=24, n_layer=2, n_head=4, n_positions=40)
+    transformers.GPT2Model(cfg).eval().save_pretrained(str(tmp_path / "gpt2"),
+                                                       safe_serialization=True)
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.array([5, 17, 3, 44, 9, 0, 31, 31, 8, 60, 1, 2], dtype=np.int64))
+    out = tmp_path / "o"
+    run_cli(["analyze", "--model", tmp_path / "gpt2", "--input-ids", ids, "--out", out],
+            check=True)
+    report = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in report, section
+    assert "causal" in report and "unmasked" in report
+    data = json.loads((out / "report.json").read_text())
+    assert data["model"]["causal"] is True
+    assert all(math.isfinite(v) for v in numbers(data))
+    # A causal head: query 0 sees one token, so some row has zero entropy.
+    assert min(h["min_entropy"] for l in data["entropy"]["layers"] for h in l["heads"]) < 1e-9
