@@ -121,7 +121,7 @@ void model_section_w1_bounds(ModelContext& ctx) {
             fmt(local, 3);
   }
   r.table({"layer", "R", "best upper bound (certified)", "proved bound in logs (w1_per_head)",
-           "max oscillation", "lower bound (certified)", "token ||J|| (section 3)",
+           "max oscillation", "lower bound (certified)", "token Jacobian norm (section 3)",
            "local W1 ratio (exact)"},
           rows,
           "The W1 constant of each layer's attention on B_R: proved upper bound, its size as a "

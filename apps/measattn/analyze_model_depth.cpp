@@ -77,7 +77,7 @@ void model_section_depth(ModelContext& ctx) {
                   {"mean_norm", json_number(norm[k])},
                   {"shared_mean_cosine", sh}});
   }
-  std::vector<std::string> columns{"depth l", "cosine (trained)", "W1(l-1, l)", "mean ||x||"};
+  std::vector<std::string> columns{"depth l", "cosine (trained)", "W1(l-1, l)", "mean token norm"};
   for (Index b = 0; b < layers; ++b) columns.push_back("shared block " + std::to_string(b));
   r.table(columns, rows,
           "The trained stack (cosine, W1 to the previous entry, mean token norm) and the "

@@ -103,7 +103,7 @@ void model_section_token_lipschitz(ModelContext& ctx) {
                   {"heads", jh}});
     line += " " + fmt(whole.value, 4);
   }
-  r.table({"layer", "max ||x_i||", "||J(X)||_2 (all heads)", "largest head value",
+  r.table({"layer", "max token norm", "spectral norm of J(X), all heads", "largest head value",
            "iterations, status"},
           rows,
           "Local token-level Lipschitz constant of each layer's attention at the real input "

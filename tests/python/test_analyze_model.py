@@ -58,6 +58,14 @@ def check_model_report(out, layers, heads):
         assert section in report, section
         assert section in html, section
     assert not re.search(r"\b(nan|inf)\b", report, re.IGNORECASE), "non-finite number in report"
+    # Every Markdown table has as many cells in each row as in its header.
+    widths = []
+    for line in report.splitlines() + [""]:
+        if line.startswith("|"):
+            widths.append(len(re.findall(r"(?<!\\)\|", line)))
+        elif widths:
+            assert len(set(widths)) == 1, widths
+            widths = []
     for label in ("**exact**", "**certified**", "**estimate**"):
         assert label in report, label
     assert "Castin, Ablin, Peyre: C = 4.39" in report
