@@ -118,5 +118,61 @@ for name, args in {"euler_f64": (3, 2, 0, False, False, False, np.float64),
                    "dopri5_f64": (3, 2, 1, False, True, True, np.float64),
                    "frames_f32": (2, 2, 2, True, False, False, np.float32)}.items():
     (ck_dir / f"{name}.ck").write_bytes(checkpoint(*args))
+# Transformer checkpoints (fuzz_transformer): a 4-byte config length, config.json,
+# then the safetensors bytes (length 0xFFFFFFFF: no config, a torch state dict).
+tf_dir = here / "corpus" / "transformer"
+tf_dir.mkdir(parents=True, exist_ok=True)
+
+
+def tf_seed(config, tensors, metadata=None):
+    st = safetensors({k: rng.standard_normal(s) * 0.3 for k, s in tensors.items()},
+                     metadata or {"format": "pt"})
+    if config is None:
+        return struct.pack("<I", 0xFFFFFFFF) + st
+    raw = json.dumps(config).encode()
+    return struct.pack("<I", len(raw)) + raw + st
+
+
+d, ff = 4, 6
+bert = {"embeddings.word_embeddings.weight": (5, d), "embeddings.position_embeddings.weight": (4, d),
+        "embeddings.token_type_embeddings.weight": (2, d), "embeddings.LayerNorm.weight": (d,),
+        "embeddings.LayerNorm.bias": (d,)}
+for m in ["attention.self.query", "attention.self.key", "attention.self.value",
+          "attention.output.dense"]:
+    bert[f"encoder.layer.0.{m}.weight"] = (d, d)
+    bert[f"encoder.layer.0.{m}.bias"] = (d,)
+for m in ["attention.output.LayerNorm", "output.LayerNorm"]:
+    bert[f"encoder.layer.0.{m}.weight"] = (d,)
+    bert[f"encoder.layer.0.{m}.bias"] = (d,)
+bert.update({"encoder.layer.0.intermediate.dense.weight": (ff, d),
+             "encoder.layer.0.intermediate.dense.bias": (ff,),
+             "encoder.layer.0.output.dense.weight": (d, ff), "encoder.layer.0.output.dense.bias": (d,)})
+(tf_dir / "bert.bin").write_bytes(tf_seed(
+    {"model_type": "bert", "hidden_size": d, "num_attention_heads": 2, "num_hidden_layers": 1,
+     "intermediate_size": ff, "vocab_size": 5, "max_position_embeddings": 4,
+     "hidden_act": "gelu"}, bert))
+gpt2 = {"wte.weight": (5, d), "wpe.weight": (4, d), "ln_f.weight": (d,), "ln_f.bias": (d,),
+        "h.0.ln_1.weight": (d,), "h.0.ln_1.bias": (d,), "h.0.ln_2.weight": (d,),
+        "h.0.ln_2.bias": (d,), "h.0.attn.c_attn.weight": (d, 3 * d), "h.0.attn.c_attn.bias": (3 * d,),
+        "h.0.attn.c_proj.weight": (d, d), "h.0.attn.c_proj.bias": (d,),
+        "h.0.mlp.c_fc.weight": (d, ff), "h.0.mlp.c_fc.bias": (ff,),
+        "h.0.mlp.c_proj.weight": (ff, d), "h.0.mlp.c_proj.bias": (d,)}
+(tf_dir / "gpt2.bin").write_bytes(tf_seed(
+    {"model_type": "gpt2", "n_embd": d, "n_head": 2, "n_layer": 1, "n_positions": 4,
+     "n_inner": ff, "vocab_size": 5}, gpt2))
+enc = {"self_attn.in_proj_weight": (3 * d, d), "self_attn.in_proj_bias": (3 * d,),
+       "self_attn.out_proj.weight": (d, d), "self_attn.out_proj.bias": (d,),
+       "linear1.weight": (ff, d), "linear1.bias": (ff,), "linear2.weight": (d, ff),
+       "linear2.bias": (d,), "norm1.weight": (d,), "norm1.bias": (d,), "norm2.weight": (d,),
+       "norm2.bias": (d,)}
+(tf_dir / "torch_layer.bin").write_bytes(tf_seed(None, enc, {
+    "d_model": str(d), "nhead": "2", "dim_feedforward": str(ff), "norm_first": "true",
+    "activation": "gelu"}))
+stacked = {f"layers.{i}.{k}": s for i in range(2) for k, s in enc.items()}
+stacked.update({"norm.weight": (d,), "norm.bias": (d,)})
+(tf_dir / "torch_stack.bin").write_bytes(tf_seed(
+    {"model_type": "torch_encoder", "d_model": d, "nhead": 2, "dim_feedforward": ff}, stacked))
+
 print(f"wrote {len(list(npy_dir.iterdir()))} npy, {len(list(st_dir.iterdir()))} safetensors, "
-      f"{len(list(header_dir.iterdir()))} header and {len(list(ck_dir.iterdir()))} checkpoint seeds")
+      f"{len(list(header_dir.iterdir()))} header, {len(list(ck_dir.iterdir()))} checkpoint and "
+      f"{len(list(tf_dir.iterdir()))} transformer seeds")

@@ -19,19 +19,21 @@ if command -v ccache >/dev/null 2>&1; then
   launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 fi
 if command -v ninja >/dev/null 2>&1 && [ ! -f "$build/Makefile" ]; then generator=(-G Ninja); fi
-# Only the modules the parsers need: io and what Model/Measure live in (the
-# checkpoint target compiles the checkpoint format itself, see fuzz/CMakeLists.txt).
+# Only the modules the parsers need: io, transformer and what Model/Measure live
+# in (the checkpoint target compiles the checkpoint format itself, see
+# fuzz/CMakeLists.txt).
 CXX=clang++ cmake -S "$root" -B "$build" "${generator[@]}" "${launcher[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DMEASATTN_BUILD_FUZZ=ON -DMEASATTN_SANITIZE=ON -DMEASATTN_MODULES="measure;attention;io" \
+  -DMEASATTN_BUILD_FUZZ=ON -DMEASATTN_SANITIZE=ON -DMEASATTN_MODULES="measure;attention;io;transformer" \
   -DMEASATTN_BUILD_TESTS=OFF -DMEASATTN_BUILD_BENCH=OFF -DMEASATTN_BUILD_PYTHON=OFF \
   -DMEASATTN_BUILD_APPS=OFF >/dev/null
-cmake --build "$build" --parallel "$(nproc)" --target fuzz_npy fuzz_safetensors fuzz_safetensors_header fuzz_checkpoint
+cmake --build "$build" --parallel "$(nproc)" --target fuzz_npy fuzz_safetensors fuzz_safetensors_header fuzz_checkpoint \
+  fuzz_transformer
 artifacts="$build/fuzz/artifacts"
 mkdir -p "$artifacts"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 status=0
-for name in fuzz_npy fuzz_safetensors fuzz_safetensors_header fuzz_checkpoint; do
+for name in fuzz_npy fuzz_safetensors fuzz_safetensors_header fuzz_checkpoint fuzz_transformer; do
   corpus="$(mktemp -d)"
   cp "$root/fuzz/corpus/${name#fuzz_}"/* "$corpus"/ 2>/dev/null || true
   log="$build/fuzz/$name.log"

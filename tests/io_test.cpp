@@ -1193,7 +1193,7 @@ TEST(io_test, temporaries_registry_removes_what_is_registered) {
   EXPECT_EQ(fs::path(name).filename().string().size(), std::string(".x.npy.tmp.XXXXXX").size());
 }
 
-TEST(Npy, TokenIdsFromIntegerAndIntegralFloatArrays) {
+TEST(io_test, npy_token_ids_from_integer_and_integral_float_arrays) {
   auto dict = [](const std::string& descr, const std::string& shape) {
     return "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
   };

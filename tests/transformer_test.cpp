@@ -178,7 +178,7 @@ double rel(const MatrixD& a, const MatrixD& b) {
 
 // ---- the maps --------------------------------------------------------------------
 
-TEST(Transformer, BertForwardMatchesDirectReference) {
+TEST(transformer_test, bert_forward_matches_direct_reference) {
   const Bert ck(2);
   const auto t = ck.load();
   const std::vector<std::int64_t> ids = {1, 5, 19, 0, 3, 3, 7};
@@ -201,7 +201,7 @@ TEST(Transformer, BertForwardMatchesDirectReference) {
   EXPECT_EQ(attention_input(t.blocks[0], states[0]), states[0]);  // post-LN: x itself
 }
 
-TEST(Transformer, PreLnCausalBlockMatchesReference) {
+TEST(transformer_test, pre_ln_causal_block_matches_reference) {
   Block<double> b;
   b.norm = NormPlacement::pre;
   b.causal = true;
@@ -229,7 +229,7 @@ TEST(Transformer, PreLnCausalBlockMatchesReference) {
   }
 }
 
-TEST(Transformer, LayerSlicesFollowTheHiddenStateConvention) {
+TEST(transformer_test, layer_slices_follow_the_hidden_state_convention) {
   const Bert ck(3);
   const auto t = ck.load();
   const std::vector<std::int64_t> ids = {2, 4, 6, 8};
@@ -256,7 +256,7 @@ TEST(Transformer, LayerSlicesFollowTheHiddenStateConvention) {
   EXPECT_ERROR(forward(t, ids, o), "first_layer");
 }
 
-TEST(Transformer, FinalNormOnlyOnTheLastEntry) {
+TEST(transformer_test, final_norm_only_on_the_last_entry) {
   const Bert ck(2);
   auto t = ck.load();
   LayerNorm<double> f;
@@ -273,7 +273,7 @@ TEST(Transformer, FinalNormOnlyOnTheLastEntry) {
   EXPECT_EQ(forward(t, {1, 2, 3}, o).back(), plain[1]);
 }
 
-TEST(Transformer, BitIdenticalAcrossThreadCounts) {
+TEST(transformer_test, bit_identical_across_thread_counts) {
   const Bert ck(2);
   auto t = ck.load();
   for (auto& b : t.blocks) b.causal = true;
@@ -295,7 +295,7 @@ TEST(Transformer, BitIdenticalAcrossThreadCounts) {
   }
 }
 
-TEST(Transformer, LayerNormIsTwoPassAndFinite) {
+TEST(transformer_test, layer_norm_is_two_pass_and_finite) {
   LayerNorm<double> ln;
   ln.gamma = VectorD::Ones(4);
   ln.beta = VectorD::Zero(4);
@@ -314,7 +314,7 @@ TEST(Transformer, LayerNormIsTwoPassAndFinite) {
   EXPECT_ERROR(ln.validate("ln"), "ln.beta");
 }
 
-TEST(Transformer, ActivationsAndNames) {
+TEST(transformer_test, activations_and_names) {
   EXPECT_EQ(parse_activation("gelu_new"), Activation::gelu_tanh);
   EXPECT_EQ(parse_activation("gelu_pytorch_tanh"), Activation::gelu_tanh);
   EXPECT_EQ(parse_activation("relu"), Activation::relu);
@@ -323,7 +323,7 @@ TEST(Transformer, ActivationsAndNames) {
   EXPECT_EQ(to_string(NormPlacement::pre), "pre");
 }
 
-TEST(Transformer, EmbedRefusesBadIds) {
+TEST(transformer_test, embed_refuses_bad_ids) {
   const auto t = Bert(1).load();
   EXPECT_ERROR(embed(t, {}), "input_ids: empty");
   EXPECT_ERROR(embed(t, {1, 20}), "input_ids: entry 1 is 20");
@@ -332,7 +332,7 @@ TEST(Transformer, EmbedRefusesBadIds) {
   EXPECT_ERROR(forward_points(t, MatrixD::Zero(3, 5)), "tokens: tokens have dimension 5");
 }
 
-TEST(Transformer, SummaryAndParameterCount) {
+TEST(transformer_test, summary_and_parameter_count) {
   const auto t = Bert(2).load();
   const auto s = summarize(t);
   EXPECT_EQ(s.architecture, "bert");
@@ -350,7 +350,7 @@ TEST(Transformer, SummaryAndParameterCount) {
 
 // ---- the importer's refusals ---------------------------------------------------------
 
-TEST(TransformerCheckpoint, PrefixesHeadsAndBuffersAreIgnored) {
+TEST(transformer_test, prefixes_heads_and_buffers_are_ignored) {
   Bert ck(1, "bert.");
   ck.tensors["cls.predictions.bias"] = random_tensor({20});
   ck.tensors["bert.pooler.dense.weight"] = random_tensor({8, 8});
@@ -361,7 +361,7 @@ TEST(TransformerCheckpoint, PrefixesHeadsAndBuffersAreIgnored) {
   EXPECT_ERROR(ck.load(), "ck/model.safetensors: bert.encoder.extra.weight: unexpected tensor");
 }
 
-TEST(TransformerCheckpoint, BadConfigsAndTensorsNameTheFieldOrTensor) {
+TEST(transformer_test, bad_configs_and_tensors_name_the_field_or_tensor) {
   {
     Bert ck;
     ck.config["model_type"] = "llama";
@@ -435,7 +435,7 @@ TEST(TransformerCheckpoint, BadConfigsAndTensorsNameTheFieldOrTensor) {
   }
 }
 
-TEST(TransformerCheckpoint, HostileConfigJsonIsRefused) {
+TEST(transformer_test, hostile_config_json_is_refused) {
   const std::string weights = safetensors(Bert().tensors);
   auto load = [&](const std::string& config) {
     return detail::parse_transformer<double>(config, "c.json", weights, "w.safetensors");
@@ -448,7 +448,7 @@ TEST(TransformerCheckpoint, HostileConfigJsonIsRefused) {
   EXPECT_ERROR(load("{\"model_type\": [\"bert\"]}"), "model_type: expected a string");
 }
 
-TEST(TransformerCheckpoint, HalfPrecisionTensorsConvertExactly) {
+TEST(transformer_test, half_precision_tensors_convert_exactly) {
   // A torch encoder layer whose linear1.bias is stored as F16 and BF16.
   json meta = {{"d_model", "4"}, {"nhead", "2"}, {"dim_feedforward", "3"}};
   std::map<std::string, Tensor> tensors = {

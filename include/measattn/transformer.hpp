@@ -111,10 +111,10 @@ struct Block {
 template <class Scalar>
 struct Transformer {
   Architecture architecture = Architecture::bert;
-  std::string model_type;                      // as in config.json
-  Matrix<Scalar> word_embeddings;              // vocab x d (empty for torch_encoder)
-  Matrix<Scalar> position_embeddings;          // max_positions x d (may be empty)
-  Matrix<Scalar> token_type_embeddings;        // types x d (BERT; else empty)
+  std::string model_type;                           // as in config.json
+  Matrix<Scalar> word_embeddings;                   // vocab x d (empty for torch_encoder)
+  Matrix<Scalar> position_embeddings;               // max_positions x d (may be empty)
+  Matrix<Scalar> token_type_embeddings;             // types x d (BERT; else empty)
   std::optional<LayerNorm<Scalar>> embedding_norm;  // BERT's embeddings.LayerNorm
   std::vector<Block<Scalar>> blocks;
   std::optional<LayerNorm<Scalar>> final_norm;  // GPT-2's ln_f, TransformerEncoder's norm

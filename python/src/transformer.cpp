@@ -88,7 +88,11 @@ ForwardOptions layers_arg(const py::object& layers) {
   if (t.size() != 2) throw invalid_argument("layers: expected a pair (first, last)");
   o.first_layer = t[0].is_none() ? 0 : t[0].cast<Index>();
   o.last_layer = t[1].is_none() ? -1 : t[1].cast<Index>();
-  if (o.last_layer < -1) throw invalid_argument("last_layer: must be >= 0 (or None)");
+  // Negative indices would read as Python's "from the end"; they are refused.
+  if (o.first_layer < 0) throw invalid_argument("first_layer: must be >= 0");
+  if (!t[1].is_none() && o.last_layer < 0) {
+    throw invalid_argument("last_layer: must be >= 0 (None = num_layers)");
+  }
   return o;
 }
 

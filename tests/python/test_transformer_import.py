@@ -202,6 +202,11 @@ def test_blocks_expose_attention_as_model(tmp_path):
     part = t.forward(IDS, layers=(1, 2))
     assert part.shape == (2, len(IDS), 24)
     assert np.array_equal(part, h[1:3])
+    assert np.array_equal(t.forward(IDS, layers=(1, None)), h[1:])
+    with pytest.raises(ValueError, match="last_layer"):
+        t.forward(IDS, layers=(0, -1))  # no Python-style negative indices
+    with pytest.raises(ValueError, match="last_layer"):
+        t.forward(IDS, layers=(0, 3))
 
 
 def test_float32_load(tmp_path):
@@ -447,3 +452,20 @@ def test_forward_cli_bad_inputs(tmp_path):
         t.forward(np.array([1, 99]))
     with pytest.raises(ValueError, match="layer"):
         t.block_forward(7, np.zeros((2, 24)))
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_half_precision_checkpoints_convert_exactly(tmp_path, half):
+    model = make_bert(tmp_path / "f32")
+    model = model.to(getattr(torch, half))
+    model.save_pretrained(str(tmp_path / "half"), safe_serialization=True)
+    header = json.loads(open(tmp_path / "half" / "model.safetensors", "rb").read()[8:][
+        :int.from_bytes(open(tmp_path / "half" / "model.safetensors", "rb").read(8), "little")])
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {
+        "F16" if half == "float16" else "BF16"}
+    # The reference: the same half-precision weights, widened exactly, run in float64.
+    ref = hf_hidden_states(model.double(), IDS)
+    t = measattn.Transformer.load(str(tmp_path / "half"))
+    assert rel(t.forward(IDS), ref) < TOL
+    w = t.blocks[0].attention.w_q
+    assert np.array_equal(w, model.encoder.layer[0].attention.self.query.weight.detach().numpy())
