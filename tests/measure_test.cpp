@@ -118,3 +118,44 @@ TEST(measure_test, float_measure_and_cast) {
   EXPECT_EQ(f.size(), 5);
   EXPECT_NEAR(f.weights().sum(), 1.0f, 1e-6f);
 }
+
+TEST(measure_test, mean_pairwise_cosine_against_the_double_sum) {
+  std::mt19937_64 rng(5);
+  std::normal_distribution<double> normal;
+  MatrixD x(7, 4);
+  for (Eigen::Index i = 0; i < x.rows(); ++i)
+    for (Eigen::Index j = 0; j < x.cols(); ++j) x(i, j) = normal(rng) + (j == 0 ? 1.5 : 0.0);
+  VectorD w(7);
+  w << 0.1, 0.2, 0.05, 0.3, 0.15, 0.1, 0.1;
+  const MeasureD mu(x, w);
+  double num = 0, den = 0;
+  for (Eigen::Index i = 0; i < 7; ++i)
+    for (Eigen::Index j = 0; j < 7; ++j) {
+      if (i == j) continue;
+      const double c = x.row(i).dot(x.row(j)) / (x.row(i).norm() * x.row(j).norm());
+      num += mu.weight(i) * mu.weight(j) * c;
+      den += mu.weight(i) * mu.weight(j);
+    }
+  EXPECT_NEAR(measattn::mean_pairwise_cosine(mu), num / den, 1e-14);
+  EXPECT_NEAR(measattn::mean_pairwise_cosine(mu.cast<float>()), num / den, 1e-6);
+}
+
+TEST(measure_test, mean_pairwise_cosine_edge_cases) {
+  MatrixD x(2, 2);
+  x << 1, 0, -3, 0;
+  EXPECT_NEAR(measattn::mean_pairwise_cosine(MeasureD::empirical(x)), -1.0, 1e-15);
+  x << 1, 1, 2, 2;
+  EXPECT_NEAR(measattn::mean_pairwise_cosine(MeasureD::empirical(x)), 1.0, 1e-15);
+  // One atom of positive weight: no pair, value 1; a zero atom of zero weight is ignored.
+  VectorD w(2);
+  w << 1, 0;
+  x << 1, 2, 0, 0;
+  EXPECT_EQ(measattn::mean_pairwise_cosine(MeasureD(x, w)), 1.0);
+  w << 0, 1;
+  try {
+    (void)measattn::mean_pairwise_cosine(MeasureD(x, w));
+    FAIL() << "expected invalid_argument";
+  } catch (const invalid_argument& e) {
+    EXPECT_EQ(e.field(), "atoms");
+  }
+}

@@ -169,7 +169,36 @@ Measure<Scalar> Measure<Scalar>::push_forward_map(
   return Measure(std::move(images), weights_);
 }
 
+template <class Scalar>
+double mean_pairwise_cosine(const Measure<Scalar>& mu) {
+  // In double whatever Scalar is: the statistic is a difference of two sums
+  // close to each other when the atoms are nearly aligned.
+  const Index d = mu.dim();
+  Eigen::VectorXd sum = Eigen::VectorXd::Zero(d);
+  double w2 = 0, total = 0;
+  for (Index i = 0; i < mu.size(); ++i) {
+    const double w = static_cast<double>(mu.weight(i));
+    if (!(w > 0)) continue;
+    const Eigen::VectorXd x = mu.atom(i).transpose().template cast<double>();
+    const double norm = x.stableNorm();
+    if (!(norm > 0)) {
+      throw invalid_argument("atoms: row " + std::to_string(i) +
+                             " is the zero vector and has no direction (mean_pairwise_cosine)");
+    }
+    sum += (w / norm) * x;
+    w2 += w * w;
+    total += w;
+  }
+  // Weights sum to one up to rounding; the formula uses the stored ones.
+  const double pairs = total * total - w2;
+  if (!(pairs > 1e-300)) return 1.0;
+  const double value = (sum.squaredNorm() - w2) / pairs;
+  return std::clamp(value, -1.0, 1.0);
+}
+
 template class Measure<float>;
 template class Measure<double>;
+template double mean_pairwise_cosine(const Measure<float>&);
+template double mean_pairwise_cosine(const Measure<double>&);
 
 }  // namespace measattn
