@@ -94,15 +94,69 @@ def _scalar(x: float, dtype: np.dtype) -> Any:
 # ---- utilities -------------------------------------------------------------------
 
 def unif(n: int, type_as: Any = None) -> np.ndarray:
-    """The uniform histogram of n bins (float32 when type_as is float32)."""
+    """The uniform histogram of n bins (POT's ot.unif).
+
+        a_i = 1 / n,   i = 1..n
+
+    Parameters
+    ----------
+    n : int
+    type_as : array_like, optional
+        float32 when it is float32, else float64.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,)
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> ot.unif(4)
+    array([0.25, 0.25, 0.25, 0.25])
+    >>> ot.unif(2, type_as=np.zeros(1, dtype=np.float32)).dtype
+    dtype('float32')
+    """
     return np.ones((n,), dtype=_dtype(type_as) if type_as is not None else np.float64) / n
 
 
 def dist(x1: Any, x2: Any = None, metric: str = "sqeuclidean", p: float = 2,
          w: Any = None) -> np.ndarray:
-    """Cost matrix between the rows of x1 and x2 (x2 = x1 when None). sqeuclidean and
-    euclidean as POT (||x||^2 + ||y||^2 - 2 <x, y>, clipped at 0, zero diagonal when x2 is
-    x1); other metrics through scipy.spatial.distance.cdist."""
+    """Cost matrix between the rows of x1 and x2 (POT's ot.dist).
+
+        M_ij = ||x1_i - x2_j||^2   (metric "sqeuclidean", the default)
+        M_ij = ||x1_i - x2_j||     (metric "euclidean")
+
+    Computed as POT does, ||x||^2 + ||y||^2 - 2 <x, y> clipped at 0, with a zero
+    diagonal when x2 is x1 (or None); other metrics go to
+    scipy.spatial.distance.cdist (p and w passed for the Minkowski metrics).
+
+    Parameters
+    ----------
+    x1 : array_like, shape (n, d)
+    x2 : array_like, shape (m, d), optional
+        None = x1.
+    metric : str, default "sqeuclidean"
+    p : float, default 2
+    w : array_like, optional
+        cdist's weights.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, m)
+        float32 for float32 x1, else float64 (exact up to the rounding of the
+        expansion above).
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> x = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> ot.dist(x, x + [1.0, 0.0])
+    array([[1., 4., 2.],
+           [0., 1., 1.],
+           [2., 5., 1.]])
+    >>> ot.dist(x, metric="euclidean")[0]
+    array([0., 1., 1.])
+    """
     same = x2 is None or x2 is x1
     X = _np(x1)
     Y = X if x2 is None else _np(x2)
@@ -125,7 +179,24 @@ def dist(x1: Any, x2: Any = None, metric: str = "sqeuclidean", p: float = 2,
 
 
 def center_ot_dual(alpha0: Any, beta0: Any, a: Any = None, b: Any = None) -> Tuple[Any, Any]:
-    """Shifts dual potentials by a constant so that <alpha, a> = <beta, b> (as POT)."""
+    """Shifts dual potentials by a constant so that <alpha, a> = <beta, b> (POT's).
+
+        c = (<b, beta0> - <a, alpha0>) / (sum a + sum b),
+        alpha = alpha0 + c,   beta = beta0 - c
+
+    The dual objective <alpha, a> + <beta, b> is unchanged when a and b have equal
+    totals. a, b: None = uniform.
+
+    Returns
+    -------
+    (alpha, beta) : tuple of numpy.ndarray
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> ot.center_ot_dual(np.array([1.0, 2.0]), np.array([0.0, 0.0]))
+    (array([0.25, 1.25]), array([0.75, 0.75]))
+    """
     alpha0, beta0 = _np(alpha0), _np(beta0)
     if a is None or b is None:
         a = np.ones(alpha0.shape[0]) / alpha0.shape[0]
@@ -166,11 +237,55 @@ def _emd(a: np.ndarray, b: np.ndarray, M: np.ndarray, plan: bool, center_dual: b
 def emd(a: Any, b: Any, M: Any, numItermax: int = 100000, log: bool = False,
         center_dual: bool = True, numThreads: Union[int, str] = 1,
         check_marginals: bool = True, potentials_init: Any = None) -> Any:
-    """Optimal plan of min <G, M> over couplings of a and b (POT's ot.emd).
+    """Optimal transport plan on a cost matrix (POT's ot.emd).
 
-    a, b: histograms (empty list = uniform); M: (n, m) cost matrix, any real values.
-    Returns G (n, m) and, with log=True, {'cost', 'u', 'v', 'warning', 'result_code'}.
-    The dtype of the outputs is a's (then b's, then M's), so float32 stays float32.
+        G = argmin_{G in Pi(a, b)} <G, M>,   Pi(a, b) = {G >= 0 : G 1 = a, G^T 1 = b}
+
+    Parameters
+    ----------
+    a : array_like, shape (n,)
+        Source histogram; an empty list = uniform.
+    b : array_like, shape (m,)
+        Target histogram (the same total as a, else ValueError naming both
+        totals); an empty list = uniform.
+    M : array_like, shape (n, m)
+        Cost matrix, any finite real values.
+    numItermax, numThreads, check_marginals
+        Accepted for POT's signature (the solver has its own certified stopping
+        rule).
+    log : bool, default False
+        Also return {'cost', 'u', 'v', 'warning', 'result_code'}.
+    center_dual : bool, default True
+        Center the potentials (center_ot_dual).
+    potentials_init : (u0, v0), optional
+        A warm start: the same optimal plans for M - u0 - v0.
+
+    Returns
+    -------
+    G : numpy.ndarray, shape (n, m)
+        An optimal plan, exact (the network simplex, certified by a sweep of all
+        reduced costs); its dtype is a's (then b's, then M's): float32 stays
+        float32.
+    log : dict
+        With log=True: cost = <G, M>, the dual potentials u, v (u_i + v_j <= M_ij),
+        result_code 1 (optimal) or 2 (round limit; a warning is issued).
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> a, b = [0.5, 0.5], [0.5, 0.5]
+    >>> M = [[0.0, 1.0], [1.0, 0.0]]
+    >>> ot.emd(a, b, M)
+    array([[0.5, 0. ],
+           [0. , 0.5]])
+    >>> G, log = ot.emd(a, b, M, log=True)
+    >>> float(log["cost"]), log["result_code"]
+    (0.0, 1)
+
+    References
+    ----------
+    Bonneel, van de Panne, Paris and Heidrich (2011); POT's ot.emd; docs/ot.md;
+    docs/theory.md, "Exact solver".
     """
     dtype = _dtype(a, b, M)
     Mn = _cost(M)
@@ -188,8 +303,46 @@ def emd2(a: Any, b: Any, M: Any, processes: int = 1, numItermax: int = 100000,
          log: bool = False, return_matrix: bool = False, center_dual: bool = True,
          numThreads: Union[int, str] = 1, check_marginals: bool = True,
          potentials_init: Any = None) -> Any:
-    """Optimal transport cost min <G, M> (POT's ot.emd2). A 2-D b (m, k) gives a list of
-    k costs (with log=True, a list of [cost, log] pairs, as POT)."""
+    """Optimal transport cost on a cost matrix (POT's ot.emd2).
+
+        W = min_{G in Pi(a, b)} <G, M>
+
+    Parameters
+    ----------
+    a : array_like, shape (n,)
+        Empty list = uniform.
+    b : array_like, shape (m,) or (m, k)
+        A 2-D b gives k costs, one per column (as POT).
+    M : array_like, shape (n, m)
+    processes, numItermax, numThreads, check_marginals
+        Accepted for POT's signature.
+    log : bool, default False
+        Return [cost, {'u', 'v', 'warning', 'result_code'}] (as POT).
+    return_matrix : bool, default False
+        Also put the plan in the log as 'G'.
+    center_dual : bool, default True
+    potentials_init : (u0, v0), optional
+        A warm start.
+
+    Returns
+    -------
+    float (numpy scalar) or list
+        The exact optimal cost (certified optimal when result_code is 1), in the
+        dtype of a (then b, then M); a list for a 2-D b.
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> M = [[0.0, 1.0], [1.0, 0.0]]
+    >>> float(ot.emd2([0.5, 0.5], [0.5, 0.5], M))
+    0.0
+    >>> [float(c) for c in ot.emd2([0.5, 0.5], np.array([[0.5, 1.0], [0.5, 0.0]]), M)]
+    [0.0, 0.5]
+
+    References
+    ----------
+    POT's ot.emd2; docs/ot.md.
+    """
     dtype = _dtype(a, b, M)
     Mn = _cost(M)
     an = _histogram(a, Mn.shape[0])
@@ -254,8 +407,45 @@ def _monotone(x_a: Any, x_b: Any, a: Any, b: Any, metric: str, p: float) -> Tupl
 
 def emd_1d(x_a: Any, x_b: Any, a: Any = None, b: Any = None, metric: str = "sqeuclidean",
            p: float = 1.0, dense: bool = True, log: bool = False) -> Any:
-    """The monotone (optimal) plan between 1-D samples (POT's ot.emd_1d); dense (n, m)
-    array or, with dense=False, a scipy.sparse coo_matrix. log: {'cost'}."""
+    """The optimal plan between 1-D samples (POT's ot.emd_1d).
+
+    The monotone (quantile) coupling of mu = sum_i a_i delta_{x_a,i} and
+    nu = sum_j b_j delta_{x_b,j}: optimal for every cost |x - y|^p, p >= 1.
+
+    Parameters
+    ----------
+    x_a : array_like, shape (n,) or (n, 1)
+    x_b : array_like, shape (m,) or (m, 1)
+    a, b : array_like, optional
+        Weights (equal totals); None = uniform.
+    metric : {"sqeuclidean", "euclidean", "cityblock", "minkowski"}
+        The cost |x - y|^2, |x - y|, |x - y|, |x - y|^p.
+    p : float, default 1.0
+        For "minkowski".
+    dense : bool, default True
+        A dense (n, m) array; False: a scipy.sparse coo_matrix.
+    log : bool, default False
+        Also return {'cost'}.
+
+    Returns
+    -------
+    G : numpy.ndarray or scipy.sparse.coo_matrix, shape (n, m)
+        Exact (at most n + m - 1 non-zero entries).
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> G, log = ot.emd_1d([0.0, 1.0], [2.0, 4.0], log=True)
+    >>> G
+    array([[0.5, 0. ],
+           [0. , 0.5]])
+    >>> float(log["cost"])
+    6.5
+
+    References
+    ----------
+    docs/theory.md, "One dimension".
+    """
     rows, cols, mass, cost, dtype, shape = _monotone(x_a, x_b, a, b, metric, p)
     if dense:
         G: Any = np.zeros(shape, dtype=dtype)
@@ -270,7 +460,30 @@ def emd_1d(x_a: Any, x_b: Any, a: Any = None, b: Any = None, metric: str = "sqeu
 
 def emd2_1d(x_a: Any, x_b: Any, a: Any = None, b: Any = None, metric: str = "sqeuclidean",
             p: float = 1.0, dense: bool = True, log: bool = False) -> Any:
-    """The optimal cost between 1-D samples (POT's ot.emd2_1d); log: {'G'}."""
+    """The optimal cost between 1-D samples (POT's ot.emd2_1d).
+
+        sum_ij G_ij c(x_a,i, x_b,j)   for the monotone plan G (see emd_1d)
+
+    Parameters
+    ----------
+    x_a, x_b, a, b, metric, p, dense
+        As emd_1d.
+    log : bool, default False
+        Also return {'G'}.
+
+    Returns
+    -------
+    float (numpy scalar)
+        Exact; for the default "sqeuclidean" this is W_2^2.
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> float(ot.emd2_1d([0.0, 1.0], [2.0, 4.0]))
+    6.5
+    >>> float(ot.emd2_1d([0.0, 1.0], [2.0, 4.0], metric="euclidean"))
+    2.5
+    """
     rows, cols, mass, cost, dtype, shape = _monotone(x_a, x_b, a, b, metric, p)
     if log:
         if dense:
@@ -296,8 +509,40 @@ def _w1d_column(u: np.ndarray, v: np.ndarray, uw: Optional[np.ndarray],
 
 def wasserstein_1d(u_values: Any, v_values: Any, u_weights: Any = None, v_weights: Any = None,
                    p: float = 1, require_sort: bool = True) -> Any:
-    """W_p^p between 1-D samples (POT's ot.wasserstein_1d: the p-th power, no root); 2-D
-    values (n, k) give the k costs of the columns."""
+    """W_p^p between 1-D samples (POT's ot.wasserstein_1d: the p-th power, no root).
+
+        W_p^p(u, v) = int_0^1 |F_u^-1(t) - F_v^-1(t)|^p dt
+
+    Parameters
+    ----------
+    u_values : array_like, shape (n,) or (n, k)
+    v_values : array_like, shape (m,) or (m, k)
+        2-D values give the k costs of the columns.
+    u_weights, v_weights : array_like, optional
+        Equal totals; None = uniform.
+    p : float, default 1
+        p >= 1.
+    require_sort : bool, default True
+        Accepted (the samples are always sorted).
+
+    Returns
+    -------
+    float (numpy scalar) or numpy.ndarray, shape (k,)
+        Exact (the quantile formula), in the dtype of u_values.
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> u, v = [0.0, 1.0], [2.0, 4.0]
+    >>> float(ot.wasserstein_1d(u, v)), float(ot.wasserstein_1d(u, v, p=2))
+    (2.5, 6.5)
+    >>> ot.wasserstein_1d(np.array([[0.0, 1.0], [1.0, 2.0]]), np.array([[2.0, 1.0], [4.0, 2.0]]))
+    array([2.5, 0. ])
+
+    References
+    ----------
+    docs/theory.md, "One dimension".
+    """
     if not p >= 1:
         raise ValueError(f"p: The OT loss is only valid for p>=1, {p} was given")
     u, v = _np(u_values), _np(v_values)
@@ -344,8 +589,43 @@ def _sliced(X_s: Any, X_t: Any, a: Any, b: Any, n_projections: int, p: float,
 def sliced_wasserstein_distance(X_s: Any, X_t: Any, a: Any = None, b: Any = None,
                                 n_projections: int = 50, p: float = 2, projections: Any = None,
                                 seed: Any = None, log: bool = False) -> Any:
-    """(mean over random directions theta of W_p^p(theta#mu, theta#nu))^(1/p) (POT's
-    ot.sliced_wasserstein_distance; the same directions for the same seed)."""
+    """The sliced Wasserstein distance (POT's ot.sliced_wasserstein_distance).
+
+        SW_p = ( (1/L) sum_l W_p^p(theta_l#mu, theta_l#nu) )^(1/p)
+
+    over L random unit directions theta_l, drawn exactly as POT's NumPy backend
+    draws them (the same directions, and the same value, for the same seed).
+
+    Parameters
+    ----------
+    X_s : array_like, shape (n, d)
+    X_t : array_like, shape (m, d)
+    a, b : array_like, optional
+        Weights; None = uniform.
+    n_projections : int, default 50
+    p : float, default 2
+    projections : array_like, shape (d, L), optional
+        Given directions instead of random ones.
+    seed : int or numpy.random.RandomState, optional
+    log : bool, default False
+        Also return {'projections', 'projected_emds'}.
+
+    Returns
+    -------
+    float (numpy scalar)
+        A Monte Carlo estimate of SW_p (each 1-D term is exact); SW_p <= W_p.
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> x = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> round(float(ot.sliced_wasserstein_distance(x, x + [1.0, 0.0], seed=0)), 6)
+    0.737475
+
+    References
+    ----------
+    Bonneel, Rabin, Peyre and Pfister (2015); docs/ot.md.
+    """
     emds, proj, dtype = _sliced(X_s, X_t, a, b, n_projections, p, projections, seed)
     res = _scalar((np.sum(emds) / emds.shape[0]) ** (1.0 / p), dtype)
     if log:
@@ -357,8 +637,34 @@ def max_sliced_wasserstein_distance(X_s: Any, X_t: Any, a: Any = None, b: Any = 
                                     n_projections: int = 50, p: float = 2,
                                     projections: Any = None, seed: Any = None,
                                     log: bool = False) -> Any:
-    """max over random directions of W_p(theta#mu, theta#nu) (POT's
-    ot.max_sliced_wasserstein_distance)."""
+    """The max-sliced Wasserstein distance over random directions (POT's
+    ot.max_sliced_wasserstein_distance).
+
+        max_l W_p(theta_l#mu, theta_l#nu)
+
+    Parameters
+    ----------
+    X_s, X_t, a, b, n_projections, p, projections, seed, log
+        As sliced_wasserstein_distance.
+
+    Returns
+    -------
+    float (numpy scalar)
+        A certified lower bound on W_p(mu, nu) (projections are 1-Lipschitz);
+        measattn.wasserstein(..., method="sliced") also searches for the best
+        direction and gives an upper bound.
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> x = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> round(float(ot.max_sliced_wasserstein_distance(x, x + [1.0, 0.0], seed=0)), 6)
+    0.999965
+
+    References
+    ----------
+    Deshpande et al. (2019); docs/theory.md, "Certified bounds".
+    """
     emds, proj, dtype = _sliced(X_s, X_t, a, b, n_projections, p, projections, seed)
     res = _scalar(np.max(emds) ** (1.0 / p), dtype)
     if log:
@@ -464,11 +770,51 @@ def sinkhorn(a: Any, b: Any, M: Any, reg: float, method: str = "sinkhorn",
              numItermax: int = 1000, stopThr: float = 1e-9, verbose: bool = False,
              log: bool = False, warn: bool = True, warmstart: Any = None,
              **kwargs: Any) -> Any:
-    """Entropic OT plan (POT's ot.sinkhorn): G = diag(u) exp(-M / reg) diag(v) with
-    marginals a, b. method: sinkhorn, sinkhorn_log, sinkhorn_stabilized,
-    sinkhorn_epsilon_scaling (the same fixed point; see docs/ot.md). A 2-D b gives
-    the vector of transport costs <G_k, M> instead (as POT). log=True: POT's keys
-    ('err', 'niter', 'u', 'v'; 'log_u', 'log_v'; 'alpha', 'beta', 'warmstart')."""
+    """Entropic optimal transport plan (POT's ot.sinkhorn).
+
+        G = argmin_{G in Pi(a, b)} <G, M> + reg sum_ij G_ij log G_ij
+          = diag(u) exp(-M / reg) diag(v)
+
+    Parameters
+    ----------
+    a : array_like, shape (n,)
+    b : array_like, shape (m,) or (m, k)
+        A 2-D b gives the k transport costs <G_k, M> instead of a plan (as POT).
+    M : array_like, shape (n, m)
+    reg : float
+        reg > 0, in the units of M.
+    method : {"sinkhorn", "sinkhorn_log", "sinkhorn_stabilized", "sinkhorn_epsilon_scaling"}
+        The same fixed point, computed by one stabilized solver (docs/ot.md).
+    numItermax : int, default 1000
+    stopThr : float, default 1e-9
+        Stop when ||G^T 1 - b||_2 < stopThr (POT's rule).
+    verbose : bool
+        Accepted.
+    log : bool, default False
+        Also return POT's log keys ('err', 'niter', 'u', 'v'; 'log_u', 'log_v';
+        'alpha', 'beta', 'warmstart' by method).
+    warn : bool, default True
+        Warn when numItermax is reached.
+    warmstart : (log u, log v) or (alpha, beta), optional
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, m)
+        The entropic plan (an estimate: its marginals match a exactly and b to
+        stopThr), in the dtype of M.
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> ot.sinkhorn([0.5, 0.5], [0.5, 0.5], [[0.0, 1.0], [1.0, 0.0]], 1.0)
+    array([[0.365529, 0.134471],
+           [0.134471, 0.365529]])
+
+    References
+    ----------
+    Cuturi, "Sinkhorn distances" (2013); Schmitzer (2019); docs/ot.md;
+    docs/theory.md, "Entropic OT (Sinkhorn)".
+    """
     results, lg, dtype, multi, costs = _sinkhorn(a, b, M, reg, method, numItermax, stopThr,
                                                  warn, warmstart, True, **kwargs)
     out = costs if multi else results[0]["plan"].astype(dtype, copy=False)
@@ -479,8 +825,31 @@ def sinkhorn2(a: Any, b: Any, M: Any, reg: float, method: str = "sinkhorn",
               numItermax: int = 1000, stopThr: float = 1e-9, verbose: bool = False,
               log: bool = False, warn: bool = True, warmstart: Any = None,
               **kwargs: Any) -> Any:
-    """The transport cost <G, M> of the entropic plan (POT's ot.sinkhorn2); a vector of
-    costs for a 2-D b."""
+    """The transport cost of the entropic plan (POT's ot.sinkhorn2).
+
+        <G, M>,   G = sinkhorn(a, b, M, reg)
+
+    Parameters
+    ----------
+    a, b, M, reg, method, numItermax, stopThr, verbose, log, warn, warmstart
+        As sinkhorn; a 2-D b (m, k) gives k costs.
+
+    Returns
+    -------
+    float (numpy scalar) or numpy.ndarray, shape (k,)
+        An estimate of the unregularized cost min <G, M> (within about
+        reg log(n m) of it at convergence); measattn.wasserstein(...,
+        method="sinkhorn") also gives certified bounds.
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> M = [[0.0, 1.0], [1.0, 0.0]]
+    >>> round(float(ot.sinkhorn2([0.5, 0.5], [0.5, 0.5], M, 1.0)), 6)
+    0.268941
+    >>> ot.sinkhorn2([0.5, 0.5], np.array([[0.5, 1.0], [0.5, 0.0]]), M, 1.0)
+    array([0.268941, 0.5     ])
+    """
     results, lg, dtype, multi, costs = _sinkhorn(a, b, M, reg, method, numItermax, stopThr,
                                                  warn, warmstart, False, **kwargs)
     out = costs if multi else _scalar(costs[0], dtype)
@@ -490,7 +859,14 @@ def sinkhorn2(a: Any, b: Any, M: Any, reg: float, method: str = "sinkhorn",
 def sinkhorn_knopp(a: Any, b: Any, M: Any, reg: float, numItermax: int = 1000,
                    stopThr: float = 1e-9, verbose: bool = False, log: bool = False,
                    warn: bool = True, warmstart: Any = None, **kwargs: Any) -> Any:
-    """ot.sinkhorn(..., method='sinkhorn')."""
+    """ot.sinkhorn(..., method='sinkhorn').
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> ot.sinkhorn_knopp([0.5, 0.5], [0.5, 0.5], [[0.0, 1.0], [1.0, 0.0]], 1.0)[0]
+    array([0.365529, 0.134471])
+    """
     return sinkhorn(a, b, M, reg, "sinkhorn", numItermax, stopThr, verbose, log, warn,
                     warmstart, **kwargs)
 
@@ -498,7 +874,15 @@ def sinkhorn_knopp(a: Any, b: Any, M: Any, reg: float, numItermax: int = 1000,
 def sinkhorn_log(a: Any, b: Any, M: Any, reg: float, numItermax: int = 1000,
                  stopThr: float = 1e-9, verbose: bool = False, log: bool = False,
                  warn: bool = True, warmstart: Any = None, **kwargs: Any) -> Any:
-    """ot.sinkhorn(..., method='sinkhorn_log')."""
+    """ot.sinkhorn(..., method='sinkhorn_log').
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> G, log = ot.sinkhorn_log([0.5, 0.5], [0.5, 0.5], [[0.0, 1.0], [1.0, 0.0]], 1.0, log=True)
+    >>> G[0], sorted(log)
+    (array([0.365529, 0.134471]), ['err', 'log_u', 'log_v', 'niter', 'u', 'v'])
+    """
     return sinkhorn(a, b, M, reg, "sinkhorn_log", numItermax, stopThr, verbose, log, warn,
                     warmstart, **kwargs)
 
@@ -508,7 +892,14 @@ def sinkhorn_stabilized(a: Any, b: Any, M: Any, reg: float, numItermax: int = 10
                         verbose: bool = False, print_period: int = 20, log: bool = False,
                         warn: bool = True, **kwargs: Any) -> Any:
     """ot.sinkhorn(..., method='sinkhorn_stabilized'); tau is not used (absorption is
-    automatic)."""
+    automatic).
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> ot.sinkhorn_stabilized([0.5, 0.5], [0.5, 0.5], [[0.0, 1.0], [1.0, 0.0]], 1.0)[0]
+    array([0.365529, 0.134471])
+    """
     return sinkhorn(a, b, M, reg, "sinkhorn_stabilized", numItermax, stopThr, verbose, log,
                     warn, warmstart, **kwargs)
 
@@ -518,7 +909,16 @@ def sinkhorn_epsilon_scaling(a: Any, b: Any, M: Any, reg: float, numItermax: int
                              tau: float = 1e3, stopThr: float = 1e-9, warmstart: Any = None,
                              verbose: bool = False, print_period: int = 10,
                              log: bool = False, warn: bool = True, **kwargs: Any) -> Any:
-    """ot.sinkhorn(..., method='sinkhorn_epsilon_scaling')."""
+    """ot.sinkhorn(..., method='sinkhorn_epsilon_scaling'): decreasing
+    regularizations from epsilon0 down to reg, each warm-started by the previous
+    potentials.
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> ot.sinkhorn_epsilon_scaling([0.5, 0.5], [0.5, 0.5], [[0.0, 1.0], [1.0, 0.0]], 1.0)[0]
+    array([0.365529, 0.134471])
+    """
     return sinkhorn(a, b, M, reg, "sinkhorn_epsilon_scaling", numItermax, stopThr, verbose,
                     log, warn, warmstart, epsilon0=epsilon0, numInnerItermax=numInnerItermax,
                     **kwargs)
@@ -529,8 +929,38 @@ def empirical_sinkhorn2(X_s: Any, X_t: Any, reg: float, a: Any = None, b: Any = 
                         stopThr: float = 1e-9, isLazy: bool = False, batchSize: Any = 100,
                         verbose: bool = False, log: bool = False, warn: bool = True,
                         **kwargs: Any) -> Any:
-    """sinkhorn2 on dist(X_s, X_t, metric) (POT's ot.bregman.empirical_sinkhorn2; isLazy
-    and batchSize are accepted, the kernel is stored)."""
+    """sinkhorn2 on the cost matrix of two samples (POT's
+    ot.bregman.empirical_sinkhorn2).
+
+        <G, M>,   M = dist(X_s, X_t, metric),   G = sinkhorn(a, b, M, reg)
+
+    Parameters
+    ----------
+    X_s : array_like, shape (n, d)
+    X_t : array_like, shape (m, d)
+    reg : float
+    a, b : array_like, optional
+        None = uniform.
+    metric : str, default "sqeuclidean"
+    numIterMax : int, default 10000
+    stopThr : float, default 1e-9
+    isLazy, batchSize, verbose
+        Accepted (the kernel is stored).
+    log, warn
+        As sinkhorn2.
+
+    Returns
+    -------
+    float (numpy scalar)
+        An estimate of the transport cost (see sinkhorn2).
+
+    Examples
+    --------
+    >>> import measattn.ot as ot
+    >>> x = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> round(float(ot.bregman.empirical_sinkhorn2(x, x + [1.0, 0.0], 1.0)), 6)
+    1.423487
+    """
     M = dist(X_s, X_t, metric=metric)
     n, m = M.shape
     a = np.full(n, 1.0 / n, dtype=M.dtype) if a is None else a

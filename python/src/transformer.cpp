@@ -154,24 +154,336 @@ py::array_t<Scalar> points_call(const Transformer<Scalar>& t, Index layer, const
 constexpr const char* kTransformerDoc = R"doc(
 A stack of Transformer blocks with its embeddings: a pretrained checkpoint.
 
-Transformer.load(path, dtype="float64") reads a Hugging Face checkpoint directory
+Transformer.load(path, dtype=None) reads a Hugging Face checkpoint directory
 (config.json + model.safetensors; model_type "bert" or "gpt2") or a PyTorch
 nn.TransformerEncoder(Layer) state dict (a directory whose config.json has
 model_type "torch_encoder", or one .safetensors file whose metadata carries
-d_model, nhead, ...). See docs/transformers.md.
+d_model, nhead, ...). Transformer.from_torch(module, dtype=None) converts an
+nn.TransformerEncoderLayer, an nn.TransformerEncoder or a Hugging Face
+BertModel / GPT2Model (through a temporary checkpoint and the same checks).
 
-Each block is a map on token measures: post-LN  x' = LN2(y + MLP(y)),
-y = LN1(x + Gamma_mu(x)); pre-LN  y = x + Gamma(LN1 x), x' = y + MLP(LN2 y).
+Attributes
+----------
+dtype : numpy.dtype
+    float64 or float32 (every computation runs in it).
+num_layers, dim, num_heads : int
+    L, the width d and the heads per block.
+causal : bool
+    Token i attends to tokens 0..i (GPT-2).
+parameter_count : int
+    The parameters used (ignored heads such as BERT's pooler not counted).
+blocks : list of TransformerBlock
+
+Notes
+-----
+A sequence of n tokens is the uniform measure mu = (1/n) sum_i delta_{x_i};
+each block is a map on token measures (Gamma_mu the block's attention):
+
+    post-LN:  y = LN1(x + Gamma_mu(x)),        x' = LN2(y + MLP(y))
+    pre-LN:   y = x + Gamma_{LN1#mu}(LN1 x),   x' = y + MLP(LN2 y)
+
 forward() returns the hidden states in the convention of Hugging Face's
-output_hidden_states: entry 0 the embedding output, entry l block l's output
-(GPT-2's last entry with ln_f applied).
+output_hidden_states: entry 0 the embedding output (or the given points), entry
+l block l's output (the final norm, GPT-2's ln_f or a TransformerEncoder's
+norm, applied to the last entry). The results are a forward pass in the model's
+dtype (not bounds), equal to PyTorch / transformers to rounding (1e-10
+relative in float64) and bit-identical whatever the thread count.
+
+Examples
+--------
+A PyTorch encoder layer, no download needed:
+
+>>> import torch
+>>> _ = torch.manual_seed(0)
+>>> layer = torch.nn.TransformerEncoderLayer(8, nhead=2, dim_feedforward=16,
+...                                          dtype=torch.float64).eval()
+>>> t = measattn.Transformer.from_torch(layer)
+>>> t
+Transformer(architecture=torch_encoder, layers=1, heads=2, dim=8, dtype=float64)
+>>> t.summary()["norm"], t.summary()["activation"], t.parameter_count
+('post', 'relu', 600)
+>>> x = torch.randn(5, 8, dtype=torch.float64)
+>>> h = t.forward(x.numpy())
+>>> h.shape
+(2, 5, 8)
+>>> with torch.no_grad():
+...     reference = layer(x).numpy()
+>>> bool(np.allclose(h[-1], reference, rtol=0, atol=1e-12))
+True
+
+References
+----------
+Vaswani et al., "Attention is all you need" (2017); Sander, Ablin, Blondel and
+Peyre, "Sinkformers" (2022) and Geshkovski, Letrouit, Polyanskiy and Rigollet,
+"A mathematical perspective on Transformers" (2023) for blocks as maps on
+measures; docs/transformers.md; docs/python.md, "Whole Transformers".
 )doc";
+
+constexpr const char* kTransformerLoadDoc = R"doc(
+Loads a checkpoint.
+
+Parameters
+----------
+path : str
+    A directory with config.json and model.safetensors (Hugging Face BERT or
+    GPT-2, or model_type "torch_encoder"), or one .safetensors file of a torch
+    encoder with its configuration in the metadata.
+dtype : {"float32", "float64"}, optional
+    None = float64; every tensor is converted to it (F16 and BF16 exactly).
+
+Returns
+-------
+Transformer
+
+Raises
+------
+ValueError
+    A missing file, an unknown model_type, a bad or unsupported config field, a
+    missing, misshapen or non-finite tensor (the message names the file and
+    the field or tensor); nothing is computed before every check passed.
+
+Examples
+--------
+A one-block GPT-2 written by hand (random weights):
+
+>>> import json, os, tempfile
+>>> from measattn._interop import write_safetensors
+>>> d, vocab, positions = 4, 10, 8
+>>> shapes = {"wte.weight": (vocab, d), "wpe.weight": (positions, d),
+...           "ln_f.weight": (d,), "ln_f.bias": (d,)}
+>>> for name, shape in [("ln_1", (d,)), ("ln_2", (d,)), ("attn.c_attn", (d, 3 * d)),
+...                     ("attn.c_proj", (d, d)), ("mlp.c_fc", (d, 4 * d)),
+...                     ("mlp.c_proj", (4 * d, d))]:
+...     shapes[f"h.0.{name}.weight"], shapes[f"h.0.{name}.bias"] = shape, shape[-1:]
+>>> rng = np.random.default_rng(0)
+>>> weights = {k: rng.normal(size=s) for k, s in shapes.items()}
+>>> tmp = tempfile.TemporaryDirectory()
+>>> write_safetensors(os.path.join(tmp.name, "model.safetensors"), weights)
+>>> with open(os.path.join(tmp.name, "config.json"), "w") as f:
+...     json.dump({"model_type": "gpt2", "n_embd": d, "n_head": 2, "n_layer": 1,
+...                "n_positions": positions, "vocab_size": vocab}, f)
+>>> t = measattn.Transformer.load(tmp.name)
+>>> tmp.cleanup()
+>>> t
+Transformer(architecture=gpt2, layers=1, heads=2, dim=4, dtype=float64)
+>>> t.causal, t.blocks[0].norm, t.parameter_count
+(True, 'pre', 324)
+>>> ids = np.array([3, 1, 4, 1, 5])
+>>> bool(np.allclose(t.embed(ids), weights["wte.weight"][ids] + weights["wpe.weight"][:5]))
+True
+>>> h = t.forward(ids)
+>>> h.shape
+(2, 5, 4)
+>>> h[-1, 0]
+array([-0.888378,  0.189975, -2.672392,  1.323956])
+
+References
+----------
+docs/transformers.md, "Checkpoints" (the tensors and config fields read).
+)doc";
+
+constexpr const char* kSummaryDoc = R"doc(
+The architecture as a dict (the keys of `measattn inspect --json`).
+
+Returns
+-------
+dict
+    architecture, model_type, layers, heads, dim, head_dim, ff_dim,
+    vocab_size and max_positions (0 for a torch encoder), norm ("post" or
+    "pre"), activation, causal, embedding_norm, final_norm, parameters.
+
+Examples
+--------
+>>> import torch
+>>> _ = torch.manual_seed(0)
+>>> layer = torch.nn.TransformerEncoderLayer(8, nhead=2, dim_feedforward=16,
+...                                          norm_first=True, activation="gelu")
+>>> s = measattn.Transformer.from_torch(layer.eval()).summary()
+>>> s["layers"], s["heads"], s["head_dim"], s["ff_dim"], s["norm"], s["activation"]
+(1, 2, 4, 16, 'pre', 'gelu')
+>>> s["parameters"] == sum(p.numel() for p in layer.parameters())
+True
+)doc";
+
+constexpr const char* kEmbedDoc = R"doc(
+The embedding output of one sequence of token ids.
+
+    x_i = word[id_i] + position[i] (+ type[0], then the embedding LayerNorm: BERT)
+
+Parameters
+----------
+input_ids : array_like of int, shape (n,)
+    In [0, vocab_size), n <= max_positions (NumPy, list or torch tensor).
+
+Returns
+-------
+numpy.ndarray, shape (n, d)
+    In the model's dtype (exact sums of the embedding rows, then LN).
+
+Raises
+------
+ValueError
+    Non-integer ids, an id out of range, too many tokens, or a model without
+    word embeddings (a torch encoder: give it points).
+
+Examples
+--------
+Transformer.load's example embeds ids of a GPT-2; a torch encoder has no
+embeddings:
+
+>>> import torch
+>>> layer = torch.nn.TransformerEncoderLayer(8, nhead=2, dim_feedforward=16).eval()
+>>> measattn.Transformer.from_torch(layer).embed([1, 2])
+Traceback (most recent call last):
+    ...
+ValueError: input_ids: the model (torch_encoder) has no word embeddings; give tokens (points) instead
+)doc";
+
+constexpr const char* kForwardDoc = R"doc(
+The hidden states of the blocks [first, last).
+
+Parameters
+----------
+x : array_like
+    A 1-D integer array of token ids, shape (n,) (positions 0..n-1, token
+    type 0; needs embeddings), or an (n, d) array of points: the input of
+    block `first` (float arrays and torch tensors).
+layers : (first, last), optional
+    A Python slice of blocks; None = all; last None = L.
+
+Returns
+-------
+numpy.ndarray, shape (last - first + 1, n, d)
+    Entry 0 the input of block first (the embedding output for ids and
+    first = 0), entry k the output of block first + k - 1; the final norm is
+    applied to the last entry when last = L (Hugging Face's
+    output_hidden_states).
+
+Examples
+--------
+>>> import torch
+>>> _ = torch.manual_seed(0)
+>>> encoder = torch.nn.TransformerEncoder(
+...     torch.nn.TransformerEncoderLayer(8, nhead=2, dim_feedforward=16, dtype=torch.float64),
+...     num_layers=3).eval()
+>>> t = measattn.Transformer.from_torch(encoder)
+>>> x = torch.randn(5, 8, dtype=torch.float64)
+>>> h = t.forward(x)
+>>> h.shape, t.forward(h[1], layers=(1, 2)).shape
+((4, 5, 8), (2, 5, 8))
+>>> with torch.no_grad():
+...     reference = encoder(x).numpy()
+>>> bool(np.allclose(h[-1], reference, rtol=0, atol=1e-12))
+True
+>>> bool(np.array_equal(t.forward(h[1], layers=(1, None))[-1], h[-1]))
+True
+)doc";
+
+constexpr const char* kAttentionInputDoc = R"doc(
+The points block `layer`'s attention acts on.
+
+    LN1(x) (pre-LN)   or   x (post-LN)
+
+Parameters
+----------
+layer : int
+    In [0, num_layers).
+x : array_like, shape (n, d)
+    The block's input (a hidden state).
+
+Returns
+-------
+numpy.ndarray, shape (n, d)
+    blocks[layer].attention.attend(...) of it is the block's attention output.
+
+Examples
+--------
+>>> import torch
+>>> _ = torch.manual_seed(0)
+>>> layer = torch.nn.TransformerEncoderLayer(8, nhead=2, dim_feedforward=16,
+...                                          norm_first=True, dtype=torch.float64).eval()
+>>> t = measattn.Transformer.from_torch(layer)
+>>> x = torch.randn(5, 8, dtype=torch.float64)
+>>> with torch.no_grad():
+...     reference = layer.norm1(x).numpy()
+>>> bool(np.allclose(t.attention_input(0, x), reference, rtol=0, atol=1e-12))
+True
+)doc";
+
+constexpr const char* kBlockForwardDoc = R"doc(
+Block `layer` applied to the tokens x.
+
+Parameters
+----------
+layer : int
+    In [0, num_layers).
+x : array_like, shape (n, d)
+
+Returns
+-------
+numpy.ndarray, shape (n, d)
+    The block's output (without the final norm; see forward).
+
+Examples
+--------
+>>> import torch
+>>> _ = torch.manual_seed(0)
+>>> layer = torch.nn.TransformerEncoderLayer(8, nhead=2, dim_feedforward=16,
+...                                          dtype=torch.float64).eval()
+>>> t = measattn.Transformer.from_torch(layer)
+>>> x = torch.randn(5, 8, dtype=torch.float64)
+>>> y = t.block_forward(0, x)
+>>> y.shape, bool(np.array_equal(y, t.forward(x)[-1]))
+((5, 8), True)
+)doc";
+
+constexpr const char* kBlockDoc = R"doc(
+One block of a Transformer (see Transformer.blocks): a map on token measures.
+
+Attributes
+----------
+layer : int
+    Its index in the stack.
+attention : Model
+    The block's attention (a copy): every function on one attention layer
+    (attend, lipschitz_upper_bounds, attention_entropy, ...) applies to it at
+    its real input attention_input(x).
+norm : {"post", "pre"}
+    Where the LayerNorms sit (see Transformer).
+causal : bool
+activation : str
+    "relu", "gelu" (exact, x Phi(x)) or "gelu_tanh".
+
+Examples
+--------
+>>> import torch
+>>> _ = torch.manual_seed(0)
+>>> layer = torch.nn.TransformerEncoderLayer(8, nhead=2, dim_feedforward=16,
+...                                          dtype=torch.float64).eval()
+>>> block = measattn.Transformer.from_torch(layer).blocks[0]
+>>> block, block.norm, block.activation, block.causal
+(TransformerBlock(layer=0), 'post', 'relu', False)
+>>> block.attention.num_heads, block.attention.tau
+(2, 2.0)
+>>> x = torch.randn(5, 8, dtype=torch.float64)
+>>> with torch.no_grad():
+...     reference = layer.self_attn(x, x, x, need_weights=False)[0].numpy()
+>>> out = block.attention.attend(block.attention_input(x))
+>>> bool(np.allclose(out, reference, rtol=0, atol=1e-12))
+True
+>>> block.forward(x).shape
+(5, 8)
+)doc";
+
+constexpr const char* kBlockAttentionInputDoc =
+    "The points the block's attention acts on: LN1(x) (pre-LN) or x (post-LN), shape (n, d).";
 
 }  // namespace
 
 void bind_transformer(py::module_& m) {
-  py::class_<PyBlock>(m, "TransformerBlock", "One block of a Transformer (see Transformer.blocks).")
-      .def_property_readonly("layer", [](const PyBlock& b) { return b.layer; })
+  py::class_<PyBlock>(m, "TransformerBlock", kBlockDoc)
+      .def_property_readonly(
+          "layer", [](const PyBlock& b) { return b.layer; }, "Its index in the stack.")
       .def_property_readonly(
           "attention",
           [](const PyBlock& b) {
@@ -190,13 +502,15 @@ void bind_transformer(py::module_& m) {
           "causal",
           [](const PyBlock& b) {
             return std::visit([&](const auto& t) { return block_of(t, b.layer).causal; }, *b.t);
-          })
+          },
+          "Token i attends to tokens 0..i.")
       .def_property_readonly(
           "activation",
           [](const PyBlock& b) {
             return std::visit(
                 [&](const auto& t) { return to_string(block_of(t, b.layer).activation); }, *b.t);
-          })
+          },
+          "The MLP's activation: \"relu\", \"gelu\" or \"gelu_tanh\".")
       .def(
           "forward",
           [](const PyBlock& b, const py::object& x) -> py::object {
@@ -204,7 +518,7 @@ void bind_transformer(py::module_& m) {
                 [&](const auto& t) -> py::object { return points_call(t, b.layer, x, true); },
                 *b.t);
           },
-          "x"_a, "The block applied to the tokens x (n, d).")
+          "x"_a, "The block applied to the tokens x (n, d); shape (n, d).")
       .def(
           "attention_input",
           [](const PyBlock& b, const py::object& x) -> py::object {
@@ -212,7 +526,7 @@ void bind_transformer(py::module_& m) {
                 [&](const auto& t) -> py::object { return points_call(t, b.layer, x, false); },
                 *b.t);
           },
-          "x"_a, "The points the block's attention acts on: LN1(x) (pre-LN) or x (post-LN).")
+          "x"_a, kBlockAttentionInputDoc)
       .def("__repr__", [](const PyBlock& b) {
         return "TransformerBlock(layer=" + std::to_string(b.layer) + ")";
       });
@@ -231,37 +545,46 @@ void bind_transformer(py::module_& m) {
             }
             return out;
           },
-          "path"_a, "dtype"_a = py::none(),
-          "Loads a checkpoint (ValueError naming the file and the tensor or config field).")
+          "path"_a, "dtype"_a = py::none(), kTransformerLoadDoc)
       .def(
           "summary",
           [](const PyTransformer& pt) {
             return visit_model(pt, [](const auto& t) { return summary_dict(summarize(t)); });
           },
-          "The architecture as a dict (the keys of `measattn inspect --json`).")
-      .def_property_readonly("dtype",
-                             [](const PyTransformer& pt) { return numpy_dtype(pt.dtype()); })
-      .def_property_readonly("num_layers",
-                             [](const PyTransformer& pt) {
-                               return visit_model(pt, [](const auto& t) { return t.num_layers(); });
-                             })
-      .def_property_readonly("dim",
-                             [](const PyTransformer& pt) {
-                               return visit_model(pt, [](const auto& t) { return t.dim(); });
-                             })
-      .def_property_readonly("num_heads",
-                             [](const PyTransformer& pt) {
-                               return visit_model(pt, [](const auto& t) { return t.num_heads(); });
-                             })
-      .def_property_readonly("causal",
-                             [](const PyTransformer& pt) {
-                               return visit_model(pt, [](const auto& t) { return t.causal(); });
-                             })
-      .def_property_readonly("parameter_count",
-                             [](const PyTransformer& pt) {
-                               return visit_model(
-                                   pt, [](const auto& t) { return t.parameter_count(); });
-                             })
+          kSummaryDoc)
+      .def_property_readonly(
+          "dtype", [](const PyTransformer& pt) { return numpy_dtype(pt.dtype()); },
+          "float64 or float32 (every computation runs in it).")
+      .def_property_readonly(
+          "num_layers",
+          [](const PyTransformer& pt) {
+            return visit_model(pt, [](const auto& t) { return t.num_layers(); });
+          },
+          "L, the number of blocks.")
+      .def_property_readonly(
+          "dim",
+          [](const PyTransformer& pt) {
+            return visit_model(pt, [](const auto& t) { return t.dim(); });
+          },
+          "d, the width of the hidden states.")
+      .def_property_readonly(
+          "num_heads",
+          [](const PyTransformer& pt) {
+            return visit_model(pt, [](const auto& t) { return t.num_heads(); });
+          },
+          "Attention heads per block.")
+      .def_property_readonly(
+          "causal",
+          [](const PyTransformer& pt) {
+            return visit_model(pt, [](const auto& t) { return t.causal(); });
+          },
+          "Token i attends to tokens 0..i (GPT-2).")
+      .def_property_readonly(
+          "parameter_count",
+          [](const PyTransformer& pt) {
+            return visit_model(pt, [](const auto& t) { return t.parameter_count(); });
+          },
+          "The parameters used (ignored heads not counted).")
       .def_property_readonly(
           "blocks",
           [](const PyTransformer& pt) {
@@ -285,7 +608,7 @@ void bind_transformer(py::module_& m) {
               return to_numpy(std::move(x));
             });
           },
-          "input_ids"_a, "The embedding output (n, d) of a 1-D sequence of token ids.")
+          "input_ids"_a, kEmbedDoc)
       .def(
           "forward",
           [](const PyTransformer& pt, const py::object& x, const py::object& layers) -> py::object {
@@ -313,24 +636,21 @@ void bind_transformer(py::module_& m) {
               return stack(std::move(states));
             });
           },
-          "x"_a, "layers"_a = py::none(),
-          "Hidden states (L + 1, n, d) for the blocks [first, last) of layers=(first, last)\n"
-          "(default all): x is a 1-D integer array of token ids (positions 0..n-1, token\n"
-          "type 0), or an (n, d) array of points (the input of block `first`).")
+          "x"_a, "layers"_a = py::none(), kForwardDoc)
       .def(
           "attention_input",
           [](const PyTransformer& pt, Index layer, const py::object& x) -> py::object {
             return visit_model(
                 pt, [&](const auto& t) -> py::object { return points_call(t, layer, x, false); });
           },
-          "layer"_a, "x"_a, "The points block `layer`'s attention acts on (LN1(x) or x).")
+          "layer"_a, "x"_a, kAttentionInputDoc)
       .def(
           "block_forward",
           [](const PyTransformer& pt, Index layer, const py::object& x) -> py::object {
             return visit_model(
                 pt, [&](const auto& t) -> py::object { return points_call(t, layer, x, true); });
           },
-          "layer"_a, "x"_a, "Block `layer` applied to the tokens x (n, d).")
+          "layer"_a, "x"_a, kBlockForwardDoc)
       .def("__repr__", [](const PyTransformer& pt) {
         return visit_model(pt, [&](const auto& t) {
           const auto s = summarize(t);
