@@ -1,0 +1,120 @@
+// The top singular value of the token Jacobian J(X) by implicitly restarted
+// Lanczos (Spectra) on v -> J^T J v, one JVP and one VJP per application; the
+// returned pair is checked by its explicit residual (docs/theory.md, token level).
+// GCC 12 false positive inside its AVX-512 intrinsics when Eigen kernels are inlined.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#include <Spectra/SymEigsSolver.h>
+#include <Eigen/Eigenvalues>
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <random>
+
+#include "lipschitz/token.hpp"
+#include "measattn/interrupt.hpp"
+
+namespace measattn::detail {
+
+namespace {
+
+/// v -> J^T J v on vec(X) (Eigen's storage order of an n x d MatrixD).
+class NormalOperator {
+ public:
+  using Scalar = double;
+  NormalOperator(const LayerParams& p, const MatrixD& x) : p_(p), x_(x) {}
+  Eigen::Index rows() const { return x_.size(); }
+  Eigen::Index cols() const { return x_.size(); }
+  void perform_op(const double* in, double* out) const {
+    measattn::detail::check_interrupt();  // Ctrl-C from Python (no-op without a handler)
+    const MatrixD v = Eigen::Map<const MatrixD>(in, x_.rows(), x_.cols());
+    const MatrixD w = token_vjp_raw(p_, x_, token_jvp_raw(p_, x_, v));
+    Eigen::Map<MatrixD>(out, x_.rows(), x_.cols()) = w;
+  }
+
+ private:
+  const LayerParams& p_;
+  const MatrixD& x_;
+};
+
+/// Spectra's solver, with the top Ritz vector of its current Lanczos
+/// factorization available whether or not it converged.
+class Solver : public Spectra::SymEigsSolver<NormalOperator> {
+ public:
+  using Spectra::SymEigsSolver<NormalOperator>::SymEigsSolver;
+  VectorD top_ritz_vector() const {
+    const MatrixD h = m_fac.matrix_H();
+    Eigen::SelfAdjointEigenSolver<MatrixD> es(h);
+    const Eigen::Index last = h.rows() - 1;
+    VectorD y = m_fac.matrix_V() * es.eigenvectors().col(last);
+    return y;
+  }
+};
+
+}  // namespace
+
+TopSingular top_singular(const LayerParams& p, const MatrixD& x, const MatrixD& start,
+                         int max_restarts, double tolerance) {
+  TopSingular r;
+  const Eigen::Index dim = x.size();
+  MatrixD v = start;
+  if (!(v.allFinite() && v.stableNorm() > 0)) v = MatrixD::Ones(x.rows(), x.cols());
+  r.method = dim == 1 ? "direct" : "lanczos";
+  if (dim == 1) v.setOnes();
+  // Rounds: Spectra from v (its test, with a margin: |Ritz estimate| <
+  // tolerance / 8 max(|theta|, eps^(2/3))), then the explicit residual of the
+  // pair; a pair that fails it starts the next round while restarts are left.
+  for (int round = 0;; ++round) {
+    if (dim > 1) {
+      NormalOperator op(p, x);
+      // Two wanted pairs: a cluster at the top is resolved, not averaged.
+      const Eigen::Index nev = std::min<Eigen::Index>(2, dim - 1);
+      const Eigen::Index ncv = std::min<Eigen::Index>(dim, 24);
+      Solver eigs(op, nev, ncv);
+      // A later round starts near the last pair, not on it: Lanczos from an
+      // eigenvector breaks down at once.
+      MatrixD v0 = v;
+      if (round > 0) {
+        std::mt19937_64 rng(static_cast<std::uint64_t>(round));
+        std::normal_distribution<double> nd(0.0, 1e-3 / std::sqrt(static_cast<double>(dim)));
+        for (Eigen::Index i = 0; i < v0.size(); ++i) v0.data()[i] += nd(rng);
+      }
+      eigs.init(v0.data());
+      try {
+        eigs.compute(Spectra::SortRule::LargestAlge, std::max(1, max_restarts - r.iterations),
+                     std::max(tolerance, 0.0) / 8, Spectra::SortRule::LargestAlge);
+      } catch (const std::exception&) {
+        if (round > 0) break;  // keep the last checked pair
+        throw;
+      }
+      r.iterations += static_cast<int>(eigs.num_iterations());
+      r.products += eigs.num_operations();
+      const VectorD y = eigs.top_ritz_vector();
+      if (y.allFinite() && y.stableNorm() > 0)
+        v = Eigen::Map<const MatrixD>(y.data(), x.rows(), x.cols());
+    }
+    v /= v.stableNorm();
+    // theta = ||J v||^2 is a Rayleigh quotient of J^T J.
+    const MatrixD jv = token_jvp_raw(p, x, v);
+    const double s = jv.stableNorm();
+    const MatrixD jtjv = token_vjp_raw(p, x, jv);
+    r.products += 1;
+    const double res = (jtjv - (s * s) * v).stableNorm();
+    // Keep the pair with the smaller relative residual.
+    if (round == 0 || res * r.value * r.value < r.residual * s * s) {
+      r.value = s;
+      r.residual = res;
+      r.upper = std::sqrt(s * s + res);
+      r.v = v;
+      r.u = s > 0 ? MatrixD(jv / s) : MatrixD(MatrixD::Zero(jv.rows(), jv.cols()));
+      r.converged = res <= tolerance * s * s;
+    }
+    if (r.converged || dim == 1 || round >= 3 || r.iterations >= max_restarts) break;
+    v = r.v;
+  }
+  r.iterations = std::max(r.iterations, 1);
+  return r;
+}
+
+}  // namespace measattn::detail
