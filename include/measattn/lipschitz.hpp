@@ -354,9 +354,10 @@ struct TokenSweepResult {
   std::vector<double> lower;            ///< certified lower bounds (the search)
   std::vector<double> castin;           ///< ||J|| at castin_adversarial_tokens(model, n, R)
   std::vector<double> upper;            ///< token_ball_l2 (empty unless the potential is dot)
-  std::vector<std::string> origins;     ///< the seed of each n's witness
+  std::vector<std::string> origins;     ///< each n's witness: a search seed or "castin_sequence"
   double exponent_lower = 0;            ///< slope of log lower vs log n
   double exponent_upper = 0;            ///< slope of log upper vs log n (0 when absent)
+  double exponent_castin = 0;           ///< slope of log castin vs log n
   std::vector<double> local_exponents;  ///< slopes of log lower between consecutive sizes
   std::int64_t evaluations = 0;
 };

@@ -102,6 +102,7 @@ TokenSweepResult token_lipschitz_sweep(const Model<double>& model, const std::ve
     if (dot) res.upper.push_back(token_ball_upper_bound(model, o.radius, n, o.residual).value);
   }
   res.exponent_lower = log_slope(sizes, res.lower);
+  res.exponent_castin = log_slope(sizes, res.castin);
   if (dot) res.exponent_upper = log_slope(sizes, res.upper);
   for (size_t i = 1; i < sizes.size(); ++i) {
     const std::vector<Index> xs = {sizes[i - 1], sizes[i]};

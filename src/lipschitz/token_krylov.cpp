@@ -9,7 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <exception>
+#include <stdexcept>
 #include <random>
 
 #include "lipschitz/token.hpp"
@@ -70,29 +70,39 @@ TopSingular top_singular(const LayerParams& p, const MatrixD& x, const MatrixD& 
       NormalOperator op(p, x);
       // Two wanted pairs: a cluster at the top is resolved, not averaged.
       const Eigen::Index nev = std::min<Eigen::Index>(2, dim - 1);
-      const Eigen::Index ncv = std::min<Eigen::Index>(dim, 24);
-      Solver eigs(op, nev, ncv);
-      // A later round starts near the last pair, not on it: Lanczos from an
-      // eigenvector breaks down at once.
-      MatrixD v0 = v;
-      if (round > 0) {
-        std::mt19937_64 rng(static_cast<std::uint64_t>(round));
-        std::normal_distribution<double> nd(0.0, 1e-3 / std::sqrt(static_cast<double>(dim)));
-        for (Eigen::Index i = 0; i < v0.size(); ++i) v0.data()[i] += nd(rng);
+      // Spectra gives up (TridiagEigen fails) when the Krylov space of J^T J is much
+      // smaller than ncv (few distinct eigenvalues, e.g. repeated tokens): smaller
+      // spaces and a scrambled start are tried before the round is given up.
+      const Eigen::Index sizes[] = {24, 10, 4};
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        const Eigen::Index ncv = std::min<Eigen::Index>(dim, std::max(sizes[attempt], nev + 1));
+        Solver eigs(op, nev, ncv);
+        // A later round starts near the last pair, not on it (Lanczos from an
+        // eigenvector breaks down at once); a later attempt starts far from it.
+        MatrixD v0 = v;
+        if (round > 0 || attempt > 0) {
+          std::mt19937_64 rng(static_cast<std::uint64_t>(16 * round + attempt));
+          const double size = attempt > 0 ? 0.5 : 1e-3;
+          std::normal_distribution<double> nd(
+              0.0, size * v.stableNorm() / std::sqrt(static_cast<double>(dim)));
+          for (Eigen::Index i = 0; i < v0.size(); ++i) v0.data()[i] += nd(rng);
+        }
+        eigs.init(v0.data());
+        bool ok = true;
+        try {
+          eigs.compute(Spectra::SortRule::LargestAlge, std::max(1, max_restarts - r.iterations),
+                       std::max(tolerance, 0.0) / 8, Spectra::SortRule::LargestAlge);
+        } catch (const std::runtime_error&) {
+          ok = false;
+        }
+        r.iterations += static_cast<int>(std::max<Eigen::Index>(eigs.num_iterations(), 1));
+        r.products += eigs.num_operations();
+        if (!ok) continue;
+        const VectorD y = eigs.top_ritz_vector();
+        if (y.allFinite() && y.stableNorm() > 0)
+          v = Eigen::Map<const MatrixD>(y.data(), x.rows(), x.cols());
+        break;
       }
-      eigs.init(v0.data());
-      try {
-        eigs.compute(Spectra::SortRule::LargestAlge, std::max(1, max_restarts - r.iterations),
-                     std::max(tolerance, 0.0) / 8, Spectra::SortRule::LargestAlge);
-      } catch (const std::exception&) {
-        if (round > 0) break;  // keep the last checked pair
-        throw;
-      }
-      r.iterations += static_cast<int>(eigs.num_iterations());
-      r.products += eigs.num_operations();
-      const VectorD y = eigs.top_ritz_vector();
-      if (y.allFinite() && y.stableNorm() > 0)
-        v = Eigen::Map<const MatrixD>(y.data(), x.rows(), x.cols());
     }
     v /= v.stableNorm();
     // theta = ||J v||^2 is a Rayleigh quotient of J^T J.
