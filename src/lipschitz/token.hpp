@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "lipschitz/engine.hpp"
 #include "measattn/types.hpp"
@@ -20,6 +21,30 @@ MatrixD token_jvp_raw(const LayerParams& p, const MatrixD& x, const MatrixD& x_d
 MatrixD token_vjp_raw(const LayerParams& p, const MatrixD& x, const MatrixD& g_bar);
 MatrixD token_second_raw(const LayerParams& p, const MatrixD& x, const MatrixD& v,
                          const MatrixD& u);
+
+/// J(X) Xdot and J(X)^T Gbar when every head has the dot potential, by dense
+/// products over blocks of query rows (token_fast.cpp); the same values as the
+/// dual-number products up to rounding, O(H n^2 k) in GEMMs, O(n k) memory per
+/// head plus one block of the attention matrix per thread.
+class DotProducts {
+ public:
+  static bool applies(const LayerParams& p);
+  DotProducts(const LayerParams& p, const MatrixD& x);
+  MatrixD jvp(const MatrixD& x_dot) const;
+  MatrixD vjp(const MatrixD& g_bar) const;
+
+ private:
+  struct Head {
+    MatrixD q, k, v;  // n x k: projected tokens
+    VectorD lse;      // log-sum-exp of each query's logits
+    double inv_tau = 1;
+  };
+  MatrixD probabilities(const Head& h, Index i0, Index b) const;
+  int threads() const;
+  const LayerParams& p_;
+  const MatrixD& x_;
+  std::vector<Head> heads_;
+};
 
 /// The top singular triple of J(X) from Lanczos on J^T J (Spectra), with the
 /// explicit residual of the returned pair.

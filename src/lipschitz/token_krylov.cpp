@@ -9,8 +9,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <stdexcept>
+#include <memory>
 #include <random>
+#include <stdexcept>
 
 #include "lipschitz/token.hpp"
 #include "measattn/interrupt.hpp"
@@ -23,19 +24,22 @@ namespace {
 class NormalOperator {
  public:
   using Scalar = double;
-  NormalOperator(const LayerParams& p, const MatrixD& x) : p_(p), x_(x) {}
+  NormalOperator(const LayerParams& p, const MatrixD& x, const DotProducts* fast)
+      : p_(p), x_(x), fast_(fast) {}
   Eigen::Index rows() const { return x_.size(); }
   Eigen::Index cols() const { return x_.size(); }
   void perform_op(const double* in, double* out) const {
     measattn::detail::check_interrupt();  // Ctrl-C from Python (no-op without a handler)
     const MatrixD v = Eigen::Map<const MatrixD>(in, x_.rows(), x_.cols());
-    const MatrixD w = token_vjp_raw(p_, x_, token_jvp_raw(p_, x_, v));
+    const MatrixD w =
+        fast_ ? fast_->vjp(fast_->jvp(v)) : token_vjp_raw(p_, x_, token_jvp_raw(p_, x_, v));
     Eigen::Map<MatrixD>(out, x_.rows(), x_.cols()) = w;
   }
 
  private:
   const LayerParams& p_;
   const MatrixD& x_;
+  const DotProducts* fast_;
 };
 
 /// Spectra's solver, with the top Ritz vector of its current Lanczos
@@ -62,12 +66,16 @@ TopSingular top_singular(const LayerParams& p, const MatrixD& x, const MatrixD& 
   if (!(v.allFinite() && v.stableNorm() > 0)) v = MatrixD::Ones(x.rows(), x.cols());
   r.method = dim == 1 ? "direct" : "lanczos";
   if (dim == 1) v.setOnes();
+  // Dense products for the dot potential from n = 256 tokens on (the dual-number
+  // products below that, where they are about as fast).
+  std::unique_ptr<DotProducts> fast;
+  if (x.rows() >= 256 && DotProducts::applies(p)) fast = std::make_unique<DotProducts>(p, x);
   // Rounds: Spectra from v (its test, with a margin: |Ritz estimate| <
   // tolerance / 8 max(|theta|, eps^(2/3))), then the explicit residual of the
   // pair; a pair that fails it starts the next round while restarts are left.
   for (int round = 0;; ++round) {
     if (dim > 1) {
-      NormalOperator op(p, x);
+      NormalOperator op(p, x, fast.get());
       // Two wanted pairs: a cluster at the top is resolved, not averaged.
       const Eigen::Index nev = std::min<Eigen::Index>(2, dim - 1);
       // Spectra gives up (TridiagEigen fails) when the Krylov space of J^T J is much
@@ -106,9 +114,9 @@ TopSingular top_singular(const LayerParams& p, const MatrixD& x, const MatrixD& 
     }
     v /= v.stableNorm();
     // theta = ||J v||^2 is a Rayleigh quotient of J^T J.
-    const MatrixD jv = token_jvp_raw(p, x, v);
+    const MatrixD jv = fast ? fast->jvp(v) : token_jvp_raw(p, x, v);
     const double s = jv.stableNorm();
-    const MatrixD jtjv = token_vjp_raw(p, x, jv);
+    const MatrixD jtjv = fast ? fast->vjp(jv) : token_vjp_raw(p, x, jv);
     r.products += 1;
     const double res = (jtjv - (s * s) * v).stableNorm();
     // Keep the pair with the smaller relative residual.
