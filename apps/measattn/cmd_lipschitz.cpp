@@ -93,12 +93,14 @@ void run_token(const LipschitzArgs& args, const Model<double>& model, const Uppe
     s << table.gnuplot_block("data");
     s << "set logscale xy\nset key top left\nset grid\nset xlabel 'n (tokens)'\n"
          "set ylabel '||J(X)||_2'\n";
-    char title[200];
+    char title[240];
     std::snprintf(title, sizeof title,
-                  "token level on B_R^n, R = %g: lower ~ n^%.3f, upper ~ n^%.3f", uo.radius,
-                  r.exponent_lower, r.exponent_upper);
+                  "token level on B_R^n, R = %g; exponents in n: lower %.3f, Castin %.3f, "
+                  "upper %.3f",
+                  uo.radius, r.exponent_lower, r.exponent_castin, r.exponent_upper);
     s << "set title " << gnuplot_quote(title) << "\n";
-    s << "plot $data using 1:2 with linespoints lw 2 title 'certified lower bound (search)', "
+    s << "plot $data using 1:2 with linespoints lw 2 title 'certified lower bound (search or "
+         "Castin)', "
          "$data using 1:3 with linespoints dt 2 title 'Castin sequence'";
     if (has_upper)
       s << ", $data using 1:4 with linespoints lw 2 title 'token\\_ball\\_l2 (proved)'";
