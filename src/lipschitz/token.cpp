@@ -182,7 +182,7 @@ TokenJacobianResult token_jacobian_norm(const Model<double>& model, const Matrix
   r.status = t.converged ? Status::converged : Status::iteration_limit;
   char buf[200];
   std::snprintf(buf, sizeof buf, "relative residual %.3g %s tolerance %.3g after %d restarts",
-                t.value > 0 ? t.residual / (t.value * t.value) : 0.0,
+                t.value > 0 ? t.residual / t.value / t.value : 0.0,
                 t.converged ? "within" : "above", options.tolerance, t.iterations);
   r.message = buf;
   if (!t.converged && t.iterations >= options.iterations)

@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "lipschitz/token.hpp"
+#include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
 
 namespace measattn::detail {
@@ -73,6 +74,7 @@ TopSingular top_singular(const LayerParams& p, const MatrixD& x, const MatrixD& 
   // Rounds: Spectra from v (its test, with a margin: |Ritz estimate| <
   // tolerance / 8 max(|theta|, eps^(2/3))), then the explicit residual of the
   // pair; a pair that fails it starts the next round while restarts are left.
+  double best_rel = INFINITY;
   for (int round = 0;; ++round) {
     if (dim > 1) {
       NormalOperator op(p, x, fast.get());
@@ -100,8 +102,12 @@ TopSingular top_singular(const LayerParams& p, const MatrixD& x, const MatrixD& 
         try {
           eigs.compute(Spectra::SortRule::LargestAlge, std::max(1, max_restarts - r.iterations),
                        std::max(tolerance, 0.0) / 8, Spectra::SortRule::LargestAlge);
+        } catch (const interrupted&) {
+          throw;  // Ctrl-C, polled in perform_op
+        } catch (const invalid_argument&) {
+          throw;
         } catch (const std::runtime_error&) {
-          ok = false;
+          ok = false;  // Spectra's TridiagEigen
         }
         r.iterations += static_cast<int>(std::max<Eigen::Index>(eigs.num_iterations(), 1));
         r.products += eigs.num_operations();
@@ -119,14 +125,19 @@ TopSingular top_singular(const LayerParams& p, const MatrixD& x, const MatrixD& 
     const MatrixD jtjv = fast ? fast->vjp(jv) : token_vjp_raw(p, x, jv);
     r.products += 1;
     const double res = (jtjv - (s * s) * v).stableNorm();
+    // r / s^2 without forming s^2 (tiny Jacobians: s^2 may underflow).
+    const double rel = s > 0 ? res / s / s : (res > 0 ? INFINITY : 0.0);
     // Keep the pair with the smaller relative residual.
-    if (round == 0 || res * r.value * r.value < r.residual * s * s) {
+    if (round == 0 || rel < best_rel) {
+      best_rel = rel;
       r.value = s;
       r.residual = res;
-      r.upper = std::sqrt(s * s + res);
+      // sqrt(s^2 + r) = s sqrt(1 + r / s^2), never below s.
+      r.upper = s > 0 ? std::max(s, s * std::sqrt(1 + rel)) : std::sqrt(res);
+      if (!std::isfinite(r.upper)) r.upper = std::max(s, std::sqrt(s * s + res));
       r.v = v;
       r.u = s > 0 ? MatrixD(jv / s) : MatrixD(MatrixD::Zero(jv.rows(), jv.cols()));
-      r.converged = res <= tolerance * s * s;
+      r.converged = rel <= tolerance;
     }
     if (r.converged || dim == 1 || round >= 3 || r.iterations >= max_restarts) break;
     v = r.v;
