@@ -65,8 +65,9 @@ void section_lipschitz(SectionContext& ctx) {
   r.paragraph(
       "Token level: at the given tokens X, the spectral norm of the Jacobian of "
       "`X -> (Gamma_{mu_X}(x_i))_i` is " +
-      fmt(token.value, 6) + " (power iteration with exact Jacobian-vector products, " +
-      std::to_string(token.iterations) + " iterations). The witness pair is in `witness_*.npy`.");
+      fmt(token.value, 6) + " (restarted Lanczos on J^T J with exact Jacobian-vector products: " +
+      "a certified lower bound; residual bracket up to " + fmt(token.upper, 6) + ", " +
+      std::to_string(token.products) + " products). The witness pair is in `witness_*.npy`.");
 
   // Radius sweep: both sides grow without bound for dot-product attention.
   Table sweep;
