@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git ccache
   clang libclang-rt-14-dev clang-format
-  libeigen3-dev libcli11-dev nlohmann-json3-dev liblemon-dev zlib1g-dev
+  libeigen3-dev libspectra-dev libcli11-dev nlohmann-json3-dev liblemon-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   pybind11-dev python3-dev python3-numpy python3-pytest python3-mypy
   python3-torch python3-pot python3-scipy python3-matplotlib

@@ -54,8 +54,9 @@ double spectral_norm(const MatrixD& m);
 struct NamedBound {
   std::string name;
   double value = 0;
-  /// "w1" (the constant of mu -> F(mu) in W1 on B_R) or "token_l2" / "token_linf"
-  /// (the operator norm of the token-level Jacobian on R^{N x d}).
+  /// "w1" (the constant of mu -> F(mu) in W1 on B_R), "token_l2" / "token_linf"
+  /// (the operator norm of the token-level Jacobian on R^{N x d}) or
+  /// "token_l2_ball" (its spectral norm for X in B_R^N: token_ball_upper_bound).
   std::string kind;
   std::string meaning;
 };
@@ -236,8 +237,8 @@ MatrixD token_vjp(const Model<double>& model, const MatrixD& x, const MatrixD& g
 MatrixD token_jacobian(const Model<double>& model, const MatrixD& x, bool residual = false);
 
 struct TokenJacobianOptions {
-  int iterations = 300;      ///< power iterations cap (>= 1)
-  double tolerance = 1e-12;  ///< relative change of the estimate to stop
+  int iterations = 300;      ///< cap on the Krylov restarts (>= 1)
+  double tolerance = 1e-10;  ///< stop when ||J^T J v - s^2 v|| <= tolerance s^2 (s = ||J v||)
   std::uint64_t seed = 7;
   bool residual = false;
   void validate() const;
@@ -246,21 +247,35 @@ struct TokenJacobianOptions {
 /// The user-facing fields of TokenJacobianOptions (options.hpp).
 template <class Visitor>
 void for_each_field(TokenJacobianOptions& o, Visitor&& visit) {
-  visit("iterations", o.iterations, "Power iterations cap");
-  visit("tolerance", o.tolerance, "Relative change of the estimate to stop");
+  visit("iterations", o.iterations, "Cap on the Krylov restarts");
+  visit("tolerance", o.tolerance, "Relative residual ||J^T J v - s^2 v|| / s^2 to stop");
   visit("seed", o.seed, "Random seed of the start vector");
   visit("residual", o.residual, "The layer is X -> X + Gamma(X)");
 }
 
+/// ||J(X)||_2 with its certificate. For the returned unit vector v (the top Ritz
+/// vector of J^T J), s = value = ||J v|| and r = residual = ||J^T J v - s^2 v||:
+///  - lower = s <= ||J(X)||_2 always (certified up to the rounding of one JVP);
+///  - J^T J has an eigenvalue in [s^2 - r, s^2 + r] (s^2 is the Rayleigh quotient
+///    of v), so upper = sqrt(s^2 + r) bounds ||J(X)||_2 from above as soon as that
+///    eigenvalue is the largest one, which is what Lanczos from a random start
+///    finds with probability 1; it is not a deterministic certificate.
 struct TokenJacobianResult {
-  double value = 0;  ///< ||J(X)||_2 (a lower bound on it at any stop: ||J v|| for unit v)
-  int iterations = 0;
+  double value = 0;    ///< ||J v||: ||J(X)||_2 to ~ r^2 / gap, a certified lower bound
+  int iterations = 0;  ///< Krylov restarts
   Status status = Status::converged;  ///< converged or iteration_limit (status.hpp)
   std::string message;
+  double residual = 0;        ///< r = ||J^T J v - value^2 v||
+  double lower = 0;           ///< = value
+  double upper = 0;           ///< sqrt(value^2 + r) (see above)
+  std::int64_t products = 0;  ///< applications of J^T J (one JVP and one VJP each)
+  std::string method;         ///< "lanczos" (Spectra on J^T J) or "direct" (n d = 1)
+  bool converged = false;     ///< r <= tolerance value^2
 };
 
-/// ||J(X)||_2 by power iteration on J^T J with JVP + VJP; value = ||J v|| for
-/// the final unit v, hence always a certified lower bound on ||J(X)||_2.
+/// ||J(X)||_2 by implicitly restarted Lanczos (Spectra) on v -> J^T J v, each
+/// application one JVP and one VJP (never the dense Jacobian); the stopping rule
+/// is the relative residual of the Ritz pair. O(restarts * 20 * H n^2 k).
 TokenJacobianResult token_jacobian_norm(const Model<double>& model, const MatrixD& x,
                                         const TokenJacobianOptions& options = {});
 
@@ -290,16 +305,63 @@ void for_each_field(TokenSearchOptions& o, Visitor&& visit) {
 }
 
 struct TokenSearchResult {
-  double value = 0;  ///< max ||J(X)||_2 found (each a certified lower bound)
+  double value = 0;  ///< max ||J(X)||_2 found, recomputed by token_jacobian_norm (certified lower)
   MatrixD tokens;    ///< the maximizing X
-  std::int64_t evaluations = 0;
+  std::int64_t evaluations = 0;  ///< applications of J^T J in all
+  double upper = 0;     ///< token_jacobian_norm's upper at the witness (see TokenJacobianResult)
+  double residual = 0;  ///< its residual at the witness
+  /// The seed of the winning restart: "castin", "castin_other", "outlier" (Kim's
+  /// (t e, 0, ..., 0) after a line search over t) or "random".
+  std::string origin;
+  std::vector<double> restart_values;  ///< certified value of each restart, in order
 };
 
 /// Maximizes ||J(X)||_2 over X (Kim et al.'s empirical lower bound): ascent on
-/// u^T J(X) v with u, v the top singular pair; the gradient d/dX (u^T J(X) v) is
-/// exact (reverse mode over dual numbers). Seeds include the one-outlier
-/// configurations (t e, 0, ..., 0) and Castin's sequences.
+/// sigma(X) = u^T J(X) v with u, v the top singular pair (d sigma = u^T dJ v,
+/// exact by forward over reverse mode), projected on B_R^N. Restart r is seeded
+/// by r mod 4: Castin's sequence of the dominant sign, the sequence of the other
+/// sign, Kim's outlier (t e, 0, ..., 0) with a line search over t, a random start
+/// (jittered from the second round on). The witness's constant is recomputed by
+/// token_jacobian_norm. Restarts have their own seeds and are reduced in order.
 TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
                                               const TokenSearchOptions& options = {});
+
+// ---------------------------------------------------------------------------
+// Token level on B_R^n: a proved upper bound and the sweep over n.
+
+/// The proved bound "token_ball_l2" (docs/theory.md, token level on B_R^n) on
+/// ||J(X)||_2 for every X in B_R^n, dot potential, uniform weights, any heads and
+/// biases. Per head, with A = Q^T K / tau, c = K^T b_q / tau, rho = ||A|| R + ||c||,
+/// C = min(n, e^{2 R rho}) (a bound on the column sums of the attention matrix):
+///     L_h = ||A|| R^2 + sqrt(C) (1 + R rho),
+///     L = min(||W_O|| (sum_h ||V_h||^2 L_h^2)^(1/2), sum_h ||W_O^h V_h|| L_h) (+1 residual).
+/// It grows like sqrt(n) while n < e^{2 R rho} and is independent of n beyond.
+struct TokenBallBound {
+  double value = 0;                    ///< L (+inf past double's range, never NaN)
+  std::vector<double> head_constants;  ///< L_h
+  std::vector<double> column_sums;     ///< C_h
+  bool mean_field = false;             ///< C_h < n for every head (the n-free regime)
+};
+TokenBallBound token_ball_upper_bound(const Model<double>& model, double radius, Index tokens,
+                                      bool residual = false);
+
+/// token_lipschitz_lower_bound at each n of `sizes` (increasing, >= 1) on B_R^n
+/// (options.radius > 0; options.tokens is ignored), with Castin's sequence's
+/// local constant and the proved bound (dot potential) beside it, and the
+/// least-squares exponents of log value against log n.
+struct TokenSweepResult {
+  std::vector<Index> sizes;
+  std::vector<double> lower;            ///< certified lower bounds (the search)
+  std::vector<double> castin;           ///< ||J|| at castin_adversarial_tokens(model, n, R)
+  std::vector<double> upper;            ///< token_ball_l2 (empty unless the potential is dot)
+  std::vector<std::string> origins;     ///< each n's witness: a search seed or "castin_sequence"
+  double exponent_lower = 0;            ///< slope of log lower vs log n
+  double exponent_upper = 0;            ///< slope of log upper vs log n (0 when absent)
+  double exponent_castin = 0;           ///< slope of log castin vs log n
+  std::vector<double> local_exponents;  ///< slopes of log lower between consecutive sizes
+  std::int64_t evaluations = 0;
+};
+TokenSweepResult token_lipschitz_sweep(const Model<double>& model, const std::vector<Index>& sizes,
+                                       const TokenSearchOptions& options = {});
 
 }  // namespace measattn

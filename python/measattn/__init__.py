@@ -62,7 +62,8 @@ _OPTIONAL = [
     # lipschitz.hpp
     "lipschitz_upper_bounds", "lipschitz_lower_bound", "lipschitz_ratio",
     "lipschitz_stack_upper_bound", "castin_adversarial_tokens", "token_jacobian_norm",
-    "token_jacobian", "token_lipschitz_lower_bound", "NamedBound", "HeadBound",
+    "token_jacobian", "token_lipschitz_lower_bound", "token_ball_upper_bound",
+    "token_lipschitz_sweep", "TokenBallBound", "TokenSweepResult", "NamedBound", "HeadBound",
     "UpperBoundResult", "StackBoundResult", "LipschitzWitness", "LipschitzSearchResult",
     "TokenJacobianResult", "TokenSearchResult",
     # misspec.hpp

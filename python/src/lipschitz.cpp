@@ -30,8 +30,8 @@ void bind_lipschitz(py::module_& m) {
       .def_readonly("name", &NamedBound::name)
       .def_readonly("value", &NamedBound::value)
       .def_readonly("kind", &NamedBound::kind,
-                    "\"w1\" (constant of mu -> F(mu) in W1 on B_R) or \"token_l2\" / "
-                    "\"token_linf\".")
+                    "\"w1\" (constant of mu -> F(mu) in W1 on B_R), \"token_l2\" / "
+                    "\"token_linf\" (token level on R^{N x d}) or \"token_l2_ball\" (on B_R^N).")
       .def_readonly("meaning", &NamedBound::meaning)
       .def("__repr__", [](const NamedBound& b) {
         return "NamedBound('" + b.name + "', " + py::repr(py::float_(b.value)).cast<std::string>() +
@@ -180,10 +180,20 @@ void bind_lipschitz(py::module_& m) {
   py::class_<TokenJacobianResult>(m, "TokenJacobianResult")
       .def_readonly("value", &TokenJacobianResult::value,
                     "||J(X) v|| for the final unit v: a certified lower bound on ||J(X)||_2.")
-      .def_readonly("iterations", &TokenJacobianResult::iterations)
+      .def_readonly("iterations", &TokenJacobianResult::iterations, "Krylov restarts.")
       .def_property_readonly("status",
                              [](const TokenJacobianResult& r) { return to_string(r.status); })
-      .def_readonly("message", &TokenJacobianResult::message);
+      .def_readonly("message", &TokenJacobianResult::message)
+      .def_readonly("residual", &TokenJacobianResult::residual,
+                    "||J^T J v - value^2 v|| for the final unit v.")
+      .def_readonly("lower", &TokenJacobianResult::lower, "= value (certified).")
+      .def_readonly("upper", &TokenJacobianResult::upper,
+                    "sqrt(value^2 + residual): J^T J has an eigenvalue within the residual of\n"
+                    "value^2; the top one with probability 1 (random start).")
+      .def_readonly("products", &TokenJacobianResult::products,
+                    "Applications of J^T J (one JVP and one VJP each).")
+      .def_readonly("method", &TokenJacobianResult::method)
+      .def_readonly("converged", &TokenJacobianResult::converged);
 
   m.def(
       "token_jacobian_norm",
@@ -203,8 +213,9 @@ void bind_lipschitz(py::module_& m) {
       // Keywords = TokenJacobianOptions' table, defaults from TokenJacobianOptions{}.
       "model"_a, "tokens"_a, "residual"_a = jacobian.residual, "iterations"_a = jacobian.iterations,
       "tolerance"_a = jacobian.tolerance, "seed"_a = jacobian.seed,
-      "||J(X)||_2 of X -> (Gamma_{mu_X}(x_i))_i (tokens X (n, d), uniform weights) by power\n"
-      "iteration with exact Jacobian-vector products.");
+      "||J(X)||_2 of X -> (Gamma_{mu_X}(x_i))_i (tokens X (n, d), uniform weights) by\n"
+      "restarted Lanczos on J^T J through exact JVPs and VJPs, stopped on the relative\n"
+      "residual; value (certified lower), residual and the bracket [lower, upper].");
 
   m.def(
       "token_jacobian",
@@ -225,7 +236,12 @@ void bind_lipschitz(py::module_& m) {
       .def_readonly("value", &TokenSearchResult::value)
       .def_property_readonly("tokens",
                              [](const TokenSearchResult& r) { return to_numpy(MatrixD(r.tokens)); })
-      .def_readonly("evaluations", &TokenSearchResult::evaluations);
+      .def_readonly("evaluations", &TokenSearchResult::evaluations)
+      .def_readonly("upper", &TokenSearchResult::upper)
+      .def_readonly("residual", &TokenSearchResult::residual)
+      .def_readonly("origin", &TokenSearchResult::origin,
+                    "\"castin\", \"castin_other\", \"outlier\" or \"random\".")
+      .def_readonly("restart_values", &TokenSearchResult::restart_values);
 
   m.def(
       "token_lipschitz_lower_bound",
@@ -251,6 +267,59 @@ void bind_lipschitz(py::module_& m) {
       "seed"_a = search.seed, "residual"_a = search.residual, "threads"_a = search.threads,
       "max_X ||J(X)||_2 over N = tokens tokens (in B_R^N when radius > 0): Kim et al.'s\n"
       "empirical lower bound on the token-level Lipschitz constant.");
+
+  py::class_<TokenBallBound>(m, "TokenBallBound",
+                             "The proved bound token_ball_l2 on ||J(X)||_2 over B_R^n (dot).")
+      .def_readonly("value", &TokenBallBound::value)
+      .def_readonly("head_constants", &TokenBallBound::head_constants)
+      .def_readonly("column_sums", &TokenBallBound::column_sums)
+      .def_readonly("mean_field", &TokenBallBound::mean_field);
+
+  m.def(
+      "token_ball_upper_bound",
+      [](const PyModel& pm, double radius, Index tokens, bool residual) {
+        ModelArg<double> model(pm);
+        py::gil_scoped_release release;
+        return token_ball_upper_bound(model.get(), radius, tokens, residual);
+      },
+      "model"_a, "radius"_a, "tokens"_a, "residual"_a = false,
+      "token_ball_l2: a proved bound on ||J(X)||_2 for every X in B_R^n (dot potential,\n"
+      "uniform weights); grows like sqrt(n), independent of n past e^{2 R rho}.");
+
+  py::class_<TokenSweepResult>(m, "TokenSweepResult")
+      .def_readonly("sizes", &TokenSweepResult::sizes)
+      .def_readonly("lower", &TokenSweepResult::lower)
+      .def_readonly("castin", &TokenSweepResult::castin)
+      .def_readonly("upper", &TokenSweepResult::upper)
+      .def_readonly("origins", &TokenSweepResult::origins)
+      .def_readonly("exponent_lower", &TokenSweepResult::exponent_lower)
+      .def_readonly("exponent_upper", &TokenSweepResult::exponent_upper)
+      .def_readonly("exponent_castin", &TokenSweepResult::exponent_castin)
+      .def_readonly("local_exponents", &TokenSweepResult::local_exponents)
+      .def_readonly("evaluations", &TokenSweepResult::evaluations);
+
+  m.def(
+      "token_lipschitz_sweep",
+      [](const PyModel& pm, const std::vector<Index>& sizes, double radius, int restarts, int steps,
+         double step_size, std::uint64_t seed, bool residual, int threads) {
+        TokenSearchOptions o;
+        o.radius = radius;
+        o.restarts = restarts;
+        o.steps = steps;
+        o.step_size = step_size;
+        o.seed = seed;
+        o.residual = residual;
+        o.threads = threads;
+        ModelArg<double> model(pm);
+        py::gil_scoped_release release;
+        return token_lipschitz_sweep(model.get(), sizes, o);
+      },
+      // Keywords = TokenSearchOptions' table (tokens replaced by sizes).
+      "model"_a, "sizes"_a, "radius"_a, "restarts"_a = search.restarts, "steps"_a = search.steps,
+      "step_size"_a = search.step_size, "seed"_a = search.seed, "residual"_a = search.residual,
+      "threads"_a = search.threads,
+      "token_lipschitz_lower_bound on B_R^n for each n in sizes, Castin's sequence and the\n"
+      "proved bound token_ball_l2 beside it, and the fitted exponents of log value vs log n.");
 }
 
 }  // namespace measattn::python

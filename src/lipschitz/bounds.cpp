@@ -232,6 +232,17 @@ UpperBoundResult lipschitz_upper_bounds(const Model<double>& model,
   if (out.best_name.empty()) out.best_name = "w1_combined";  // every W1 bound is +inf
   out.output_radius = attention_output_radius(model, r, options.residual);
 
+  if (options.tokens >= 1 && model.potential == Potential::dot) {
+    // Proved in docs/theory.md (token level on B_R^n); token_bound.cpp.
+    const TokenBallBound tb = token_ball_upper_bound(model, r, options.tokens, options.residual);
+    out.bounds.push_back(
+        {"token_ball_l2", tb.value, "token_l2_ball",
+         "spectral norm of the token-level Jacobian of X -> (Gamma_{mu_X}(x_i))_i for X in "
+         "B_R^N, N = " +
+             std::to_string(options.tokens) + " (dot potential, uniform weights" +
+             (tb.mean_field ? "; past sqrt(N) growth: independent of N from here" : "") +
+             "); not a bound on the W1 constant"});
+  }
   if (options.tokens >= 1) {
     const KimApplicabilityResult kim = kim_applicability(model);
     if (kim.applies) {

@@ -1,5 +1,5 @@
 // Token-level Jacobian of self-attention: exact JVP (dual numbers), VJP (reverse
-// mode), power iteration for ||J(X)||_2 and a search maximizing it over X.
+// mode), ||J(X)||_2 by Lanczos (token_krylov.cpp) and a search maximizing it over X.
 // GCC 12 false positive inside its AVX-512 intrinsics when Eigen kernels are inlined.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
@@ -16,6 +16,7 @@
 
 #include "common/parallel.hpp"
 #include "lipschitz/engine.hpp"
+#include "lipschitz/token.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
 #include "measattn/lipschitz.hpp"
@@ -23,16 +24,13 @@
 
 namespace measattn {
 
-namespace {
-
-using detail::Dual;
-using detail::LayerParams;
+namespace detail {
 
 void check_tokens(const LayerParams& p, const MatrixD& x, const char* field) {
   if (x.rows() >= 1 && x.cols() == p.d && x.allFinite()) {
     double r = 0;
     for (Index i = 0; i < x.rows(); ++i) r = std::max(r, x.row(i).stableNorm());
-    detail::check_layer_range(p, r, field);
+    check_layer_range(p, r, field);
   }
   if (x.rows() < 1) throw invalid_argument(std::string(field) + ": no tokens");
   if (x.cols() != p.d)
@@ -41,7 +39,7 @@ void check_tokens(const LayerParams& p, const MatrixD& x, const char* field) {
   if (!x.allFinite()) throw invalid_argument(std::string(field) + ": non-finite entry");
 }
 
-MatrixD jvp_impl(const LayerParams& p, const MatrixD& x, const MatrixD& xd) {
+MatrixD token_jvp_raw(const LayerParams& p, const MatrixD& x, const MatrixD& xd) {
   const Index n = x.rows();
   std::vector<Dual> xx(static_cast<size_t>(n * p.d)), lw(static_cast<size_t>(n)),
       out(static_cast<size_t>(n * p.d_out));
@@ -49,24 +47,25 @@ MatrixD jvp_impl(const LayerParams& p, const MatrixD& x, const MatrixD& xd) {
     for (Index c = 0; c < p.d; ++c) xx[i * p.d + c] = Dual(x(i, c), xd(i, c));
   const double l = -std::log(static_cast<double>(n));
   for (auto& v : lw) v = Dual(l);
-  detail::layer_forward(p, xx.data(), lw.data(), n, out.data());
+  layer_forward(p, xx.data(), lw.data(), n, out.data());
   MatrixD r(n, p.d_out);
   for (Index i = 0; i < n; ++i)
     for (Index o = 0; o < p.d_out; ++o) r(i, o) = out[i * p.d_out + o].e;
   return r;
 }
 
-MatrixD vjp_impl(const LayerParams& p, const MatrixD& x, const MatrixD& g) {
+MatrixD token_vjp_raw(const LayerParams& p, const MatrixD& x, const MatrixD& g) {
   const Index n = x.rows();
   std::vector<double> lw(static_cast<size_t>(n), -std::log(static_cast<double>(n))),
       lbar(static_cast<size_t>(n), 0.0);
   MatrixD xbar = MatrixD::Zero(n, p.d);
-  detail::layer_vjp(p, x.data(), lw.data(), n, g.data(), xbar.data(), lbar.data());
+  layer_vjp(p, x.data(), lw.data(), n, g.data(), xbar.data(), lbar.data());
   return xbar;
 }
 
 /// d/dX <u, J(X) v> exactly: the eps-part of the VJP at X + eps v (forward over reverse).
-MatrixD second_impl(const LayerParams& p, const MatrixD& x, const MatrixD& v, const MatrixD& u) {
+MatrixD token_second_raw(const LayerParams& p, const MatrixD& x, const MatrixD& v,
+                         const MatrixD& u) {
   const Index n = x.rows();
   std::vector<Dual> xx(static_cast<size_t>(n * p.d)), lw(static_cast<size_t>(n)),
       g(static_cast<size_t>(n * p.d_out)), xbar(static_cast<size_t>(n * p.d), Dual(0.0)),
@@ -77,53 +76,22 @@ MatrixD second_impl(const LayerParams& p, const MatrixD& x, const MatrixD& v, co
     for (Index o = 0; o < p.d_out; ++o) g[i * p.d_out + o] = Dual(u(i, o));
   const double l = -std::log(static_cast<double>(n));
   for (auto& w : lw) w = Dual(l);
-  detail::layer_vjp(p, xx.data(), lw.data(), n, g.data(), xbar.data(), lbar.data());
+  layer_vjp(p, xx.data(), lw.data(), n, g.data(), xbar.data(), lbar.data());
   MatrixD r(n, p.d);
   for (Index i = 0; i < n; ++i)
     for (Index c = 0; c < p.d; ++c) r(i, c) = xbar[i * p.d + c].e;
   return r;
 }
 
-struct Power {
-  double value = 0;
-  MatrixD v, u;  // unit right / left singular vectors (estimates)
-  int iterations = 0;
-  bool converged = false;
-};
+}  // namespace detail
 
-Power power_iteration(const LayerParams& p, const MatrixD& x, MatrixD v, int iterations,
-                      double tol) {
-  Power r;
-  v /= std::max(v.stableNorm(), 1e-300);
-  double prev = -1;
-  for (int it = 0; it < iterations; ++it) {
-    measattn::detail::check_interrupt();  // Ctrl-C from Python (no-op without a handler)
-    const MatrixD jv = jvp_impl(p, x, v);
-    const double s = jv.stableNorm();
-    r.value = s;
-    r.v = v;
-    r.u = s > 0 ? MatrixD(jv / s) : MatrixD(MatrixD::Zero(jv.rows(), jv.cols()));
-    r.iterations = it + 1;
-    if (s == 0) {
-      r.converged = true;
-      break;
-    }
-    if (prev >= 0 && std::abs(s - prev) <= tol * s) {
-      r.converged = true;
-      break;
-    }
-    prev = s;
-    // J^T (J v / s): the same direction as J^T J v, without squaring s.
-    MatrixD w = vjp_impl(p, x, r.u);
-    const double wn = w.stableNorm();
-    if (!(wn > 0)) {
-      r.converged = true;
-      break;
-    }
-    v = w / wn;
-  }
-  return r;
-}
+namespace {
+
+using detail::check_tokens;
+using detail::LayerParams;
+using detail::token_jvp_raw;
+using detail::token_second_raw;
+using detail::token_vjp_raw;
 
 MatrixD random_matrix(std::mt19937_64& rng, Index r, Index c, double scale) {
   std::normal_distribution<double> nd(0.0, 1.0);
@@ -165,7 +133,7 @@ MatrixD token_jvp(const Model<double>& model, const MatrixD& x, const MatrixD& x
   check_tokens(p, x, "tokens");
   if (x_dot.rows() != x.rows() || x_dot.cols() != x.cols())
     throw invalid_argument("x_dot: shape differs from the tokens");
-  return jvp_impl(p, x, x_dot);
+  return token_jvp_raw(p, x, x_dot);
 }
 
 MatrixD token_vjp(const Model<double>& model, const MatrixD& x, const MatrixD& g_bar,
@@ -174,7 +142,7 @@ MatrixD token_vjp(const Model<double>& model, const MatrixD& x, const MatrixD& g
   check_tokens(p, x, "tokens");
   if (g_bar.rows() != x.rows() || g_bar.cols() != p.d_out)
     throw invalid_argument("g_bar: shape must be n x d_out");
-  return vjp_impl(p, x, g_bar);
+  return token_vjp_raw(p, x, g_bar);
 }
 
 MatrixD token_jacobian(const Model<double>& model, const MatrixD& x, bool residual) {
@@ -186,7 +154,7 @@ MatrixD token_jacobian(const Model<double>& model, const MatrixD& x, bool residu
   for (Index i = 0; i < n; ++i)
     for (Index c = 0; c < p.d; ++c) {
       e(i, c) = 1;
-      const MatrixD col = jvp_impl(p, x, e);
+      const MatrixD col = token_jvp_raw(p, x, e);
       e(i, c) = 0;
       for (Index r = 0; r < n; ++r)
         for (Index o = 0; o < p.d_out; ++o) jac(r * p.d_out + o, i * p.d + c) = col(r, o);
@@ -200,15 +168,25 @@ TokenJacobianResult token_jacobian_norm(const Model<double>& model, const Matrix
   const LayerParams p = LayerParams::from(model, options.residual);
   check_tokens(p, x, "tokens");
   std::mt19937_64 rng(options.seed);
-  const Power pw = power_iteration(p, x, random_matrix(rng, x.rows(), p.d, 1.0), options.iterations,
-                                   options.tolerance);
+  const detail::TopSingular t = detail::top_singular(p, x, random_matrix(rng, x.rows(), p.d, 1.0),
+                                                     options.iterations, options.tolerance);
   TokenJacobianResult r;
-  r.value = pw.value;
-  r.iterations = pw.iterations;
-  r.status = pw.converged ? Status::converged : Status::iteration_limit;
-  r.message = pw.converged ? "relative change below tolerance after " +
-                                 std::to_string(pw.iterations) + " iterations"
-                           : "iteration cap " + std::to_string(options.iterations) + " reached";
+  r.value = t.value;
+  r.lower = t.value;
+  r.upper = t.upper;
+  r.residual = t.residual;
+  r.iterations = t.iterations;
+  r.products = t.products;
+  r.method = t.method;
+  r.converged = t.converged;
+  r.status = t.converged ? Status::converged : Status::iteration_limit;
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "relative residual %.3g %s tolerance %.3g after %d restarts",
+                t.value > 0 ? t.residual / t.value / t.value : 0.0,
+                t.converged ? "within" : "above", options.tolerance, t.iterations);
+  r.message = buf;
+  if (!t.converged && t.iterations >= options.iterations)
+    r.message = "iteration cap " + std::to_string(options.iterations) + " reached; " + r.message;
   return r;
 }
 
@@ -235,6 +213,28 @@ MatrixD castin_adversarial_tokens(const Model<double>& model, Index n, double ra
   return x;
 }
 
+namespace {
+
+/// The other sign's sequence of castin_adversarial_tokens: u the eigenvector of
+/// the extreme eigenvalue of the other sign (of the symmetric part of A, head 0).
+MatrixD castin_other_tokens(const Model<double>& model, Index n, double radius) {
+  const Head<double> hd = model.head(0);
+  const MatrixD a = hd.q.transpose() * hd.k / hd.tau;
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(0.5 * (a + a.transpose()));
+  const auto& ev = es.eigenvalues();
+  const Index last = ev.size() - 1;
+  const bool dominant_positive = std::abs(ev[last]) >= std::abs(ev[0]);
+  const VectorD u = es.eigenvectors().col(dominant_positive ? 0 : last);
+  MatrixD x(n, a.rows());
+  for (Index i = 0; i < n; ++i) {
+    const double f = dominant_positive ? (i == 0 ? -1.0 : 1.0) : (i == 0 ? 1.0 : 0.5);
+    x.row(i) = radius * f * u.transpose();
+  }
+  return x;
+}
+
+}  // namespace
+
 TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
                                               const TokenSearchOptions& options) {
   options.validate();
@@ -242,51 +242,89 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
   detail::check_layer_range(p, options.radius > 0 ? options.radius : 1.0, "radius");
   const Index n = options.tokens, d = p.d;
   const double scale = options.radius > 0 ? options.radius : 1.0;
-  const bool outlier_starts = detail::with_potential(
-      model.potential, [](auto pot) { return decltype(pot)::kOutlierStarts; });
+  const bool square = model.query_dim() == model.key_dim();
   struct Out {
-    double value = 0;
+    double value = 0, upper = 0, residual = 0;
     MatrixD x;
     std::int64_t evals = 0;
+    std::string origin;
   };
   std::vector<Out> outs(static_cast<size_t>(options.restarts));
   const int threads =
       options.threads > 0 ? options.threads : std::min(omp_get_max_threads(), kMaxThreads);
-  detail::RegionGuard guard;  // exceptions and Ctrl-C (polled per power iteration)
+  detail::RegionGuard guard;  // exceptions and Ctrl-C (polled per product)
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int r = 0; r < options.restarts; ++r) {
     guard.run([&] {
       std::mt19937_64 rng(options.seed * 0x9E3779B97F4A7C15ULL + static_cast<std::uint64_t>(r));
-      MatrixD x;
+      Out o;
+      auto eval = [&](const MatrixD& xx, const MatrixD& start, int restarts, double tol = 1e-10) {
+        detail::TopSingular t = detail::top_singular(p, xx, start, restarts, tol);
+        o.evals += t.products;
+        return t;
+      };
       const int kind = r % 4;
-      if (kind == 1 || (kind == 3 && outlier_starts)) {
-        // One outlier at distance t from a cluster at 0 (Kim's worst cases).
-        x = random_matrix(rng, n, d, 1e-3 * scale);
+      const bool jitter = r >= 4;
+      MatrixD x;
+      if (kind <= 1 && square) {
+        x = kind == 0 ? castin_adversarial_tokens(model, n, scale)
+                      : castin_other_tokens(model, n, scale);
+        o.origin = kind == 0 ? "castin" : "castin_other";
+        if (jitter) x += random_matrix(rng, n, d, 1e-2 * scale);
+      } else if (kind == 2) {
+        // Kim's outlier (t e, 0, ..., 0): a grid over t, then golden section.
         VectorD e = random_matrix(rng, d, 1, 1.0).col(0);
+        if (!jitter && square) {
+          const MatrixD c = castin_adversarial_tokens(model, 1, 1.0);
+          e = c.row(0).transpose();
+        }
         e /= std::max(e.norm(), 1e-300);
-        const double t = scale * (0.5 + 0.5 * (r / 4 % 6));
-        x.row(0) += t * e.transpose();
-      } else if (kind == 3) {
-        x = castin_adversarial_tokens(model, n, scale);
-        x += random_matrix(rng, n, d, 1e-3 * scale);
+        const double t_max = options.radius > 0 ? options.radius : 4.0;
+        const MatrixD start = random_matrix(rng, n, d, 1.0);
+        auto at = [&](double t) {
+          MatrixD xx = MatrixD::Zero(n, d);
+          xx.row(0) = t * e.transpose();
+          return xx;
+        };
+        auto value = [&](double t) { return eval(at(t), start, 30).value; };
+        constexpr int kGrid = 12;
+        double best_t = t_max, best = -1;
+        for (int g = 1; g <= kGrid; ++g) {
+          const double t = t_max * g / kGrid;
+          const double v = value(t);
+          if (v > best) best = v, best_t = t;
+        }
+        double lo = std::max(0.0, best_t - t_max / kGrid),
+               hi = std::min(t_max, best_t + t_max / kGrid);
+        const double phi = 0.5 * (std::sqrt(5.0) - 1);
+        double t1 = hi - phi * (hi - lo), t2 = lo + phi * (hi - lo);
+        double f1 = value(t1), f2 = value(t2);
+        for (int it = 0; it < 20; ++it) {
+          if (f1 < f2) {
+            lo = t1, t1 = t2, f1 = f2, t2 = lo + phi * (hi - lo), f2 = value(t2);
+          } else {
+            hi = t2, t2 = t1, f2 = f1, t1 = hi - phi * (hi - lo), f1 = value(t1);
+          }
+        }
+        if (std::max(f1, f2) > best) best_t = f1 >= f2 ? t1 : t2;
+        x = at(best_t);
+        o.origin = "outlier";
       } else {
         x = random_matrix(rng, n, d, scale / std::sqrt(static_cast<double>(d)));
+        o.origin = "random";
       }
       project_rows_to_ball(x, options.radius);
-      Out o;
-      Power pw = power_iteration(p, x, random_matrix(rng, n, d, 1.0), 60, 1e-10);
-      o.evals += pw.iterations;
+      detail::TopSingular pw = eval(x, random_matrix(rng, n, d, 1.0), 60);
       o.value = pw.value;
       o.x = x;
       double eta = options.step_size;
       for (int step = 0; step < options.steps && eta > 1e-9; ++step) {
-        const MatrixD g = second_impl(p, x, pw.v, pw.u);
+        const MatrixD g = token_second_raw(p, x, pw.v, pw.u);
         const double gn = g.norm();
         if (!(gn > 0)) break;
         MatrixD xn = x + (eta * scale / gn) * g;
         project_rows_to_ball(xn, options.radius);
-        Power pn = power_iteration(p, xn, pw.v, 30, 1e-10);
-        o.evals += pn.iterations;
+        detail::TopSingular pn = eval(xn, pw.v, 30);
         if (pn.value > pw.value) {
           x = std::move(xn);
           pw = std::move(pn);
@@ -299,10 +337,11 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
           eta *= 0.5;
         }
       }
-      // Certify: a long power iteration at the best point (||J v|| <= ||J||).
-      const Power fin = power_iteration(p, o.x, random_matrix(rng, n, d, 1.0), 500, 1e-13);
-      o.evals += fin.iterations;
+      // Certify: the witness's constant recomputed from a fresh random start.
+      const detail::TopSingular fin = eval(o.x, random_matrix(rng, n, d, 1.0), 300, 1e-10);
       o.value = std::max(fin.value, 0.0);
+      o.upper = fin.upper;
+      o.residual = fin.residual;
       outs[static_cast<size_t>(r)] = std::move(o);
     });
   }
@@ -310,9 +349,13 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
   TokenSearchResult res;
   for (auto& o : outs) {
     res.evaluations += o.evals;
+    res.restart_values.push_back(o.value);
     if (o.value > res.value || res.tokens.size() == 0) {
       res.value = o.value;
       res.tokens = o.x;
+      res.upper = o.upper;
+      res.residual = o.residual;
+      res.origin = o.origin;
     }
   }
   return res;
