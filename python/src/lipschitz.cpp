@@ -2,19 +2,22 @@
 // search, and token-level Jacobian norms. Float64 (the library's precision here).
 #include "measattn/lipschitz.hpp"
 #include "convert.hpp"
+#include "progress_arg.hpp"
 
 namespace measattn::python {
 namespace {
 
 using namespace pybind11::literals;
 
-// Keywords = LipschitzSearchOptions' table (lipschitz.hpp); residual is an explicit argument.
+// Keywords = LipschitzSearchOptions' table (lipschitz.hpp); residual is an explicit argument,
+// progress (None, a bool or a callable) becomes the progress callback (ProgressArg): the
+// library's own terminal line (LipschitzSearchOptions::progress) stays off.
 void apply_search_options(LipschitzSearchOptions& o, const py::dict& kw) {
   std::vector<std::string> known;
   for (const std::string& name : field_names<LipschitzSearchOptions>())
     if (name != "residual") known.push_back(name);
   reject_unknown(kw, known, "lipschitz_lower_bound");
-  apply_fields(o, kw, {"residual"});
+  apply_fields(o, kw, {"residual", "progress"});
 }
 
 constexpr const char* kNamedBoundDoc = R"doc(
@@ -270,8 +273,12 @@ nearby : float, default 1e-3
 seed : int
 threads : int, default 0
     OpenMP threads over restarts (0 = default); no effect on the result.
-progress : bool, default False
-    A progress line on stderr (only when it is a terminal).
+progress : None, bool or callable, optional
+    None or False: nothing. A callable progress(done, total) is called after
+    each restart finishes, with the GIL held: done = 1, ..., total =
+    restarts (+ 1 for the covariance seed when atoms >= 3); an exception it
+    raises stops the search and propagates. True: a tqdm bar when tqdm
+    imports, else a line on stderr. The result does not depend on it.
 
 Returns
 -------
@@ -584,6 +591,12 @@ seed : int, default 11
 residual : bool, default False
 threads : int, default 0
     OpenMP threads over restarts (0 = default); no effect on the result.
+progress : None, bool or callable, optional
+    None or False: nothing. A callable progress(done, total) is called after
+    each restart finishes, with the GIL held: (1, restarts), ...,
+    (restarts, restarts); an exception it raises stops the search and
+    propagates. True: a tqdm bar when tqdm imports, else a line on stderr.
+    The result does not depend on it.
 
 Returns
 -------
@@ -711,6 +724,9 @@ radius : float
     R > 0.
 restarts, steps, step_size, seed, residual, threads
     As in token_lipschitz_lower_bound (per size).
+progress : None, bool or callable, optional
+    As in token_lipschitz_lower_bound, but called after each size:
+    (1, len(sizes)), ..., (len(sizes), len(sizes)).
 
 Returns
 -------
@@ -822,9 +838,16 @@ void bind_lipschitz(py::module_& m) {
         o.residual = residual;
         apply_search_options(o, kw);
         o.validate();
+        ProgressArg progress_arg(kw.contains("progress") ? py::object(kw["progress"]) : py::none(),
+                                 "lipschitz search");
+        o.progress_callback = progress_arg.callback();
         ModelArg<double> model(pm);
-        py::gil_scoped_release release;
-        return lipschitz_lower_bound(model.get(), radius, o);
+        LipschitzSearchResult r;
+        {
+          py::gil_scoped_release release;
+          r = lipschitz_lower_bound(model.get(), radius, o);
+        }
+        return r;
       },
       "model"_a, "radius"_a, "residual"_a = LipschitzSearchOptions{}.residual, kLowerBoundDoc);
 
@@ -940,7 +963,7 @@ void bind_lipschitz(py::module_& m) {
   m.def(
       "token_lipschitz_lower_bound",
       [](const PyModel& pm, Index tokens, int restarts, int steps, double step_size, double radius,
-         std::uint64_t seed, bool residual, int threads) {
+         std::uint64_t seed, bool residual, int threads, const py::object& progress) {
         TokenSearchOptions o;
         o.tokens = tokens;
         o.restarts = restarts;
@@ -951,15 +974,21 @@ void bind_lipschitz(py::module_& m) {
         o.residual = residual;
         o.threads = threads;
         o.validate();
+        ProgressArg progress_arg(progress, "token search");
+        o.progress_callback = progress_arg.callback();
         ModelArg<double> model(pm);
-        py::gil_scoped_release release;
-        return token_lipschitz_lower_bound(model.get(), o);
+        TokenSearchResult r;
+        {
+          py::gil_scoped_release release;
+          r = token_lipschitz_lower_bound(model.get(), o);
+        }
+        return r;
       },
       // Keywords = TokenSearchOptions' table, defaults from TokenSearchOptions{}.
       "model"_a, "tokens"_a = search.tokens, "restarts"_a = search.restarts,
       "steps"_a = search.steps, "step_size"_a = search.step_size, "radius"_a = search.radius,
       "seed"_a = search.seed, "residual"_a = search.residual, "threads"_a = search.threads,
-      kTokenSearchDoc);
+      "progress"_a = py::none(), kTokenSearchDoc);
 
   py::class_<TokenBallBound>(m, "TokenBallBound", kTokenBallBoundDoc)
       .def_readonly("value", &TokenBallBound::value)
@@ -991,7 +1020,8 @@ void bind_lipschitz(py::module_& m) {
   m.def(
       "token_lipschitz_sweep",
       [](const PyModel& pm, const std::vector<Index>& sizes, double radius, int restarts, int steps,
-         double step_size, std::uint64_t seed, bool residual, int threads) {
+         double step_size, std::uint64_t seed, bool residual, int threads,
+         const py::object& progress) {
         TokenSearchOptions o;
         o.radius = radius;
         o.restarts = restarts;
@@ -1000,14 +1030,20 @@ void bind_lipschitz(py::module_& m) {
         o.seed = seed;
         o.residual = residual;
         o.threads = threads;
+        ProgressArg progress_arg(progress, "token sweep");
+        o.progress_callback = progress_arg.callback();
         ModelArg<double> model(pm);
-        py::gil_scoped_release release;
-        return token_lipschitz_sweep(model.get(), sizes, o);
+        TokenSweepResult r;
+        {
+          py::gil_scoped_release release;
+          r = token_lipschitz_sweep(model.get(), sizes, o);
+        }
+        return r;
       },
       // Keywords = TokenSearchOptions' table (tokens replaced by sizes).
       "model"_a, "sizes"_a, "radius"_a, "restarts"_a = search.restarts, "steps"_a = search.steps,
       "step_size"_a = search.step_size, "seed"_a = search.seed, "residual"_a = search.residual,
-      "threads"_a = search.threads, kTokenSweepDoc);
+      "threads"_a = search.threads, "progress"_a = py::none(), kTokenSweepDoc);
 }
 
 }  // namespace measattn::python
