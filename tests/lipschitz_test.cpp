@@ -10,6 +10,8 @@
 #include <Eigen/SVD>
 #include <cmath>
 #include <random>
+#include <stdexcept>
+#include <vector>
 
 #include "lipschitz/engine.hpp"
 #include "measattn/attention.hpp"
@@ -606,4 +608,60 @@ TEST(lipschitz_test, min_affine_norm_is_a_lower_bound) {
   // W = I (1 x 1), b = 3, r = 1: the minimum is 2.
   EXPECT_NEAR(detail::min_affine_norm(MatrixD::Identity(1, 1), VectorD::Constant(1, 3.0), 1.0), 2.0,
               1e-8);
+}
+
+TEST(lipschitz_test, progress_callback_counts_restarts_and_sizes) {
+  const Model<double> model = Model<double>::random(2, 1, false, 3, Potential::dot);
+  // W1 search: one call per restart (+ the covariance seed), done = 1..total in
+  // order (the calls are serialized), the result bit-identical.
+  LipschitzSearchOptions o;
+  o.atoms = 3;
+  o.restarts = 3;
+  o.steps = 5;
+  o.threads = 2;
+  const LipschitzSearchResult plain = lipschitz_lower_bound(model, 1.0, o);
+  std::vector<std::int64_t> dones;
+  std::int64_t total = -1;
+  o.progress_callback = [&](std::int64_t done, std::int64_t t) {
+    dones.push_back(done);
+    total = t;
+  };
+  const LipschitzSearchResult watched = lipschitz_lower_bound(model, 1.0, o);
+  EXPECT_EQ(total, 4);
+  EXPECT_EQ(dones, (std::vector<std::int64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(watched.ratio, plain.ratio);
+  EXPECT_EQ(watched.restart_ratios, plain.restart_ratios);
+  EXPECT_EQ(watched.evaluations, plain.evaluations);
+  o.progress_callback = [](std::int64_t, std::int64_t) { throw std::runtime_error("stop"); };
+  EXPECT_THROW(lipschitz_lower_bound(model, 1.0, o), std::runtime_error);
+
+  // Token search: per restart; sweep: per size (its searches report nothing).
+  TokenSearchOptions t;
+  t.tokens = 3;
+  t.restarts = 3;
+  t.steps = 3;
+  t.radius = 1.0;
+  t.threads = 2;
+  const TokenSearchResult tplain = token_lipschitz_lower_bound(model, t);
+  dones.clear();
+  t.progress_callback = [&](std::int64_t done, std::int64_t n) {
+    dones.push_back(done);
+    total = n;
+  };
+  const TokenSearchResult twatched = token_lipschitz_lower_bound(model, t);
+  EXPECT_EQ(total, 3);
+  EXPECT_EQ(dones, (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(twatched.value, tplain.value);
+  EXPECT_EQ(twatched.restart_values, tplain.restart_values);
+  dones.clear();
+  const TokenSweepResult swatched = token_lipschitz_sweep(model, {2, 3}, t);
+  t.progress_callback = {};
+  const TokenSweepResult splain = token_lipschitz_sweep(model, {2, 3}, t);
+  EXPECT_EQ(total, 2);
+  EXPECT_EQ(dones, (std::vector<std::int64_t>{1, 2}));
+  EXPECT_EQ(swatched.lower, splain.lower);
+  EXPECT_EQ(swatched.upper, splain.upper);
+  t.progress_callback = [](std::int64_t, std::int64_t) { throw std::runtime_error("stop"); };
+  EXPECT_THROW(token_lipschitz_lower_bound(model, t), std::runtime_error);
+  EXPECT_THROW(token_lipschitz_sweep(model, {2, 3}, t), std::runtime_error);
 }

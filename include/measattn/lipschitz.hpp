@@ -41,6 +41,7 @@
 #include "measattn/attention.hpp"
 #include "measattn/measure.hpp"
 #include "measattn/options.hpp"
+#include "measattn/progress.hpp"
 #include "measattn/status.hpp"
 #include "measattn/threads.hpp"
 #include "measattn/types.hpp"
@@ -163,6 +164,11 @@ struct LipschitzSearchOptions {
   int threads = 0;  ///< OpenMP threads over restarts (0 = default, at most kMaxThreads)
   bool residual = false;
   bool progress = false;  ///< progress line on stderr (only when it is a terminal)
+  /// Called with (done, total) after each restart finishes (total = restarts, + 1
+  /// for the covariance seed when atoms >= 3), from the thread that ran it, one at a
+  /// time; an exception it throws stops the search and propagates. Not a field
+  /// (not in the table below); no effect on the result.
+  ProgressCallback progress_callback;
   void validate() const;
 };
 
@@ -288,6 +294,11 @@ struct TokenSearchOptions {
   std::uint64_t seed = 11;
   bool residual = false;
   int threads = 0;  ///< OpenMP threads over restarts (0 = default, at most kMaxThreads)
+  /// token_lipschitz_lower_bound: called with (done, restarts) after each restart
+  /// finishes, from the thread that ran it, one at a time; token_lipschitz_sweep:
+  /// with (done, sizes) after each size (its searches report nothing). An exception
+  /// it throws stops the call and propagates. Not a field; no effect on the result.
+  ProgressCallback progress_callback;
   void validate() const;
 };
 

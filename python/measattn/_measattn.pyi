@@ -549,12 +549,14 @@ def token_jacobian(model: Model, tokens: ArrayLike, residual: bool = False) -> N
 def token_lipschitz_lower_bound(model: Model, tokens: int = 8, restarts: int = 8,
                                 steps: int = 100, step_size: float = 0.05, radius: float = 0.0,
                                 seed: int = 11, residual: bool = False,
-                                threads: int = 0) -> TokenSearchResult: ...
+                                threads: int = 0,
+                                progress: Progress = None) -> TokenSearchResult: ...
 def token_ball_upper_bound(model: Model, radius: float, tokens: int,
                            residual: bool = False) -> TokenBallBound: ...
 def token_lipschitz_sweep(model: Model, sizes: Sequence[int], radius: float, restarts: int = 8,
                           steps: int = 100, step_size: float = 0.05, seed: int = 11,
-                          residual: bool = False, threads: int = 0) -> TokenSweepResult: ...
+                          residual: bool = False, threads: int = 0,
+                          progress: Progress = None) -> TokenSweepResult: ...
 
 # ---- misspec --------------------------------------------------------------------
 

@@ -472,8 +472,8 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
   std::vector<RestartOut> outs(static_cast<size_t>(total));
   const int threads =
       options.threads > 0 ? options.threads : std::min(omp_get_max_threads(), kMaxThreads);
-  Progress progress("lipschitz search", total);
-  const bool show = options.progress;
+  Progress progress("lipschitz search", total, options.progress_callback, options.progress);
+  const bool show = options.progress || static_cast<bool>(options.progress_callback);
   std::mutex mtx;
   int done = 0;
   double best_so_far = 0;

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
@@ -20,6 +21,7 @@
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
 #include "measattn/lipschitz.hpp"
+#include "measattn/progress.hpp"
 #include "measattn/threads.hpp"
 
 namespace measattn {
@@ -252,6 +254,10 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
   std::vector<Out> outs(static_cast<size_t>(options.restarts));
   const int threads =
       options.threads > 0 ? options.threads : std::min(omp_get_max_threads(), kMaxThreads);
+  // (done, restarts) after each restart, one at a time (no effect on the result).
+  Progress progress("token search", options.restarts, options.progress_callback, false);
+  std::mutex progress_mutex;
+  int done = 0;
   detail::RegionGuard guard;  // exceptions and Ctrl-C (polled per product)
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int r = 0; r < options.restarts; ++r) {
@@ -343,6 +349,10 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
       o.upper = fin.upper;
       o.residual = fin.residual;
       outs[static_cast<size_t>(r)] = std::move(o);
+      if (options.progress_callback) {
+        std::lock_guard<std::mutex> lock(progress_mutex);
+        progress.update(++done);
+      }
     });
   }
   guard.finish();

@@ -11,6 +11,7 @@
 
 #include "measattn/error.hpp"
 #include "measattn/lipschitz.hpp"
+#include "measattn/progress.hpp"
 
 namespace measattn {
 
@@ -84,12 +85,16 @@ TokenSweepResult token_lipschitz_sweep(const Model<double>& model, const std::ve
     if (i > 0 && sizes[i] <= sizes[i - 1]) throw invalid_argument("sizes: must be increasing");
   }
   TokenSearchOptions o = options;
+  o.progress_callback = {};  // the sweep reports per size, its searches nothing
   o.tokens = sizes.front();
   o.validate();
   if (!(o.radius > 0)) throw invalid_argument("radius: the sweep needs a ball B_R (radius > 0)");
   TokenSweepResult res;
   res.sizes = sizes;
   const bool dot = model.potential == Potential::dot;
+  Progress progress("token sweep", static_cast<std::int64_t>(sizes.size()),
+                    options.progress_callback, false);
+  std::int64_t done = 0;
   for (Index n : sizes) {
     o.tokens = n;
     const TokenSearchResult s = token_lipschitz_lower_bound(model, o);
@@ -100,6 +105,7 @@ TokenSweepResult token_lipschitz_sweep(const Model<double>& model, const std::ve
         model, castin_adversarial_tokens(model, n, o.radius), {.residual = o.residual});
     res.castin.push_back(c.value);
     if (dot) res.upper.push_back(token_ball_upper_bound(model, o.radius, n, o.residual).value);
+    progress.update(++done);
   }
   res.exponent_lower = log_slope(sizes, res.lower);
   res.exponent_castin = log_slope(sizes, res.castin);

@@ -1,7 +1,8 @@
-"""The progress= keyword of the long calls (flow, misspec): a callable receives
-(done, total) with done non-decreasing and ending at total; True draws a tqdm bar
-(or a plain stderr line without tqdm); an exception raised in the callback stops
-the computation and propagates; the result does not depend on the keyword."""
+"""The progress= keyword of the long calls (flow, misspec, the Lipschitz searches, the
+token sweep): a callable receives (done, total) with done non-decreasing and ending at
+total; True draws a tqdm bar (or a plain stderr line without tqdm); an exception raised
+in the callback stops the computation and propagates; the result does not depend on the
+keyword."""
 
 import sys
 
@@ -132,3 +133,75 @@ def test_misspec_progress_exception_propagates():
                          progress=callback)
     assert len(measattn.misspec(model, tokens(8, 3), kind="noise", sigmas=[0.1],
                                 repeats=1).rows) == 1
+
+
+def test_lipschitz_lower_bound_progress_callback():
+    needs("lipschitz_lower_bound")
+    model = measattn.Model.random(2, seed=0)
+    args = dict(atoms=3, restarts=3, steps=5, seed=1, threads=2)
+    calls = []
+    r = measattn.lipschitz_lower_bound(model, 1.0, progress=lambda d, t: calls.append((d, t)),
+                                       **args)
+    check_calls(calls, 4)  # 3 restarts + the covariance seed (atoms >= 3)
+    assert [c[0] for c in calls] == [1, 2, 3, 4]
+    for quiet in (None, False):
+        plain = measattn.lipschitz_lower_bound(model, 1.0, progress=quiet, **args)
+        assert (plain.ratio, plain.restart_ratios, plain.evaluations) == (
+            r.ratio, r.restart_ratios, r.evaluations)
+        assert np.array_equal(plain.witness.mu_atoms, r.witness.mu_atoms)
+    plain = measattn.lipschitz_lower_bound(model, 1.0, **args)
+    assert plain.restart_ratios == r.restart_ratios
+
+
+def test_token_search_and_sweep_progress_callback():
+    needs("token_lipschitz_sweep")
+    model = measattn.Model.random(2, seed=0)
+    args = dict(restarts=3, steps=3, seed=2, threads=2)
+    calls = []
+    r = measattn.token_lipschitz_lower_bound(model, tokens=3, radius=1.0,
+                                             progress=lambda d, t: calls.append((d, t)), **args)
+    check_calls(calls, 3)
+    assert [c[0] for c in calls] == [1, 2, 3]
+    plain = measattn.token_lipschitz_lower_bound(model, tokens=3, radius=1.0, **args)
+    assert (plain.value, plain.restart_values) == (r.value, r.restart_values)
+    assert np.array_equal(plain.tokens, r.tokens)
+    calls = []
+    s = measattn.token_lipschitz_sweep(model, [2, 3, 4], 1.0,
+                                       progress=lambda d, t: calls.append((d, t)), **args)
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    plain = measattn.token_lipschitz_sweep(model, [2, 3, 4], 1.0, **args)
+    assert (s.lower, s.castin, s.upper) == (plain.lower, plain.castin, plain.upper)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, cb: measattn.lipschitz_lower_bound(m, 1.0, atoms=3, restarts=3, steps=5,
+                                                 threads=2, progress=cb),
+    lambda m, cb: measattn.token_lipschitz_lower_bound(m, tokens=3, restarts=3, steps=3,
+                                                       radius=1.0, threads=2, progress=cb),
+    lambda m, cb: measattn.token_lipschitz_sweep(m, [2, 3], 1.0, restarts=2, steps=3,
+                                                 progress=cb),
+])
+def test_lipschitz_progress_exception_propagates(call):
+    needs("token_lipschitz_sweep")
+    model = measattn.Model.random(2, seed=0)
+
+    def callback(done, total):
+        raise RuntimeError(f"stop at {done}/{total}")
+
+    with pytest.raises(RuntimeError, match="stop at 1/"):
+        call(model, callback)
+    assert call(model, None) is not None  # the module still works
+
+
+def test_lipschitz_progress_true_and_bad_value(capsys, monkeypatch):
+    needs("token_lipschitz_lower_bound")
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # no tqdm: the plain line
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    model = measattn.Model.random(2, seed=0)
+    measattn.token_lipschitz_lower_bound(model, tokens=3, restarts=2, steps=2, radius=1.0,
+                                         progress=True)
+    assert "token search: 2/2 (100%)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="progress"):
+        measattn.token_lipschitz_lower_bound(model, tokens=3, progress=3)
+    with pytest.raises(ValueError, match="progress"):
+        measattn.lipschitz_lower_bound(model, 1.0, progress="yes")
