@@ -5,10 +5,12 @@
 // Public so that programs built on measattn (its CLI among them) report their own
 // long work the same way as the solvers do.
 //
-// A computation may also hand its progress to a callback (FlowOptions, MisspecOptions,
-// LipschitzSearchOptions and TokenSearchOptions have one): it receives (done, total) on every update, on the
-// thread that runs the computation, outside parallel regions; an exception it
-// throws propagates out of update() and stops the computation.
+// A computation may also hand its progress to a callback (FlowOptions,
+// MisspecOptions, LipschitzSearchOptions and TokenSearchOptions have one): it
+// receives (done, total) on every update, one call at a time (flow and misspec
+// call it outside parallel regions; the searches from the worker that finished a
+// restart, under a lock); an exception it throws propagates out of update() and
+// stops the computation.
 #pragma once
 
 #include <chrono>

@@ -1,4 +1,5 @@
-// The `progress=` keyword of long calls (flow, misspec, the Lipschitz searches): None or False (nothing),
+// The `progress=` keyword of long calls (flow, misspec, the Lipschitz
+// searches): None or False (nothing),
 // True (a tqdm bar when tqdm imports, else a plain line on sys.stderr) or a
 // callable taking (done, total). It becomes the ProgressCallback of the call's
 // Options (measattn/progress.hpp): the library calls it on the computing thread
