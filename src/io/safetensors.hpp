@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
@@ -34,6 +35,15 @@ struct SafetensorsTensor {
 std::string safetensors_shape_text(const std::vector<std::int64_t>& shape);
 /// At most 60 printable ASCII characters of a name from the file ('?' for others).
 std::string printable_name(const std::string& s);
+/// At most 200 printable ASCII characters of a parser message ('?' for others,
+/// "..." when cut): JSON parser messages quote the input.
+std::string one_line(const std::string& s);
+/// Parses JSON from a file against hostile input: nesting deeper than
+/// `max_depth` levels, more than `max_values` values, or a key repeated in one
+/// object (JSON parsers disagree on which one wins) throws invalid_argument
+/// ("JSON nested too deeply (more than N levels)", ...); a syntax error throws
+/// nlohmann::json::exception. The caller adds the file and the context.
+nlohmann::json parse_bounded_json(const std::string& text, int max_depth, std::uint64_t max_values);
 
 class SafetensorsFile {
  public:

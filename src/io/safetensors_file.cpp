@@ -30,14 +30,6 @@ constexpr std::uint64_t kMaxHeader = 100'000'000;
 constexpr int kMaxDepth = 4;
 constexpr std::uint64_t kMaxJsonEvents = 1 << 20;
 
-// JSON parser messages quote the input: keep them to one printable line.
-std::string one_line(const std::string& s) {
-  std::string out;
-  for (char c : s.substr(0, 200)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
-  if (s.size() > 200) out += "...";
-  return out;
-}
-
 std::string printable(const std::string& s) { return printable_name(s); }
 std::string shape_text(const std::vector<std::int64_t>& shape) {
   return safetensors_shape_text(shape);
@@ -93,6 +85,39 @@ std::string printable_name(const std::string& s) {
   for (char c : s.substr(0, 60)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
   if (s.size() > 60) out += "...";
   return out;
+}
+
+std::string one_line(const std::string& s) {
+  std::string out;
+  for (char c : s.substr(0, 200)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  if (s.size() > 200) out += "...";
+  return out;
+}
+
+json parse_bounded_json(const std::string& text, int max_depth, std::uint64_t max_values) {
+  std::vector<std::set<std::string>> keys;
+  std::uint64_t events = 0;
+  return json::parse(
+      text.begin(), text.end(), [&](int depth, json::parse_event_t event, json& parsed) {
+        if (depth > max_depth) {
+          throw invalid_argument("JSON nested too deeply (more than " + std::to_string(max_depth) +
+                                 " levels)");
+        }
+        if (++events > max_values) {
+          throw invalid_argument("more than " + std::to_string(max_values) + " JSON values");
+        }
+        if (event == json::parse_event_t::object_start) {
+          keys.emplace_back();
+        } else if (event == json::parse_event_t::object_end && !keys.empty()) {
+          keys.pop_back();
+        } else if (event == json::parse_event_t::key && !keys.empty() && parsed.is_string()) {
+          const std::string& key = parsed.get_ref<const std::string&>();
+          if (!keys.back().insert(key).second) {
+            throw invalid_argument("duplicate key '" + printable_name(key) + "'");
+          }
+        }
+        return true;
+      });
 }
 
 std::int64_t SafetensorsTensor::numel() const {
@@ -224,26 +249,7 @@ void SafetensorsFile::parse_header(const std::string& text) {
     // Nesting deeper than a tensor's shape is never valid: stop early so that
     // hostile input cannot make the parser or destructor recurse deeply.
     // Duplicate keys are refused (JSON parsers disagree on which one wins).
-    std::vector<std::set<std::string>> keys;
-    std::uint64_t events = 0;
-    header = json::parse(
-        text.begin(), text.end(), [&](int depth, json::parse_event_t event, json& parsed) {
-          if (depth > kMaxDepth) throw invalid_argument("JSON nested too deeply");
-          if (++events > kMaxJsonEvents) {
-            throw invalid_argument("more than " + std::to_string(kMaxJsonEvents) + " JSON values");
-          }
-          if (event == json::parse_event_t::object_start) {
-            keys.emplace_back();
-          } else if (event == json::parse_event_t::object_end && !keys.empty()) {
-            keys.pop_back();
-          } else if (event == json::parse_event_t::key && !keys.empty() && parsed.is_string()) {
-            const std::string& key = parsed.get_ref<const std::string&>();
-            if (!keys.back().insert(key).second) {
-              throw invalid_argument("duplicate key '" + printable(key) + "'");
-            }
-          }
-          return true;
-        });
+    header = parse_bounded_json(text, kMaxDepth, kMaxJsonEvents);
   } catch (const json::exception& e) {
     fail("header is not valid JSON: " + one_line(e.what()));
   } catch (const invalid_argument& e) {

@@ -38,12 +38,7 @@ std::string shape_text(const std::vector<std::int64_t>& s) {
   return detail::safetensors_shape_text(s);
 }
 
-std::string one_line(const std::string& s) {
-  std::string out;
-  for (char c : s.substr(0, 200)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
-  if (s.size() > 200) out += "...";
-  return out;
-}
+using detail::one_line;
 
 // ---- the configuration ---------------------------------------------------------
 
@@ -162,30 +157,7 @@ json parse_config_json(const std::string& text, const std::string& name) {
   }
   json j;
   try {
-    std::vector<std::set<std::string>> keys;
-    std::uint64_t events = 0;
-    j = json::parse(
-        text.begin(), text.end(), [&](int depth, json::parse_event_t event, json& parsed) {
-          if (depth > detail::kMaxConfigDepth) {
-            throw invalid_argument("JSON nested deeper than " +
-                                   std::to_string(detail::kMaxConfigDepth) + " levels");
-          }
-          if (++events > detail::kMaxConfigValues) {
-            throw invalid_argument("more than " + std::to_string(detail::kMaxConfigValues) +
-                                   " JSON values");
-          }
-          if (event == json::parse_event_t::object_start) {
-            keys.emplace_back();
-          } else if (event == json::parse_event_t::object_end && !keys.empty()) {
-            keys.pop_back();
-          } else if (event == json::parse_event_t::key && !keys.empty() && parsed.is_string()) {
-            const std::string& key = parsed.get_ref<const std::string&>();
-            if (!keys.back().insert(key).second) {
-              throw invalid_argument("duplicate key '" + printable_name(key) + "'");
-            }
-          }
-          return true;
-        });
+    j = detail::parse_bounded_json(text, detail::kMaxConfigDepth, detail::kMaxConfigValues);
   } catch (const json::exception& e) {
     throw invalid_argument(name + ": not valid JSON: " + one_line(e.what()));
   } catch (const invalid_argument& e) {
