@@ -4,6 +4,7 @@
 #include "measattn/attention.hpp"
 #include "measattn/error.hpp"
 #include "measattn/flow.hpp"
+#include "measattn/gaussian.hpp"
 #include "measattn/interrupt.hpp"
 #include "measattn/io.hpp"
 #include "measattn/lipschitz.hpp"
