@@ -55,6 +55,9 @@ _OPTIONAL = [
     # flow.hpp
     "flow", "FlowResult", "flow_field", "sphere_energy", "cluster_count",
     "orthogonal_start_cosine", "is_canonical",
+    # gaussian.hpp
+    "GaussianMeasure", "gaussian_attention", "gaussian_flow", "gaussian_w2",
+    "gauss_hermite_measure",
     # maxent.hpp
     "gibbs", "GibbsResult", "gibbs_bound", "GibbsBoundResult", "log_partition", "maxent",
     "maxent_at_beta", "MaxEntResult", "attention_entropy", "EntropyResult", "HeadEntropy",
@@ -90,7 +93,7 @@ def available() -> list:
     -------
     list of str
         The functions and classes of the library's optional modules
-        (wasserstein, flow, maxent, lipschitz, misspec) that this build has.
+        (wasserstein, flow, gaussian, maxent, lipschitz, misspec) that this build has.
 
     Examples
     --------

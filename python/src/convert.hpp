@@ -281,6 +281,9 @@ void bind_wasserstein(py::module_& m);
 #ifdef MEASATTN_PY_FLOW
 void bind_flow(py::module_& m);
 #endif
+#ifdef MEASATTN_PY_GAUSSIAN
+void bind_gaussian(py::module_& m);
+#endif
 #ifdef MEASATTN_PY_MAXENT
 void bind_maxent(py::module_& m);
 #endif

@@ -157,6 +157,9 @@ PYBIND11_MODULE(_measattn, m) {
 #ifdef MEASATTN_PY_FLOW
   bind_flow(m);
 #endif
+#ifdef MEASATTN_PY_GAUSSIAN
+  bind_gaussian(m);
+#endif
 #ifdef MEASATTN_PY_MAXENT
   bind_maxent(m);
 #endif

@@ -28,6 +28,7 @@ COMMANDS = {
     "maxent": ["maxent"],
     "entropy": ["attention_entropy"],
     "misspec": ["misspec"],
+    "gaussian": ["gaussian_attention", "gaussian_flow"],
 }
 
 # Python functions with a field table but no subcommand binding it.
