@@ -52,6 +52,17 @@ def test_flow_convergence(tmp_path):
     assert "order" in stdout
 
 
+def test_gaussian_convergence(tmp_path):
+    png = tmp_path / "gauss.png"
+    stdout = run_example([sys.executable, str(EXAMPLES / "gaussian_convergence.py"), str(png)],
+                         tmp_path)
+    assert png.stat().st_size > 0
+    # Quick mode: up to 8 points per axis; the 1-D dot case is at rounding by then.
+    errors = [float(v) for v in stdout.split("error [")[1].split("]")[0].split()]
+    assert errors[-1] < 1e-12 and errors[0] > errors[-1]
+    assert (REPO_ROOT / "docs" / "img" / "gaussian_convergence.png").is_file()
+
+
 def test_flow_mean_field(tmp_path):
     png = tmp_path / "mf.png"
     stdout = run_example([sys.executable, str(EXAMPLES / "flow_mean_field.py"), str(png)],
@@ -97,6 +108,7 @@ def test_tutorial(tmp_path):
 
 def test_every_example_is_run():
     tested = {"flow_clustering.sh", "flow_convergence.py", "flow_mean_field.py",
+              "gaussian_convergence.py",
               "lipschitz_sweeps.py", "lipschitz_radius_sweep.sh",
               "tutorial.py"} | set(RUN_ELSEWHERE)
     present = {p.name for p in EXAMPLES.iterdir() if p.is_file()}
