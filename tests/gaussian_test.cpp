@@ -367,6 +367,24 @@ TEST(GaussianW2, MatchesParticleW2OnQuantileAtoms) {
   EXPECT_NEAR(r.value, gaussian_w2(a, b), 2e-3);
 }
 
+// float: the closed form in float matches double to float rounding; a rank-deficient
+// output covariance rounded to float is still accepted.
+TEST(GaussianAttention, FloatPrecision) {
+  const Model<double> model = Model<double>::random(3, 1, true, 61);
+  const G g = random_gaussian(3, 63);
+  const G exact = gaussian_attention(model, g);
+  const GaussianMeasure<float> gf = g.cast<float>();
+  const GaussianMeasure<float> out = gaussian_attention(model.cast<float>(), gf);
+  EXPECT_LT((out.mean().cast<double>() - exact.mean()).cwiseAbs().maxCoeff(), 1e-5);
+  EXPECT_LT((out.cov().cast<double>() - exact.cov()).cwiseAbs().maxCoeff(), 1e-5);
+  MatrixD rank1(3, 3);
+  rank1.setConstant(0.3);
+  rank1(0, 1) = rank1(1, 0) = 0.3000001;
+  EXPECT_NO_THROW(GaussianMeasure<float>(VectorF::Zero(3), rank1.cast<float>()));
+  const auto flowed = gaussian_flow(model.cast<float>(), gf, GaussianFlowOptions{});
+  EXPECT_EQ(flowed.status, Status::completed);
+}
+
 TEST(GaussHermite, MomentsAreExact) {
   const G g = random_gaussian(3, 51);
   const MeasureD mu = gauss_hermite_measure(g, 3);

@@ -38,9 +38,10 @@
 namespace measattn {
 
 /// N(mean, cov) on R^d. Construction validates: d >= 1, cov is d x d, every
-/// entry finite, cov symmetric (to 1e-10 relative) and positive semi-definite
-/// (smallest eigenvalue >= -1e-10 times the largest in magnitude); otherwise
-/// invalid_argument naming "mean" or "cov". The stored cov is symmetrized.
+/// entry finite, cov symmetric (to eps relative) and positive semi-definite
+/// (smallest eigenvalue >= -eps times the largest in magnitude), eps = 1e-10
+/// for double and 100 ulps (1.2e-5) for float; otherwise invalid_argument naming
+/// "mean" or "cov". The stored cov is symmetrized.
 template <class Scalar>
 class GaussianMeasure {
  public:

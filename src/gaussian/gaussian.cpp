@@ -5,6 +5,7 @@
 #include <Eigen/LU>
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "gaussian/internal.hpp"
@@ -131,16 +132,19 @@ GaussianMeasure<Scalar>::GaussianMeasure(Vector<Scalar> mean, Matrix<Scalar> cov
   }
   if (!cov_.allFinite()) throw invalid_argument("cov: an entry is NaN or infinite");
   const Eigen::MatrixXd c = cov_.template cast<double>();
+  // Relative tolerances: 1e-10, or 100 ulps of Scalar when that is larger (float).
+  const double rel =
+      std::max(1e-10, 100.0 * static_cast<double>(std::numeric_limits<Scalar>::epsilon()));
   const double scale = std::max(c.cwiseAbs().maxCoeff(), 1e-300);
   const double asym = (c - c.transpose()).cwiseAbs().maxCoeff();
-  if (asym > 1e-10 * scale) {
+  if (asym > rel * scale) {
     throw invalid_argument("cov: not symmetric (max |cov - cov^T| = " + number(asym) + ")");
   }
   const Eigen::MatrixXd sym = (c + c.transpose()) / 2;
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(sym, Eigen::EigenvaluesOnly);
   const double lowest = eig.eigenvalues()[0];
   const double top = eig.eigenvalues().cwiseAbs().maxCoeff();
-  if (lowest < -1e-10 * std::max(top, 1e-300)) {
+  if (lowest < -rel * std::max(top, 1e-300)) {
     throw invalid_argument("cov: not positive semi-definite (smallest eigenvalue " +
                            number(lowest) + ")");
   }
