@@ -66,7 +66,7 @@ void expect_invalid(const std::function<void()>& f, const std::string& start) {
   }
 }
 
-TEST(GaussianMeasure, ValidatesEveryField) {
+TEST(gaussian_test, measure_validates_every_field) {
   const VectorD m = VectorD::Zero(2);
   expect_invalid([&] { G(VectorD(), MatrixD()); }, "mean: empty");
   expect_invalid([&] { G(VectorD::Constant(2, NAN), MatrixD::Identity(2, 2)); }, "mean:");
@@ -85,7 +85,7 @@ TEST(GaussianMeasure, ValidatesEveryField) {
   EXPECT_EQ(G(m, singular).dim(), 2);
 }
 
-TEST(GaussianAttention, RefusesWhatIsNotATilt) {
+TEST(gaussian_test, refuses_what_is_not_a_tilt) {
   const G g = random_gaussian(2, 1);
   Model<double> model = Model<double>::random(2, 1, true, 3, Potential::cosine);
   expect_invalid([&] { gaussian_attention(model, g); }, "potential: the Gaussian closed form");
@@ -102,7 +102,7 @@ TEST(GaussianAttention, RefusesWhatIsNotATilt) {
 }
 
 // Canonical model in 1-D: Gamma(x) = m + beta s x, so F(mu) = N((1 + beta s) m, (beta s)^2 s).
-TEST(GaussianAttention, CanonicalOneDimensional) {
+TEST(gaussian_test, canonical_one_dimensional) {
   const double beta = 0.7, m0 = 0.3, s0 = 0.4;
   const G g(VectorD::Constant(1, m0), MatrixD::Constant(1, 1, s0));
   const G out = gaussian_attention(Model<double>::canonical(1, beta), g);
@@ -118,7 +118,7 @@ struct Case {
 
 // Error of the Gauss–Hermite particle solver against the closed form, falling
 // below 1e-6 as the number of atoms grows (dot and l2, biases, several heads).
-TEST(GaussianAttention, GaussHermiteAtomsConvergeToTheClosedForm) {
+TEST(gaussian_test, gauss_hermite_atoms_converge_to_the_closed_form) {
   const std::vector<Case> cases = {{1, 1, Potential::dot, false}, {2, 2, Potential::dot, true},
                                    {3, 1, Potential::dot, false}, {1, 1, Potential::l2, false},
                                    {2, 2, Potential::l2, false},  {3, 3, Potential::l2, true}};
@@ -147,7 +147,7 @@ TEST(GaussianAttention, GaussHermiteAtomsConvergeToTheClosedForm) {
 }
 
 // A covariance of rank 1 in R^2: the closed form still holds (the atoms lie on a line).
-TEST(GaussianAttention, DegenerateCovariance) {
+TEST(gaussian_test, degenerate_covariance) {
   MatrixD s(2, 2);
   s << 0.5, 0.25, 0.25, 0.125;
   const G g(VectorD::Constant(2, 0.2), s);
@@ -165,7 +165,7 @@ TEST(GaussianAttention, DegenerateCovariance) {
 
 // Sinkhorn attention: converged particle Sinkhorn on Gauss–Hermite atoms against the
 // conditional mean of the Gaussian entropic plan.
-TEST(GaussianAttention, SinkhornGaussHermiteConverges) {
+TEST(gaussian_test, sinkhorn_gauss_hermite_converges) {
   const std::vector<Case> cases = {
       {1, 1, Potential::dot, false}, {2, 2, Potential::dot, false}, {2, 1, Potential::l2, true}};
   for (const Case& c : cases) {
@@ -199,7 +199,7 @@ TEST(GaussianAttention, SinkhornGaussHermiteConverges) {
 // The rate needs a mild tilt: the self-normalized estimate of the kernel at query x
 // has variance ~ exp(|Sigma^{1/2} a(x)|^2) / n, and its average over x is finite only
 // for small enough Sigma (with a wide Sigma the error decays visibly slower).
-TEST(GaussianAttention, MonteCarloRate) {
+TEST(gaussian_test, monte_carlo_rate) {
   const Model<double> model = Model<double>::random(2, 2, true, 21);
   const G g = random_gaussian(2, 23, 0.2);
   const G exact = gaussian_attention(model, g);
@@ -246,7 +246,7 @@ TEST(GaussianAttention, MonteCarloRate) {
 
 // dx/dt = Gamma(x) for the canonical model in 1-D: s' = 2 beta s^2, m' = (1 + beta s) m:
 // s(t) = s0 / (1 - 2 beta s0 t), m(t) = m0 e^t / sqrt(1 - 2 beta s0 t).
-TEST(GaussianFlow, CanonicalClosedForm) {
+TEST(gaussian_test, flow_canonical_closed_form) {
   const double beta = 0.5, m0 = 0.3, s0 = 0.4, T = 1.5;
   const G g(VectorD::Constant(1, m0), MatrixD::Constant(1, 1, s0));
   GaussianFlowOptions o;
@@ -272,7 +272,7 @@ TEST(GaussianFlow, CanonicalClosedForm) {
 // The ODE for (m, Sigma) against the particle flow on Gauss–Hermite atoms. (The
 // quadrature error grows with the covariance: these models spread mu fast, and by
 // t = 1 sixteen points per axis are no longer enough for 1e-7 in d = 2.)
-TEST(GaussianFlow, MatchesTheParticleFlow) {
+TEST(gaussian_test, flow_matches_the_particle_flow) {
   for (Potential p : {Potential::dot, Potential::l2}) {
     for (Index d : {1, 2}) {
       const Model<double> model = Model<double>::random(d, d, true, 31, p);
@@ -299,7 +299,7 @@ TEST(GaussianFlow, MatchesTheParticleFlow) {
 
 // Tolerance control: a loose run is within a small multiple of its tolerance of a
 // tight one; Sigma stays symmetric positive semi-definite.
-TEST(GaussianFlow, ToleranceAndPositiveDefiniteness) {
+TEST(gaussian_test, flow_tolerance_and_positive_definiteness) {
   const Model<double> model = Model<double>::random(4, 2, true, 41);
   const G g = random_gaussian(4, 43, 0.3);
   GaussianFlowOptions o;
@@ -325,7 +325,7 @@ TEST(GaussianFlow, ToleranceAndPositiveDefiniteness) {
   EXPECT_EQ(gaussian_flow(model, g, o).status, Status::completed);
 }
 
-TEST(GaussianW2, KnownCases) {
+TEST(gaussian_test, w2_known_cases) {
   // 1-D: W2^2 = (m1 - m2)^2 + (s1 - s2)^2 with standard deviations s.
   const G a(VectorD::Constant(1, 0.5), MatrixD::Constant(1, 1, 4.0));
   const G b(VectorD::Constant(1, -1.0), MatrixD::Constant(1, 1, 0.25));
@@ -345,7 +345,7 @@ TEST(GaussianW2, KnownCases) {
 }
 
 // Against the particle W2 (exact 1-D solver) on quantile atoms of each Gaussian.
-TEST(GaussianW2, MatchesParticleW2OnQuantileAtoms) {
+TEST(gaussian_test, w2_matches_particle_w2_on_quantile_atoms) {
   const G a(VectorD::Constant(1, 0.2), MatrixD::Constant(1, 1, 2.0));
   const G b(VectorD::Constant(1, -0.4), MatrixD::Constant(1, 1, 0.5));
   const Index n = 20000;
@@ -369,7 +369,7 @@ TEST(GaussianW2, MatchesParticleW2OnQuantileAtoms) {
 
 // float: the closed form in float matches double to float rounding; a rank-deficient
 // output covariance rounded to float is still accepted.
-TEST(GaussianAttention, FloatPrecision) {
+TEST(gaussian_test, float_precision) {
   const Model<double> model = Model<double>::random(3, 1, true, 61);
   const G g = random_gaussian(3, 63);
   const G exact = gaussian_attention(model, g);
@@ -385,7 +385,7 @@ TEST(GaussianAttention, FloatPrecision) {
   EXPECT_EQ(flowed.status, Status::completed);
 }
 
-TEST(GaussHermite, MomentsAreExact) {
+TEST(gaussian_test, gauss_hermite_moments_are_exact) {
   const G g = random_gaussian(3, 51);
   const MeasureD mu = gauss_hermite_measure(g, 3);
   EXPECT_EQ(mu.size(), 27);
