@@ -11,7 +11,9 @@
 // mu = sum_j w_j delta_{x_j} (uniform weights by default). With --queries:
 // cross-attention, OUT row i = Gamma_mu(y_i). --residual adds the query.
 // Every input is read and validated before anything is computed; OUT is
-// written atomically only on success.
+// written atomically only on success. Under `mpirun -np P` every rank reads
+// the inputs, the ranks split the queries and the keys (the result is
+// bit-identical to one process) and rank 0 writes OUT.
 #include <memory>
 #include <string>
 #include <utility>
@@ -77,7 +79,7 @@ void run_attend(const AttendArgs& a, const AttendOptions& options) {
     throw invalid_argument("--out: " + a.out + ": the output is not finite (inputs too large for " +
                            (std::is_same_v<Scalar, float> ? "float32" : "float64") + ")");
   }
-  write_npy(a.out, out);
+  if (writes_outputs()) write_npy(a.out, out);
 }
 
 const bool registered = register_command(
@@ -106,8 +108,15 @@ const bool registered = register_command(
       app.callback([a] {
         const DType dtype = parse_dtype(a->dtype, "--dtype");
         a->binder.apply();  // --normalization
-        const AttendOptions options = a->options;
+        AttendOptions options = a->options;
         options.validate();
+        // Under mpirun the ranks split the queries and keys (docs/distributed.md).
+        options.communicator = communicator();
+        if (options.communicator.distributed() &&
+            options.normalization == Normalization::sinkhorn) {
+          throw invalid_argument(
+              "--normalization: sinkhorn attention is not distributed (run it on one process)");
+        }
         if (options.normalization == Normalization::sinkhorn && !a->queries.empty()) {
           throw invalid_argument(
               "--normalization: sinkhorn attention is defined for self-attention only "

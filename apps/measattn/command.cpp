@@ -18,6 +18,16 @@ bool register_command(std::string name, std::string description,
   return true;
 }
 
+namespace {
+Communicator& communicator_slot() {
+  static Communicator comm;
+  return comm;
+}
+}  // namespace
+
+const Communicator& communicator() { return communicator_slot(); }
+void set_communicator(Communicator comm) { communicator_slot() = std::move(comm); }
+
 const std::vector<CommandEntry>& commands() {
   auto& entries = registry();
   std::sort(entries.begin(), entries.end(),

@@ -6,6 +6,8 @@
 #include <functional>
 #include <string>
 
+#include "measattn/communicator.hpp"
+
 namespace measattn::cli {
 
 /// `setup` adds the options of the subcommand and its callback to `app`.
@@ -20,5 +22,15 @@ struct CommandEntry {
 };
 
 const std::vector<CommandEntry>& commands();
+
+/// The ranks this run shares its work with: MPI_COMM_WORLD when started by an
+/// MPI launcher (`mpirun -np P measattn ...`, `srun`) and measattn has MPI,
+/// else the process alone. Set once by main() before the subcommand runs.
+/// Every rank reads and checks the same inputs; rank 0 alone writes outputs
+/// and prints (docs/distributed.md).
+const Communicator& communicator();
+void set_communicator(Communicator comm);
+/// communicator().rank() == 0.
+inline bool writes_outputs() { return communicator().rank() == 0; }
 
 }  // namespace measattn::cli

@@ -23,6 +23,18 @@ int main(int argc, char** argv) {
     command.setup(*sub);
   }
   measattn::cli::set_command_line(argc, argv);
+  // Under an MPI launcher the ranks share the work (docs/distributed.md);
+  // every rank parses and checks the same flags and files, rank 0 alone
+  // writes and prints, so that an error reads as one line, once.
+  if (measattn::Communicator::mpi_enabled() && measattn::Communicator::launched_by_mpi()) {
+    try {
+      measattn::cli::set_communicator(measattn::Communicator::world());
+    } catch (const std::exception& e) {
+      std::cerr << "measattn: internal error: MPI: " << e.what() << "\n";
+      return 1;
+    }
+  }
+  const bool speaks = measattn::cli::writes_outputs();
   // Hidden: the flags bound to library Options fields, with their defaults, as
   // JSON (tests/python/test_options.py compares them with the Python keywords).
   if (argc == 2 && std::string(argv[1]) == "--options-json") {
@@ -38,17 +50,19 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "measattn: error: " << e.what() << "\n";
+    if (speaks) std::cerr << "measattn: error: " << e.what() << "\n";
     return 2;
   } catch (const measattn::interrupted&) {
     const int sig = measattn::cli::received_signal() ? measattn::cli::received_signal() : SIGINT;
-    std::cerr << "measattn: interrupted by " << measattn::cli::signal_name(sig) << "\n";
+    if (speaks) std::cerr << "measattn: interrupted by " << measattn::cli::signal_name(sig) << "\n";
     return 128 + sig;
   } catch (const measattn::invalid_argument& e) {
     // Library fields become the subcommand's flags (flags.hpp: one table).
     std::string subcommand;
     for (const CLI::App* sub : app.get_subcommands()) subcommand = sub->get_name();
-    std::cerr << "measattn: error: " << measattn::cli::cli_message(subcommand, e) << "\n";
+    if (speaks) {
+      std::cerr << "measattn: error: " << measattn::cli::cli_message(subcommand, e) << "\n";
+    }
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "measattn: internal error: " << e.what() << "\n";

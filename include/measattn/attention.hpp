@@ -27,6 +27,7 @@
 #include <functional>
 #include <string>
 
+#include "measattn/communicator.hpp"
 #include "measattn/error.hpp"
 #include "measattn/measure.hpp"
 #include "measattn/options.hpp"
@@ -121,6 +122,14 @@ struct AttendOptions {
   /// only in the last bits.
   Index query_block = 0;
   Index key_block = 0;
+  /// The ranks that share the work (communicator.hpp); the calling process
+  /// alone by default. With several ranks, attention_field and self_attention
+  /// take the whole measure and queries on every rank, split the queries and
+  /// the keys over the ranks, and return the whole result on every rank;
+  /// attention_field_shard takes and returns each rank's part only. Either
+  /// way the result is bit-identical to one process whatever the rank count.
+  /// Softmax normalization only.
+  Communicator communicator;
 
   /// Throws invalid_argument naming the field on a bad value.
   void validate() const {
@@ -151,6 +160,30 @@ void for_each_field(AttendOptions& o, Visitor&& visit) {
 template <class Scalar>
 Matrix<Scalar> attention_field(const Model<Scalar>& model, const Measure<Scalar>& mu,
                                const MatrixRef<Scalar>& queries, const AttendOptions& options = {});
+
+/// Distributed attention on a measure split over the ranks of
+/// options.communicator: rank r passes rows [o_r, o_r + m_r) of the whole
+/// measure's atoms (`atoms`, m_r x d_kv) with their weights (`weights`, m_r
+/// values, not normalized: the whole measure divides every weight by the total
+/// over all ranks), and rows [p_r, p_r + n_r) of the queries (n_r x d_q; for
+/// self-attention, the rank's atoms again); the parts follow one another in
+/// rank order (o_r = m_0 + ... + m_{r-1}, the same for p_r; shard_rows gives a
+/// balanced split, any split is allowed, parts may be empty). Returns this
+/// rank's n_r rows of Gamma_mu (plus the query when residual), bit-identical to
+/// the same rows of attention_field on the whole measure in one process,
+/// whatever the rank count and split. The keys and values travel from rank to
+/// rank in key order while the blocks already received are computed (online
+/// log-sum-exp carried across them), so a rank never holds more than its own
+/// part, one other rank's part in flight and one key block: memory per rank
+/// O((n_r + m_r + max_s m_s + key_block) E). Causal masks use global positions
+/// (query p_r + i sees keys at positions <= p_r + i). Collective: every rank
+/// must call it; an error on any rank is thrown on every rank (the lowest
+/// failing rank's message). Softmax normalization only.
+template <class Scalar>
+Matrix<Scalar> attention_field_shard(
+    const Model<Scalar>& model, const MatrixRef<Scalar>& atoms,
+    const Eigen::Ref<const Vector<std::type_identity_t<Scalar>>>& weights,
+    const MatrixRef<Scalar>& queries, const AttendOptions& options);
 
 /// The fields of each head before the output projection: n x E, head h in
 /// columns [h k, (h+1) k). Same streaming algorithm.

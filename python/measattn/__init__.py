@@ -33,6 +33,7 @@ from ._measattn import (  # noqa: F401  (re-exported)
     __version__,
     get_num_threads,
     load_model,
+    mpi_enabled,
     save_model,
     set_num_threads,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "__version__",
     "get_num_threads",
     "load_model",
+    "mpi_enabled",
     "save_model",
     "set_num_threads",
 ]

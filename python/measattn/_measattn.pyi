@@ -24,6 +24,7 @@ MAX_THREADS: int
 
 def set_num_threads(num_threads: int) -> None: ...
 def get_num_threads() -> int: ...
+def mpi_enabled() -> bool: ...
 def option_fields(function: str) -> List[Tuple[str, Any]]: ...
 
 class Measure:
@@ -120,8 +121,14 @@ class Model:
                residual: bool = False, normalization: str = "softmax",
                sinkhorn_iterations: int = 0, query_block: int = 0, key_block: int = 0,
                dtype: DTypeLike = None, *,
-               sinkhorn_iters: Optional[int] = None) -> NDArray:
+               sinkhorn_iters: Optional[int] = None,
+               communicator: Any = None) -> NDArray:
         """Gamma_mu(y_i) for each query (default: the tokens); shape (n, d_out)."""
+    def attend_shard(self, tokens: ArrayLike, weights: Optional[ArrayLike] = None,
+                     queries: Optional[ArrayLike] = None, causal: bool = False,
+                     residual: bool = False, key_block: int = 0,
+                     dtype: DTypeLike = None, *, communicator: Any = None) -> NDArray:
+        """This rank's rows of Gamma_mu, the tokens and queries split over the ranks."""
     def head_fields(self, tokens: Tokens, weights: Optional[ArrayLike] = None,
                     queries: Optional[ArrayLike] = None, causal: bool = False,
                     normalization: str = "softmax", sinkhorn_iterations: int = 0,
@@ -145,7 +152,8 @@ class Model:
                        causal: bool = False, residual: bool = False,
                        normalization: str = "softmax", sinkhorn_iterations: int = 0,
                        dtype: DTypeLike = None, *,
-                       sinkhorn_iters: Optional[int] = None) -> Measure: ...
+                       sinkhorn_iters: Optional[int] = None,
+                       communicator: Any = None) -> Measure: ...
     def cross_attention(self, nu: Tokens, mu: Tokens, residual: bool = False,
                         dtype: DTypeLike = None) -> Measure: ...
 

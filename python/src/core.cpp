@@ -325,9 +325,23 @@ int sinkhorn_iterations_arg(int sinkhorn_iterations, const std::optional<int>& s
   return *sinkhorn_iters;
 }
 
+// An mpi4py communicator (anything with py2f(), the Fortran handle), or None
+// for the calling process alone.
+Communicator communicator_arg(const py::object& comm) {
+  if (comm.is_none()) return Communicator();
+  if (!py::hasattr(comm, "py2f")) {
+    throw invalid_argument(
+        "communicator: expected an mpi4py communicator (e.g. MPI.COMM_WORLD) or None");
+  }
+  const auto handle = comm.attr("py2f")().cast<std::int64_t>();
+  return Communicator::from_fortran(handle);
+}
+
 AttendOptions attend_options(bool causal, bool residual, const std::string& normalization,
-                             int sinkhorn_iterations, Index query_block, Index key_block) {
+                             int sinkhorn_iterations, Index query_block, Index key_block,
+                             const py::object& communicator = py::none()) {
   AttendOptions o;
+  o.communicator = communicator_arg(communicator);
   o.causal = causal;
   o.residual = residual;
   o.normalization = parse_normalization(normalization);
@@ -638,6 +652,71 @@ query_block, key_block : int, default 0
     Block sizes of the streaming kernel (0 = automatic; no effect on the result).
 dtype : {"float32", "float64"}, optional
     None = float32 when tokens are float32, else float64.
+communicator : mpi4py communicator, optional (keyword only)
+    The ranks that share the work (docs/distributed.md): every rank passes
+    the same tokens and queries, each computes its share of the queries
+    against the keys sent from rank to rank, and every rank gets the whole
+    result, bit-identical to one process. None = this process alone.
+    Softmax only.
+)doc";
+
+constexpr const char* kAttendShardDoc = R"doc(
+Distributed attention on this rank's part of the tokens and queries.
+
+    rank r passes rows [o_r, o_r + m_r) of the tokens (with their weights)
+    and rows [p_r, p_r + n_r) of the queries, in rank order, and gets back
+    rows [p_r, p_r + n_r) of Gamma_mu,  mu = sum_j w_j delta_{x_j} / sum_j w_j
+
+the total taken over every rank. The result is bit-identical to the same rows
+of attend on the whole input in one process, whatever the number of ranks and
+the split; no rank ever holds more than its own tokens, one other rank's in
+flight and one key block (docs/distributed.md).
+
+Parameters
+----------
+tokens : array_like, shape (m_r, d_kv)
+    This rank's tokens (keys and values); may be empty.
+weights : array_like, shape (m_r,), optional
+    Their weights, not normalized (the whole measure divides by the total over
+    every rank); None = 1 for each token.
+queries : array_like, shape (n_r, d_q), optional
+    This rank's queries; None = its tokens (self-attention).
+causal : bool, default False
+    Query p_r + i sees tokens at global positions <= p_r + i.
+residual : bool, default False
+    Add the query.
+key_block : int, default 0
+    Key block of the streaming kernel (0 = automatic).
+dtype : {"float32", "float64"}, optional
+    None = float32 when tokens are float32, else float64.
+communicator : mpi4py communicator, optional (keyword only)
+    None = this process alone (then this is attend on the given rows).
+
+Returns
+-------
+numpy.ndarray, shape (n_r, d_out)
+    This rank's rows of the attention field (the value computed, not a bound).
+
+Raises
+------
+ValueError
+    On bad input on any rank: every rank raises the lowest failing rank's
+    message.
+
+Examples
+--------
+>>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+>>> model = measattn.Model.canonical(2, beta=1.0)
+>>> out = model.attend_shard(x, weights=[2.0, 2.0, 2.0])
+>>> bool(np.allclose(out, model.attend(x), rtol=0, atol=1e-15))
+True
+>>> model.attend_shard(x, causal=True)[:2]
+array([[1.      , 0.      ],
+       [0.268941, 0.731059]])
+
+References
+----------
+docs/distributed.md; docs/theory.md, section "Attention as a map on measures".
 )doc";
 
 constexpr const char* kAttendDoc = R"doc(
@@ -765,7 +844,7 @@ Parameters
 mu : Measure or array_like, shape (n, d)
 weights : array_like, shape (n,), optional
     With an array mu; None = uniform.
-causal, residual, normalization, sinkhorn_iterations, dtype
+causal, residual, normalization, sinkhorn_iterations, dtype, communicator
     As for attend.
 
 Returns
@@ -993,11 +1072,11 @@ void bind_model(py::module_& m) {
          [](const PyModel& pm, const py::object& tokens, const py::object& weights,
             const py::object& queries, bool causal, bool residual, const std::string& normalization,
             int sinkhorn_iterations, Index query_block, Index key_block, const py::object& dtype,
-            const std::optional<int>& sinkhorn_iters) {
+            const std::optional<int>& sinkhorn_iters, const py::object& communicator) {
            const auto o =
                attend_options(causal, residual, normalization,
                               sinkhorn_iterations_arg(sinkhorn_iterations, sinkhorn_iters),
-                              query_block, key_block);
+                              query_block, key_block, communicator);
            return dispatch(call_dtype(tokens, dtype), [&](auto s) {
              return field_call<decltype(s)>(pm, tokens, weights, queries, o, FieldKind::field);
            });
@@ -1006,7 +1085,35 @@ void bind_model(py::module_& m) {
          "residual"_a = attend.residual, "normalization"_a = to_string(attend.normalization),
          "sinkhorn_iterations"_a = attend.sinkhorn_iterations, "query_block"_a = attend.query_block,
          "key_block"_a = attend.key_block, "dtype"_a = py::none(), py::kw_only(),
-         "sinkhorn_iters"_a = py::none(), attend_doc().c_str())
+         "sinkhorn_iters"_a = py::none(), "communicator"_a = py::none(), attend_doc().c_str())
+      .def(
+          "attend_shard",
+          [](const PyModel& pm, const py::object& tokens, const py::object& weights,
+             const py::object& queries, bool causal, bool residual, Index key_block,
+             const py::object& dtype, const py::object& communicator) {
+            const auto o =
+                attend_options(causal, residual, "softmax", 0, 0, key_block, communicator);
+            return dispatch(call_dtype(tokens, dtype), [&](auto s) {
+              using S = decltype(s);
+              ModelArg<S> model(pm);
+              const MatrixArg<S> x = matrix_arg<S>(tokens, "tokens");
+              const Vector<S> w = weights.is_none() ? Vector<S>(Vector<S>::Ones(x.map.rows()))
+                                                    : vector_copy<S>(weights, "weights");
+              std::optional<MatrixArg<S>> q;
+              if (!queries.is_none()) q.emplace(matrix_arg<S>(queries, "queries"));
+              Matrix<S> out;
+              {
+                py::gil_scoped_release release;
+                const MatrixRef<S> y = q ? MatrixRef<S>(q->map) : MatrixRef<S>(x.map);
+                out = attention_field_shard(model.get(), MatrixRef<S>(x.map), w, y, o);
+              }
+              return to_numpy(std::move(out));
+            });
+          },
+          "tokens"_a, "weights"_a = py::none(), "queries"_a = py::none(),
+          "causal"_a = attend.causal, "residual"_a = attend.residual,
+          "key_block"_a = attend.key_block, "dtype"_a = py::none(), py::kw_only(),
+          "communicator"_a = py::none(), kAttendShardDoc)
       .def(
           "head_fields",
           [](const PyModel& pm, const py::object& tokens, const py::object& weights,
@@ -1065,17 +1172,19 @@ void bind_model(py::module_& m) {
           "self_attention",
           [](const PyModel& pm, const py::object& mu, const py::object& weights, bool causal,
              bool residual, const std::string& normalization, int sinkhorn_iterations,
-             const py::object& dtype, const std::optional<int>& sinkhorn_iters) {
-            const auto o =
-                attend_options(causal, residual, normalization,
-                               sinkhorn_iterations_arg(sinkhorn_iterations, sinkhorn_iters), 0, 0);
+             const py::object& dtype, const std::optional<int>& sinkhorn_iters,
+             const py::object& communicator) {
+            const auto o = attend_options(
+                causal, residual, normalization,
+                sinkhorn_iterations_arg(sinkhorn_iterations, sinkhorn_iters), 0, 0, communicator);
             return dispatch(call_dtype(mu, dtype),
                             [&](auto s) { return self_call<decltype(s)>(pm, mu, weights, o); });
           },
           "mu"_a, "weights"_a = py::none(), "causal"_a = attend.causal,
           "residual"_a = attend.residual, "normalization"_a = to_string(attend.normalization),
           "sinkhorn_iterations"_a = attend.sinkhorn_iterations, "dtype"_a = py::none(),
-          py::kw_only(), "sinkhorn_iters"_a = py::none(), kSelfAttentionDoc)
+          py::kw_only(), "sinkhorn_iters"_a = py::none(), "communicator"_a = py::none(),
+          kSelfAttentionDoc)
       .def(
           "cross_attention",
           [](const PyModel& pm, const py::object& nu, const py::object& mu, bool residual,

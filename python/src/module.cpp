@@ -10,6 +10,7 @@
 #include <string>
 
 #include "convert.hpp"
+#include "measattn/communicator.hpp"
 #include "measattn/interrupt.hpp"
 #include "measattn/threads.hpp"
 #include "measattn/version.hpp"
@@ -110,6 +111,23 @@ Examples
 ['time', 'steps', 'scheme']
 )doc";
 
+constexpr const char* kMpiEnabledDoc = R"doc(
+Whether this build of measattn has MPI (the CMake option MEASATTN_MPI).
+
+With MPI, the attention functions take an mpi4py communicator
+(``communicator=MPI.COMM_WORLD``) and split their work over its ranks, with
+results bit-identical to one process (docs/distributed.md).
+
+Returns
+-------
+bool
+
+Examples
+--------
+>>> isinstance(measattn.mpi_enabled(), bool)
+True
+)doc";
+
 }  // namespace
 }  // namespace measattn::python
 
@@ -149,6 +167,7 @@ PYBIND11_MODULE(_measattn, m) {
   m.attr("MAX_THREADS") = measattn::kMaxThreads;
   m.def(
       "get_num_threads", []() { return omp_get_max_threads(); }, kGetThreadsDoc);
+  m.def("mpi_enabled", &measattn::Communicator::mpi_enabled, kMpiEnabledDoc);
 
   bind_core(m);
 #ifdef MEASATTN_PY_WASSERSTEIN

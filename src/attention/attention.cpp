@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -201,7 +202,8 @@ void project_rows(const Scalar* x, Index x_stride, Index rows, const Scalar* __r
 template <class Scalar>
 Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<Scalar>& keys,
                                    const MatrixRef<Scalar>& queries, const AttendOptions& options,
-                                   bool project_out) {
+                                   bool project_out, StreamState<Scalar>* state,
+                                   Index query_offset) {
   constexpr Index L = Simd<Scalar>::L;
   const Index n = queries.rows();
   const Index heads = model.num_heads;
@@ -215,7 +217,7 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<
   const Scalar* const log_w = keys.log_weights;
   const Index* const positions = keys.index;
   auto key_index = [positions](Index j) { return positions == nullptr ? j : positions[j]; };
-  if (options.causal && key_index(0) > 0) {
+  if (options.causal && state == nullptr && key_index(0) > 0) {
     // Query i sees the keys at positions <= i; the first key of positive
     // weight must therefore come no later than the first query.
     throw invalid_argument("weights: with causal masking, query 0 sees only tokens of zero weight");
@@ -231,6 +233,12 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<
   const Index k_pad = round_up(k, L);
   const Index key_blocks = (m + bk - 1) / bk;
   const Index query_blocks = (n + bq - 1) / bq;
+  // Carried state: rows start from it, and end in it unless this call finishes.
+  const bool resume = state != nullptr;
+  const bool finish = !resume || state->finalize;
+  if (resume && (state->rows != n || state->k_pad != round_up(k, L))) {
+    throw std::logic_error("streaming_attention: the carried state does not fit the queries");
+  }
   struct Split {
     Scalar q_scale;
     bool tiled, normalized;
@@ -242,13 +250,13 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<
   const Scalar q_scale = split.q_scale;
 
   // Work arrays, allocated once per call and reused by every head.
-  Matrix<Scalar> kt(key_blocks * k, bk);                       // key panels
-  Matrix<Scalar> vh(key_blocks * bk, k_pad);                   // values, zero-padded
-  Vector<Scalar> bias(key_blocks * bk);                        // per-key logit offsets
-  Matrix<Scalar> kh(split.tiled ? 0 : m, k);                   // custom: keys, row-major
-  Matrix<Scalar> out(n, e);                                    // head fields
-  Matrix<Scalar> field(project_out ? n : 0, model.out_dim());  // W_O out + b_O
-  const Matrix<Scalar> wo_t = model.w_o.transpose();           // E x d_out
+  Matrix<Scalar> kt(key_blocks * k, bk);                                 // key panels
+  Matrix<Scalar> vh(key_blocks * bk, k_pad);                             // values, zero-padded
+  Vector<Scalar> bias(key_blocks * bk);                                  // per-key logit offsets
+  Matrix<Scalar> kh(split.tiled ? 0 : m, k);                             // custom: keys, row-major
+  Matrix<Scalar> out(finish ? n : 0, e);                                 // head fields
+  Matrix<Scalar> field(project_out && finish ? n : 0, model.out_dim());  // W_O out + b_O
+  const Matrix<Scalar> wo_t = model.w_o.transpose();                     // E x d_out
   const Index d_in = queries.cols();
 
   // A single block of queries and keys is not worth waking the thread team
@@ -335,7 +343,7 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<
           const Index i0 = qb * bq;
           const Index rows_real = std::min(bq, n - i0);
           const Index rows = round_up(rows_real, kTileRows);
-          const Index i_last = i0 + rows_real - 1;
+          const Index i_last = query_offset + i0 + rows_real - 1;
           Index key_end = m;
           if (options.causal) {
             // Keys are in increasing position order: the visible ones form a prefix.
@@ -353,6 +361,12 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<
           std::fill(max_buf.begin(), max_buf.begin() + rows,
                     -std::numeric_limits<Scalar>::infinity());
           std::fill(sum_buf.begin(), sum_buf.begin() + rows, Scalar(0));
+          const size_t row0 = static_cast<size_t>(h * n + i0);
+          if (resume) {
+            std::copy_n(state->max.begin() + row0, rows_real, max_buf.begin());
+            std::copy_n(state->sum.begin() + row0, rows_real, sum_buf.begin());
+            std::copy_n(state->acc.begin() + row0 * k_pad, rows_real * k_pad, acc);
+          }
           project_rows<Scalar>(queries.data() + i0 * queries.outerStride(), queries.outerStride(),
                                rows_real, wq_t.data(), d_in, k, bq_h.data(),
                                split.normalized ? Scalar(1) : q_scale, q, k);
@@ -381,11 +395,11 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<
             }
             for (Index r = 0; r < rows; ++r) {
               Index vis = cols;
-              if (options.causal && key_index(j0 + cols - 1) > i0 + r) {
+              if (options.causal && key_index(j0 + cols - 1) > query_offset + i0 + r) {
                 Index lo = 0, hi = cols;
                 while (lo < hi) {
                   const Index mid = (lo + hi) / 2;
-                  if (key_index(j0 + mid) <= i0 + r)
+                  if (key_index(j0 + mid) <= query_offset + i0 + r)
                     lo = mid + 1;
                   else
                     hi = mid;
@@ -398,6 +412,12 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<
             values_block<Scalar>(s, bk, rows, cols, vh.data() + j0 * k_pad, k_pad, acc);
           }
           if (guard.stopped()) continue;
+          if (!finish) {
+            std::copy_n(max_buf.begin(), rows_real, state->max.begin() + row0);
+            std::copy_n(sum_buf.begin(), rows_real, state->sum.begin() + row0);
+            std::copy_n(acc, rows_real * k_pad, state->acc.begin() + row0 * k_pad);
+            continue;
+          }
           for (Index r = 0; r < rows_real; ++r) {
             // The row sum is >= 1 (the key attaining the maximum contributes e^0).
             const Scalar l = sum_buf[static_cast<size_t>(r)];
@@ -419,6 +439,7 @@ Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<
     }
   }
   guard.finish();
+  if (!finish) return Matrix<Scalar>();
   return project_out ? field : out;
 }
 
@@ -494,9 +515,16 @@ Matrix<Scalar> attention_field(const Model<Scalar>& model, const Measure<Scalar>
                                const MatrixRef<Scalar>& queries, const AttendOptions& options) {
   if (options.normalization == Normalization::softmax) {
     detail::check_inputs(model, mu, queries, options);
-    Matrix<Scalar> out = detail::streaming_attention(model, mu, queries, options, true);
+    Matrix<Scalar> out = options.communicator.distributed()
+                             ? detail::distributed_attention_field(model, mu, queries, options)
+                             : detail::streaming_attention(model, mu, queries, options, true);
     detail::check_finite_result(model, mu, queries, out);
     return out;
+  }
+  if (options.communicator.distributed()) {
+    throw invalid_argument(
+        "normalization: distributed attention is softmax attention only (sinkhorn needs every "
+        "token's column sums on every rank)");
   }
   const Matrix<Scalar> heads = head_fields(model, mu, queries, options);
   Matrix<Scalar> out = detail::project<Scalar>(heads, model.w_o, model.b_o);
@@ -533,26 +561,27 @@ Measure<Scalar> cross_attention(const Model<Scalar>& model, const Measure<Scalar
   return nu.push_forward(attention_field(model, mu, nu.atoms(), options));
 }
 
-#define MEASATTN_INSTANTIATE(S)                                                                    \
-  template Matrix<S> head_fields(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,          \
-                                 const AttendOptions&);                                            \
-  template Matrix<S> attention_field(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,      \
-                                     const AttendOptions&);                                        \
-  template Matrix<S> attention_kernel(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,     \
-                                      Index, const AttendOptions&);                                \
-  template Measure<S> self_attention(const Model<S>&, const Measure<S>&, const AttendOptions&);    \
-  template Measure<S> cross_attention(const Model<S>&, const Measure<S>&, const Measure<S>&,       \
-                                      const AttendOptions&);                                       \
-  template void detail::check_inputs(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,      \
-                                     const AttendOptions&);                                        \
-  template void detail::check_options(const Model<S>&, const AttendOptions&);                      \
-  template detail::KeySet<S> detail::positive_keys(const Measure<S>&);                             \
-  template void detail::check_finite_result(const Model<S>&, const Measure<S>&,                    \
-                                            const MatrixRef<S>&, const Matrix<S>&);                \
-  template void detail::check_finite_result(const Model<S>&, const MatrixRef<S>&,                  \
-                                            const MatrixRef<S>&, bool, const Matrix<S>&);          \
-  template Matrix<S> detail::streaming_attention(const Model<S>&, const detail::StreamKeys<S>&,    \
-                                                 const MatrixRef<S>&, const AttendOptions&, bool); \
+#define MEASATTN_INSTANTIATE(S)                                                                   \
+  template Matrix<S> head_fields(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,         \
+                                 const AttendOptions&);                                           \
+  template Matrix<S> attention_field(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,     \
+                                     const AttendOptions&);                                       \
+  template Matrix<S> attention_kernel(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,    \
+                                      Index, const AttendOptions&);                               \
+  template Measure<S> self_attention(const Model<S>&, const Measure<S>&, const AttendOptions&);   \
+  template Measure<S> cross_attention(const Model<S>&, const Measure<S>&, const Measure<S>&,      \
+                                      const AttendOptions&);                                      \
+  template void detail::check_inputs(const Model<S>&, const Measure<S>&, const MatrixRef<S>&,     \
+                                     const AttendOptions&);                                       \
+  template void detail::check_options(const Model<S>&, const AttendOptions&);                     \
+  template detail::KeySet<S> detail::positive_keys(const Measure<S>&);                            \
+  template void detail::check_finite_result(const Model<S>&, const Measure<S>&,                   \
+                                            const MatrixRef<S>&, const Matrix<S>&);               \
+  template void detail::check_finite_result(const Model<S>&, const MatrixRef<S>&,                 \
+                                            const MatrixRef<S>&, bool, const Matrix<S>&);         \
+  template Matrix<S> detail::streaming_attention(const Model<S>&, const detail::StreamKeys<S>&,   \
+                                                 const MatrixRef<S>&, const AttendOptions&, bool, \
+                                                 detail::StreamState<S>*, Index);                 \
   template Matrix<S> detail::project(const MatrixRef<S>&, const Matrix<S>&, const Vector<S>&);
 
 MEASATTN_INSTANTIATE(float)

@@ -32,6 +32,20 @@ struct StreamKeys {
   const Index* index;
 };
 
+/// The running online log-sum-exp state of every query row and head, carried
+/// from one call of the streaming kernel to the next when the keys arrive in
+/// pieces (the distributed attention, distributed.cpp): row maxima and sums
+/// [head][row], accumulators [head][row][k_pad] (k_pad = head size rounded up
+/// to whole packets). A row continues exactly as if every key had been in one
+/// call, provided the pieces start on the same key-block boundaries (the
+/// caller fixes AttendOptions::key_block). Start: max = -inf, sum = acc = 0.
+template <class Scalar>
+struct StreamState {
+  Index rows = 0, k_pad = 0;
+  std::vector<Scalar> max, sum, acc;
+  bool finalize = false;  // this call ends the stream: divide, project, return
+};
+
 /// The streaming kernel (attention.cpp): the head fields (n x E) of the queries
 /// under the keys or, when `project_out`, the attention field W_O [fields] + b_O
 /// (+ the queries when options.residual), softmax normalization. Nothing is
@@ -39,10 +53,25 @@ struct StreamKeys {
 /// key at position 0); the caller has checked the model, the dimensions, finite
 /// atoms and queries, and the options (check_inputs). Deterministic whatever
 /// the thread count.
+///
+/// With `state`: the rows start from the state and, unless state->finalize,
+/// end in it (the result is then empty); keys carry their global positions
+/// (keys.index) and query row i has global position query_offset + i (causal
+/// masks). The check that some key sits at position 0 is the caller's.
 template <class Scalar>
 Matrix<Scalar> streaming_attention(const Model<Scalar>& model, const StreamKeys<Scalar>& keys,
                                    const MatrixRef<Scalar>& queries, const AttendOptions& options,
-                                   bool project_out);
+                                   bool project_out, StreamState<Scalar>* state = nullptr,
+                                   Index query_offset = 0);
+
+/// attention_field with several ranks (distributed.cpp): every rank holds the
+/// whole measure and queries, computes its shard_rows of the queries against
+/// the keys travelling from rank to rank, and receives the whole result.
+/// Inputs already checked (check_inputs); softmax normalization.
+template <class Scalar>
+Matrix<Scalar> distributed_attention_field(const Model<Scalar>& model, const Measure<Scalar>& mu,
+                                           const MatrixRef<Scalar>& queries,
+                                           const AttendOptions& options);
 
 /// Throws invalid_argument naming tokens / queries and the projection that
 /// overflowed when `out` (computed from finite inputs) is not finite. The
