@@ -12,6 +12,7 @@ packages=(
   pybind11-dev python3-dev python3-numpy python3-pytest python3-mypy
   python3-torch python3-pot python3-scipy python3-matplotlib
   gnuplot-nox
+  openmpi-bin libopenmpi-dev python3-mpi4py
   libopenblas0-pthread
 )
 

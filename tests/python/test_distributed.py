@@ -1,0 +1,141 @@
+"""Distributed attention (docs/distributed.md) from the CLI and from Python.
+
+`mpirun -np P measattn attend ...` writes, on rank 0, the same bytes as one
+process; `Model.attend(..., communicator=MPI.COMM_WORLD)` and `attend_shard`
+under mpirun give arrays equal bit for bit to one process. Skipped where
+measattn was built without MPI or mpirun is missing.
+"""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import measattn
+from conftest import load_npy, measattn_bin, run_cli, save_mha_safetensors, save_npy
+
+MPIRUN = shutil.which("mpirun")
+pytestmark = pytest.mark.skipif(
+    not measattn.mpi_enabled() or MPIRUN is None,
+    reason="measattn built without MPI, or no mpirun")
+
+# OpenMPI refuses to start as root unless told that it is wanted (CI runs as
+# root); two cores: oversubscribe, one OpenMP thread per rank.
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMP_NUM_THREADS": "1"}
+
+
+def mpirun(ranks, args, timeout=300):
+    env = dict(os.environ)
+    env.update(MPI_ENV)
+    cmd = [MPIRUN, "--oversubscribe", "-np", str(ranks)] + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture
+def layer(tmp_path):
+    torch.manual_seed(3)
+    mha = torch.nn.MultiheadAttention(8, 2, dtype=torch.float64)
+    return save_mha_safetensors(tmp_path / "m.safetensors", mha, num_heads=2)
+
+
+@pytest.mark.parametrize("flags", [[], ["--causal"], ["--causal", "--residual"]])
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_cli_attend_under_mpirun_writes_the_one_process_bytes(tmp_path, layer, ranks, flags):
+    rng = np.random.default_rng(ranks)
+    tokens = save_npy(tmp_path / "x.npy", rng.normal(size=(301, 8)))
+    weights = save_npy(tmp_path / "w.npy", rng.uniform(0.0, 2.0, size=301))
+    one = tmp_path / "one.npy"
+    many = tmp_path / "many.npy"
+    run_cli(["attend", "--model", layer, "--tokens", tokens, "--weights", weights,
+             "--out", one] + flags, check=True)
+    proc = mpirun(ranks, [measattn_bin(), "attend", "--model", layer, "--tokens", tokens,
+                          "--weights", weights, "--out", many] + flags)
+    assert proc.returncode == 0, proc.stderr
+    assert one.read_bytes() == many.read_bytes()
+
+
+def test_cli_bad_input_under_mpirun_is_one_line_and_exit_2(tmp_path, layer):
+    bad = save_npy(tmp_path / "bad.npy", np.ones((5, 3)))
+    out = tmp_path / "o.npy"
+    proc = mpirun(2, [measattn_bin(), "attend", "--model", layer, "--tokens", bad,
+                      "--out", out])
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("measattn:")]
+    assert len(lines) == 1, proc.stderr
+    assert "--tokens" in lines[0] and "dimension" in lines[0]
+    assert not out.exists()
+
+
+def test_cli_sinkhorn_under_mpirun_is_refused(tmp_path, layer):
+    tokens = save_npy(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(20, 8)))
+    proc = mpirun(2, [measattn_bin(), "attend", "--model", layer, "--tokens", tokens,
+                      "--normalization", "sinkhorn", "--out", tmp_path / "o.npy"])
+    assert proc.returncode == 2
+    assert "--normalization" in proc.stderr
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from mpi4py import MPI
+    import measattn
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(157, 6))
+    w = rng.uniform(0.0, 1.0, size=157)
+    w[::5] = 0.0
+    model = measattn.Model.random(6, num_heads=3, bias=True, seed=4)
+    for dtype in ("float64", "float32"):
+        for causal in (False, True):
+            one = model.attend(x, weights=w, causal=causal, dtype=dtype)
+            many = model.attend(x, weights=w, causal=causal, dtype=dtype, communicator=comm)
+            assert many.dtype == one.dtype, (many.dtype, one.dtype)
+            assert np.array_equal(one, many), ("attend", dtype, causal, rank)
+            # The shard form: uneven parts, this rank's rows only, raw weights.
+            cuts = [0] + [len(x) * (r + 1) ** 2 // size ** 2 for r in range(size)]
+            lo, hi = cuts[rank], cuts[rank + 1]
+            part = model.attend_shard(x[lo:hi], weights=3.0 * w[lo:hi], causal=causal,
+                                      dtype=dtype, communicator=comm)
+            assert np.array_equal(one[lo:hi], part), ("attend_shard", dtype, causal, rank)
+    mu = model.self_attention(x, weights=w, communicator=comm)
+    ref = model.self_attention(x, weights=w)
+    assert np.array_equal(mu.atoms, ref.atoms)
+    try:
+        model.attend(x, normalization="sinkhorn", sinkhorn_iterations=3, communicator=comm)
+    except ValueError as e:
+        assert "normalization" in str(e)
+    else:
+        raise AssertionError("sinkhorn was distributed")
+    print("ok", rank)
+""")
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_python_communicator_bit_identical(tmp_path, ranks):
+    pytest.importorskip("mpi4py")
+    script = tmp_path / "check.py"
+    script.write_text(SCRIPT)
+    proc = mpirun(ranks, [sys.executable, script])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(proc.stdout.split()) == sorted(
+        " ".join(f"ok {r}" for r in range(ranks)).split())
+
+
+def test_python_rejects_what_is_not_a_communicator():
+    model = measattn.Model.random(4, num_heads=1, seed=1)
+    with pytest.raises(ValueError, match="communicator"):
+        model.attend(np.eye(4), communicator="world")
+
+
+def test_mpi_enabled_is_a_bool():
+    assert measattn.mpi_enabled() in (True, False)
+    assert pathlib.Path(measattn_bin()).exists()
