@@ -604,7 +604,8 @@ def misspec(model: Model, tokens: Tokens, weights: Optional[ArrayLike] = None,
             kind: str = "sample", sizes: Optional[Sequence[int]] = None,
             sigmas: Optional[Sequence[float]] = None, eps: Optional[Sequence[float]] = None,
             repeats: int = 3, radius: float = 0.0, adversarial: bool = True,
-            residual: bool = False, seed: int = 1, progress: Progress = None) -> MisspecResult:
+            residual: bool = False, seed: int = 1, progress: Progress = None, *,
+            communicator: Any = None) -> MisspecResult:
     """W1(F(mu'), F(mu)) <= L(R) W1(mu', mu) next to the realized deviation."""
 def expected_gaussian_norm(d: int) -> float: ...
 
