@@ -15,17 +15,13 @@
 #include "measattn/communicator.hpp"
 #include "measattn/error.hpp"
 #include "measattn/flow.hpp"
+#include "test_communicator.hpp"
 #include "test_measures.hpp"
 
 namespace measattn {
 namespace {
 
-const Communicator& comm() {
-  static const Communicator c = Communicator::mpi_enabled() && Communicator::launched_by_mpi()
-                                    ? Communicator::world()
-                                    : Communicator();
-  return c;
-}
+const Communicator& comm() { return testing::test_communicator(); }
 
 template <class Scalar>
 bool same_bits(const Matrix<Scalar>& a, const Matrix<Scalar>& b) {

@@ -5,17 +5,13 @@
 
 #include "measattn/communicator.hpp"
 #include "measattn/misspec.hpp"
+#include "test_communicator.hpp"
 #include "test_measures.hpp"
 
 namespace measattn {
 namespace {
 
-const Communicator& comm() {
-  static const Communicator c = Communicator::mpi_enabled() && Communicator::launched_by_mpi()
-                                    ? Communicator::world()
-                                    : Communicator();
-  return c;
-}
+const Communicator& comm() { return testing::test_communicator(); }
 
 TEST(misspec_distributed_test, every_kind_bit_identical_to_one_process) {
   const MeasureD mu = testing::random_measure(12, 2, 81);

@@ -8,9 +8,9 @@
 namespace measattn::testing {
 
 inline const Communicator& test_communicator() {
-  static const Communicator c =
-      Communicator::mpi_enabled() && Communicator::launched_by_mpi() ? Communicator::world()
-                                                                     : Communicator();
+  static const Communicator c = Communicator::mpi_enabled() && Communicator::launched_by_mpi()
+                                    ? Communicator::world()
+                                    : Communicator();
   return c;
 }
 
