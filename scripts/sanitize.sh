@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the library, the CLI and the C++ tests with AddressSanitizer and
+# Builds the library and the C++ tests with AddressSanitizer and
 # UndefinedBehaviorSanitizer in build-asan/ and runs the GoogleTest suites under
 # them.
 set -euo pipefail
