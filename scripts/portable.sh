@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the library, the CLI and the C++ tests without -march=native
+# Builds the library and the C++ tests without -march=native
 # (MEASATTN_NATIVE=OFF) in build-portable/ and runs the GoogleTest suites: the
 # portable branches (e.g. of src/common/vector_exp.hpp) are compiled and tested
 # too, not only the ones this machine's CPU selects. It is also the build
