@@ -116,6 +116,12 @@ SCRIPT = textwrap.dedent("""
         assert "normalization" in str(e)
     else:
         raise AssertionError("sinkhorn was distributed")
+    flow_model = measattn.Model.random(6, num_heads=2, bias=True, seed=8)
+    for scheme in ("rk4", "dopri5"):
+        one = measattn.flow(flow_model, x[:40], time=0.5, steps=5, scheme=scheme)
+        many = measattn.flow(flow_model, x[:40], time=0.5, steps=5, scheme=scheme,
+                             communicator=comm)
+        assert np.array_equal(one.particles, many.particles), ("flow", scheme, rank)
     print("ok", rank)
 """)
 
