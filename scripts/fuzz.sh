@@ -25,7 +25,7 @@ if command -v ninja >/dev/null 2>&1 && [ ! -f "$build/Makefile" ]; then generato
 CXX=clang++ cmake -S "$root" -B "$build" "${generator[@]}" "${launcher[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DMEASATTN_BUILD_FUZZ=ON -DMEASATTN_SANITIZE=ON -DMEASATTN_MODULES="measure;attention;io;transformer" \
   -DMEASATTN_BUILD_TESTS=OFF -DMEASATTN_BUILD_BENCH=OFF -DMEASATTN_BUILD_PYTHON=OFF \
-  -DMEASATTN_BUILD_APPS=OFF >/dev/null
+  -DMEASATTN_BUILD_APPS=OFF -DMEASATTN_MPI=OFF >/dev/null
 cmake --build "$build" --parallel "$(nproc)" --target fuzz_npy fuzz_safetensors fuzz_safetensors_header fuzz_checkpoint \
   fuzz_transformer
 artifacts="$build/fuzz/artifacts"

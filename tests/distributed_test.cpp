@@ -14,17 +14,14 @@
 #include "measattn/attention.hpp"
 #include "measattn/communicator.hpp"
 #include "measattn/error.hpp"
+#include "measattn/flow.hpp"
+#include "test_communicator.hpp"
 #include "test_measures.hpp"
 
 namespace measattn {
 namespace {
 
-const Communicator& comm() {
-  static const Communicator c = Communicator::mpi_enabled() && Communicator::launched_by_mpi()
-                                    ? Communicator::world()
-                                    : Communicator();
-  return c;
-}
+const Communicator& comm() { return testing::test_communicator(); }
 
 template <class Scalar>
 bool same_bits(const Matrix<Scalar>& a, const Matrix<Scalar>& b) {
@@ -179,6 +176,76 @@ TEST(distributed_test, zero_total_weight_and_causal_without_a_first_token) {
     EXPECT_NE(std::string(e.what()).find("query 0 sees only tokens of zero weight"),
               std::string::npos);
   }
+}
+
+// Flows: every rank holds the particles, the ranks split each stage's field.
+// Small head size (the small-dimension kernel), larger (streaming), the tied
+// canonical model (not split), every scheme, on and off the sphere.
+TEST(distributed_test, flows_bit_identical_for_every_scheme_and_kernel) {
+  const MeasureD mu = testing::random_measure(61, 4, 61);
+  const MeasureD mu16 = testing::random_measure(45, 16, 62);
+  const Model<double> small = Model<double>::random(4, 1, true, 63);
+  const Model<double> wide = Model<double>::random(16, 1, true, 64);
+  const Model<double> canonical = Model<double>::canonical(4, 2.0);
+  struct Case {
+    const Model<double>* model;
+    const MeasureD* mu;
+    FlowScheme scheme;
+    bool sphere;
+  };
+  for (const Case c :
+       {Case{&small, &mu, FlowScheme::euler, false}, Case{&small, &mu, FlowScheme::heun, true},
+        Case{&wide, &mu16, FlowScheme::rk4, false}, Case{&wide, &mu16, FlowScheme::dopri5, false},
+        Case{&canonical, &mu, FlowScheme::dopri5, true},
+        Case{&small, &mu, FlowScheme::dopri5, false}}) {
+    FlowOptions o;
+    o.time = 1.5;
+    o.steps = 13;
+    o.scheme = c.scheme;
+    o.tolerance = 1e-7;
+    o.sphere = c.sphere;
+    o.save_every = 3;
+    const auto one = flow(*c.model, *c.mu, o);
+    o.attention.communicator = comm();
+    const auto many = flow(*c.model, *c.mu, o);
+    ASSERT_EQ(one.status, Status::completed);
+    EXPECT_EQ(one.steps, many.steps) << to_string(c.scheme);
+    EXPECT_TRUE(same_bits(one.particles, many.particles))
+        << to_string(c.scheme) << (c.sphere ? " sphere" : "") << " on " << comm().size()
+        << " ranks";
+    ASSERT_EQ(one.frames.size(), many.frames.size());
+    for (size_t f = 0; f < one.frames.size(); ++f) {
+      EXPECT_TRUE(same_bits(one.frames[f], many.frames[f])) << "frame " << f;
+    }
+  }
+}
+
+// A run stopped at step 9 on P ranks (rank 0 writes the checkpoint), resumed
+// on P ranks, equals one uninterrupted process.
+TEST(distributed_test, flow_checkpoint_written_by_rank_0_resumes_bit_identically) {
+  const MeasureD mu = testing::random_measure(50, 4, 71);
+  const Model<double> model = Model<double>::random(4, 2, true, 72);
+  FlowOptions o;
+  o.time = 2;
+  o.steps = 20;
+  o.scheme = FlowScheme::rk4;
+  const auto full = flow(model, mu, o);
+  const std::string path =
+      ::testing::TempDir() + "measattn_distributed_np" + std::to_string(comm().size()) + ".ckpt";
+  FlowOptions stopped = o;
+  stopped.attention.communicator = comm();
+  stopped.checkpoint_every = 3;
+  stopped.checkpoint_path = path;
+  stopped.should_stop = [](Index step, double) { return step == 9; };
+  const auto partial = flow(model, mu, stopped);
+  ASSERT_EQ(partial.status, Status::interrupted);
+  FlowOptions resume = stopped;
+  resume.should_stop = nullptr;
+  resume.resume = true;
+  const auto resumed = flow(model, mu, resume);
+  EXPECT_TRUE(resumed.resumed);
+  EXPECT_EQ(resumed.resumed_from_step, 9);
+  EXPECT_TRUE(same_bits(full.particles, resumed.particles));
 }
 
 }  // namespace

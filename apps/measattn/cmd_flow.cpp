@@ -138,7 +138,10 @@ void run_flow(FlowArgs& a) {
   const std::string checkpoint = (fs::path(a.out) / "checkpoint.bin").string();
   options.field = a.unnormalized ? FlowField::unnormalized : FlowField::attention;
   options.checkpoint_path = checkpoint;
-  options.progress = true;
+  // Under mpirun the ranks split each stage's field (docs/distributed.md);
+  // rank 0 alone shows progress and writes the outputs and checkpoints.
+  options.attention.communicator = communicator();
+  options.progress = writes_outputs();
   // Without --save-every the summary still reports the start and the end.
   const Index save_every = options.save_every;
   if (options.save_every == 0) options.save_every = std::numeric_limits<Index>::max();
@@ -173,7 +176,9 @@ void run_flow(FlowArgs& a) {
   }
 
   std::string dir;
-  if (options.checkpoint_every > 0 || options.resume) dir = out.open_in_place(owned);
+  if ((options.checkpoint_every > 0 || options.resume) && writes_outputs()) {
+    dir = out.open_in_place(owned);
+  }
   const auto started = std::chrono::steady_clock::now();
   const FlowResult<double> r = flow(model, *mu, options);
   const double seconds =
@@ -183,6 +188,7 @@ void run_flow(FlowArgs& a) {
   }
 
   // ---- outputs ----------------------------------------------------------------
+  if (!writes_outputs()) return;  // rank 0 writes (the ranks hold the same result)
   if (dir.empty()) dir = out.open_in_place(owned);
   write_npy((fs::path(dir) / "final.npy").string(), r.particles);
   if (save_every > 0) {

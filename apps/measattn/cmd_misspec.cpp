@@ -91,7 +91,11 @@ void run(const MisspecArgs& args) {
                            std::to_string(mu->dim()) + ", the model expects " +
                            std::to_string(model.query_dim()));
 
+  // Under mpirun the ranks share the draws (docs/distributed.md); rank 0 writes
+  // and prints.
+  o.communicator = communicator();
   const MisspecResult r = misspecification(model, *mu, o);
+  if (!writes_outputs()) return;
   const std::string pname = o.kind == MisspecKind::sample  ? "n"
                             : o.kind == MisspecKind::noise ? "sigma"
                                                            : "eps";

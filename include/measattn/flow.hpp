@@ -101,7 +101,13 @@ struct FlowOptions {
   /// fixed-step schemes, (floor(1000 t / T), 1000) for dopri5 (progress.hpp); an
   /// exception it throws stops the run and propagates. Not part of the results.
   ProgressCallback progress_callback;
-  /// Attention kernel options (block sizes only; causal/residual/sinkhorn are refused).
+  /// Attention kernel options (block sizes only; causal/residual/sinkhorn are refused)
+  /// and attention.communicator: with several ranks, every rank passes the same
+  /// model, measure and options, the ranks split the query rows of every stage's
+  /// field and gather them (the tied Q = K kernels are not split: every rank
+  /// computes the whole field), rank 0 alone writes checkpoints, and every rank
+  /// returns the result, bit-identical to one process whatever the rank count;
+  /// a checkpoint written on P ranks resumes on any other number.
   AttendOptions attention;
 
   /// Throws invalid_argument naming the field on a bad value.

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "measattn/attention.hpp"
+#include "measattn/communicator.hpp"
 #include "measattn/error.hpp"
 #include "measattn/flow.hpp"
 #include "measattn/gaussian.hpp"

@@ -50,6 +50,12 @@ struct MisspecOptions {
   /// each draw is chosen: total = 2 x values x repeats, else values x repeats); an
   /// exception it throws stops the computation and propagates. Not in the field table.
   ProgressCallback progress_callback;
+  /// The ranks that share the draws (communicator.hpp): every rank passes the
+  /// same model, measure and options; the draws are made on every rank from the
+  /// one seeded stream, each rank evaluates (and, for corrupt, chooses) its
+  /// share, and every rank returns the same result, bit-identical to one
+  /// process. The calling process alone by default. Not in the field table.
+  Communicator communicator;
   void validate() const;
 };
 

@@ -255,7 +255,7 @@ def flow(model: Model, tokens: Tokens, weights: Optional[ArrayLike] = None,
          field: str = "attention", save_every: int = 0, cluster_tolerance: float = 1e-2,
          checkpoint_every: int = 0, checkpoint_path: str = "", resume: bool = False,
          progress: Progress = None, query_block: int = 0, key_block: int = 0,
-         dtype: DTypeLike = None) -> FlowResult:
+         dtype: DTypeLike = None, *, communicator: Any = None) -> FlowResult:
     """dx_i/dt = Gamma_{mu_t}(x_i) from the tokens (n, d) to time T."""
 def flow_field(model: Model, particles: ArrayLike, weights: Optional[ArrayLike] = None,
                sphere: bool = False, field: str = "attention",
@@ -622,7 +622,8 @@ def misspec(model: Model, tokens: Tokens, weights: Optional[ArrayLike] = None,
             kind: str = "sample", sizes: Optional[Sequence[int]] = None,
             sigmas: Optional[Sequence[float]] = None, eps: Optional[Sequence[float]] = None,
             repeats: int = 3, radius: float = 0.0, adversarial: bool = True,
-            residual: bool = False, seed: int = 1, progress: Progress = None) -> MisspecResult:
+            residual: bool = False, seed: int = 1, progress: Progress = None, *,
+            communicator: Any = None) -> MisspecResult:
     """W1(F(mu'), F(mu)) <= L(R) W1(mu', mu) next to the realized deviation."""
 def expected_gaussian_norm(d: int) -> float: ...
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "measattn/attention.hpp"
+#include "measattn/communicator.hpp"
 #include "measattn/error.hpp"
 #include "measattn/measure.hpp"
 #include "measattn/options.hpp"
@@ -69,6 +70,17 @@ template <class Scalar>
 using ConstMap = Eigen::Map<const Matrix<Scalar>>;
 template <class Scalar>
 using ConstVecMap = Eigen::Map<const Vector<Scalar>>;
+
+/// An mpi4py communicator (anything with py2f(), the Fortran handle), or None
+/// for the calling process alone (the `communicator=` keyword).
+inline Communicator communicator_arg(const py::object& comm) {
+  if (comm.is_none()) return Communicator();
+  if (!py::hasattr(comm, "py2f")) {
+    throw invalid_argument(
+        "communicator: expected an mpi4py communicator (e.g. MPI.COMM_WORLD) or None");
+  }
+  return Communicator::from_fortran(comm.attr("py2f")().cast<std::int64_t>());
+}
 
 /// A read-only Eigen view of a checked 2-D array (keeps the array alive).
 template <class Scalar>

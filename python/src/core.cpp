@@ -325,18 +325,6 @@ int sinkhorn_iterations_arg(int sinkhorn_iterations, const std::optional<int>& s
   return *sinkhorn_iters;
 }
 
-// An mpi4py communicator (anything with py2f(), the Fortran handle), or None
-// for the calling process alone.
-Communicator communicator_arg(const py::object& comm) {
-  if (comm.is_none()) return Communicator();
-  if (!py::hasattr(comm, "py2f")) {
-    throw invalid_argument(
-        "communicator: expected an mpi4py communicator (e.g. MPI.COMM_WORLD) or None");
-  }
-  const auto handle = comm.attr("py2f")().cast<std::int64_t>();
-  return Communicator::from_fortran(handle);
-}
-
 AttendOptions attend_options(bool causal, bool residual, const std::string& normalization,
                              int sinkhorn_iterations, Index query_block, Index key_block,
                              const py::object& communicator = py::none()) {

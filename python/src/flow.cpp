@@ -106,6 +106,10 @@ progress : None, bool or callable, optional
 query_block, key_block : int, default 0
     Block sizes of the field kernel (0 = automatic; no effect on the result).
 dtype : {"float32", "float64"}, optional
+communicator : mpi4py communicator, optional (keyword only)
+    The ranks that share each stage's field (docs/distributed.md): every rank
+    passes the same arguments and gets the same result, bit-identical to one
+    process; rank 0 alone writes checkpoints.
 
 Returns
 -------
@@ -345,8 +349,9 @@ void bind_flow(py::module_& m) {
          double initial_step, bool sphere, const std::string& field, Index save_every,
          double cluster_tolerance, Index checkpoint_every, const std::string& checkpoint_path,
          bool resume, const py::object& progress, Index query_block, Index key_block,
-         const py::object& dtype) {
+         const py::object& dtype, const py::object& communicator) {
         FlowOptions o;
+        o.attention.communicator = communicator_arg(communicator);
         o.time = time;
         o.steps = steps;
         o.scheme = parse_flow_scheme(scheme);
@@ -385,7 +390,8 @@ void bind_flow(py::module_& m) {
       "checkpoint_every"_a = defaults.checkpoint_every,
       "checkpoint_path"_a = defaults.checkpoint_path, "resume"_a = defaults.resume,
       "progress"_a = py::none(), "query_block"_a = defaults.attention.query_block,
-      "key_block"_a = defaults.attention.key_block, "dtype"_a = py::none(), kFlowDoc);
+      "key_block"_a = defaults.attention.key_block, "dtype"_a = py::none(), py::kw_only(),
+      "communicator"_a = py::none(), kFlowDoc);
   register_option_fields("flow", &option_fields_of<FlowOptions>);
 
   m.def(

@@ -56,6 +56,9 @@ progress : None, bool or callable, optional
     chosen (total = values x repeats, twice that for corrupt); an exception it
     raises stops the computation and propagates. True: a tqdm bar when tqdm
     imports, else a line on stderr. The result does not depend on it.
+communicator : mpi4py communicator, optional (keyword only)
+    The ranks that share the draws (docs/distributed.md): every rank passes the
+    same arguments and gets the same result, bit-identical to one process.
 
 Returns
 -------
@@ -175,8 +178,9 @@ void bind_misspec(py::module_& m) {
       [](const PyModel& pm, const py::object& tokens, const py::object& weights,
          const std::string& kind, const py::object& sizes, const py::object& sigmas,
          const py::object& eps, int repeats, double radius, bool adversarial, bool residual,
-         std::uint64_t seed, const py::object& progress) {
+         std::uint64_t seed, const py::object& progress, const py::object& communicator) {
         MisspecOptions o;
+        o.communicator = communicator_arg(communicator);
         o.kind = parse_misspec_kind(kind, "kind");
         if (!sizes.is_none()) o.sizes = sizes.cast<std::vector<Index>>();
         if (!sigmas.is_none()) o.sigmas = sigmas.cast<std::vector<double>>();
@@ -204,7 +208,8 @@ void bind_misspec(py::module_& m) {
       "sizes"_a = py::none(), "sigmas"_a = py::none(), "eps"_a = py::none(),
       "repeats"_a = defaults.repeats, "radius"_a = defaults.radius,
       "adversarial"_a = defaults.adversarial, "residual"_a = defaults.residual,
-      "seed"_a = defaults.seed, "progress"_a = py::none(), kDoc);
+      "seed"_a = defaults.seed, "progress"_a = py::none(), py::kw_only(),
+      "communicator"_a = py::none(), kDoc);
   register_option_fields("misspec", &option_fields_of<MisspecOptions>);
 
   m.def("expected_gaussian_norm", &expected_gaussian_norm, "d"_a,

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "attention/kernels.hpp"
+#include "common/collectives.hpp"
 #include "common/parallel.hpp"
 #include "flow/internal.hpp"
 #include "measattn/error.hpp"
@@ -137,6 +138,50 @@ void check_field_inputs(const Model<Scalar>& model, const Vector<Scalar>& weight
   }
 }
 
+// The attention field of a flow stage over several ranks. Every rank holds
+// every particle (a flow's state is O(n d), its work O(n^2 d)); the ranks
+// split the query rows, each computes its rows with the kernel one process
+// would choose, and the rows are gathered to every rank. The per-row kernels
+// (small_dim, streaming) compute every row by the same operations whatever
+// the other rows, so the field is bit-identical to one process. The tied
+// kernels (Q = K, no biases: the canonical model among others) visit pairs of
+// blocks and use each logit for both rows of the pair; they are not split:
+// every rank computes the whole field (same result, no speed-up).
+template <class Scalar>
+void distributed_flow_field(const Model<Scalar>& model, const KeyWeights<Scalar>& weights,
+                            const MatrixRef<Scalar>& particles, const AttendOptions& attention,
+                            Matrix<Scalar>& out) {
+  const Communicator& comm = attention.communicator;
+  AttendOptions local_options = attention;
+  local_options.communicator = Communicator();
+  const FieldKernel kernel = field_kernel(model, local_options, true);
+  if (kernel == FieldKernel::tied_small_dim || kernel == FieldKernel::tied_gemm) {
+    attention_field_kernel(model, particles, weights, particles, local_options, out);
+    return;
+  }
+  const Index n = particles.rows();
+  const RowRange rows = shard_rows(n, comm);
+  Matrix<Scalar> local;
+  std::exception_ptr error;
+  try {
+    if (rows.size() > 0) {
+      attention_field_kernel(model, particles, weights,
+                             particles.middleRows(rows.begin, rows.size()), local_options, local);
+    } else {
+      local.resize(0, model.out_dim());
+    }
+  } catch (...) {
+    error = std::current_exception();
+  }
+  agree(comm, error);
+  std::vector<Index> counts(static_cast<size_t>(comm.size()));
+  for (int r = 0; r < comm.size(); ++r) {
+    counts[static_cast<size_t>(r)] = shard_rows(n, r, comm.size()).size() * model.out_dim();
+  }
+  out.resize(n, model.out_dim());
+  all_gather(comm, local.data(), counts, out.data());
+}
+
 template <class Scalar>
 void evaluate_flow_field(const Model<Scalar>& model, const KeyWeights<Scalar>& weights,
                          const MatrixRef<Scalar>& particles, const FlowOptions& options,
@@ -147,8 +192,10 @@ void evaluate_flow_field(const Model<Scalar>& model, const KeyWeights<Scalar>& w
       // Off the sphere beta <x_i, x_j> is not bounded by beta.
       throw invalid_argument("particles: exp(beta <x_i, x_j>) overflows double");
     }
-  } else {
+  } else if (!options.attention.communicator.distributed()) {
     attention_field_kernel(model, particles, weights, particles, options.attention, out);
+  } else {
+    distributed_flow_field(model, weights, particles, options.attention, out);
   }
   if (options.sphere) project_tangent<Scalar>(particles, out);
 }

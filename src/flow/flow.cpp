@@ -5,10 +5,12 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <string>
 #include <type_traits>
 
+#include "common/collectives.hpp"
 #include "flow/checkpoint.hpp"
 #include "flow/internal.hpp"
 #include "measattn/error.hpp"
@@ -172,7 +174,16 @@ class Integrator {
   bool after_step(Progress& progress) {
     if (o_.save_every > 0 && s_.step % o_.save_every == 0) record_frame();
     if (o_.checkpoint_every > 0 && s_.step % o_.checkpoint_every == 0) {
-      detail::write_checkpoint(o_.checkpoint_path, s_, r_);
+      // Several ranks hold the same state: rank 0 writes, and every rank
+      // learns whether the write failed (no rank waits for one that threw).
+      const Communicator& comm = o_.attention.communicator;
+      std::exception_ptr error;
+      try {
+        if (comm.rank() == 0) detail::write_checkpoint(o_.checkpoint_path, s_, r_);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      detail::agree(comm, error);
     }
     if (o_.scheme == FlowScheme::dopri5) {
       progress.update(static_cast<std::int64_t>(1000 * s_.time / o_.time),

@@ -8,9 +8,12 @@
 #include <Eigen/Eigenvalues>
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <random>
+#include <vector>
 
+#include "common/collectives.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
 #include "measattn/lipschitz.hpp"
@@ -90,6 +93,19 @@ double loglog_slope(const std::vector<double>& x, const std::vector<double>& y) 
 }
 
 namespace {
+
+// Items [0, count) split by shard_rows over the ranks, each rank having filled
+// its own: every rank gets every item (in place).
+template <class T>
+void all_gather_items(const Communicator& comm, Index count, std::vector<T>& items) {
+  if (!comm.distributed()) return;
+  std::vector<Index> counts(static_cast<size_t>(comm.size()));
+  for (int r = 0; r < comm.size(); ++r)
+    counts[static_cast<size_t>(r)] = shard_rows(count, r, comm.size()).size();
+  const RowRange mine = shard_rows(count, comm);
+  const std::vector<T> local(items.begin() + mine.begin, items.begin() + mine.end);
+  detail::all_gather(comm, local.data(), counts, items.data());
+}
 
 struct Draw {
   double parameter;
@@ -173,6 +189,7 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
   const MeasureD f_mu = self_attention(model, mu, ao);
   std::mt19937_64 rng(options.seed);
   const Index d = mu.dim();
+  const Communicator& comm = options.communicator;
   const double r_corrupt = options.radius > 0 ? options.radius : mu.radius();
 
   // Draw every mu' first: the radius of L must contain all of them.
@@ -200,26 +217,52 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
         draws.push_back({s, MeasureD(std::move(x), mu.weights()), s * en});
       }
   } else {
+    // The candidates of every draw first, from the one random stream (the same
+    // on every rank); then each rank chooses among the candidates of its own
+    // draws, and the choices are exchanged by index.
+    std::vector<std::vector<VectorD>> candidates;
+    std::vector<double> eps_of;
     for (double e : options.eps)
       for (int q = 0; q < options.repeats; ++q) {
-        const auto cands =
-            corruption_candidates(model, d, std::max(r_corrupt, 1e-300), rng, options.adversarial);
+        candidates.push_back(
+            corruption_candidates(model, d, std::max(r_corrupt, 1e-300), rng, options.adversarial));
+        eps_of.push_back(e);
+      }
+    const Index count = static_cast<Index>(candidates.size());
+    const RowRange mine = shard_rows(count, comm);
+    std::vector<std::int64_t> choice(static_cast<size_t>(count), 0);
+    std::exception_ptr error;
+    try {
+      for (Index t = mine.begin; t < mine.end; ++t) {
+        const auto& cands = candidates[static_cast<size_t>(t)];
         double best = -1;
-        MeasureD chosen = mu;
-        for (const VectorD& z : cands) {
+        for (size_t c = 0; c < cands.size(); ++c) {
           detail::check_interrupt();  // Ctrl-C, once per candidate (rate-limited)
-          MeasureD mp = corrupt_measure(mu, e, z);
+          const MeasureD mp = corrupt_measure(mu, eps_of[static_cast<size_t>(t)], cands[c]);
           const double dev = cands.size() == 1
                                  ? 0.0
                                  : wasserstein_exact_value(self_attention(model, mp, ao), f_mu);
           if (dev > best) {
             best = dev;
-            chosen = std::move(mp);
+            choice[static_cast<size_t>(t)] = static_cast<std::int64_t>(c);
           }
         }
-        draws.push_back({e, std::move(chosen), 2 * std::max(r_corrupt, mu.radius()) * e});
         progress.update(++done);
       }
+    } catch (...) {
+      error = std::current_exception();
+    }
+    detail::agree(comm, error);
+    all_gather_items(comm, count, choice);
+    for (Index t = 0; t < count; ++t) {
+      const double e = eps_of[static_cast<size_t>(t)];
+      const auto& cands = candidates[static_cast<size_t>(t)];
+      MeasureD chosen =
+          cands.empty()
+              ? mu
+              : corrupt_measure(mu, e, cands[static_cast<size_t>(choice[static_cast<size_t>(t)])]);
+      draws.push_back({e, std::move(chosen), 2 * std::max(r_corrupt, mu.radius()) * e});
+    }
   }
   double radius = std::max(options.radius, mu.radius());
   for (const auto& dr : draws) radius = std::max(radius, dr.mu_prime.radius());
@@ -239,6 +282,30 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
   // (no deviation in, none out), never NaN.
   auto times_l = [&](double w) { return w == 0 ? 0.0 : L * w; };
 
+  // Each rank evaluates its share of the draws (two exact W1 and one attention
+  // pass each); the values are exchanged by index and reduced in draw order on
+  // every rank, as one process does.
+  const Index count = static_cast<Index>(draws.size());
+  std::vector<double> w_ins(static_cast<size_t>(count)), w_outs(static_cast<size_t>(count));
+  {
+    const RowRange mine = shard_rows(count, comm);
+    std::exception_ptr error;
+    try {
+      for (Index t = mine.begin; t < mine.end; ++t) {
+        detail::check_interrupt();  // Ctrl-C, once per draw (rate-limited)
+        const MeasureD& mp = draws[static_cast<size_t>(t)].mu_prime;
+        w_ins[static_cast<size_t>(t)] = wasserstein_exact_value(mp, mu);
+        w_outs[static_cast<size_t>(t)] =
+            wasserstein_exact_value(self_attention(model, mp, ao), f_mu);
+        progress.update(++done);
+      }
+    } catch (...) {
+      error = std::current_exception();
+    }
+    detail::agree(comm, error);
+    all_gather_items(comm, count, w_ins);
+    all_gather_items(comm, count, w_outs);
+  }
   size_t at = 0;
   while (at < draws.size()) {
     MisspecRow row;
@@ -247,17 +314,14 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
     int count = 0;
     for (; at < draws.size() && draws[at].parameter == row.parameter && count < options.repeats;
          ++at, ++count) {
-      detail::check_interrupt();  // Ctrl-C, once per draw (rate-limited)
-      const MeasureD& mp = draws[at].mu_prime;
-      const double w_in = wasserstein_exact_value(mp, mu);
-      const double w_out = wasserstein_exact_value(self_attention(model, mp, ao), f_mu);
+      const double w_in = w_ins[at];
+      const double w_out = w_outs[at];
       row.w1_input += w_in / options.repeats;
       row.w1_output += w_out / options.repeats;
       row.bound += times_l(w_in) / options.repeats;
       // Allow the rounding of two exact solvers and two attention passes.
       if (w_out > times_l(w_in) * (1 + 1e-9) + 1e-12) res.violated = true;
       if (w_in > 0) row.max_ratio = std::max(row.max_ratio, w_out / (L * w_in));
-      progress.update(++done);
     }
     res.rows.push_back(row);
   }

@@ -6,6 +6,7 @@ under mpirun give arrays equal bit for bit to one process. Skipped where
 measattn was built without MPI or mpirun is missing.
 """
 
+import json
 import os
 import pathlib
 import shutil
@@ -115,6 +116,12 @@ SCRIPT = textwrap.dedent("""
         assert "normalization" in str(e)
     else:
         raise AssertionError("sinkhorn was distributed")
+    flow_model = measattn.Model.random(6, num_heads=2, bias=True, seed=8)
+    for scheme in ("rk4", "dopri5"):
+        one = measattn.flow(flow_model, x[:40], time=0.5, steps=5, scheme=scheme)
+        many = measattn.flow(flow_model, x[:40], time=0.5, steps=5, scheme=scheme,
+                             communicator=comm)
+        assert np.array_equal(one.particles, many.particles), ("flow", scheme, rank)
     print("ok", rank)
 """)
 
@@ -139,3 +146,38 @@ def test_python_rejects_what_is_not_a_communicator():
 def test_mpi_enabled_is_a_bool():
     assert measattn.mpi_enabled() in (True, False)
     assert pathlib.Path(measattn_bin()).exists()
+
+
+def _flow_args(tokens, model):
+    return ["flow", "--model", model, "--tokens", tokens, "--time", 1.0, "--steps", 8,
+            "--scheme", "heun", "--save-every", 2, "--no-plot"]
+
+
+def test_cli_flow_under_mpirun_and_resume_on_another_rank_count(tmp_path):
+    torch.manual_seed(5)
+    mha = torch.nn.MultiheadAttention(4, 1, dtype=torch.float64)
+    model = save_mha_safetensors(tmp_path / "m.safetensors", mha, num_heads=1)
+    tokens = save_npy(tmp_path / "x.npy", np.random.default_rng(5).normal(size=(40, 4)))
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_cli([*_flow_args(tokens, model), "--out", one], check=True)
+    proc = mpirun(2, [measattn_bin(), *_flow_args(tokens, model), "--checkpoint-every", 3,
+                      "--out", two])
+    assert proc.returncode == 0, proc.stderr
+    for name in ("final.npy", "trajectory.npy"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    # The checkpoint of step 6, written by rank 0 of 2, resumed on 3 ranks.
+    proc = mpirun(3, [measattn_bin(), *_flow_args(tokens, model), "--resume", "--out", two])
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["resumed"] and summary["resumed_from_step"] == 6
+    assert (one / "final.npy").read_bytes() == (two / "final.npy").read_bytes()
+
+
+def test_cli_misspec_under_mpirun_prints_the_one_process_report(tmp_path, layer):
+    tokens = save_npy(tmp_path / "x.npy", np.random.default_rng(9).normal(size=(10, 8)))
+    args = ["misspec", "--model", layer, "--tokens", tokens, "--kind", "corrupt",
+            "--repeats", 2, "--json"]
+    one = run_cli(args, check=True)
+    proc = mpirun(3, [measattn_bin(), *args])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == json.loads(one.stdout)
