@@ -127,6 +127,18 @@ struct WassersteinOptions {
   /// log-domain update (O(n + m) memory, epsilon scaling); no plan, and the certified
   /// upper bound is the cost of a monotone coupling along one direction.
   bool online = false;
+  /// Each epsilon-scaling step multiplies the regularization by this factor, from the
+  /// largest cost down to reg (online and multiscale), 0 < epsilon_scaling < 1.
+  double epsilon_scaling = 0.5;
+  /// Sinkhorn between point clouds in dimension <= 8 with O(n + m) memory (no plan):
+  /// both clouds sorted into grid cells, the cells' centroids solved first (recursively,
+  /// coarse to fine) and kernel entries skipped cell by cell where a bound shows that
+  /// they are negligible (see truncation). Certified bracket as online.
+  bool multiscale = false;
+  /// Multiscale: the skipped kernel entries of each row sum to at most this fraction of
+  /// the kept ones (rows for which the bound fails are recomputed in full),
+  /// 0 < truncation <= 1e-3.
+  double truncation = 1e-12;
 
   /// Show a progress line on stderr (only when it is a terminal) for large problems.
   bool progress = false;
@@ -160,6 +172,12 @@ void for_each_field(WassersteinOptions& o, Visitor&& visit) {
   visit("max_iterations", o.max_iterations, "Sinkhorn iteration cap");
   visit("max_dense_bytes", o.max_dense_bytes, "Sinkhorn kernel memory cap (bytes)");
   visit("online", o.online, "Sinkhorn: costs on the fly, O(n + m) memory (no plan)");
+  visit("epsilon_scaling", o.epsilon_scaling,
+        "Online/multiscale Sinkhorn: factor of each epsilon-scaling step, in (0, 1)");
+  visit("multiscale", o.multiscale,
+        "Sinkhorn: coarse-to-fine with kernel truncation, O(n + m) memory, d <= 8 (no plan)");
+  visit("truncation", o.truncation,
+        "Multiscale: bound on the neglected kernel mass per row, relative, in (0, 1e-3]");
   visit("progress", o.progress, "Progress line on stderr (terminal only)");
 }
 

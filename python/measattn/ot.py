@@ -944,8 +944,14 @@ def empirical_sinkhorn2(X_s: Any, X_t: Any, reg: float, a: Any = None, b: Any = 
     metric : str, default "sqeuclidean"
     numIterMax : int, default 10000
     stopThr : float, default 1e-9
-    isLazy, batchSize, verbose
-        Accepted (the kernel is stored).
+    isLazy : bool, default False
+        True (with metric "sqeuclidean" or "euclidean" and log=False): the kernel is
+        never stored, O(n + m) memory: measattn.wasserstein(method="sinkhorn",
+        multiscale=True) for d <= 8 (grid cells, coarse-to-fine epsilon scaling,
+        truncation with a bound of 1e-12 on the neglected mass), online=True above.
+        Otherwise the cost matrix and the kernel are stored.
+    batchSize, verbose
+        Accepted and not used.
     log, warn
         As sinkhorn2.
 
@@ -961,6 +967,22 @@ def empirical_sinkhorn2(X_s: Any, X_t: Any, reg: float, a: Any = None, b: Any = 
     >>> round(float(ot.bregman.empirical_sinkhorn2(x, x + [1.0, 0.0], 1.0)), 6)
     1.423487
     """
+    if isLazy and not log and metric in ("sqeuclidean", "euclidean"):
+        xs, xt = np.asarray(X_s), np.asarray(X_t)
+        if xs.ndim != 2 or xt.ndim != 2 or xs.shape[1] != xt.shape[1]:
+            raise ValueError("X_s, X_t: must be 2-D arrays with the same number of columns")
+        dtype = np.result_type(xs.dtype, xt.dtype, np.float32)
+        wa = np.full(len(xs), 1.0 / len(xs)) if a is None else np.asarray(a, dtype=np.float64)
+        wb = np.full(len(xt), 1.0 / len(xt)) if b is None else np.asarray(b, dtype=np.float64)
+        lazy = dict(online=True) if xs.shape[1] > 8 else dict(multiscale=True)
+        r = _measattn.wasserstein(np.asarray(xs, dtype=np.float64),
+                                  np.asarray(xt, dtype=np.float64), wa, wb,
+                                  p=2.0 if metric == "sqeuclidean" else 1.0, method="sinkhorn",
+                                  reg=float(reg), tolerance=float(stopThr),
+                                  max_iterations=int(numIterMax), **lazy)
+        if warn and r.status == "iteration_limit":
+            warnings.warn(_NOT_CONVERGED)
+        return np.asarray(r.transport_cost, dtype=dtype)[()]
     M = dist(X_s, X_t, metric=metric)
     n, m = M.shape
     a = np.full(n, 1.0 / n, dtype=M.dtype) if a is None else a

@@ -101,10 +101,14 @@ dense_arc_limit, neighbours, arcs_per_round, prune, prune_rounds, max_rounds
     then column generation).
 projections, max_sliced_restarts, max_sliced_iterations, seed
     Keywords of the sliced bounds (seeded: the same bounds for the same seed).
-reg, tolerance, max_iterations, max_dense_bytes, online
+reg, tolerance, max_iterations, max_dense_bytes, online, epsilon_scaling, multiscale, truncation
     Keywords of Sinkhorn: epsilon (cost units, default 0.05), stop when
     ||P^T 1 - wb||_2 < tolerance, the iteration cap, the kernel memory cap,
-    online=True computes the costs on the fly (O(n + m) memory, no plan).
+    online=True computes the costs on the fly (O(n + m) memory, no plan),
+    epsilon_scaling the factor of each regularization step (online and
+    multiscale), multiscale=True the coarse-to-fine Sinkhorn on grid cells
+    with kernel truncation (d <= 8, O(n + m) memory, no plan), truncation its
+    bound on the neglected kernel mass per row (relative, default 1e-12).
 progress : bool, default False
     Keyword: a progress line on stderr (a terminal only) for large problems.
 

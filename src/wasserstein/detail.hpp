@@ -163,6 +163,11 @@ double polish_flows(Index n, Index m, const VectorD& a, const VectorD& b,
 WassersteinResult online_sinkhorn_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
                                             const WassersteinOptions& options);
 
+/// Multiscale Sinkhorn (grid cells, coarse to fine, truncated kernel), O(n + m) memory
+/// (multiscale_sinkhorn.cpp).
+WassersteinResult multiscale_sinkhorn_transport(const DoubleAtoms& mu, const DoubleAtoms& nu,
+                                                const WassersteinOptions& options);
+
 /// Columns [j0, j1) of row i of the ground cost (out has j1 - j0 entries).
 void cost_row_range(const MatrixD& x, Index i, const MatrixD& yt, Index j0, Index j1, double p,
                     double* out);

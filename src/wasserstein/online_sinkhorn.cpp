@@ -108,7 +108,7 @@ WassersteinResult online_sinkhorn_transport(const DoubleAtoms& mu, const DoubleA
   for (Index j = 0; j < m; ++j)
     if (b[j] == 0) g[j] = -kInf;
   std::int64_t it = 0;
-  for (double eps = max_cost; eps > reg; eps *= 0.5) {
+  for (double eps = max_cost; eps > reg; eps *= o.epsilon_scaling) {
     check_interrupt();
     lse_pass(x, yt, g, log_a, eps, p, f, nullptr);
     lse_pass(y, xt, f, log_b, eps, p, g, nullptr);

@@ -191,6 +191,10 @@ void WassersteinOptions::validate() const {
   if (max_sliced_restarts < 1) throw invalid_argument("max_sliced_restarts: must be >= 1");
   if (max_sliced_iterations < 0) throw invalid_argument("max_sliced_iterations: must be >= 0");
   if (max_dense_bytes <= 0) throw invalid_argument("max_dense_bytes: must be > 0");
+  if (!(epsilon_scaling > 0 && epsilon_scaling < 1))
+    throw invalid_argument("epsilon_scaling: must be a number in (0, 1)" + got(epsilon_scaling));
+  if (!(truncation > 0 && truncation <= 1e-3))
+    throw invalid_argument("truncation: must be a number in (0, 1e-3]" + got(truncation));
 }
 
 namespace {
@@ -625,8 +629,10 @@ WassersteinResult wasserstein_sinkhorn(const Measure<Scalar>& mu, const Measure<
                   options.reg, log10_reg);
     note = buf;
   }
-  WassersteinResult r = options.online ? detail::online_sinkhorn_transport(np.a(), np.b(), scaled)
-                                       : detail::sinkhorn_transport(np.a(), np.b(), scaled);
+  WassersteinResult r = options.multiscale
+                            ? detail::multiscale_sinkhorn_transport(np.a(), np.b(), scaled)
+                        : options.online ? detail::online_sinkhorn_transport(np.a(), np.b(), scaled)
+                                         : detail::sinkhorn_transport(np.a(), np.b(), scaled);
   // A kernel that under- or overflowed despite the safeguards leaves NaN behind:
   // fall back to the bounds that are always valid (mean difference, +inf).
   if (!std::isfinite(r.lower)) r.lower = 0;
