@@ -191,10 +191,23 @@ struct LipschitzWitness {
   MatrixD mu_atoms, nu_atoms;  ///< n x d, m x d
   VectorD mu_weights, nu_weights;
   MatrixD f_mu_atoms, f_nu_atoms;  ///< Gamma_mu(x_i), Gamma_nu(y_j) (weights as above)
-  double w1_input = 0;             ///< exact W1(mu, nu)
-  double w1_output = 0;            ///< exact W1(F(mu), F(nu))
-  std::string origin;              ///< "random", "nearby", "adversarial", "weights"
+  /// W1(mu, nu): the exact solver's value, or (long double certification) the
+  /// explicit coupling's cost, an upper bound
+  double w1_input = 0;
+  /// W1(F(mu), F(nu)) as certified: the exact value (or, long double, the dual
+  /// lower bound) less the rounding margin, so that ratio = w1_output / w1_input
+  double w1_output = 0;
+  /// "random", "nearby", "adversarial", "weights", "covariance", "tiny_atom" (a
+  /// heavy bulk and a tiny atom moved in the direction that moves the output most)
+  /// or "extremal_pair" (mass added at a point the bulk weighs e^Delta more)
+  std::string origin;
   int restart = -1;
+  /// How the ratio was certified: "double, exact W1 on both sides" or "long double:
+  /// ..." (the extended-precision recheck of pairs with equal weights or equal atoms).
+  std::string certification;
+  /// The factor by which the pair's difference was scaled up ("moved apart") after
+  /// the ascent because the certified ratio grew (1 = not moved).
+  double separation = 1;
 };
 
 struct LipschitzSearchResult {
