@@ -751,3 +751,27 @@ TEST(lipschitz_test, tiny_atom_witnesses_survive_the_independent_recheck) {
   }
   std::printf("[ info ] %d of 24 witnesses certified in long double\n", long_double);
 }
+
+TEST(lipschitz_test, key_reach_primal_meets_dual_and_beats_sampling) {
+  std::mt19937_64 rng(23);
+  for (int t = 0; t < 40; ++t) {
+    const Index d = 1 + t % 5;
+    MatrixD a = gauss(rng, d, d);
+    VectorD c = t % 3 == 0 ? VectorD::Zero(d) : VectorD(gauss(rng, d, 1).col(0));
+    if (t % 4 == 1 && d >= 2) {  // the hard case: g = A c orthogonal to the top eigenvector
+      a = MatrixD::Identity(d, d);
+      a(0, 0) = 3;
+      c = VectorD::Zero(d);
+      c[d - 1] = 0.5;
+    }
+    const double radius = 0.5 + t % 3;
+    const KeyReach k = key_reach(a, c, radius);
+    EXPECT_LE(k.primal, k.value * (1 + 1e-12));
+    EXPECT_NEAR(k.primal, k.value, 1e-7 * k.value) << t;
+    EXPECT_LE(k.value, (spectral_norm(a) * radius + c.norm()) * (1 + 1e-9));
+    for (int q = 0; q < 200; ++q) {
+      const MatrixD x = in_ball(rng, 1, d, radius);
+      EXPECT_LE((a.transpose() * x.row(0).transpose() + c).norm(), k.value * (1 + 1e-12));
+    }
+  }
+}

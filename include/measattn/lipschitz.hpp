@@ -19,7 +19,13 @@
 //    W_O acting on head h) in place of ||V_h||, summed over heads (triangle
 //    inequality): L = sum_h (Lx_h + Lm_h) (+1).
 //  - "w1_combined": min of the two x-parts plus min of the two measure parts (+1).
-//    best_w1 is this one; it is never larger than the other two.
+//  - dot potential only (docs/theory.md, lipschitz: sharper bounds):
+//    "w1_stacked_reach": ||[W_O^1 V_1 ... W_O^H V_H]|| ((sum_h x_core_h^2)^1/2 +
+//      (sum_h ((1 + 2 R rho*_h) e^{2 R rho*_h})^2)^1/2) (+1), rho*_h = key_reach;
+//    "w1_column_density": the best x-part + sum_h ||W_O^h V_h|| (1 + 2 R rho*_h)
+//      exp(lambda_max(B) R^2/4 + 2 R rho*(A_h - B, c_h)) (+1), B = t sym(A_h)_+,
+//      t on a grid of [0, 1] (PSD-splitting lemma; any PSD B is valid).
+//    best_w1 is the smallest W1 bound, best_name its name.
 //  - "kim_token_l2", "kim_token_linf" (Kim, Papamakarios and Mnih, ICML 2021):
 //    bounds on the TOKEN-LEVEL Jacobian of X -> (Gamma_{mu_X}(x_i))_i on
 //    R^{N x d} (all of it, no radius) with N = `tokens`, in the l2 and l_inf
@@ -72,7 +78,25 @@ struct HeadBound {
   double projected_value_norm = 0;  ///< ||W_O^h V_h||
   double rho = 0;                   ///< sup_{x in B_R} of the y-gradient of the logit
   double oscillation = 0;           ///< sup_x osc_{y in B_R} of the y-dependent logit
+  /// Dot potential: rho* = max_{||x|| <= R} ||A^T x + c|| (key_reach); 0 otherwise.
+  double rho_star = 0;
+  /// Dot potential: the exponent of the column-density bound, min over B = t sym(A)_+
+  /// of lambda_max(B) R^2 / 4 + 2 R rho*(A - B, c), and its t.
+  double column_exponent = 0;
+  double psd_t = 0;
 };
+
+/// The exact reach of the key direction, max_{||x|| <= R} ||A^T x + c||, as a
+/// trust-region problem: `value` is the dual certificate
+/// sqrt(lambda R^2 + ||c||^2 + g^T (lambda I - A A^T)^{-1} g), g = A c, at the root
+/// lambda > lambda_max(A A^T) of the secular equation (lambda -> lambda_max in the
+/// hard case), `primal` the value at the corresponding point of the ball
+/// (primal <= max <= value; they agree to rounding). O(d^3).
+struct KeyReach {
+  double value = 0, primal = 0, lambda = 0;
+  bool hard_case = false;
+};
+KeyReach key_reach(const MatrixD& a, const VectorD& c, double radius);
 
 /// Whether Kim et al.'s L2-MHA bounds apply to a model, and the factorization
 /// they need: per head, tied projections W^{Q,h} = W^{K,h} (our Q_h == K_h),
