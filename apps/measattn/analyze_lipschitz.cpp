@@ -49,8 +49,9 @@ void section_lipschitz(SectionContext& ctx) {
   rows.push_back({"**best upper bound**", fmt(bounds.best_w1, 6), "`" + bounds.best_name + "`"});
   rows.push_back({"**certified lower bound**", fmt(lower.ratio, 6),
                   "witness pair: " + lower.witness.origin + " start, restart " +
-                      std::to_string(lower.witness.restart) + "; " +
-                      std::to_string(lower.evaluations) + " pairs evaluated"});
+                      std::to_string(lower.witness.restart) + ", certified in " +
+                      lower.witness.certification + "; " + std::to_string(lower.evaluations) +
+                      " pairs evaluated"});
   rows.push_back({"**gap** (best upper / lower)", fmt(gap, 4), ""});
   r.table({"quantity", "value", "meaning"}, rows, "Lipschitz constant of F on B_R in W1.");
 

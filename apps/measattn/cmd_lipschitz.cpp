@@ -220,6 +220,8 @@ void run(const LipschitzArgs& args) {
     j["residual"] = so.residual;
     j["origin"] = w.origin;
     j["restart"] = w.restart;
+    j["certification"] = w.certification;
+    j["separation"] = w.separation;
     j["model"] = args.model;
     j["files"] = {"mu_atoms.npy",   "mu_weights.npy", "nu_atoms.npy",
                   "nu_weights.npy", "f_mu_atoms.npy", "f_nu_atoms.npy"};
@@ -259,7 +261,10 @@ void run(const LipschitzArgs& args) {
                        {"value_norm", h.value_norm},
                        {"projected_value_norm", h.projected_value_norm},
                        {"rho", h.rho},
-                       {"oscillation", h.oscillation}});
+                       {"oscillation", h.oscillation},
+                       {"rho_star", h.rho_star},
+                       {"column_exponent", h.column_exponent},
+                       {"psd_t", h.psd_t}});
     j["heads"] = heads;
     j["search"] = {{"atoms", so.atoms},
                    {"restarts", so.restarts},
@@ -270,6 +275,8 @@ void run(const LipschitzArgs& args) {
                    {"message", lo.message},
                    {"restart_ratios", lo.restart_ratios},
                    {"witness_origin", lo.witness.origin},
+                   {"witness_certification", lo.witness.certification},
+                   {"witness_separation", lo.witness.separation},
                    {"w1_input", lo.witness.w1_input},
                    {"w1_output", lo.witness.w1_output}};
     if (!args.witness.empty()) j["witness_dir"] = args.witness;
@@ -308,6 +315,13 @@ void run(const LipschitzArgs& args) {
   std::cout << "best upper (W1)   " << ub.best_w1 << " (" << ub.best_name << ")\n";
   std::cout << "lower bound (W1)  " << lo.ratio << " (" << lo.message << ", " << lo.evaluations
             << " evaluations)\n";
+  if (lo.status == Status::completed)
+    std::cout << "  witness: " << lo.witness.origin << " seed, certified in "
+              << lo.witness.certification << (lo.witness.separation > 1 ? ", moved apart x" : "")
+              << (lo.witness.separation > 1
+                      ? std::to_string(static_cast<int>(lo.witness.separation))
+                      : std::string())
+              << "\n";
   std::cout << "gap               " << gap << "\n";
   if (args.token_restarts > 0)
     std::cout << "token level       " << tok.value

@@ -19,7 +19,13 @@
 //    W_O acting on head h) in place of ||V_h||, summed over heads (triangle
 //    inequality): L = sum_h (Lx_h + Lm_h) (+1).
 //  - "w1_combined": min of the two x-parts plus min of the two measure parts (+1).
-//    best_w1 is this one; it is never larger than the other two.
+//  - dot potential only (docs/theory.md, lipschitz: sharper bounds):
+//    "w1_stacked_reach": ||[W_O^1 V_1 ... W_O^H V_H]|| ((sum_h x_core_h^2)^1/2 +
+//      (sum_h ((1 + 2 R rho*_h) e^{2 R rho*_h})^2)^1/2) (+1), rho*_h = key_reach;
+//    "w1_column_density": the best x-part + sum_h ||W_O^h V_h|| (1 + 2 R rho*_h)
+//      exp(lambda_max(B) R^2/4 + 2 R rho*(A_h - B, c_h)) (+1), B = t sym(A_h)_+,
+//      t on a grid of [0, 1] (PSD-splitting lemma; any PSD B is valid).
+//    best_w1 is the smallest W1 bound, best_name its name.
 //  - "kim_token_l2", "kim_token_linf" (Kim, Papamakarios and Mnih, ICML 2021):
 //    bounds on the TOKEN-LEVEL Jacobian of X -> (Gamma_{mu_X}(x_i))_i on
 //    R^{N x d} (all of it, no radius) with N = `tokens`, in the l2 and l_inf
@@ -72,7 +78,25 @@ struct HeadBound {
   double projected_value_norm = 0;  ///< ||W_O^h V_h||
   double rho = 0;                   ///< sup_{x in B_R} of the y-gradient of the logit
   double oscillation = 0;           ///< sup_x osc_{y in B_R} of the y-dependent logit
+  /// Dot potential: rho* = max_{||x|| <= R} ||A^T x + c|| (key_reach); 0 otherwise.
+  double rho_star = 0;
+  /// Dot potential: the exponent of the column-density bound, min over B = t sym(A)_+
+  /// of lambda_max(B) R^2 / 4 + 2 R rho*(A - B, c), and its t.
+  double column_exponent = 0;
+  double psd_t = 0;
 };
+
+/// The exact reach of the key direction, max_{||x|| <= R} ||A^T x + c||, as a
+/// trust-region problem: `value` is the dual certificate
+/// sqrt(lambda R^2 + ||c||^2 + g^T (lambda I - A A^T)^{-1} g), g = A c, at the root
+/// lambda > lambda_max(A A^T) of the secular equation (lambda -> lambda_max in the
+/// hard case), `primal` the value at the corresponding point of the ball
+/// (primal <= max <= value; they agree to rounding). O(d^3).
+struct KeyReach {
+  double value = 0, primal = 0, lambda = 0;
+  bool hard_case = false;
+};
+KeyReach key_reach(const MatrixD& a, const VectorD& c, double radius);
 
 /// Whether Kim et al.'s L2-MHA bounds apply to a model, and the factorization
 /// they need: per head, tied projections W^{Q,h} = W^{K,h} (our Q_h == K_h),
@@ -191,10 +215,23 @@ struct LipschitzWitness {
   MatrixD mu_atoms, nu_atoms;  ///< n x d, m x d
   VectorD mu_weights, nu_weights;
   MatrixD f_mu_atoms, f_nu_atoms;  ///< Gamma_mu(x_i), Gamma_nu(y_j) (weights as above)
-  double w1_input = 0;             ///< exact W1(mu, nu)
-  double w1_output = 0;            ///< exact W1(F(mu), F(nu))
-  std::string origin;              ///< "random", "nearby", "adversarial", "weights"
+  /// W1(mu, nu): the exact solver's value, or (long double certification) the
+  /// explicit coupling's cost, an upper bound
+  double w1_input = 0;
+  /// W1(F(mu), F(nu)) as certified: the exact value (or, long double, the dual
+  /// lower bound) less the rounding margin, so that ratio = w1_output / w1_input
+  double w1_output = 0;
+  /// "random", "nearby", "adversarial", "weights", "covariance", "tiny_atom" (a
+  /// heavy bulk and a tiny atom moved in the direction that moves the output most)
+  /// or "extremal_pair" (mass added at a point the bulk weighs e^Delta more)
+  std::string origin;
   int restart = -1;
+  /// How the ratio was certified: "double, exact W1 on both sides" or "long double:
+  /// ..." (the extended-precision recheck of pairs with equal weights or equal atoms).
+  std::string certification;
+  /// The factor by which the pair's difference was scaled up ("moved apart") after
+  /// the ascent because the certified ratio grew (1 = not moved).
+  double separation = 1;
 };
 
 struct LipschitzSearchResult {

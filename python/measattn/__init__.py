@@ -180,7 +180,7 @@ def lipschitz(model: Model, radius: float, residual: bool = False, search: bool 
     >>> model = measattn.Model.random(2, seed=0)
     >>> r = measattn.lipschitz(model, radius=1.0, atoms=3, restarts=2, steps=20, seed=0)
     >>> round(r.lower_bound, 6), round(r.upper_bound, 6), r.upper.best_name
-    (2.558557, 125.316492, 'w1_per_head')
+    (2.558557, 124.473512, 'w1_stacked_reach')
     >>> r.lower_bound <= r.upper_bound
     True
 

@@ -104,9 +104,9 @@ Examples
 >>> model = measattn.Model.random(2, seed=0)
 >>> ub = measattn.lipschitz_upper_bounds(model, radius=1.0)
 >>> ub.best_name, round(ub.best_w1, 6), round(ub.output_radius, 6)
-('w1_per_head', 125.316492, 3.305043)
+('w1_stacked_reach', 124.473512, 3.305043)
 >>> [b.name for b in ub.bounds]
-['w1_theorem', 'w1_per_head', 'w1_combined']
+['w1_theorem', 'w1_per_head', 'w1_combined', 'w1_stacked_reach', 'w1_column_density']
 )doc";
 
 constexpr const char* kGetDoc = R"doc(
@@ -167,7 +167,7 @@ Examples
 >>> model = measattn.Model.random(2, seed=0)
 >>> ub = measattn.lipschitz_upper_bounds(model, radius=1.0)
 >>> ub.best_name, round(ub.best_w1, 6)
-('w1_per_head', 125.316492)
+('w1_stacked_reach', 124.473512)
 
 Kim et al.'s form (Q = K = I, tau = 1, any V):
 

@@ -77,7 +77,7 @@ Examples
 >>> x = np.random.default_rng(1).normal(size=(10, 2))
 >>> r = measattn.misspec(model, x, kind="noise", sigmas=[0.01, 0.1], repeats=2)
 >>> r.kind, r.bound_name, r.violated
-('noise', 'w1_per_head', False)
+('noise', 'w1_column_density', False)
 >>> [(row.parameter, round(row.w1_input, 6), round(row.w1_output, 6)) for row in r.rows]
 [(0.01, 0.01164, 0.002073), (0.1, 0.128753, 0.041967)]
 >>> all(row.w1_output <= row.bound for row in r.rows)

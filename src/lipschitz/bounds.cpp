@@ -3,7 +3,9 @@
 // GCC 12 false positive inside its AVX-512 intrinsics when Eigen kernels are inlined.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
+#include <Eigen/Eigenvalues>
 #include <Eigen/SVD>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -151,6 +153,73 @@ double attention_output_radius(const Model<double>& model, double radius, bool r
   return r + (residual ? radius : 0.0);
 }
 
+KeyReach key_reach(const MatrixD& a, const VectorD& c, double radius) {
+  // max_{||x|| <= R} ||A^T x + c||^2 = ||c||^2 + max x^T M x + 2 g^T x, M = A A^T,
+  // g = A c. Dual: for lambda > lambda_max(M), phi(lambda) = lambda R^2 + ||c||^2 +
+  // g^T (lambda I - M)^{-1} g bounds it (complete the square); phi is convex and
+  // its minimum (the secular equation phi'(lambda) = 0) equals the maximum.
+  KeyReach out;
+  const Index d = a.rows();
+  const MatrixD m = a * a.transpose();
+  const VectorD g = a * c;
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(m);
+  const VectorD mu = es.eigenvalues();
+  const VectorD gt = es.eigenvectors().transpose() * g;
+  const double top = d ? mu[d - 1] : 0.0;
+  const double c2 = c.squaredNorm(), r2 = radius * radius;
+  // Any lambda above lambda_max certifies; keep a margin over the eigenvalue's
+  // rounding so that the certificate holds for the exact M.
+  const double floor = top + 1e-12 * (std::abs(top) + 1) + 1e-300;
+  auto phi = [&](double lam) {
+    double s = lam * r2 + c2;
+    for (Index i = 0; i < d; ++i) s += gt[i] * gt[i] / (lam - mu[i]);
+    return s;
+  };
+  auto dphi = [&](double lam) {
+    double s = r2;
+    for (Index i = 0; i < d; ++i) s -= gt[i] * gt[i] / ((lam - mu[i]) * (lam - mu[i]));
+    return s;
+  };
+  double lam = floor;
+  if (dphi(floor) < 0) {
+    // phi' increases from -inf (or below 0) to R^2: bisect on a bracket.
+    double lo = floor, hi = std::max(floor * 2, floor + g.norm() / std::max(radius, 1e-300) + 1);
+    while (dphi(hi) < 0) hi = floor + 2 * (hi - floor);
+    for (int it = 0; it < 200; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      if (dphi(mid) < 0)
+        lo = mid;
+      else
+        hi = mid;
+    }
+    lam = hi;
+  }  // else the hard case (g has no weight on the top eigenvectors): lambda -> lambda_max
+  out.lambda = lam;
+  out.value = std::sqrt(std::max(0.0, phi(lam)));
+  out.hard_case = !(dphi(floor) < 0);
+  // Primal: x = (lambda - M)^{-1} g scaled onto the sphere, plus the top
+  // eigenvector in the hard case; its value is a lower bound.
+  VectorD x = VectorD::Zero(d);
+  for (Index i = 0; i < d; ++i) x += es.eigenvectors().col(i) * (gt[i] / (lam - mu[i]));
+  const double xn = x.norm();
+  if (d > 0) {
+    if (xn < radius) {
+      // ||x + t e|| = R for the top eigenvector e.
+      const VectorD e = es.eigenvectors().col(d - 1);
+      const double xe = x.dot(e), disc = std::sqrt(std::max(0.0, xe * xe + r2 - xn * xn));
+      VectorD x1 = x + (-xe + disc) * e, x2 = x + (-xe - disc) * e;
+      if (x1.norm() > radius) x1 *= radius / x1.norm();
+      if (x2.norm() > radius) x2 *= radius / x2.norm();
+      x = (a.transpose() * x1 + c).norm() >= (a.transpose() * x2 + c).norm() ? x1 : x2;
+    } else if (xn > 0) {
+      x *= radius / xn;
+    }
+  }
+  out.primal = (a.transpose() * x + c).norm();
+  out.value = std::max(out.value, out.primal);
+  return out;
+}
+
 UpperBoundResult lipschitz_upper_bounds(const Model<double>& model,
                                         const UpperBoundOptions& options) {
   options.validate();
@@ -206,6 +275,61 @@ UpperBoundResult lipschitz_upper_bounds(const Model<double>& model,
                         "sum_h ||W_O^h V_h|| (x_core_h + measure_core_h)" + scope});
   out.bounds.push_back({"w1_combined", std::min(tx, px) + std::min(tm, pm) + res, "w1",
                         "min of the two x-parts + min of the two measure parts" + scope});
+  if (model.potential == Potential::dot) {
+    // Sharper bounds (docs/theory.md, lipschitz: sharper bounds), dot potential.
+    double sx2 = 0, sm2 = 0, cd = 0, xh = 0;
+    MatrixD stack(model.out_dim(), heads * model.query_dim());
+    const Index dd = model.query_dim();
+    for (Index h = 0; h < heads; ++h) {
+      const Head<double> hd = model.head(h);
+      const MatrixD a = hd.q.transpose() * hd.k / hd.tau;
+      const VectorD c = hd.k.transpose() * hd.b_q / hd.tau;
+      const MatrixD ph = output_block(model, h) * hd.v;
+      stack.middleCols(h * dd, dd) = ph;
+      const double rs = key_reach(a, c, r).value;
+      HeadBound& hb = out.heads[static_cast<size_t>(h)];
+      hb.rho_star = rs;
+      const double mcore = (1 + 2 * r * rs) * std::exp(2 * r * rs);
+      sx2 += hb.x_core * hb.x_core;
+      sm2 += mcore * mcore;
+      xh += hb.projected_value_norm == 0 ? 0.0 : hb.projected_value_norm * hb.x_core;
+      // Column density with the PSD split B = t A_sym+, t on a grid.
+      const MatrixD sym = 0.5 * (a + a.transpose());
+      Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(sym);
+      const VectorD ev = es.eigenvalues().cwiseMax(0.0);
+      const MatrixD bplus = es.eigenvectors() * ev.asDiagonal() * es.eigenvectors().transpose();
+      const double lb = ev.size() ? ev.maxCoeff() : 0.0;
+      double best_exp = 2 * r * rs, best_t = 0;
+      const int grid = dd > 128 ? 0 : 20;
+      for (int i = 1; i <= grid; ++i) {
+        const double t = static_cast<double>(i) / grid;
+        const double e = t * lb * r * r / 4 + 2 * r * key_reach(a - t * bplus, c, r).value;
+        if (e < best_exp) {
+          best_exp = e;
+          best_t = t;
+        }
+      }
+      hb.column_exponent = best_exp;
+      hb.psd_t = best_t;
+      cd += hb.projected_value_norm == 0
+                ? 0.0
+                : hb.projected_value_norm * (1 + 2 * r * rs) * std::exp(best_exp);
+    }
+    const double pn = spectral_norm(stack);
+    const double stx = pn == 0 ? 0.0 : pn * std::sqrt(sx2);
+    const double stm = pn == 0 ? 0.0 : pn * std::sqrt(sm2);
+    out.bounds.push_back({"w1_stacked_reach", stx + stm + res, "w1",
+                          "||[W_O^1 V_1 ... W_O^H V_H]|| ((sum_h x_core_h^2)^1/2 + (sum_h "
+                          "((1 + 2 R rho*_h) e^{2 R rho*_h})^2)^1/2), rho*_h the exact reach "
+                          "of the key direction (trust region, dual certificate)" +
+                              scope});
+    out.bounds.push_back({"w1_column_density", std::min({tx, px, stx}) + cd + res, "w1",
+                          "best x-part + sum_h ||W_O^h V_h|| (1 + 2 R rho*_h) "
+                          "exp(lambda_max(B_h) R^2 / 4 + 2 R rho*(A_h - B_h, c_h)), B_h = t "
+                          "sym(A_h)_+ with t optimized (PSD-splitting lemma)" +
+                              scope});
+    (void)xh;
+  }
   // Upper bounds past double's range are +inf (documented), never NaN, and say so.
   double osc = 0;
   for (const auto& hb : out.heads) osc = std::max(osc, hb.oscillation);

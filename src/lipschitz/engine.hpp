@@ -57,6 +57,10 @@ inline double unfused(double x) {
   return x;
 }
 inline Dual unfused(Dual a) { return {unfused(a.v), unfused(a.e)}; }
+/// The extended-precision recheck of the search runs the same kernels in long
+/// double (no fusion concern there: it is only compared with itself).
+inline long double unfused(long double x) { return x; }
+inline long double value_of(long double a) { return a; }
 
 /// Parameters of one layer flattened for the kernels (double).
 struct LayerParams {
@@ -108,7 +112,8 @@ void head_forward(const LayerParams::HeadP& hp, HeadCache<T>& c, const T* logw, 
   using std::exp;
   const Index k = hp.q.rows(), dout = hp.wo.rows();
   for (Index i = 0; i < n; ++i) {
-    double mx = -1e300;
+    // The max in the scalar's own precision (double for double and Dual numbers).
+    decltype(value_of(T(0.0))) mx = -1e300;
     for (Index j = 0; j < n; ++j) {
       const T g = unfused(P::logit(&c.q[i * k], &c.kappa[j * k], k, inv_tau));
       s[j] = g + logw[j];

@@ -113,6 +113,62 @@ double safe_ratio(double w_in, double w_out, double in_scale, double out_scale) 
   return std::max(0.0, w_out - 1e-12 * (1 + out_scale)) / w_in;
 }
 
+/// An upper bound on W1(mu, nu) by an explicit coupling, for the two structured
+/// kinds of pairs of the search (the tiny-atom and extremal-pair seeds): equal
+/// weights (the identity coupling, sum_i w_i ||x_i - y_i||) or equal atoms (mass
+/// kept where it is, the surplus moved greedily to the deficit). Accurate to
+/// the relative rounding of its own arithmetic however small it is, unlike the
+/// solver's value, whose absolute error is a few ulps of the mass times R.
+/// Negative when the pair has neither structure.
+template <class T>
+T coupling_upper_bound(const MatrixD& x, const VectorD& wx, const MatrixD& y, const VectorD& wy) {
+  if (x.rows() != y.rows()) return T(-1);
+  const Index n = x.rows(), d = x.cols();
+  auto dist = [&](Index i, Index j) {
+    T s(0);
+    for (Index c = 0; c < d; ++c) {
+      const T t = static_cast<T>(x(i, c)) - static_cast<T>(y(j, c));
+      s += t * t;
+    }
+    using std::sqrt;
+    return sqrt(s);
+  };
+  if (wx == wy) {
+    T s(0);
+    for (Index i = 0; i < n; ++i) s += static_cast<T>(wx[i]) * dist(i, i);
+    return s;
+  }
+  if (x == y) {
+    std::vector<T> surplus(static_cast<size_t>(n)), deficit(static_cast<size_t>(n));
+    for (Index i = 0; i < n; ++i) {
+      const T diff = static_cast<T>(wx[i]) - static_cast<T>(wy[i]);
+      surplus[static_cast<size_t>(i)] = diff > 0 ? diff : T(0);
+      deficit[static_cast<size_t>(i)] = diff < 0 ? -diff : T(0);
+    }
+    // The total surplus and deficit differ by the rounding of the weights'
+    // normalization; the larger one is transported (the rest is charged at 2R'
+    // below, R' the largest distance), so the coupling is never short.
+    T cost(0), diam(0);
+    for (Index i = 0; i < n; ++i)
+      for (Index j = 0; j < n; ++j) diam = std::max(diam, dist(i, j));
+    Index j = 0;
+    for (Index i = 0; i < n; ++i) {
+      T m = surplus[static_cast<size_t>(i)];
+      while (m > 0 && j < n) {
+        const T t = std::min(m, deficit[static_cast<size_t>(j)]);
+        cost += t * dist(i, j);
+        m -= t;
+        deficit[static_cast<size_t>(j)] -= t;
+        if (deficit[static_cast<size_t>(j)] <= 0) ++j;
+      }
+      cost += m * diam;
+    }
+    for (; j < n; ++j) cost += deficit[static_cast<size_t>(j)] * diam;
+    return cost;
+  }
+  return T(-1);
+}
+
 Eval evaluate(const LayerParams& p, const PairState& s, bool want_grad) {
   Eval e;
   const VectorD lmu = log_softmax(s.a), lnu = log_softmax(s.b);
@@ -120,17 +176,25 @@ Eval evaluate(const LayerParams& p, const PairState& s, bool want_grad) {
   const MatrixD fmu = forward(p, s.x, lmu), fnu = forward(p, s.y, lnu);
   const detail::TransportGrad tin = detail::transport_grad(s.x, wmu, s.y, wnu);
   e.w_in = tin.value;
-  if (!(tin.value > 1e-12 * (1 + std::max(s.x.cwiseAbs().maxCoeff(), s.y.cwiseAbs().maxCoeff()))))
-    return e;
+  const double in_scale = std::max(s.x.cwiseAbs().maxCoeff(), s.y.cwiseAbs().maxCoeff());
+  double w_in = tin.value;
+  if (!(tin.value > 1e-12 * (1 + in_scale))) {
+    // Structured pairs (equal weights or equal atoms) keep an exact upper bound
+    // on W1(mu, nu) down to any size; the output side keeps its margin.
+    const double c = coupling_upper_bound<double>(s.x, wmu, s.y, wnu);
+    if (!(c > 0)) return e;
+    w_in = c;
+    e.w_in = c;
+  }
   const detail::TransportGrad tout = detail::transport_grad(fmu, wmu, fnu, wnu);
   e.w_out = tout.value;
-  e.ratio = safe_ratio(tin.value, tout.value,
-                       std::max(s.x.cwiseAbs().maxCoeff(), s.y.cwiseAbs().maxCoeff()),
-                       std::max(fmu.cwiseAbs().maxCoeff(), fnu.cwiseAbs().maxCoeff()));
+  const double out_scale = std::max(fmu.cwiseAbs().maxCoeff(), fnu.cwiseAbs().maxCoeff());
+  e.ratio = w_in == tin.value ? safe_ratio(w_in, tout.value, in_scale, out_scale)
+                              : std::max(0.0, tout.value - 1e-12 * (1 + out_scale)) / w_in;
   e.valid = e.ratio > 0;
   if (!e.valid) return e;
   if (!want_grad) return e;
-  const double ci = 1.0 / tin.value;
+  const double ci = 1.0 / w_in;
   const double co = tout.value > 0 ? 1.0 / tout.value : 0.0;
   // d log ratio = d W_out / W_out - d W_in / W_in.
   e.gx = -ci * tin.gx;
@@ -232,35 +296,304 @@ MatrixD covariance_seed(const Model<double>& model, Index n, double radius) {
   return x;
 }
 
+/// A bulk query x0 and a point y that x0 weighs e^Delta times more than
+/// itself (Delta = max over heads of the logit gain), the direction u in which
+/// moving a tiny atom at y moves the output most, and the first-order value of
+/// the ratio (the surrogate) for the tiny-atom pair.
+struct AtomSeed {
+  VectorD x0, y, u;
+  double gain = 0;       // Delta
+  double mass = 0;       // the tiny atom's mass eps ~ 1e-3 e^-Delta
+  double surrogate = 0;  // sigma_max of M below
+};
+
+/// Delta(x0, y): per head, log(pi_{0,1} / pi_{0,0}) for the two-atom measure
+/// (x0, y) with equal weights; the max over heads.
+double logit_gain(const LayerParams& p, const VectorD& x0, const VectorD& y) {
+  const Index d = p.d;
+  MatrixD x(2, d);
+  x.row(0) = x0.transpose();
+  x.row(1) = y.transpose();
+  const VectorD lw = VectorD::Zero(2);
+  MatrixD out(2, p.d_out);
+  std::vector<detail::HeadCache<double>> caches;
+  detail::layer_forward(p, x.data(), lw.data(), 2, out.data(), &caches);
+  double best = -INFINITY;
+  for (const auto& c : caches)
+    if (c.pi[0] > 0 && c.pi[1] > 0) best = std::max(best, std::log(c.pi[1] / c.pi[0]));
+  return best;
+}
+
+/// The surrogate of the tiny-atom pair mu = (1 - eps) delta_x0 + eps delta_y,
+/// nu = the same with y moved to y + h u: as h -> 0 the ratio tends to
+/// ||M u|| with M = (1/eps) d/dy [(1 - eps) F_0 + eps F_1] (F_i the output at atom
+/// i; the distance of the means is a lower bound on W1 of the outputs, eps h is
+/// W1 of the inputs). M by forward mode, one dual pass per coordinate of y.
+MatrixD tiny_atom_jacobian(const LayerParams& p, const VectorD& x0, const VectorD& y, double eps) {
+  using detail::Dual;
+  const Index d = p.d, dout = p.d_out;
+  std::vector<Dual> x(static_cast<size_t>(2 * d)), lw(2), out(static_cast<size_t>(2 * dout));
+  lw[0] = Dual(std::log1p(-eps));
+  lw[1] = Dual(std::log(eps));
+  MatrixD m(dout, d);
+  for (Index c = 0; c < d; ++c) {
+    for (Index j = 0; j < d; ++j) {
+      x[static_cast<size_t>(j)] = Dual(x0[j]);
+      x[static_cast<size_t>(d + j)] = Dual(y[j], j == c ? 1.0 : 0.0);
+    }
+    detail::layer_forward<Dual>(p, x.data(), lw.data(), 2, out.data());
+    for (Index o = 0; o < dout; ++o)
+      m(o, c) =
+          ((1 - eps) * out[static_cast<size_t>(o)].e + eps * out[static_cast<size_t>(dout + o)].e) /
+          eps;
+  }
+  return m;
+}
+
+/// The candidates of the tiny-atom and extremal-pair seeds, best first
+/// (deterministic: fixed candidates, one seeded generator, stable sorts).
+/// Points: +-R times eigenvectors of the symmetric part and singular vectors of
+/// each head's A = Q^T K / tau, +-R c / ||c||, random directions, the origin;
+/// for the dot potential also y = R a(x0) / ||a(x0)||, the maximizer of the
+/// logit <a(x0), y> over B_R. The pairs (x0, y) of largest gain Delta get their
+/// surrogate. `by_gain` holds the same seeds sorted by Delta instead.
+struct SeedTable {
+  std::vector<AtomSeed> by_surrogate, by_gain;
+};
+
+SeedTable seed_table(const LayerParams& p, double radius, std::uint64_t seed) {
+  const Index d = p.d;
+  std::vector<VectorD> dirs;
+  auto add = [&](VectorD v) {
+    const double nn = v.norm();
+    if (nn > 0 && std::isfinite(nn)) {
+      dirs.push_back(v / nn);
+      dirs.push_back(-v / nn);
+    }
+  };
+  // At most 48 structured directions in all (fewer per head when there are many
+  // heads), so that the table costs O(64^2 H d) for the dot potential.
+  const Index nh = static_cast<Index>(p.heads.size());
+  const Index per = std::max<Index>(1, std::min<Index>(std::min<Index>(d, 3), 4 / nh));
+  for (const auto& hp : p.heads) {
+    const MatrixD a = hp.q.transpose() * hp.k / hp.tau;
+    const MatrixD sym = 0.5 * (a + a.transpose());
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(sym);
+    // Singular vectors of A from the eigenvectors of A A^T and A^T A.
+    for (Index j = 0; j < per; ++j) {
+      add(es.eigenvectors().col(j));
+      add(es.eigenvectors().col(d - 1 - j));
+    }
+    if (d <= 64) {
+      Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> left(a * a.transpose()),
+          right(a.transpose() * a);
+      for (Index j = 0; j < per; ++j) {
+        add(left.eigenvectors().col(d - 1 - j));
+        add(right.eigenvectors().col(d - 1 - j));
+      }
+    }
+    add(hp.k.transpose() * hp.bq / hp.tau);
+    if (static_cast<Index>(dirs.size()) >= 96) break;
+  }
+  std::mt19937_64 rng(seed * 0x2545F4914F6CDD1DULL + 0x9E3779B97F4A7C15ULL);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  for (int r = 0; r < 12; ++r) {
+    VectorD v(d);
+    for (Index c = 0; c < d; ++c) v[c] = nd(rng);
+    add(v);
+  }
+  std::vector<VectorD> pts;
+  for (const auto& v : dirs) pts.push_back(radius * v);
+  pts.push_back(VectorD::Zero(d));
+  const bool dot = std::all_of(p.heads.begin(), p.heads.end(),
+                               [](const auto& hp) { return hp.potential == Potential::dot; });
+  struct Pair {
+    Index i;
+    VectorD y;
+    double gain;
+  };
+  std::vector<Pair> pairs;
+  for (Index i = 0; i < static_cast<Index>(pts.size()); ++i) {
+    const VectorD& x0 = pts[static_cast<size_t>(i)];
+    std::vector<VectorD> ys = pts;
+    if (dot)
+      for (const auto& hp : p.heads) {
+        const VectorD av = hp.k.transpose() * (hp.q * x0 + hp.bq) / hp.tau;
+        if (av.norm() > 0) ys.push_back(radius * av / av.norm());
+      }
+    // Dot potential: Delta_h = a_h(x0) . (y - x0) with a_h(x0) = K^T (Q x0 + b_q) / tau.
+    std::vector<VectorD> av;
+    if (dot)
+      for (const auto& hp : p.heads) av.push_back(hp.k.transpose() * (hp.q * x0 + hp.bq) / hp.tau);
+    for (const auto& y : ys) {
+      if ((y - x0).norm() <= 1e-9 * radius) continue;
+      double g = -INFINITY;
+      if (dot)
+        for (const auto& v : av) g = std::max(g, v.dot(y - x0));
+      else
+        g = logit_gain(p, x0, y);
+      if (std::isfinite(g)) pairs.push_back({i, y, g});
+    }
+  }
+  std::stable_sort(pairs.begin(), pairs.end(),
+                   [](const Pair& a, const Pair& b) { return a.gain > b.gain; });
+  const size_t keep = std::min<size_t>(pairs.size(), d > 64 ? 8 : 24);
+  SeedTable t;
+  for (size_t q = 0; q < keep; ++q) {
+    AtomSeed sd;
+    sd.x0 = pts[static_cast<size_t>(pairs[q].i)];
+    sd.y = pairs[q].y;
+    sd.gain = pairs[q].gain;
+    // eps ~ 1e-3 e^-Delta: the atom's share of x0's kernel stays ~ 1e-3.
+    sd.mass = std::clamp(1e-3 * std::exp(-std::max(sd.gain, 0.0)), 1e-13, 1e-3);
+    if (d <= 64) {
+      const MatrixD m = tiny_atom_jacobian(p, sd.x0, sd.y, sd.mass);
+      Eigen::BDCSVD<Eigen::MatrixXd> svd(m, Eigen::ComputeFullV);
+      sd.surrogate = svd.singularValues().size() ? svd.singularValues()[0] : 0.0;
+      sd.u = svd.matrixV().col(0);
+    } else {
+      // Large d: u is the top right singular vector of sum_h W_O^h V_h (power
+      // iteration), the value part of M; the surrogate is ranked by the gain.
+      MatrixD b = MatrixD::Zero(p.d_out, d);
+      for (const auto& hp : p.heads) b += hp.wo * hp.v;
+      VectorD u = VectorD::Constant(d, 1.0 / std::sqrt(static_cast<double>(d)));
+      for (int it = 0; it < 30; ++it) {
+        const VectorD w = b.transpose() * (b * u);
+        if (!(w.norm() > 0)) break;
+        u = w / w.norm();
+      }
+      sd.u = u;
+      sd.surrogate = sd.gain;
+    }
+    if (sd.u.dot(sd.y) > 0) sd.u = -sd.u;  // inward where y is on the sphere
+    if (!std::isfinite(sd.surrogate)) continue;
+    t.by_gain.push_back(sd);
+  }
+  t.by_surrogate = t.by_gain;
+  std::stable_sort(t.by_surrogate.begin(), t.by_surrogate.end(),
+                   [](const AtomSeed& a, const AtomSeed& b) { return a.surrogate > b.surrogate; });
+  return t;
+}
+
 struct RestartOut {
   double ratio = 0;  // certified
   PairState best;
   std::string origin;
+  std::string certification;
+  double separation = 1;
   std::int64_t evals = 0;
   bool valid = false;
 };
 
+/// How a reported ratio was certified (LipschitzWitness::certification).
+constexpr const char* kDoubleExact = "double, exact W1 on both sides";
+constexpr const char* kLongDouble =
+    "long double: the layer recomputed in extended precision, W1(mu, nu) bounded above by an "
+    "explicit coupling, W1(F(mu), F(nu)) below by a 1-Lipschitz Kantorovich dual function";
+
+/// The recheck in long double for the structured pairs (equal weights or equal
+/// atoms): the measures are the double atoms and weights as given; the layer is
+/// evaluated in long double; W1(mu, nu) <= an explicit coupling's cost; and
+/// W1(F(mu), F(nu)) >= int f d(F(mu) - F(nu)) for the 1-Lipschitz function
+/// f(z) = min_j (g_j + ||z - F(nu)_j||) built from the solver's potential g on F(nu)
+/// (any g gives a 1-Lipschitz f), and >= the distance of the two means. The output
+/// side is reduced by 1e-15 (1 + max |output|), thousands of long double ulps.
+/// Returns 0 when the pair has neither structure.
+double certify_long_double(const LayerParams& p, const MatrixD& x, const VectorD& lmu,
+                           const MatrixD& y, const VectorD& lnu, double* w_in, double* w_out) {
+  using LD = long double;
+  const VectorD wmu = lmu.array().exp().matrix(), wnu = lnu.array().exp().matrix();
+  const LD cin = coupling_upper_bound<LD>(x, wmu, y, wnu);
+  if (!(cin > 0)) return 0;
+  const Index n = x.rows(), m = y.rows(), d = p.d, dout = p.d_out;
+  auto run = [&](const MatrixD& z, const VectorD& w) {
+    std::vector<LD> zl(static_cast<size_t>(z.rows() * d)), ll(static_cast<size_t>(z.rows())),
+        out(static_cast<size_t>(z.rows() * dout));
+    for (Index i = 0; i < z.rows(); ++i) {
+      for (Index c = 0; c < d; ++c) zl[static_cast<size_t>(i * d + c)] = z(i, c);
+      ll[static_cast<size_t>(i)] = std::log(static_cast<LD>(w[i]));
+    }
+    detail::layer_forward<LD>(p, zl.data(), ll.data(), z.rows(), out.data());
+    return out;
+  };
+  const std::vector<LD> fm = run(x, wmu), fn = run(y, wnu);
+  for (const LD v : fm)
+    if (!std::isfinite(v)) return 0;
+  for (const LD v : fn)
+    if (!std::isfinite(v)) return 0;
+  // The solver's potential on F(nu), from the double outputs.
+  MatrixD fmd(n, dout), fnd(m, dout);
+  for (Index i = 0; i < n; ++i)
+    for (Index o = 0; o < dout; ++o) fmd(i, o) = static_cast<double>(fm[i * dout + o]);
+  for (Index j = 0; j < m; ++j)
+    for (Index o = 0; o < dout; ++o) fnd(j, o) = static_cast<double>(fn[j * dout + o]);
+  const detail::TransportGrad t = detail::transport_grad(fmd, wmu, fnd, wnu);
+  auto f = [&](const LD* z) {
+    LD best = std::numeric_limits<LD>::infinity();
+    for (Index j = 0; j < m; ++j) {
+      LD s2 = 0;
+      for (Index o = 0; o < dout; ++o) {
+        const LD u = z[o] - fn[j * dout + o];
+        s2 += u * u;
+      }
+      best = std::min(best, static_cast<LD>(t.gb[j]) + std::sqrt(s2));
+    }
+    return best;
+  };
+  LD dual = 0;
+  for (Index i = 0; i < n; ++i) dual += static_cast<LD>(wmu[i]) * f(&fm[i * dout]);
+  for (Index j = 0; j < m; ++j) dual -= static_cast<LD>(wnu[j]) * f(&fn[j * dout]);
+  std::vector<LD> mean(static_cast<size_t>(dout), 0);
+  for (Index i = 0; i < n; ++i)
+    for (Index o = 0; o < dout; ++o) mean[o] += static_cast<LD>(wmu[i]) * fm[i * dout + o];
+  for (Index j = 0; j < m; ++j)
+    for (Index o = 0; o < dout; ++o) mean[o] -= static_cast<LD>(wnu[j]) * fn[j * dout + o];
+  LD mn = 0, scale = 0;
+  for (Index o = 0; o < dout; ++o) mn += mean[o] * mean[o];
+  for (const LD v : fm) scale = std::max(scale, std::abs(v));
+  for (const LD v : fn) scale = std::max(scale, std::abs(v));
+  const LD lower = std::max(std::abs(dual), std::sqrt(mn));
+  const LD cert = lower - static_cast<LD>(1e-15) * (1 + scale);
+  if (w_in) *w_in = static_cast<double>(cin);
+  if (w_out) *w_out = static_cast<double>(cert > 0 ? cert : 0);  // the certified part
+  return cert > 0 ? static_cast<double>(cert / cin) : 0.0;
+}
+
 /// Exact recomputation in double: the attention outputs, then W1 by the
-/// wasserstein module's exact solver on both sides.
+/// wasserstein module's exact solver on both sides; for structured pairs also
+/// in long double (certify_long_double), the larger certified value kept.
 double certify(const LayerParams& p, const PairState& s, MatrixD* fmu, MatrixD* fnu, double* w_in,
-               double* w_out) {
+               double* w_out, std::string* how = nullptr) {
   const VectorD lmu = log_softmax(s.a), lnu = log_softmax(s.b);
   const MatrixD fm = forward(p, s.x, lmu), fn = forward(p, s.y, lnu);
   const MeasureD mu(s.x, lmu.array().exp().matrix()), nu(s.y, lnu.array().exp().matrix());
   const double wi = wasserstein_exact_value(mu, nu, 1.0);
   const double wo =
       wasserstein_exact_value(MeasureD(fm, mu.weights()), MeasureD(fn, nu.weights()), 1.0);
-  if (w_in) *w_in = wi;
-  if (w_out) *w_out = wo;
   const double in_scale = std::max(s.x.cwiseAbs().maxCoeff(), s.y.cwiseAbs().maxCoeff());
   const double out_scale = std::max(fm.cwiseAbs().maxCoeff(), fn.cwiseAbs().maxCoeff());
+  // The output side as certified: reduced by the rounding margin (safe_ratio).
+  if (w_in) *w_in = wi;
+  if (w_out) *w_out = std::max(0.0, wo - 1e-12 * (1 + out_scale));
   if (fmu) *fmu = fm;
   if (fnu) *fnu = fn;
-  return safe_ratio(wi, wo, in_scale, out_scale);
+  if (how) *how = kDoubleExact;
+  const double plain = safe_ratio(wi, wo, in_scale, out_scale);
+  double li = 0, lo = 0;
+  const double ext = certify_long_double(p, s.x, lmu, s.y, lnu, &li, &lo);
+  // Kept only where it resolves more than double does (a relative gain above
+  // 1e-6): elsewhere both agree and the double value is reported.
+  if (ext > plain * (1 + 1e-6)) {
+    if (w_in) *w_in = li;
+    if (w_out) *w_out = lo;
+    if (how) *how = kLongDouble;
+    return ext;
+  }
+  return plain;
 }
 
 RestartOut run_restart(const Model<double>& model, const LayerParams& p, double radius,
-                       const LipschitzSearchOptions& o, int r) {
+                       const LipschitzSearchOptions& o, const SeedTable& seeds, int r) {
   std::mt19937_64 rng(o.seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL * (r + 1));
   const Index n = o.atoms, d = p.d;
   std::normal_distribution<double> nd(0.0, 1.0);
@@ -271,8 +604,21 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
   // Restart kinds: 0, 1 Castin's seeds; then cycling random (2), nearby
   // positions (3), nearby weights (4), both (5), Castin (6).
   // The covariance seed is one extra restart (index = restarts) when n >= 3.
+  // Restarts 2 and 3 and two of every further seven are the structured
+  // families: tiny atom (7) and extremal pair (8); `slot` picks their candidate.
   const bool cov_seed = r == o.restarts;
-  const int kind = r < 2 ? r : 2 + (r - 2) % 5;
+  int kind = 0, slot = 0;
+  if (r < 2) {
+    kind = r;
+  } else if (r < 4) {
+    kind = r == 2 ? 7 : 8;
+  } else {
+    const int c = (r - 4) % 7;
+    slot = 1 + (r - 4) / 7;
+    kind = c < 5 ? 2 + c : (c == 5 ? 7 : 8);
+  }
+  if (kind >= 7 && (n < 2 || seeds.by_gain.empty())) kind = 2;
+  bool freeze_positions = false, freeze_weights = false;
   const double delta = o.nearby;
   auto random_logits = [&](Index m) {
     VectorD a(m);
@@ -292,6 +638,41 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
     s.y = s.x;
     s.y.bottomRows(n - 2) += gaussian(rng, n - 2, d, delta * radius);
     project_to_ball(s.y, radius);
+    nearby = true;
+  } else if (kind == 7 || kind == 8) {
+    // A heavy bulk at x0 and a tiny atom at y, which x0 weighs e^Delta times more
+    // than itself. Tiny atom: nu moves the atom by 1e-3 R in the direction that
+    // moves the output most (equal weights). Extremal pair: nu puts mass
+    // eps ~ 1e-3 e^-Delta at y that mu lacks (equal atoms); in one dimension
+    // delta_{-R} against (1 - eps) delta_{-R} + eps delta_R.
+    const bool tiny = kind == 7;
+    const auto& list = tiny ? seeds.by_surrogate : seeds.by_gain;
+    const AtomSeed& sd = list[static_cast<size_t>(slot) % list.size()];
+    origin = tiny ? "tiny_atom" : "extremal_pair";
+    s.x = MatrixD(n, d);
+    s.x.row(0) = sd.x0.transpose();
+    s.x.row(1) = sd.y.transpose();
+    for (Index i = 2; i < n; ++i) s.x.row(i) = sd.x0.transpose();
+    if (n > 2) s.x.bottomRows(n - 2) += gaussian(rng, n - 2, d, 1e-3 * radius);
+    if (slot >= static_cast<int>(list.size())) s.x += gaussian(rng, n, d, 1e-2 * radius);
+    project_to_ball(s.x, radius);
+    const double eps = sd.mass, bulk = std::log((1 - eps) / static_cast<double>(n - 1));
+    s.a = VectorD::Constant(n, bulk);
+    s.y = s.x;
+    s.b = s.a;
+    if (tiny) {
+      s.a[1] = s.b[1] = std::log(eps);
+      s.y.row(1) += 1e-3 * radius * sd.u.transpose();
+      project_to_ball(s.y, radius);
+      freeze_weights = true;
+    } else {
+      s.a[1] = bulk - 40;
+      s.b[1] = std::log(eps);
+      freeze_positions = true;
+    }
+    clamp_logits(s.a);
+    clamp_logits(s.b);
+    if (tiny) s.b = s.a;
     nearby = true;
   } else if (kind <= 1 || kind == 6) {
     origin = "adversarial";
@@ -369,14 +750,16 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
       t.y = t.x + dxy;
       t.b = t.a + dab;
       if (g2 > 0) {
-        t.y += (eta_diff * radius * radius / g2) * cur.gy;
-        t.b += (eta_diff / g2) * cur.gb;
+        if (!freeze_positions) t.y += (eta_diff * radius * radius / g2) * cur.gy;
+        if (!freeze_weights) t.b += (eta_diff / g2) * cur.gb;
       }
     }
     project_to_ball(t.x, radius);
     project_to_ball(t.y, radius);
     clamp_logits(t.a);
     clamp_logits(t.b);
+    if (freeze_positions) t.y = t.x;
+    if (freeze_weights) t.b = t.a;
     Eval nxt = evaluate(p, t, true);
     ++out.evals;
     if (nxt.valid && nxt.ratio > cur.ratio) {
@@ -394,7 +777,39 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
     }
   }
   out.best = best;
-  out.ratio = certify(p, best, nullptr, nullptr, nullptr, nullptr);
+  out.ratio = certify(p, best, nullptr, nullptr, nullptr, nullptr, &out.certification);
+  if (freeze_positions || freeze_weights) {
+    // Moved apart: the difference (D, E) scaled up by 2, 4, ... until the pair is
+    // resolved in double by any independent check (the output distance above
+    // 1e-5 (1 + max |output|), certified in double); that pair is kept when its
+    // ratio is within 5% of the unscaled one (or above it), else the unscaled pair
+    // with its extended-precision certificate. Larger ratios on the way are kept.
+    const PairState base = best;
+    const double base_ratio = out.ratio;
+    for (double k = 2; k <= 1024; k *= 2) {
+      PairState t = base;
+      t.y = t.x + k * (base.y - base.x);
+      t.b = t.a + k * (base.b - base.a);
+      project_to_ball(t.y, radius);
+      clamp_logits(t.b);
+      if (freeze_weights) t.b = t.a;
+      if (freeze_positions) t.y = t.x;
+      std::string how;
+      MatrixD fm, fn;
+      double wi = 0, wo = 0;
+      const double v = certify(p, t, &fm, &fn, &wi, &wo, &how);
+      ++out.evals;
+      const double scale = std::max(fm.cwiseAbs().maxCoeff(), fn.cwiseAbs().maxCoeff());
+      const bool resolved = how == kDoubleExact && wo >= 1e-5 * (1 + scale);
+      if (v > out.ratio || (resolved && v >= 0.95 * base_ratio)) {
+        out.ratio = v;
+        out.best = std::move(t);
+        out.certification = how;
+        out.separation = k;
+      }
+      if (resolved || v < 0.95 * base_ratio) break;
+    }
+  }
   out.valid = out.ratio > 0;
   return out;
 }
@@ -470,6 +885,8 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
   detail::check_layer_range(p, radius, radius > 1 ? "radius" : "model");
   const int total = options.restarts + (options.atoms >= 3 ? 1 : 0);
   std::vector<RestartOut> outs(static_cast<size_t>(total));
+  const SeedTable seeds =
+      options.atoms >= 2 && total > 2 ? seed_table(p, radius, options.seed) : SeedTable{};
   const int threads =
       options.threads > 0 ? options.threads : std::min(omp_get_max_threads(), kMaxThreads);
   Progress progress("lipschitz search", total, options.progress_callback, options.progress);
@@ -483,7 +900,7 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int r = 0; r < total; ++r) {
     guard.run([&] {
-      outs[static_cast<size_t>(r)] = run_restart(model, p, radius, options, r);
+      outs[static_cast<size_t>(r)] = run_restart(model, p, radius, options, seeds, r);
       if (show) {
         std::lock_guard<std::mutex> lock(mtx);
         ++done;
@@ -516,7 +933,9 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
   w.nu_atoms = o.best.y;
   w.mu_weights = log_softmax(o.best.a).array().exp().matrix();
   w.nu_weights = log_softmax(o.best.b).array().exp().matrix();
-  res.ratio = certify(p, o.best, &w.f_mu_atoms, &w.f_nu_atoms, &w.w1_input, &w.w1_output);
+  res.ratio =
+      certify(p, o.best, &w.f_mu_atoms, &w.f_nu_atoms, &w.w1_input, &w.w1_output, &w.certification);
+  w.separation = o.separation;
   w.origin = o.origin;
   w.restart = best;
   res.status = Status::completed;
