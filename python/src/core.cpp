@@ -1081,7 +1081,7 @@ void bind_model(py::module_& m) {
              const py::object& dtype, const py::object& communicator) {
             const auto o =
                 attend_options(causal, residual, "softmax", 0, 0, key_block, communicator);
-            return dispatch(call_dtype(tokens, dtype), [&](auto s) {
+            return dispatch(call_dtype(tokens, dtype), [&](auto s) -> py::array {
               using S = decltype(s);
               ModelArg<S> model(pm);
               const MatrixArg<S> x = matrix_arg<S>(tokens, "tokens");
