@@ -17,7 +17,7 @@ INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 # Installed headers that belong to no concept module: the shared vocabulary.
 COMMON_HEADERS = {"types", "error", "interrupt", "threads", "progress", "temporaries",
-                  "version", "status", "options"}
+                  "version", "status", "options", "communicator", "mpi"}
 
 
 def modules():
