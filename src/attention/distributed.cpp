@@ -287,13 +287,8 @@ Matrix<Scalar> distributed_attention_field(const Model<Scalar>& model, const Mea
       model, mu.atoms().middleRows(keys.begin, keys.size()), weights, keys.begin,
       queries.middleRows(rows.begin, rows.size()), rows.begin, options);
   // Every rank gets the whole result.
-  std::vector<Index> counts(static_cast<size_t>(comm.size()));
-  for (int r = 0; r < comm.size(); ++r) {
-    counts[static_cast<size_t>(r)] =
-        shard_rows(queries.rows(), r, comm.size()).size() * model.out_dim();
-  }
   Matrix<Scalar> out(queries.rows(), model.out_dim());
-  all_gather(comm, local.data(), counts, out.data());
+  all_gather_shards(comm, queries.rows(), model.out_dim(), local.data(), out.data());
   return out;
 }
 

@@ -88,6 +88,18 @@ void gather(const Communicator& comm, const T* local, const std::vector<Index>& 
   gather_raw(comm, local, counts, out, datatype_of<T>(), root);
 }
 
+/// Rows [0, rows) split over the ranks by shard_rows, `width` elements each:
+/// concatenates every rank's rows (`local`, its shard_rows(rows, comm) of them)
+/// into `out` (rows x width elements, row-major) on every rank.
+template <class T>
+void all_gather_shards(const Communicator& comm, Index rows, Index width, const T* local, T* out) {
+  std::vector<Index> counts(static_cast<std::size_t>(comm.size()));
+  for (int r = 0; r < comm.size(); ++r) {
+    counts[static_cast<std::size_t>(r)] = shard_rows(rows, r, comm.size()).size() * width;
+  }
+  all_gather(comm, local, counts, out);
+}
+
 /// sum_i x_i over every rank's values in rank order, added one at a time in
 /// long double exactly as one process adding all of them in order would: the
 /// running sum travels from rank 0 to rank P - 1 and the total is broadcast.

@@ -174,12 +174,8 @@ void distributed_flow_field(const Model<Scalar>& model, const KeyWeights<Scalar>
     error = std::current_exception();
   }
   agree(comm, error);
-  std::vector<Index> counts(static_cast<size_t>(comm.size()));
-  for (int r = 0; r < comm.size(); ++r) {
-    counts[static_cast<size_t>(r)] = shard_rows(n, r, comm.size()).size() * model.out_dim();
-  }
   out.resize(n, model.out_dim());
-  all_gather(comm, local.data(), counts, out.data());
+  all_gather_shards(comm, n, model.out_dim(), local.data(), out.data());
 }
 
 template <class Scalar>

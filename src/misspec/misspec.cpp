@@ -99,12 +99,9 @@ namespace {
 template <class T>
 void all_gather_items(const Communicator& comm, Index count, std::vector<T>& items) {
   if (!comm.distributed()) return;
-  std::vector<Index> counts(static_cast<size_t>(comm.size()));
-  for (int r = 0; r < comm.size(); ++r)
-    counts[static_cast<size_t>(r)] = shard_rows(count, r, comm.size()).size();
   const RowRange mine = shard_rows(count, comm);
   const std::vector<T> local(items.begin() + mine.begin, items.begin() + mine.end);
-  detail::all_gather(comm, local.data(), counts, items.data());
+  detail::all_gather_shards(comm, count, 1, local.data(), items.data());
 }
 
 struct Draw {
