@@ -7,6 +7,7 @@
 #include <cmath>
 #include <string>
 
+#include "common/dormand_prince.hpp"
 #include "gaussian/internal.hpp"
 #include "measattn/error.hpp"
 #include "measattn/gaussian.hpp"
@@ -81,17 +82,7 @@ GaussianFlowResult<Scalar> gaussian_flow(const Model<Scalar>& model,
     r.message = "time 0: the start";
     return r;
   }
-  constexpr double a21 = 1.0 / 5;
-  constexpr double a31 = 3.0 / 40, a32 = 9.0 / 40;
-  constexpr double a41 = 44.0 / 45, a42 = -56.0 / 15, a43 = 32.0 / 9;
-  constexpr double a51 = 19372.0 / 6561, a52 = -25360.0 / 2187, a53 = 64448.0 / 6561,
-                   a54 = -212.0 / 729;
-  constexpr double a61 = 9017.0 / 3168, a62 = -355.0 / 33, a63 = 46732.0 / 5247, a64 = 49.0 / 176,
-                   a65 = -5103.0 / 18656;
-  constexpr double b1 = 35.0 / 384, b3 = 500.0 / 1113, b4 = 125.0 / 192, b5 = -2187.0 / 6784,
-                   b6 = 11.0 / 84;
-  constexpr double e1 = 71.0 / 57600, e3 = -71.0 / 16695, e4 = 71.0 / 1920, e5 = -17253.0 / 339200,
-                   e6 = 22.0 / 525, e7 = -1.0 / 40;
+  using namespace detail::dormand_prince;  // the tableau (common/dormand_prince.hpp)
   const double tol = options.tolerance;
 
   Eigen::VectorXd k1 = rhs(y);
@@ -129,7 +120,7 @@ GaussianFlowResult<Scalar> gaussian_flow(const Model<Scalar>& model,
     const Eigen::VectorXd k5 = rhs(y + step * (a51 * k1 + a52 * k2 + a53 * k3 + a54 * k4));
     const Eigen::VectorXd k6 =
         rhs(y + step * (a61 * k1 + a62 * k2 + a63 * k3 + a64 * k4 + a65 * k5));
-    const Eigen::VectorXd ynew = y + step * (b1 * k1 + b3 * k3 + b4 * k4 + b5 * k5 + b6 * k6);
+    const Eigen::VectorXd ynew = y + step * (a71 * k1 + a73 * k3 + a74 * k4 + a75 * k5 + a76 * k6);
     const Eigen::VectorXd k7 = rhs(ynew);
     r.evaluations += 6;
     const Eigen::VectorXd err = step * (e1 * k1 + e3 * k3 + e4 * k4 + e5 * k5 + e6 * k6 + e7 * k7);
