@@ -125,7 +125,9 @@ SCRIPT = textwrap.dedent("""
         many = measattn.flow(flow_model, x[:40], time=0.5, steps=5, scheme=scheme,
                              communicator=comm)
         assert np.array_equal(one.particles, many.particles), ("flow", scheme, rank)
-    print("ok", rank)
+    # One file per rank: the ranks' stdout lines interleave under mpirun.
+    with open(f"{sys.argv[1]}/ok.{rank}", "w") as done:
+        done.write("ok")
 """)
 
 
@@ -134,10 +136,10 @@ def test_python_communicator_bit_identical(tmp_path, ranks):
     pytest.importorskip("mpi4py")
     script = tmp_path / "check.py"
     script.write_text(SCRIPT)
-    proc = mpirun(ranks, [sys.executable, script])
+    proc = mpirun(ranks, [sys.executable, script, tmp_path])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert sorted(proc.stdout.split()) == sorted(
-        " ".join(f"ok {r}" for r in range(ranks)).split())
+    assert sorted(p.name for p in tmp_path.glob("ok.*")) == [f"ok.{r}" for r in range(ranks)]
+    assert all((tmp_path / f"ok.{r}").read_text() == "ok" for r in range(ranks))
 
 
 def test_python_rejects_what_is_not_a_communicator():
