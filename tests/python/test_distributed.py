@@ -33,10 +33,18 @@ MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
 
 
 def mpirun(ranks, args, timeout=300):
+    """Runs `args` on `ranks` ranks. OpenMPI 4.1's runtime now and then reports a
+    rank that "exited improperly" although it called MPI_Finalize (a shutdown
+    race: open-mpi/ompi#7833, #9389); only that failure is run again, twice at
+    most. Every other outcome, exit 2 included, is returned as it came."""
     env = dict(os.environ)
     env.update(MPI_ENV)
     cmd = [MPIRUN, "--oversubscribe", "-np", str(ranks)] + [str(a) for a in args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    for _ in range(3):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        if proc.returncode == 0 or "exiting improperly" not in proc.stdout + proc.stderr:
+            return proc
+    return proc
 
 
 @pytest.fixture
