@@ -17,6 +17,16 @@
 //                      [--token-restarts K] [--steps T] [--step-size S] [--seed S]
 //                      [--threads P] [--residual] [--json] [--csv FILE] [--plot FILE]
 //
+//   measattn lipschitz --model M --radii R1,R2,... [--betas B1,B2,...] [search flags]
+//                      [--residual] [--json] [--csv FILE] [--plot FILE]
+//
+// The sweep (lipschitz_sweep): at each (beta, R) of the grid, the logits
+// multiplied by beta, the best proved bound, the certified lower bound and the
+// gap; --csv and --plot write the table and both sides against R per beta.
+//
+// Under mpirun every form shares its restarts (and the sweep its points) over
+// the ranks, with the one-process result; rank 0 writes and prints.
+//
 // The token level on B_R^n for each n of --sizes (token_lipschitz_sweep): the
 // certified lower bound of the search, Castin's sequence's local constant, the
 // proved bound token_ball_l2 (dot potential), and the exponents of log value
@@ -53,6 +63,10 @@ struct LipschitzArgs {
   bool json = false;
   bool token = false;  ///< --token: the sweep over --sizes instead of the W1 report
   std::vector<Index> sizes = {2, 5, 10, 20, 50};
+  /// --radii (and --betas): the W1 sweep over the grid instead of one radius.
+  std::vector<double> radii, betas = {1.0};
+  CLI::Option* radius_flag = nullptr;
+  CLI::Option* betas_flag = nullptr;
   /// Bound to the flags through their field tables (lipschitz.hpp): --radius
   /// from UpperBoundOptions, the search's flags from LipschitzSearchOptions.
   UpperBoundOptions bounds;
@@ -77,10 +91,12 @@ void run_token(const LipschitzArgs& args, const Model<double>& model, const Uppe
   to.seed = so.seed;
   to.residual = so.residual;
   to.threads = so.threads;
+  to.communicator = communicator();
   const auto start = std::chrono::steady_clock::now();
   const TokenSweepResult r = token_lipschitz_sweep(model, args.sizes, to);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!writes_outputs()) return;
   const bool has_upper = !r.upper.empty();
   Table table;
   table.columns = {"n", "lower", "castin", "upper"};
@@ -153,9 +169,99 @@ void run_token(const LipschitzArgs& args, const Model<double>& model, const Uppe
   if (has_upper) std::cout << "exponent of the upper bound  " << r.exponent_upper << "\n";
 }
 
+void run_sweep(const LipschitzArgs& args, const Model<double>& model,
+               const LipschitzSearchOptions& so) {
+  LipschitzSweepOptions o;
+  o.radii = args.radii;
+  o.betas = args.betas;
+  o.search = so;
+  o.search.communicator = communicator();
+  const auto start = std::chrono::steady_clock::now();
+  const LipschitzSweepResult r = lipschitz_sweep(model, o);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!writes_outputs()) return;
+  Table table;
+  table.columns = {"beta", "radius", "best_upper", "lower_bound", "gap"};
+  for (const auto& pt : r.points)
+    table.rows.push_back({pt.beta, pt.radius, pt.best_upper, pt.lower, pt.gap});
+  if (!args.csv.empty()) write_csv(args.csv, table);
+  if (!args.plot.empty()) {
+    // One block per beta (gnuplot's index), both sides against R on a log scale.
+    std::ostringstream s;
+    s << "$data << EOD\n";
+    for (size_t b = 0; b < o.betas.size(); ++b) {
+      if (b > 0) s << "\n\n";
+      for (size_t i = 0; i < o.radii.size(); ++i) {
+        const auto& pt = r.points[b * o.radii.size() + i];
+        s << pt.radius << " " << pt.best_upper << " " << pt.lower << "\n";
+      }
+    }
+    s << "EOD\n";
+    s << "set logscale y\nset key top left\nset grid\nset xlabel 'radius R'\n"
+         "set ylabel 'W1 Lipschitz constant'\n"
+         "set title 'proved upper bound (solid) and certified lower bound (dashed) on B_R'\n";
+    s << "plot ";
+    for (size_t b = 0; b < o.betas.size(); ++b) {
+      char beta[64];
+      std::snprintf(beta, sizeof beta, "%g", o.betas[b]);
+      if (b > 0) s << ", ";
+      s << "$data index " << b << " using 1:2 with linespoints lw 2 lc " << b + 1 << " title "
+        << gnuplot_quote(std::string("upper, beta = ") + beta) << ", $data index " << b
+        << " using 1:3 with linespoints dt 2 lc " << b + 1 << " title "
+        << gnuplot_quote(std::string("lower, beta = ") + beta);
+    }
+    s << "\n";
+    render_png(args.plot, s.str());
+  }
+  if (args.json) {
+    nlohmann::json j;
+    j["mode"] = "sweep";
+    j["model"] = args.model;
+    j["residual"] = so.residual;
+    j["radii"] = o.radii;
+    j["betas"] = o.betas;
+    nlohmann::json pts = nlohmann::json::array();
+    for (const auto& pt : r.points)
+      pts.push_back({{"beta", pt.beta},
+                     {"radius", pt.radius},
+                     {"best_upper", finite_or_null(pt.best_upper)},
+                     {"best_upper_name", pt.best_name},
+                     {"lower_bound", pt.lower},
+                     {"witness_origin", pt.witness_origin},
+                     {"gap", finite_or_null(pt.gap)},
+                     {"evaluations", pt.evaluations}});
+    j["points"] = pts;
+    j["evaluations"] = r.evaluations;
+    j["meaning"] =
+        "at each (beta, R): the model's logits times beta; best_upper: the smallest proved W1 "
+        "bound on B_R; lower_bound: the certified lower bound of the search (exact W1 on both "
+        "sides); gap = best_upper / lower_bound";
+    j["seconds"] = seconds;
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  std::cout << std::setprecision(8);
+  std::cout << "W1 constant over the grid" << (so.residual ? " (residual)" : "")
+            << ": logits times beta, measures on B_R\n";
+  std::cout << "      beta      radius      best_upper     lower_bound             gap  bound\n";
+  for (const auto& pt : r.points)
+    std::cout << std::setw(10) << pt.beta << " " << std::setw(11) << pt.radius << " "
+              << std::setw(15) << pt.best_upper << " " << std::setw(15) << pt.lower << " "
+              << std::setw(15) << pt.gap << "  " << pt.best_name << "\n";
+}
+
 void run(const LipschitzArgs& args) {
+  const bool sweep = !args.radii.empty();
+  if (sweep && args.radius_flag->count() > 0)
+    throw invalid_argument("--radius: not with --radii (the sweep's radii)");
+  if (!sweep && args.radius_flag->count() == 0)
+    throw invalid_argument("--radius: required (or --radii for a sweep over radii)");
+  if (!sweep && args.betas_flag->count() > 0) throw invalid_argument("--betas: only with --radii");
+  if (sweep && args.token) throw invalid_argument("--radii: not with --token");
   UpperBoundOptions uo = args.bounds;
-  uo.validate();  // --radius
+  if (sweep) uo.radius = 1;  // the sweep checks its own radii
+  uo.validate();             // --radius
   if (args.token_restarts < 0) throw invalid_argument("--token-restarts: must be >= 0");
   LipschitzSearchOptions so = args.search;
   so.progress = true;
@@ -165,7 +271,7 @@ void run(const LipschitzArgs& args) {
   std::unique_ptr<OutputDirectory> witness;
   if (!args.csv.empty()) check_output_file(args.csv, "--csv");
   if (!args.plot.empty()) check_output_file(args.plot, "--plot");
-  if (!args.witness.empty() && !args.token)
+  if (!args.witness.empty() && !args.token && !sweep && writes_outputs())
     witness = std::make_unique<OutputDirectory>(args.witness, "lipschitz", "--witness");
   const Model<double> model = load_model<double>(args.model);
   model.validate();  // its fields map to --model in main() (flags.hpp)
@@ -176,12 +282,24 @@ void run(const LipschitzArgs& args) {
                            ": self-attention needs equal query and key dimensions");
   if (so.residual && model.out_dim() != model.query_dim())
     throw invalid_argument("--residual: the model's output dimension differs from its input");
-  if (!args.token && (!args.csv.empty() || !args.plot.empty()))
-    throw invalid_argument("--csv/--plot: only with --token");
+  if (!args.token && !sweep && (!args.csv.empty() || !args.plot.empty()))
+    throw invalid_argument("--csv/--plot: only with --token or --radii");
   if (args.token) {
     if (!args.witness.empty()) throw invalid_argument("--witness: not with --token");
     return run_token(args, model, uo, so);
   }
+  if (sweep) {
+    if (!args.witness.empty()) throw invalid_argument("--witness: not with --radii");
+    LipschitzSweepOptions check;
+    check.radii = args.radii;
+    check.betas = args.betas;
+    check.search = so;
+    check.validate();  // before any work: the flags' names are mapped in main()
+    return run_sweep(args, model, so);
+  }
+  // Under mpirun the ranks share the restarts (docs/distributed.md); rank 0
+  // writes and prints.
+  so.communicator = communicator();
 
   const auto start = std::chrono::steady_clock::now();
   const UpperBoundResult ub = lipschitz_upper_bounds(model, uo);
@@ -196,8 +314,10 @@ void run(const LipschitzArgs& args) {
     to.seed = so.seed;
     to.residual = so.residual;
     to.threads = so.threads;
+    to.communicator = communicator();
     tok = token_lipschitz_lower_bound(model, to);
   }
+  if (!writes_outputs()) return;
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double gap = lo.ratio > 0 ? ub.best_w1 / lo.ratio : INFINITY;
@@ -334,12 +454,13 @@ const bool registered = register_command(
       auto args = std::make_shared<LipschitzArgs>();
       // UpperBoundOptions::tokens and TokenSearchOptions::tokens are --atoms.
       // UpperBoundOptions::tokens is set from --atoms.
-      std::vector<FieldFlag> fields = {{"tokens", "--atoms"}};
+      std::vector<FieldFlag> fields = {
+          {"tokens", "--atoms"}, {"radii", "--radii"}, {"betas", "--betas"}};
       for (auto& row : model_fields("--model", &args->model)) fields.push_back(row);
       register_fields(app, std::move(fields));
       app.add_option("--model", args->model, "model (.safetensors)")->required();
       args->binder.bind(app, args->bounds, {"radius"});
-      app.get_option("--radius")->required();
+      args->radius_flag = app.get_option("--radius");  // required unless --radii
       args->binder.bind(app, args->search,
                         {"atoms", "restarts", "steps", "step_size", "seed", "threads", "residual"});
       app.add_option("--token-restarts", args->token_restarts,
@@ -349,8 +470,15 @@ const bool registered = register_command(
                    "token level: sweep n over --sizes (search, Castin, token_ball_l2)");
       app.add_option("--sizes", args->sizes, "with --token: increasing token counts n")
           ->delimiter(',');
-      app.add_option("--csv", args->csv, "with --token: write the table as CSV");
-      app.add_option("--plot", args->plot, "with --token: write a log-log PNG plot (gnuplot)");
+      app.add_option("--radii", args->radii,
+                     "sweep: radii R (instead of --radius), each point's bounds and search")
+          ->delimiter(',');
+      args->betas_flag =
+          app.add_option("--betas", args->betas,
+                         "with --radii: inverse temperatures beta (logits times beta), default 1")
+              ->delimiter(',');
+      app.add_option("--csv", args->csv, "with --token or --radii: write the table as CSV");
+      app.add_option("--plot", args->plot, "with --token or --radii: write a PNG plot (gnuplot)");
       app.add_flag("--json", args->json, "print one JSON object");
       app.callback([args]() { run(*args); });
     });

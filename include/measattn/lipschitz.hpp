@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "measattn/attention.hpp"
+#include "measattn/communicator.hpp"
 #include "measattn/measure.hpp"
 #include "measattn/options.hpp"
 #include "measattn/progress.hpp"
@@ -191,8 +192,14 @@ struct LipschitzSearchOptions {
   /// Called with (done, total) after each restart finishes (total = restarts, + 1
   /// for the covariance seed when atoms >= 3), from the thread that ran it, one at a
   /// time; an exception it throws stops the search and propagates. Not a field
-  /// (not in the table below); no effect on the result.
+  /// (not in the table below); no effect on the result. Distributed: on every rank,
+  /// counting that rank's restarts (total = its share).
   ProgressCallback progress_callback;
+  /// The ranks that share the restarts (communicator.hpp): every rank passes the
+  /// same model, radius and options; each runs its share of the restarts, and
+  /// every rank returns the same result, bit-identical to one process. The
+  /// calling process alone by default. Not in the field table.
+  Communicator communicator;
   void validate() const;
 };
 
@@ -256,6 +263,46 @@ struct LipschitzSearchResult {
 /// Cost per evaluation: O(H n^2 E) + two exact W1 problems of n x n atoms.
 LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double radius,
                                             const LipschitzSearchOptions& options = {});
+
+/// Both sides of the W1 constant over a grid of radii R and inverse
+/// temperatures beta: at each point the model's logits are multiplied by beta
+/// (tau -> tau / beta, every head), lipschitz_upper_bounds gives the best proved
+/// bound on B_R and lipschitz_lower_bound the certified lower bound, with the
+/// search options `search` (the same seed at every point).
+struct LipschitzSweepOptions {
+  std::vector<double> radii;          ///< R > 0, finite; at least one
+  std::vector<double> betas = {1.0};  ///< beta > 0, finite; at least one
+  /// Each point's search; search.residual also selects the residual layer for the
+  /// upper bounds. search.communicator shares the grid: with at least as many
+  /// points as ranks each rank runs its share of the points (each point's
+  /// search on that rank alone), else every point's restarts are shared;
+  /// either way every rank returns the same result, bit-identical to one
+  /// process. search.progress_callback is called after each point of the
+  /// calling rank (done, its points), never by the searches.
+  LipschitzSearchOptions search;
+  void validate() const;
+};
+
+struct LipschitzSweepPoint {
+  double radius = 0, beta = 1;
+  double best_upper = 0;       ///< the smallest proved W1 bound (+inf past double's range)
+  std::string best_name;       ///< its name (UpperBoundResult::best_name)
+  double lower = 0;            ///< the certified lower bound (0 when the search is degenerate)
+  std::string witness_origin;  ///< the seed family of the witness ("" when degenerate)
+  double gap = 0;              ///< best_upper / lower (+inf when lower is 0)
+  std::int64_t evaluations = 0;
+};
+
+struct LipschitzSweepResult {
+  /// One point per (beta, radius), betas outer, radii inner, in the options' order.
+  std::vector<LipschitzSweepPoint> points;
+  std::int64_t evaluations = 0;
+};
+
+/// Cost: the grid's size times one lipschitz_upper_bounds and one
+/// lipschitz_lower_bound.
+LipschitzSweepResult lipschitz_sweep(const Model<double>& model,
+                                     const LipschitzSweepOptions& options);
 
 /// Ratio W1(F(mu), F(nu)) / W1(mu, nu) by the exact solver (0 when W1(mu,nu) = 0).
 double lipschitz_ratio(const Model<double>& model, const MeasureD& mu, const MeasureD& nu,
@@ -335,7 +382,11 @@ struct TokenSearchOptions {
   /// finishes, from the thread that ran it, one at a time; token_lipschitz_sweep:
   /// with (done, sizes) after each size (its searches report nothing). An exception
   /// it throws stops the call and propagates. Not a field; no effect on the result.
+  /// Distributed: on every rank, counting that rank's restarts.
   ProgressCallback progress_callback;
+  /// The ranks that share the restarts, as in LipschitzSearchOptions (the sweep
+  /// passes it to each size's search). Not in the field table.
+  Communicator communicator;
   void validate() const;
 };
 

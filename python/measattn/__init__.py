@@ -70,7 +70,8 @@ _OPTIONAL = [
     "token_jacobian", "token_lipschitz_lower_bound", "token_ball_upper_bound",
     "token_lipschitz_sweep", "TokenBallBound", "TokenSweepResult", "NamedBound", "HeadBound",
     "UpperBoundResult", "StackBoundResult", "LipschitzWitness", "LipschitzSearchResult",
-    "TokenJacobianResult", "TokenSearchResult",
+    "TokenJacobianResult", "TokenSearchResult", "lipschitz_sweep", "LipschitzSweepResult",
+    "LipschitzSweepPoint",
     # misspec.hpp
     "misspec", "MisspecResult", "MisspecRow", "expected_gaussian_norm",
     # transformer.hpp

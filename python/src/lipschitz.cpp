@@ -12,12 +12,16 @@ using namespace pybind11::literals;
 // Keywords = LipschitzSearchOptions' table (lipschitz.hpp); residual is an explicit argument,
 // progress (None, a bool or a callable) becomes the progress callback (ProgressArg): the
 // library's own terminal line (LipschitzSearchOptions::progress) stays off.
+// communicator (an mpi4py communicator or None) is the one keyword outside the table.
 void apply_search_options(LipschitzSearchOptions& o, const py::dict& kw) {
   std::vector<std::string> known;
   for (const std::string& name : field_names<LipschitzSearchOptions>())
     if (name != "residual") known.push_back(name);
+  known.push_back("communicator");
   reject_unknown(kw, known, "lipschitz_lower_bound");
-  apply_fields(o, kw, {"residual", "progress"});
+  apply_fields(o, kw, {"residual", "progress", "communicator"});
+  o.communicator =
+      communicator_arg(kw.contains("communicator") ? py::object(kw["communicator"]) : py::none());
 }
 
 constexpr const char* kNamedBoundDoc = R"doc(
@@ -279,6 +283,11 @@ progress : None, bool or callable, optional
     restarts (+ 1 for the covariance seed when atoms >= 3); an exception it
     raises stops the search and propagates. True: a tqdm bar when tqdm
     imports, else a line on stderr. The result does not depend on it.
+communicator : mpi4py communicator, optional (keyword only)
+    The ranks that share the restarts (docs/distributed.md): every rank
+    passes the same arguments, each runs its share of the restarts, and every
+    rank gets the same result, bit-identical to one process (progress then
+    counts the calling rank's restarts). None = this process alone.
 
 Returns
 -------
@@ -300,6 +309,84 @@ References
 ----------
 Castin, Ablin and Peyre, "How smooth is attention?" (2024); docs/theory.md,
 "Lipschitz continuity of attention in W1", section 7.
+)doc";
+
+constexpr const char* kSweepPointDoc = R"doc(
+One point (beta, R) of a lipschitz_sweep.
+
+Attributes
+----------
+radius, beta : float
+best_upper : float
+    The smallest proved W1 bound on B_R at this beta (inf past double's range).
+best_name : str
+    Its name ("w1_theorem", "w1_column_density", ...).
+lower : float
+    The certified lower bound of the search (0 when it is degenerate).
+witness_origin : str
+    The seed family of the witness ("" when degenerate).
+gap : float
+    best_upper / lower (inf when lower is 0).
+evaluations : int
+)doc";
+
+constexpr const char* kSweepResultDoc = R"doc(
+The result of lipschitz_sweep.
+
+Attributes
+----------
+points : list of LipschitzSweepPoint
+    One per (beta, radius): betas outer, radii inner, in the order given.
+evaluations : int
+    Pairs evaluated by all the searches.
+)doc";
+
+constexpr const char* kSweepDoc = R"doc(
+Both sides of the W1 Lipschitz constant over a grid of radii and temperatures.
+
+At each point (beta, R) the model's logits are multiplied by beta (tau ->
+tau / beta in every head): lipschitz_upper_bounds gives the best proved bound
+on B_R and lipschitz_lower_bound the certified lower bound (the same search
+options, and seed, at every point).
+
+Parameters
+----------
+model : Model
+radii : sequence of float
+    R > 0, at least one.
+betas : sequence of float, default (1.0,)
+    Inverse-temperature multipliers beta > 0.
+residual : bool, default False
+    The layer mu -> (id + Gamma_mu)#mu.
+**options
+    The search's keywords, as in lipschitz_lower_bound (atoms, restarts,
+    steps, step_size, nearby, seed, threads); progress is called after each
+    point: (1, points), ..., (points, points).
+communicator : mpi4py communicator, optional (keyword only)
+    The ranks that share the grid (docs/distributed.md): with at least as
+    many points as ranks each rank runs its share of the points, else every
+    point's restarts are shared; every rank gets the same result,
+    bit-identical to one process.
+
+Returns
+-------
+LipschitzSweepResult
+    best_upper is proved, lower is certified (exact W1 on both sides):
+    lower <= the true constant <= best_upper at every point.
+
+Examples
+--------
+>>> model = measattn.Model.random(2, seed=0)
+>>> s = measattn.lipschitz_sweep(model, [0.5, 1.0], betas=[0.5, 1.0], atoms=3,
+...                              restarts=2, steps=10, seed=1)
+>>> [(p.beta, p.radius) for p in s.points]
+[(0.5, 0.5), (0.5, 1.0), (1.0, 0.5), (1.0, 1.0)]
+>>> all(p.lower <= p.best_upper for p in s.points)
+True
+
+References
+----------
+docs/theory.md, "Lipschitz continuity of attention in W1"; docs/distributed.md.
 )doc";
 
 constexpr const char* kRatioDoc = R"doc(
@@ -597,6 +684,11 @@ progress : None, bool or callable, optional
     (restarts, restarts); an exception it raises stops the search and
     propagates. True: a tqdm bar when tqdm imports, else a line on stderr.
     The result does not depend on it.
+communicator : mpi4py communicator, optional (keyword only)
+    The ranks that share the restarts (docs/distributed.md): every rank
+    passes the same arguments, each runs its share of the restarts, and every
+    rank gets the same result, bit-identical to one process (progress then
+    counts the calling rank's restarts). None = this process alone.
 
 Returns
 -------
@@ -727,6 +819,8 @@ restarts, steps, step_size, seed, residual, threads
 progress : None, bool or callable, optional
     As in token_lipschitz_lower_bound, but called after each size:
     (1, len(sizes)), ..., (len(sizes), len(sizes)).
+communicator : mpi4py communicator, optional (keyword only)
+    As in token_lipschitz_lower_bound (each size's restarts are shared).
 
 Returns
 -------
@@ -851,6 +945,44 @@ void bind_lipschitz(py::module_& m) {
       },
       "model"_a, "radius"_a, "residual"_a = LipschitzSearchOptions{}.residual, kLowerBoundDoc);
 
+  py::class_<LipschitzSweepPoint>(m, "LipschitzSweepPoint", kSweepPointDoc)
+      .def_readonly("radius", &LipschitzSweepPoint::radius)
+      .def_readonly("beta", &LipschitzSweepPoint::beta)
+      .def_readonly("best_upper", &LipschitzSweepPoint::best_upper)
+      .def_readonly("best_name", &LipschitzSweepPoint::best_name)
+      .def_readonly("lower", &LipschitzSweepPoint::lower)
+      .def_readonly("witness_origin", &LipschitzSweepPoint::witness_origin)
+      .def_readonly("gap", &LipschitzSweepPoint::gap)
+      .def_readonly("evaluations", &LipschitzSweepPoint::evaluations);
+
+  py::class_<LipschitzSweepResult>(m, "LipschitzSweepResult", kSweepResultDoc)
+      .def_readonly("points", &LipschitzSweepResult::points)
+      .def_readonly("evaluations", &LipschitzSweepResult::evaluations);
+
+  m.def(
+      "lipschitz_sweep",
+      [](const PyModel& pm, const std::vector<double>& radii, const std::vector<double>& betas,
+         bool residual, const py::kwargs& kw) {
+        LipschitzSweepOptions o;
+        o.radii = radii;
+        o.betas = betas;
+        o.search.residual = residual;
+        apply_search_options(o.search, kw);
+        o.validate();
+        ProgressArg progress_arg(kw.contains("progress") ? py::object(kw["progress"]) : py::none(),
+                                 "lipschitz sweep");
+        o.search.progress_callback = progress_arg.callback();
+        ModelArg<double> model(pm);
+        LipschitzSweepResult r;
+        {
+          py::gil_scoped_release release;
+          r = lipschitz_sweep(model.get(), o);
+        }
+        return r;
+      },
+      "model"_a, "radii"_a, "betas"_a = std::vector<double>{1.0},
+      "residual"_a = LipschitzSearchOptions{}.residual, kSweepDoc);
+
   m.def(
       "lipschitz_ratio",
       [](const PyModel& pm, const py::object& mu, const py::object& nu, bool residual) {
@@ -963,8 +1095,10 @@ void bind_lipschitz(py::module_& m) {
   m.def(
       "token_lipschitz_lower_bound",
       [](const PyModel& pm, Index tokens, int restarts, int steps, double step_size, double radius,
-         std::uint64_t seed, bool residual, int threads, const py::object& progress) {
+         std::uint64_t seed, bool residual, int threads, const py::object& progress,
+         const py::object& communicator) {
         TokenSearchOptions o;
+        o.communicator = communicator_arg(communicator);
         o.tokens = tokens;
         o.restarts = restarts;
         o.steps = steps;
@@ -988,7 +1122,7 @@ void bind_lipschitz(py::module_& m) {
       "model"_a, "tokens"_a = search.tokens, "restarts"_a = search.restarts,
       "steps"_a = search.steps, "step_size"_a = search.step_size, "radius"_a = search.radius,
       "seed"_a = search.seed, "residual"_a = search.residual, "threads"_a = search.threads,
-      "progress"_a = py::none(), kTokenSearchDoc);
+      "progress"_a = py::none(), py::kw_only(), "communicator"_a = py::none(), kTokenSearchDoc);
 
   py::class_<TokenBallBound>(m, "TokenBallBound", kTokenBallBoundDoc)
       .def_readonly("value", &TokenBallBound::value)
@@ -1021,8 +1155,9 @@ void bind_lipschitz(py::module_& m) {
       "token_lipschitz_sweep",
       [](const PyModel& pm, const std::vector<Index>& sizes, double radius, int restarts, int steps,
          double step_size, std::uint64_t seed, bool residual, int threads,
-         const py::object& progress) {
+         const py::object& progress, const py::object& communicator) {
         TokenSearchOptions o;
+        o.communicator = communicator_arg(communicator);
         o.radius = radius;
         o.restarts = restarts;
         o.steps = steps;
@@ -1043,7 +1178,8 @@ void bind_lipschitz(py::module_& m) {
       // Keywords = TokenSearchOptions' table (tokens replaced by sizes).
       "model"_a, "sizes"_a, "radius"_a, "restarts"_a = search.restarts, "steps"_a = search.steps,
       "step_size"_a = search.step_size, "seed"_a = search.seed, "residual"_a = search.residual,
-      "threads"_a = search.threads, "progress"_a = py::none(), kTokenSweepDoc);
+      "threads"_a = search.threads, "progress"_a = py::none(), py::kw_only(),
+      "communicator"_a = py::none(), kTokenSweepDoc);
 }
 
 }  // namespace measattn::python

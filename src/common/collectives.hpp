@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -99,6 +100,22 @@ void all_gather_shards(const Communicator& comm, Index rows, Index width, const 
   }
   all_gather(comm, local, counts, out);
 }
+
+/// Items [0, count) split over the ranks by shard_rows, each rank having
+/// filled its own: afterwards every rank holds every item (in place).
+template <class T>
+void all_gather_items(const Communicator& comm, Index count, std::vector<T>& items) {
+  if (!comm.distributed()) return;
+  const RowRange mine = shard_rows(count, comm);
+  const std::vector<T> local(items.begin() + mine.begin, items.begin() + mine.end);
+  all_gather_shards(comm, count, 1, local.data(), items.data());
+}
+
+/// The same for strings (any length, any bytes).
+void all_gather_items(const Communicator& comm, Index count, std::vector<std::string>& items);
+
+/// The rank whose shard_rows(count, rank, size) holds item `item`.
+int owner_of(Index count, int size, Index item);
 
 /// sum_i x_i over every rank's values in rank order, added one at a time in
 /// long double exactly as one process adding all of them in order would: the

@@ -424,5 +424,42 @@ void agree(const Communicator&, std::exception_ptr local_error) {
 
 #endif
 
+// Written on the collectives above, so the same for one process and for MPI.
+void all_gather_items(const Communicator& comm, Index count, std::vector<std::string>& items) {
+  if (!comm.distributed()) return;
+  const RowRange mine = shard_rows(count, comm);
+  // Each rank sends its strings' lengths, then their bytes concatenated.
+  std::vector<std::int64_t> lengths(static_cast<std::size_t>(count), 0);
+  std::string bytes;
+  for (Index i = mine.begin; i < mine.end; ++i) {
+    lengths[static_cast<std::size_t>(i)] =
+        static_cast<std::int64_t>(items[static_cast<std::size_t>(i)].size());
+    bytes += items[static_cast<std::size_t>(i)];
+  }
+  all_gather_items(comm, count, lengths);
+  const std::vector<std::int64_t> per_rank =
+      allgather(comm, static_cast<std::int64_t>(bytes.size()));
+  std::vector<Index> counts(per_rank.begin(), per_rank.end());
+  std::int64_t total = 0;
+  for (std::int64_t c : per_rank) total += c;
+  std::string all(static_cast<std::size_t>(total), '\0');
+  all_gather(comm, bytes.data(), counts, all.data());
+  std::size_t at = 0;
+  for (Index i = 0; i < count; ++i) {
+    const auto len = static_cast<std::size_t>(lengths[static_cast<std::size_t>(i)]);
+    items[static_cast<std::size_t>(i)] = all.substr(at, len);
+    at += len;
+  }
+}
+
+int owner_of(Index count, int size, Index item) {
+  if (item < 0 || item >= count) throw invalid_argument("item: out of range");
+  for (int r = 0; r < size; ++r) {
+    const RowRange range = shard_rows(count, r, size);
+    if (item >= range.begin && item < range.end) return r;
+  }
+  return size - 1;  // unreachable: the shards cover [0, count)
+}
+
 }  // namespace detail
 }  // namespace measattn

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "common/collectives.hpp"
 #include "common/parallel.hpp"
 #include "lipschitz/engine.hpp"
 #include "measattn/error.hpp"
@@ -814,6 +815,54 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
   return out;
 }
 
+// Every rank gets every restart's outcome (each rank ran its shard_rows share):
+// the scalars and origins of all of them, the best pair of the best one only
+// (the reduction needs nothing else), sent by the rank that ran it.
+void exchange_restarts(const Communicator& comm, Index d, std::vector<RestartOut>& outs) {
+  const Index total = static_cast<Index>(outs.size());
+  std::vector<double> ratio(outs.size()), separation(outs.size());
+  std::vector<std::int64_t> evals(outs.size()), valid(outs.size());
+  std::vector<std::string> origin(outs.size());
+  for (size_t r = 0; r < outs.size(); ++r) {
+    ratio[r] = outs[r].ratio;
+    separation[r] = outs[r].separation;
+    evals[r] = outs[r].evals;
+    valid[r] = outs[r].valid ? 1 : 0;
+    origin[r] = outs[r].origin;
+  }
+  detail::all_gather_items(comm, total, ratio);
+  detail::all_gather_items(comm, total, separation);
+  detail::all_gather_items(comm, total, evals);
+  detail::all_gather_items(comm, total, valid);
+  detail::all_gather_items(comm, total, origin);
+  int best = -1;
+  for (size_t r = 0; r < outs.size(); ++r) {
+    outs[r].ratio = ratio[r];
+    outs[r].separation = separation[r];
+    outs[r].evals = evals[r];
+    outs[r].valid = valid[r] != 0;
+    outs[r].origin = std::move(origin[r]);
+    if (outs[r].valid && (best < 0 || outs[r].ratio > outs[static_cast<size_t>(best)].ratio))
+      best = static_cast<int>(r);
+  }
+  if (best < 0) return;
+  const int owner = detail::owner_of(total, comm.size(), best);
+  PairState& s = outs[static_cast<size_t>(best)].best;
+  std::int64_t shape[2] = {s.x.rows(), s.y.rows()};
+  detail::broadcast(comm, shape, 2, owner);
+  if (comm.rank() != owner) {
+    s.x.resize(shape[0], d);
+    s.y.resize(shape[1], d);
+    s.a.resize(shape[0]);
+    s.b.resize(shape[1]);
+  }
+  // MatrixD is column-major; the bytes are sent as they lie.
+  detail::broadcast(comm, s.x.data(), static_cast<std::size_t>(s.x.size()), owner);
+  detail::broadcast(comm, s.y.data(), static_cast<std::size_t>(s.y.size()), owner);
+  detail::broadcast(comm, s.a.data(), static_cast<std::size_t>(s.a.size()), owner);
+  detail::broadcast(comm, s.b.data(), static_cast<std::size_t>(s.b.size()), owner);
+}
+
 }  // namespace
 
 detail::PairObjective detail::pair_objective(const LayerParams& p, const MatrixD& x,
@@ -889,28 +938,42 @@ LipschitzSearchResult lipschitz_lower_bound(const Model<double>& model, double r
       options.atoms >= 2 && total > 2 ? seed_table(p, radius, options.seed) : SeedTable{};
   const int threads =
       options.threads > 0 ? options.threads : std::min(omp_get_max_threads(), kMaxThreads);
-  Progress progress("lipschitz search", total, options.progress_callback, options.progress);
+  // Distributed: each rank runs its contiguous share of the restarts (every
+  // restart has its own seed, so where it runs does not change it); their
+  // outcomes are exchanged by index and reduced in restart order on every rank.
+  const Communicator& comm = options.communicator;
+  const RowRange mine = shard_rows(total, comm);
+  Progress progress("lipschitz search", mine.size(), options.progress_callback,
+                    options.progress && comm.rank() == 0);
   const bool show = options.progress || static_cast<bool>(options.progress_callback);
   std::mutex mtx;
   int done = 0;
   double best_so_far = 0;
-  // An exception or Ctrl-C in one restart stops the others (at their next
-  // step) and reaches the caller after the loop.
-  detail::RegionGuard guard;
+  std::exception_ptr error;
+  try {
+    // An exception or Ctrl-C in one restart stops the others (at their next
+    // step) and reaches the caller after the loop.
+    detail::RegionGuard guard;
+    const int first = static_cast<int>(mine.begin), last = static_cast<int>(mine.end);
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
-  for (int r = 0; r < total; ++r) {
-    guard.run([&] {
-      outs[static_cast<size_t>(r)] = run_restart(model, p, radius, options, seeds, r);
-      if (show) {
-        std::lock_guard<std::mutex> lock(mtx);
-        ++done;
-        best_so_far = std::max(best_so_far, outs[static_cast<size_t>(r)].ratio);
-        progress.update(done, "best ratio " + std::to_string(best_so_far));
-      }
-    });
+    for (int r = first; r < last; ++r) {
+      guard.run([&] {
+        outs[static_cast<size_t>(r)] = run_restart(model, p, radius, options, seeds, r);
+        if (show) {
+          std::lock_guard<std::mutex> lock(mtx);
+          ++done;
+          best_so_far = std::max(best_so_far, outs[static_cast<size_t>(r)].ratio);
+          progress.update(done, "best ratio " + std::to_string(best_so_far));
+        }
+      });
+    }
+    if (show) progress.finish();
+    guard.finish();
+  } catch (...) {
+    error = std::current_exception();
   }
-  if (show) progress.finish();
-  guard.finish();
+  detail::agree(comm, error);
+  if (comm.distributed()) exchange_restarts(comm, p.d, outs);
   LipschitzSearchResult res;
   int best = -1;
   for (int r = 0; r < total; ++r) {

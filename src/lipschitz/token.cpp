@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "common/collectives.hpp"
 #include "common/parallel.hpp"
 #include "lipschitz/engine.hpp"
 #include "lipschitz/token.hpp"
@@ -254,120 +255,160 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
   std::vector<Out> outs(static_cast<size_t>(options.restarts));
   const int threads =
       options.threads > 0 ? options.threads : std::min(omp_get_max_threads(), kMaxThreads);
-  // (done, restarts) after each restart, one at a time (no effect on the result).
-  Progress progress("token search", options.restarts, options.progress_callback, false);
+  // Distributed: each rank runs its contiguous share of the restarts (each has
+  // its own seed); the outcomes are exchanged by index and reduced in order.
+  const Communicator& comm = options.communicator;
+  const RowRange mine = shard_rows(options.restarts, comm);
+  // (done, restarts of this rank) after each restart, one at a time (no effect
+  // on the result).
+  Progress progress("token search", mine.size(), options.progress_callback, false);
   std::mutex progress_mutex;
   int done = 0;
-  detail::RegionGuard guard;  // exceptions and Ctrl-C (polled per product)
+  std::exception_ptr error;
+  try {
+    detail::RegionGuard guard;  // exceptions and Ctrl-C (polled per product)
+    const int first = static_cast<int>(mine.begin), last = static_cast<int>(mine.end);
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
-  for (int r = 0; r < options.restarts; ++r) {
-    guard.run([&] {
-      std::mt19937_64 rng(options.seed * 0x9E3779B97F4A7C15ULL + static_cast<std::uint64_t>(r));
-      Out o;
-      auto eval = [&](const MatrixD& xx, const MatrixD& start, int restarts, double tol = 1e-10) {
-        detail::TopSingular t = detail::top_singular(p, xx, start, restarts, tol);
-        o.evals += t.products;
-        return t;
-      };
-      const int kind = r % 4;
-      const bool jitter = r >= 4;
-      MatrixD x;
-      if (kind <= 1 && square) {
-        x = kind == 0 ? castin_adversarial_tokens(model, n, scale)
-                      : castin_other_tokens(model, n, scale);
-        o.origin = kind == 0 ? "castin" : "castin_other";
-        if (jitter) x += random_matrix(rng, n, d, 1e-2 * scale);
-      } else if (kind == 2) {
-        // Kim's outlier (t e, 0, ..., 0): a grid over t, then golden section.
-        VectorD e = random_matrix(rng, d, 1, 1.0).col(0);
-        if (!jitter && square) {
-          const MatrixD c = castin_adversarial_tokens(model, 1, 1.0);
-          e = c.row(0).transpose();
-        }
-        e /= std::max(e.norm(), 1e-300);
-        const double t_max = options.radius > 0 ? options.radius : 4.0;
-        const MatrixD start = random_matrix(rng, n, d, 1.0);
-        auto at = [&](double t) {
-          MatrixD xx = MatrixD::Zero(n, d);
-          xx.row(0) = t * e.transpose();
-          return xx;
+    for (int r = first; r < last; ++r) {
+      guard.run([&] {
+        std::mt19937_64 rng(options.seed * 0x9E3779B97F4A7C15ULL + static_cast<std::uint64_t>(r));
+        Out o;
+        auto eval = [&](const MatrixD& xx, const MatrixD& start, int restarts, double tol = 1e-10) {
+          detail::TopSingular t = detail::top_singular(p, xx, start, restarts, tol);
+          o.evals += t.products;
+          return t;
         };
-        auto value = [&](double t) { return eval(at(t), start, 30).value; };
-        constexpr int kGrid = 12;
-        double best_t = t_max, best = -1;
-        for (int g = 1; g <= kGrid; ++g) {
-          const double t = t_max * g / kGrid;
-          const double v = value(t);
-          if (v > best) best = v, best_t = t;
-        }
-        double lo = std::max(0.0, best_t - t_max / kGrid),
-               hi = std::min(t_max, best_t + t_max / kGrid);
-        const double phi = 0.5 * (std::sqrt(5.0) - 1);
-        double t1 = hi - phi * (hi - lo), t2 = lo + phi * (hi - lo);
-        double f1 = value(t1), f2 = value(t2);
-        for (int it = 0; it < 20; ++it) {
-          if (f1 < f2) {
-            lo = t1, t1 = t2, f1 = f2, t2 = lo + phi * (hi - lo), f2 = value(t2);
-          } else {
-            hi = t2, t2 = t1, f2 = f1, t1 = hi - phi * (hi - lo), f1 = value(t1);
+        const int kind = r % 4;
+        const bool jitter = r >= 4;
+        MatrixD x;
+        if (kind <= 1 && square) {
+          x = kind == 0 ? castin_adversarial_tokens(model, n, scale)
+                        : castin_other_tokens(model, n, scale);
+          o.origin = kind == 0 ? "castin" : "castin_other";
+          if (jitter) x += random_matrix(rng, n, d, 1e-2 * scale);
+        } else if (kind == 2) {
+          // Kim's outlier (t e, 0, ..., 0): a grid over t, then golden section.
+          VectorD e = random_matrix(rng, d, 1, 1.0).col(0);
+          if (!jitter && square) {
+            const MatrixD c = castin_adversarial_tokens(model, 1, 1.0);
+            e = c.row(0).transpose();
           }
-        }
-        if (std::max(f1, f2) > best) best_t = f1 >= f2 ? t1 : t2;
-        x = at(best_t);
-        o.origin = "outlier";
-      } else {
-        x = random_matrix(rng, n, d, scale / std::sqrt(static_cast<double>(d)));
-        o.origin = "random";
-      }
-      project_rows_to_ball(x, options.radius);
-      detail::TopSingular pw = eval(x, random_matrix(rng, n, d, 1.0), 60);
-      o.value = pw.value;
-      o.x = x;
-      double eta = options.step_size;
-      for (int step = 0; step < options.steps && eta > 1e-9; ++step) {
-        const MatrixD g = token_second_raw(p, x, pw.v, pw.u);
-        const double gn = g.norm();
-        if (!(gn > 0)) break;
-        MatrixD xn = x + (eta * scale / gn) * g;
-        project_rows_to_ball(xn, options.radius);
-        detail::TopSingular pn = eval(xn, pw.v, 30);
-        if (pn.value > pw.value) {
-          x = std::move(xn);
-          pw = std::move(pn);
-          eta *= 1.25;
-          if (pw.value > o.value) {
-            o.value = pw.value;
-            o.x = x;
+          e /= std::max(e.norm(), 1e-300);
+          const double t_max = options.radius > 0 ? options.radius : 4.0;
+          const MatrixD start = random_matrix(rng, n, d, 1.0);
+          auto at = [&](double t) {
+            MatrixD xx = MatrixD::Zero(n, d);
+            xx.row(0) = t * e.transpose();
+            return xx;
+          };
+          auto value = [&](double t) { return eval(at(t), start, 30).value; };
+          constexpr int kGrid = 12;
+          double best_t = t_max, best = -1;
+          for (int g = 1; g <= kGrid; ++g) {
+            const double t = t_max * g / kGrid;
+            const double v = value(t);
+            if (v > best) best = v, best_t = t;
           }
+          double lo = std::max(0.0, best_t - t_max / kGrid),
+                 hi = std::min(t_max, best_t + t_max / kGrid);
+          const double phi = 0.5 * (std::sqrt(5.0) - 1);
+          double t1 = hi - phi * (hi - lo), t2 = lo + phi * (hi - lo);
+          double f1 = value(t1), f2 = value(t2);
+          for (int it = 0; it < 20; ++it) {
+            if (f1 < f2) {
+              lo = t1, t1 = t2, f1 = f2, t2 = lo + phi * (hi - lo), f2 = value(t2);
+            } else {
+              hi = t2, t2 = t1, f2 = f1, t1 = hi - phi * (hi - lo), f1 = value(t1);
+            }
+          }
+          if (std::max(f1, f2) > best) best_t = f1 >= f2 ? t1 : t2;
+          x = at(best_t);
+          o.origin = "outlier";
         } else {
-          eta *= 0.5;
+          x = random_matrix(rng, n, d, scale / std::sqrt(static_cast<double>(d)));
+          o.origin = "random";
         }
-      }
-      // Certify: the witness's constant recomputed from a fresh random start.
-      const detail::TopSingular fin = eval(o.x, random_matrix(rng, n, d, 1.0), 300, 1e-10);
-      o.value = std::max(fin.value, 0.0);
-      o.upper = fin.upper;
-      o.residual = fin.residual;
-      outs[static_cast<size_t>(r)] = std::move(o);
-      if (options.progress_callback) {
-        std::lock_guard<std::mutex> lock(progress_mutex);
-        progress.update(++done);
-      }
-    });
+        project_rows_to_ball(x, options.radius);
+        detail::TopSingular pw = eval(x, random_matrix(rng, n, d, 1.0), 60);
+        o.value = pw.value;
+        o.x = x;
+        double eta = options.step_size;
+        for (int step = 0; step < options.steps && eta > 1e-9; ++step) {
+          const MatrixD g = token_second_raw(p, x, pw.v, pw.u);
+          const double gn = g.norm();
+          if (!(gn > 0)) break;
+          MatrixD xn = x + (eta * scale / gn) * g;
+          project_rows_to_ball(xn, options.radius);
+          detail::TopSingular pn = eval(xn, pw.v, 30);
+          if (pn.value > pw.value) {
+            x = std::move(xn);
+            pw = std::move(pn);
+            eta *= 1.25;
+            if (pw.value > o.value) {
+              o.value = pw.value;
+              o.x = x;
+            }
+          } else {
+            eta *= 0.5;
+          }
+        }
+        // Certify: the witness's constant recomputed from a fresh random start.
+        const detail::TopSingular fin = eval(o.x, random_matrix(rng, n, d, 1.0), 300, 1e-10);
+        o.value = std::max(fin.value, 0.0);
+        o.upper = fin.upper;
+        o.residual = fin.residual;
+        outs[static_cast<size_t>(r)] = std::move(o);
+        if (options.progress_callback) {
+          std::lock_guard<std::mutex> lock(progress_mutex);
+          progress.update(++done);
+        }
+      });
+    }
+    guard.finish();
+  } catch (...) {
+    error = std::current_exception();
   }
-  guard.finish();
-  TokenSearchResult res;
-  for (auto& o : outs) {
-    res.evaluations += o.evals;
-    res.restart_values.push_back(o.value);
-    if (o.value > res.value || res.tokens.size() == 0) {
-      res.value = o.value;
-      res.tokens = o.x;
-      res.upper = o.upper;
-      res.residual = o.residual;
-      res.origin = o.origin;
+  detail::agree(comm, error);
+  const Index total = options.restarts;
+  if (comm.distributed()) {
+    std::vector<double> value(outs.size()), upper(outs.size()), residual(outs.size());
+    std::vector<std::int64_t> evals(outs.size());
+    std::vector<std::string> origin(outs.size());
+    for (size_t r = 0; r < outs.size(); ++r) {
+      value[r] = outs[r].value, upper[r] = outs[r].upper, residual[r] = outs[r].residual;
+      evals[r] = outs[r].evals, origin[r] = outs[r].origin;
+    }
+    detail::all_gather_items(comm, total, value);
+    detail::all_gather_items(comm, total, upper);
+    detail::all_gather_items(comm, total, residual);
+    detail::all_gather_items(comm, total, evals);
+    detail::all_gather_items(comm, total, origin);
+    for (size_t r = 0; r < outs.size(); ++r) {
+      outs[r].value = value[r], outs[r].upper = upper[r], outs[r].residual = residual[r];
+      outs[r].evals = evals[r], outs[r].origin = std::move(origin[r]);
     }
   }
+  // The first restart, then any that beats the best so far (in restart order).
+  size_t best = 0;
+  for (size_t r = 1; r < outs.size(); ++r)
+    if (outs[r].value > outs[best].value) best = r;
+  if (comm.distributed()) {
+    MatrixD& x = outs[best].x;
+    const int owner = detail::owner_of(total, comm.size(), static_cast<Index>(best));
+    if (comm.rank() != owner) x.resize(n, d);
+    detail::broadcast(comm, x.data(), static_cast<std::size_t>(x.size()), owner);
+  }
+  TokenSearchResult res;
+  for (const auto& o : outs) {
+    res.evaluations += o.evals;
+    res.restart_values.push_back(o.value);
+  }
+  const Out& b = outs[best];
+  res.value = b.value;
+  res.tokens = b.x;
+  res.upper = b.upper;
+  res.residual = b.residual;
+  res.origin = b.origin;
   return res;
 }
 

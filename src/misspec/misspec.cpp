@@ -94,16 +94,6 @@ double loglog_slope(const std::vector<double>& x, const std::vector<double>& y) 
 
 namespace {
 
-// Items [0, count) split by shard_rows over the ranks, each rank having filled
-// its own: every rank gets every item (in place).
-template <class T>
-void all_gather_items(const Communicator& comm, Index count, std::vector<T>& items) {
-  if (!comm.distributed()) return;
-  const RowRange mine = shard_rows(count, comm);
-  const std::vector<T> local(items.begin() + mine.begin, items.begin() + mine.end);
-  detail::all_gather_shards(comm, count, 1, local.data(), items.data());
-}
-
 struct Draw {
   double parameter;
   MeasureD mu_prime;
@@ -250,7 +240,7 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
       error = std::current_exception();
     }
     detail::agree(comm, error);
-    all_gather_items(comm, count, choice);
+    detail::all_gather_items(comm, count, choice);
     for (Index t = 0; t < count; ++t) {
       const double e = eps_of[static_cast<size_t>(t)];
       const auto& cands = candidates[static_cast<size_t>(t)];
@@ -300,8 +290,8 @@ MisspecResult misspecification(const Model<double>& model, const MeasureD& mu,
       error = std::current_exception();
     }
     detail::agree(comm, error);
-    all_gather_items(comm, count, w_ins);
-    all_gather_items(comm, count, w_outs);
+    detail::all_gather_items(comm, count, w_ins);
+    detail::all_gather_items(comm, count, w_outs);
   }
   size_t at = 0;
   while (at < draws.size()) {

@@ -10,9 +10,11 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -133,6 +135,22 @@ SCRIPT = textwrap.dedent("""
         many = measattn.flow(flow_model, x[:40], time=0.5, steps=5, scheme=scheme,
                              communicator=comm)
         assert np.array_equal(one.particles, many.particles), ("flow", scheme, rank)
+    # Lipschitz restarts and the (radius, beta) grid shared by the ranks.
+    lip_model = measattn.Model.random(4, num_heads=2, bias=True, seed=9)
+    one = measattn.lipschitz_lower_bound(lip_model, 1.0, atoms=3, restarts=5, steps=10)
+    many = measattn.lipschitz_lower_bound(lip_model, 1.0, atoms=3, restarts=5, steps=10,
+                                          communicator=comm)
+    assert (one.ratio, one.restart_ratios) == (many.ratio, many.restart_ratios), rank
+    assert np.array_equal(one.witness.mu_atoms, many.witness.mu_atoms)
+    one = measattn.token_lipschitz_lower_bound(lip_model, tokens=3, restarts=5, steps=5)
+    many = measattn.token_lipschitz_lower_bound(lip_model, tokens=3, restarts=5, steps=5,
+                                                communicator=comm)
+    assert one.value == many.value and np.array_equal(one.tokens, many.tokens), rank
+    grid = dict(radii=[0.5, 1.0], betas=[0.5, 2.0], atoms=2, restarts=3, steps=5)
+    one = measattn.lipschitz_sweep(lip_model, **grid)
+    many = measattn.lipschitz_sweep(lip_model, communicator=comm, **grid)
+    assert [(p.lower, p.best_upper) for p in one.points] == \
+        [(p.lower, p.best_upper) for p in many.points], rank
     # One file per rank: the ranks' stdout lines interleave under mpirun.
     with open(f"{sys.argv[1]}/ok.{rank}", "w") as done:
         done.write("ok")
@@ -194,3 +212,112 @@ def test_cli_misspec_under_mpirun_prints_the_one_process_report(tmp_path, layer)
     proc = mpirun(3, [measattn_bin(), *args])
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == json.loads(one.stdout)
+
+
+def _without_seconds(text):
+    report = json.loads(text)
+    report.pop("seconds", None)
+    return report
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_cli_lipschitz_under_mpirun_is_the_one_process_report(tmp_path, layer, ranks):
+    args = ["lipschitz", "--model", layer, "--radius", 1.0, "--atoms", 3, "--restarts", 5,
+            "--steps", 10, "--token-restarts", 3, "--json"]
+    one = run_cli([*args, "--witness", tmp_path / "w1"], check=True)
+    proc = mpirun(ranks, [measattn_bin(), *args, "--witness", tmp_path / "wp"])
+    assert proc.returncode == 0, proc.stderr
+    report = _without_seconds(proc.stdout)
+    assert report["witness_dir"] == str(tmp_path / "wp")
+    report["witness_dir"] = str(tmp_path / "w1")
+    assert report == _without_seconds(one.stdout)
+    # Rank 0 alone wrote the witness, the same bytes as one process.
+    names = sorted(p.name for p in (tmp_path / "w1").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "wp").iterdir())
+    for name in names:
+        if name != "witness.json":
+            assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "wp" / name).read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".", "wp.", "w1."))]
+
+
+def test_cli_lipschitz_sweep_under_mpirun_writes_the_one_process_table(tmp_path, layer):
+    args = ["lipschitz", "--model", layer, "--radii", "0.25,0.5,1", "--betas", "0.5,2",
+            "--atoms", 2, "--restarts", 3, "--steps", 8]
+    one = run_cli([*args, "--csv", tmp_path / "one.csv", "--json"], check=True)
+    for ranks in (2, 4, 8):  # 6 points: split over 2 and 4 ranks, restarts split on 8
+        proc = mpirun(ranks, [measattn_bin(), *args, "--csv", tmp_path / f"p{ranks}.csv",
+                              "--json"])
+        assert proc.returncode == 0, proc.stderr
+        assert _without_seconds(proc.stdout) == _without_seconds(one.stdout), ranks
+        assert (tmp_path / f"p{ranks}.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    rows = (tmp_path / "one.csv").read_text().splitlines()
+    assert rows[0] == "beta,radius,best_upper,lower_bound,gap" and len(rows) == 7
+    for row in rows[1:]:
+        beta, radius, upper, lower, gap = map(float, row.split(","))
+        assert 0 < lower <= upper and gap >= 1
+
+
+def test_cli_lipschitz_sweep_bad_grid_is_one_line_and_exit_2(tmp_path, layer):
+    proc = mpirun(2, [measattn_bin(), "lipschitz", "--model", layer, "--radii", "0.5,-1"])
+    assert proc.returncode == 2
+    assert "--radii: every radius must be positive and finite" in proc.stderr
+    assert proc.stdout == ""
+
+
+def _children(pid):
+    """The pids whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(tmp_path):
+    """A rank killed mid-flow (SIGKILL, no chance to clean up) ends the whole job
+    in bounded time, leaves no final outputs, and the last checkpoint resumes on
+    one process to the bytes of an uninterrupted run."""
+    torch.manual_seed(6)
+    mha = torch.nn.MultiheadAttention(4, 1, dtype=torch.float64)
+    model = save_mha_safetensors(tmp_path / "m.safetensors", mha, num_heads=1)
+    tokens = save_npy(tmp_path / "x.npy", np.random.default_rng(6).normal(size=(500, 4)))
+    args = ["flow", "--model", model, "--tokens", tokens, "--time", 2.0, "--steps", 240,
+            "--scheme", "rk4", "--checkpoint-every", 10, "--no-plot"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_cli([*args, "--out", whole], check=True)
+    env = dict(os.environ)
+    env.update(MPI_ENV)
+    job = subprocess.Popen([MPIRUN, "--oversubscribe", "-np", "2", measattn_bin(),
+                            *[str(a) for a in args], "--out", str(killed)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (killed / "checkpoint.bin").exists():
+            assert job.poll() is None, "the job ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        ranks = [p for p in _children(job.pid)
+                 if "measattn" in pathlib.Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+        assert len(ranks) == 2, ranks
+        os.kill(max(ranks), signal.SIGKILL)
+        start = time.monotonic()
+        _, stderr = job.communicate(timeout=60)  # bounded: mpirun ends the other rank
+        assert time.monotonic() - start < 60
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert job.returncode != 0
+    assert "signal 9" in stderr or "Killed" in stderr or "killed" in stderr, stderr
+    # No partial results: the flow's outputs appear only when it finishes.
+    # (and temporaries are removed on the signal mpirun sends the other rank);
+    # .measattn-output marks the directory as measattn's own.
+    assert sorted(p.name for p in killed.iterdir()) == [".measattn-output", "checkpoint.bin"]
+    proc = run_cli([*args, "--resume", "--out", killed], check=True)
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["resumed"] and summary["resumed_from_step"] > 0, proc.stderr
+    assert (killed / "final.npy").read_bytes() == (whole / "final.npy").read_bytes()
