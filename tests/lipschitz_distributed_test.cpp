@@ -135,6 +135,14 @@ TEST(lipschitz_distributed_test, radius_beta_sweep_bit_identical_to_one_process)
       EXPECT_EQ(a.best_name, b.best_name);
       EXPECT_EQ(a.lower, b.lower) << i;
       EXPECT_EQ(a.witness_origin, b.witness_origin);
+      EXPECT_EQ(a.search_ratio, b.search_ratio);
+      EXPECT_EQ(a.witness_radius, b.witness_radius);
+      // The lower bound on B_R is the best search at radii <= R (same beta).
+      EXPECT_GE(a.lower, a.search_ratio);
+      EXPECT_LE(a.witness_radius, a.radius);
+      if (i % o.radii.size() > 0) {
+        EXPECT_GE(a.lower, one.points[i - 1].lower);
+      }
       EXPECT_EQ(a.gap, b.gap);
       EXPECT_EQ(a.evaluations, b.evaluations);
       // The proved bound is above the certified lower bound at every point.

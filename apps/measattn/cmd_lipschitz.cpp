@@ -228,6 +228,8 @@ void run_sweep(const LipschitzArgs& args, const Model<double>& model,
                      {"best_upper", finite_or_null(pt.best_upper)},
                      {"best_upper_name", pt.best_name},
                      {"lower_bound", pt.lower},
+                     {"search_ratio", pt.search_ratio},
+                     {"witness_radius", pt.witness_radius},
                      {"witness_origin", pt.witness_origin},
                      {"gap", finite_or_null(pt.gap)},
                      {"evaluations", pt.evaluations}});
@@ -235,8 +237,9 @@ void run_sweep(const LipschitzArgs& args, const Model<double>& model,
     j["evaluations"] = r.evaluations;
     j["meaning"] =
         "at each (beta, R): the model's logits times beta; best_upper: the smallest proved W1 "
-        "bound on B_R; lower_bound: the certified lower bound of the search (exact W1 on both "
-        "sides); gap = best_upper / lower_bound";
+        "bound on B_R; lower_bound: the certified lower bound (exact W1 on both sides), the "
+        "best ratio of the searches at this beta and every radius <= R (a pair in B_r lies in "
+        "B_R); search_ratio: this point's own search; gap = best_upper / lower_bound";
     j["seconds"] = seconds;
     std::cout << j.dump(2) << "\n";
     return;

@@ -285,12 +285,17 @@ struct LipschitzSweepOptions {
 
 struct LipschitzSweepPoint {
   double radius = 0, beta = 1;
-  double best_upper = 0;       ///< the smallest proved W1 bound (+inf past double's range)
-  std::string best_name;       ///< its name (UpperBoundResult::best_name)
-  double lower = 0;            ///< the certified lower bound (0 when the search is degenerate)
-  std::string witness_origin;  ///< the seed family of the witness ("" when degenerate)
-  double gap = 0;              ///< best_upper / lower (+inf when lower is 0)
-  std::int64_t evaluations = 0;
+  double best_upper = 0;  ///< the smallest proved W1 bound (+inf past double's range)
+  std::string best_name;  ///< its name (UpperBoundResult::best_name)
+  /// The certified lower bound on B_R: the best ratio found by the searches at this
+  /// beta and at every radius r <= R of the grid (a pair in B_r lies in B_R too);
+  /// 0 when every such search is degenerate.
+  double lower = 0;
+  double search_ratio = 0;       ///< the ratio this point's own search found (<= lower)
+  double witness_radius = 0;     ///< the radius whose search gave `lower` (0 when lower is 0)
+  std::string witness_origin;    ///< that search's witness's seed family ("" when lower is 0)
+  double gap = 0;                ///< best_upper / lower (+inf when lower is 0)
+  std::int64_t evaluations = 0;  ///< this point's search
 };
 
 struct LipschitzSweepResult {

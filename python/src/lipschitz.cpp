@@ -322,9 +322,15 @@ best_upper : float
 best_name : str
     Its name ("w1_theorem", "w1_column_density", ...).
 lower : float
-    The certified lower bound of the search (0 when it is degenerate).
+    The certified lower bound on B_R: the best ratio found by the searches at
+    this beta and every radius r <= R of the grid (a pair in B_r lies in B_R);
+    0 when they are all degenerate.
+search_ratio : float
+    The ratio this point's own search found (<= lower).
+witness_radius : float
+    The radius whose search gave lower (0 when lower is 0).
 witness_origin : str
-    The seed family of the witness ("" when degenerate).
+    That search's witness's seed family ("" when lower is 0).
 gap : float
     best_upper / lower (inf when lower is 0).
 evaluations : int
@@ -951,6 +957,8 @@ void bind_lipschitz(py::module_& m) {
       .def_readonly("best_upper", &LipschitzSweepPoint::best_upper)
       .def_readonly("best_name", &LipschitzSweepPoint::best_name)
       .def_readonly("lower", &LipschitzSweepPoint::lower)
+      .def_readonly("search_ratio", &LipschitzSweepPoint::search_ratio)
+      .def_readonly("witness_radius", &LipschitzSweepPoint::witness_radius)
       .def_readonly("witness_origin", &LipschitzSweepPoint::witness_origin)
       .def_readonly("gap", &LipschitzSweepPoint::gap)
       .def_readonly("evaluations", &LipschitzSweepPoint::evaluations);

@@ -64,9 +64,8 @@ LipschitzSweepPoint sweep_point(const Model<double>& model, double radius, doubl
   pt.beta = beta;
   pt.best_upper = ub.best_w1;
   pt.best_name = ub.best_name;
-  pt.lower = lo.ratio;
+  pt.search_ratio = lo.ratio;
   pt.witness_origin = lo.status == Status::completed ? lo.witness.origin : std::string();
-  pt.gap = lo.ratio > 0 ? ub.best_w1 / lo.ratio : std::numeric_limits<double>::infinity();
   pt.evaluations = lo.evaluations;
   return pt;
 }
@@ -108,14 +107,13 @@ LipschitzSweepResult lipschitz_sweep(const Model<double>& model,
   else if (error)
     std::rethrow_exception(error);
   if (split_points) {
-    std::vector<double> values[3];
+    std::vector<double> values[2];
     std::vector<std::int64_t> evals(static_cast<std::size_t>(count));
     std::vector<std::string> names(static_cast<std::size_t>(count)),
         origins(static_cast<std::size_t>(count));
     for (auto& v : values) v.resize(static_cast<std::size_t>(count));
     for (std::size_t i = 0; i < points.size(); ++i) {
-      values[0][i] = points[i].best_upper, values[1][i] = points[i].lower;
-      values[2][i] = points[i].gap;
+      values[0][i] = points[i].best_upper, values[1][i] = points[i].search_ratio;
       evals[i] = points[i].evaluations;
       names[i] = points[i].best_name, origins[i] = points[i].witness_origin;
     }
@@ -128,10 +126,28 @@ LipschitzSweepResult lipschitz_sweep(const Model<double>& model,
       LipschitzSweepPoint& pt = points[i];
       pt.radius = options.radii[i % nr];
       pt.beta = options.betas[i / nr];
-      pt.best_upper = values[0][i], pt.lower = values[1][i], pt.gap = values[2][i];
+      pt.best_upper = values[0][i], pt.search_ratio = values[1][i];
       pt.evaluations = evals[i];
       pt.best_name = std::move(names[i]), pt.witness_origin = std::move(origins[i]);
     }
+  }
+  // A pair found in B_r is also one in B_R for r <= R: each point's lower bound is
+  // the best search at its beta and any radius up to its own (the first such in the
+  // grid's order on ties).
+  const std::size_t nr = options.radii.size();
+  std::vector<std::string> own_origin(points.size());
+  for (std::size_t i = 0; i < points.size(); ++i) own_origin[i] = points[i].witness_origin;
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    LipschitzSweepPoint& pt = points[i];
+    const std::size_t row = i / nr * nr;
+    std::size_t best = i;
+    for (std::size_t j = row; j < row + nr; ++j)
+      if (points[j].radius <= pt.radius && points[j].search_ratio > points[best].search_ratio)
+        best = j;
+    pt.lower = points[best].search_ratio;
+    pt.witness_radius = pt.lower > 0 ? points[best].radius : 0;
+    pt.witness_origin = pt.lower > 0 ? own_origin[best] : std::string();
+    pt.gap = pt.lower > 0 ? pt.best_upper / pt.lower : std::numeric_limits<double>::infinity();
   }
   LipschitzSweepResult res;
   for (const auto& pt : points) res.evaluations += pt.evaluations;
