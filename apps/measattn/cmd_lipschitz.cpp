@@ -24,6 +24,14 @@
 // multiplied by beta, the best proved bound, the certified lower bound and the
 // gap; --csv and --plot write the table and both sides against R per beta.
 //
+//   measattn lipschitz --local --model M --tokens X.npy [--weights w.npy] --eps E
+//                      [--radius R] [--restarts K] [--seed S] [--residual] [--json]
+//
+// The local certificate (lipschitz_local_bound) around mu = (X, w): an upper
+// bound on W1(F(nu), F(mu)) / W1(nu, mu) over nu in B_R (R = mu's radius unless
+// given) with W1(nu, mu) <= E, from mu's own attention weights, beside the
+// global bound and a lower bound found around mu.
+//
 // Under mpirun every form shares its restarts (and the sweep its points) over
 // the ranks, with the one-process result; rank 0 writes and prints.
 //
@@ -48,6 +56,7 @@
 
 #include "command.hpp"
 #include "flags.hpp"
+#include "inputs.hpp"
 #include "measattn/error.hpp"
 #include "measattn/io.hpp"
 #include "measattn/lipschitz.hpp"
@@ -59,6 +68,9 @@ namespace {
 
 struct LipschitzArgs {
   std::string model, witness, csv, plot;
+  std::string tokens, weights;  ///< --local: mu
+  double eps = 0;               ///< --local: the W1 radius of the neighbourhood
+  bool local = false;
   int token_restarts = 6;  ///< the CLI's own: restarts of the token-level search (0 = skip)
   bool json = false;
   bool token = false;  ///< --token: the sweep over --sizes instead of the W1 report
@@ -254,17 +266,84 @@ void run_sweep(const LipschitzArgs& args, const Model<double>& model,
               << std::setw(15) << pt.gap << "  " << pt.best_name << "\n";
 }
 
+void run_local(const LipschitzArgs& args, const Model<double>& model,
+               const LipschitzSearchOptions& so) {
+  if (args.tokens.empty()) throw invalid_argument("--tokens: required with --local");
+  const auto mu = read_token_measure<double>(args.tokens, args.weights);
+  if (mu->dim() != model.query_dim())
+    throw invalid_argument("--tokens: " + args.tokens + ": tokens have dimension " +
+                           std::to_string(mu->dim()) + ", the model expects " +
+                           std::to_string(model.query_dim()));
+  LocalBoundOptions o;
+  o.eps = args.eps;
+  o.radius = args.radius_flag->count() > 0 ? args.bounds.radius : 0.0;
+  o.residual = so.residual;
+  o.restarts = so.restarts;
+  o.seed = so.seed;
+  const auto start = std::chrono::steady_clock::now();
+  const LocalBoundResult r = lipschitz_local_bound(model, *mu, o);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!writes_outputs()) return;
+  if (args.json) {
+    nlohmann::json j;
+    j["mode"] = "local";
+    j["model"] = args.model;
+    j["tokens"] = args.tokens;
+    j["radius"] = r.radius;
+    j["eps"] = r.eps;
+    j["residual"] = so.residual;
+    j["local_upper"] = finite_or_null(r.upper);
+    j["local_upper_at_zero"] = finite_or_null(r.upper_at_zero);
+    nlohmann::json heads = nlohmann::json::array();
+    for (double v : r.head_measure_terms) heads.push_back(finite_or_null(v));
+    j["head_measure_terms"] = heads;
+    j["x_term"] = r.x_term;
+    j["global_upper"] = finite_or_null(r.global_upper);
+    j["global_upper_name"] = r.global_name;
+    j["best_upper"] = finite_or_null(r.best_upper);
+    j["lower_bound"] = r.lower;
+    j["gap"] = r.lower > 0 ? finite_or_null(r.best_upper / r.lower) : nullptr;
+    j["witness_w1"] = r.witness_w1;
+    j["witness_origin"] = r.witness_origin;
+    j["evaluations"] = r.evaluations;
+    j["meaning"] =
+        "for every nu in B_R with W1(nu, mu) <= eps: W1(F(nu), F(mu)) <= best_upper W1(nu, mu); "
+        "local_upper is the local certificate from mu's own attention weights (docs/theory.md, "
+        "local certificate), global_upper the best bound on all of B_R; lower_bound is the "
+        "largest exact ratio found around mu";
+    j["seconds"] = seconds;
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  std::cout << std::setprecision(8);
+  std::cout << "local certificate around " << args.tokens << " (" << mu->size()
+            << " atoms), eps = " << r.eps << ", R = " << r.radius
+            << (so.residual ? " (residual)" : "") << "\n";
+  std::cout << "local upper (W1)   " << r.upper << "  (at eps -> 0: " << r.upper_at_zero << ")\n";
+  std::cout << "global upper (W1)  " << r.global_upper << " (" << r.global_name << ")\n";
+  std::cout << "best upper         " << r.best_upper << "\n";
+  std::cout << "lower bound (W1)   " << r.lower << " (" << r.witness_origin
+            << ", W1(nu, mu) = " << r.witness_w1 << ", " << r.evaluations << " candidates)\n";
+  std::cout << "gap                " << (r.lower > 0 ? r.best_upper / r.lower : INFINITY) << "\n";
+}
+
 void run(const LipschitzArgs& args) {
   const bool sweep = !args.radii.empty();
+  if (!args.local && (!args.tokens.empty() || !args.weights.empty() || args.eps != 0))
+    throw invalid_argument("--tokens/--weights/--eps: only with --local");
+  if (args.local && (sweep || args.token))
+    throw invalid_argument("--local: not with --radii or --token");
   if (sweep && args.radius_flag->count() > 0)
     throw invalid_argument("--radius: not with --radii (the sweep's radii)");
-  if (!sweep && args.radius_flag->count() == 0)
+  if (!sweep && !args.local && args.radius_flag->count() == 0)
     throw invalid_argument("--radius: required (or --radii for a sweep over radii)");
   if (!sweep && args.betas_flag->count() > 0) throw invalid_argument("--betas: only with --radii");
   if (sweep && args.token) throw invalid_argument("--radii: not with --token");
   UpperBoundOptions uo = args.bounds;
-  if (sweep) uo.radius = 1;  // the sweep checks its own radii
-  uo.validate();             // --radius
+  if (sweep || (args.local && args.radius_flag->count() == 0))
+    uo.radius = 1;  // the sweep checks its own radii; --local defaults to mu's radius
+  uo.validate();    // --radius
   if (args.token_restarts < 0) throw invalid_argument("--token-restarts: must be >= 0");
   LipschitzSearchOptions so = args.search;
   so.progress = true;
@@ -274,7 +353,7 @@ void run(const LipschitzArgs& args) {
   std::unique_ptr<OutputDirectory> witness;
   if (!args.csv.empty()) check_output_file(args.csv, "--csv");
   if (!args.plot.empty()) check_output_file(args.plot, "--plot");
-  if (!args.witness.empty() && !args.token && !sweep && writes_outputs())
+  if (!args.witness.empty() && !args.token && !sweep && !args.local && writes_outputs())
     witness = std::make_unique<OutputDirectory>(args.witness, "lipschitz", "--witness");
   const Model<double> model = load_model<double>(args.model);
   model.validate();  // its fields map to --model in main() (flags.hpp)
@@ -285,6 +364,11 @@ void run(const LipschitzArgs& args) {
                            ": self-attention needs equal query and key dimensions");
   if (so.residual && model.out_dim() != model.query_dim())
     throw invalid_argument("--residual: the model's output dimension differs from its input");
+  if (args.local) {
+    if (!args.witness.empty() || !args.csv.empty() || !args.plot.empty())
+      throw invalid_argument("--witness/--csv/--plot: not with --local");
+    return run_local(args, model, so);
+  }
   if (!args.token && !sweep && (!args.csv.empty() || !args.plot.empty()))
     throw invalid_argument("--csv/--plot: only with --token or --radii");
   if (args.token) {
@@ -457,8 +541,11 @@ const bool registered = register_command(
       auto args = std::make_shared<LipschitzArgs>();
       // UpperBoundOptions::tokens and TokenSearchOptions::tokens are --atoms.
       // UpperBoundOptions::tokens is set from --atoms.
-      std::vector<FieldFlag> fields = {
-          {"tokens", "--atoms"}, {"radii", "--radii"}, {"betas", "--betas"}};
+      std::vector<FieldFlag> fields = {{"tokens", "--atoms"},
+                                       {"radii", "--radii"},
+                                       {"betas", "--betas"},
+                                       {"eps", "--eps"},
+                                       {"mu", "--tokens"}};
       for (auto& row : model_fields("--model", &args->model)) fields.push_back(row);
       register_fields(app, std::move(fields));
       app.add_option("--model", args->model, "model (.safetensors)")->required();
@@ -480,6 +567,11 @@ const bool registered = register_command(
           app.add_option("--betas", args->betas,
                          "with --radii: inverse temperatures beta (logits times beta), default 1")
               ->delimiter(',');
+      app.add_flag("--local", args->local,
+                   "the local certificate around --tokens for W1(nu, mu) <= --eps");
+      app.add_option("--tokens", args->tokens, "with --local: atoms of mu (.npy, n x d)");
+      app.add_option("--weights", args->weights, "with --local: weights of mu (.npy, n)");
+      app.add_option("--eps", args->eps, "with --local: the W1 radius eps > 0 around mu");
       app.add_option("--csv", args->csv, "with --token or --radii: write the table as CSV");
       app.add_option("--plot", args->plot, "with --token or --radii: write a PNG plot (gnuplot)");
       app.add_flag("--json", args->json, "print one JSON object");

@@ -309,6 +309,50 @@ struct LipschitzSweepResult {
 LipschitzSweepResult lipschitz_sweep(const Model<double>& model,
                                      const LipschitzSweepOptions& options);
 
+/// The local certificate around a given measure mu (docs/theory.md, lipschitz:
+/// local certificate): for every nu supported in B_R with W1(nu, mu) <= eps,
+///     W1(F(nu), F(mu)) <= L_loc(eps) W1(nu, mu),
+///     L_loc(eps) = sum_h P_h [ sum_i mu_i (1 + 2 R |a_hi|) S_hi / (1 - eps |a_hi| S_hi)
+///                              + 3 x_core_h ]  (+1 residual),
+/// dot potential with biases, P_h = ||W_O^h V_h||, a_hi = K_h^T (Q_h x_i + b_q) / tau
+/// (the y-gradient of head h's logit at query x_i), and
+///     S_hi = e^{R |a_hi|} / sum_j mu_j e^{<a_hi, x_j>}
+/// the weight the heaviest point of B_R would get against mu's own partition
+/// function at x_i: mu's actual kernel concentration. +inf when eps |a_hi| S_hi >= 1
+/// for some atom of mu. The global bounds (lipschitz_upper_bounds) hold too; best
+/// is the smaller. Beside it, a certified lower bound: the largest exact ratio
+/// over measures nu in B_R with 0 < W1(nu, mu) <= eps found around mu (tiny atoms
+/// at each query's heaviest point, atoms moved along the logit gradients, random
+/// moves).
+struct LocalBoundOptions {
+  double eps = 0;     ///< > 0, finite: the W1 radius of the neighbourhood of mu
+  double radius = 0;  ///< R >= max_i ||x_i||; 0 = mu's own radius (its largest norm)
+  bool residual = false;
+  int restarts = 16;  ///< random candidates of the lower-bound search (>= 0)
+  std::uint64_t seed = 7;
+  void validate() const;
+};
+
+struct LocalBoundResult {
+  double radius = 0;  ///< R used
+  double eps = 0;
+  double upper = 0;                        ///< L_loc(eps) (+inf when vacuous)
+  double upper_at_zero = 0;                ///< L_loc(0): its limit as eps -> 0
+  std::vector<double> head_measure_terms;  ///< per head: P_h sum_i mu_i (...) at eps
+  double x_term = 0;                       ///< 3 sum_h P_h x_core_h (+1 residual)
+  double global_upper = 0;                 ///< best_w1 of lipschitz_upper_bounds on B_R
+  std::string global_name;
+  double best_upper = 0;       ///< min(upper, global_upper)
+  double lower = 0;            ///< certified: the best ratio found, exact W1 on both sides
+  double witness_w1 = 0;       ///< W1(nu, mu) of the witness (<= eps)
+  std::string witness_origin;  ///< "tiny_atom", "gradient_move" or "random_move"
+  MatrixD witness_atoms;       ///< the witness nu
+  VectorD witness_weights;
+  std::int64_t evaluations = 0;  ///< candidates evaluated
+};
+LocalBoundResult lipschitz_local_bound(const Model<double>& model, const MeasureD& mu,
+                                       const LocalBoundOptions& options);
+
 /// Ratio W1(F(mu), F(nu)) / W1(mu, nu) by the exact solver (0 when W1(mu,nu) = 0).
 double lipschitz_ratio(const Model<double>& model, const MeasureD& mu, const MeasureD& nu,
                        bool residual = false);

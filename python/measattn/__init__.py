@@ -71,7 +71,7 @@ _OPTIONAL = [
     "token_lipschitz_sweep", "TokenBallBound", "TokenSweepResult", "NamedBound", "HeadBound",
     "UpperBoundResult", "StackBoundResult", "LipschitzWitness", "LipschitzSearchResult",
     "TokenJacobianResult", "TokenSearchResult", "lipschitz_sweep", "LipschitzSweepResult",
-    "LipschitzSweepPoint",
+    "LipschitzSweepPoint", "lipschitz_local_bound", "LocalBoundResult",
     # misspec.hpp
     "misspec", "MisspecResult", "MisspecRow", "expected_gaussian_norm",
     # transformer.hpp

@@ -395,6 +395,84 @@ References
 docs/theory.md, "Lipschitz continuity of attention in W1"; docs/distributed.md.
 )doc";
 
+constexpr const char* kLocalResultDoc = R"doc(
+The local certificate around one measure (lipschitz_local_bound).
+
+Attributes
+----------
+radius, eps : float
+    R used (mu's radius unless given) and the W1 radius of the neighbourhood.
+upper : float
+    L_loc(eps), proved: W1(F(nu), F(mu)) <= upper W1(nu, mu) for every nu in
+    B_R with W1(nu, mu) <= eps (inf when vacuous at this eps).
+upper_at_zero : float
+    Its limit as eps -> 0.
+head_measure_terms : list of float
+    Per head, the part that comes from mu's kernel concentration.
+x_term : float
+    3 sum_h ||W_O^h V_h|| x_core_h (+1 residual).
+global_upper, global_name : float, str
+    The best bound on all of B_R (lipschitz_upper_bounds).
+best_upper : float
+    min(upper, global_upper).
+lower : float
+    Certified: the largest ratio W1(F(nu), F(mu)) / W1(nu, mu) found over nu
+    in B_R with 0 < W1(nu, mu) <= eps (exact W1 on both sides).
+witness_w1, witness_origin, witness_atoms, witness_weights
+    That nu: W1(nu, mu), "tiny_atom" / "gradient_move" / "random_move", its
+    atoms and weights.
+evaluations : int
+)doc";
+
+constexpr const char* kLocalDoc = R"doc(
+The W1 Lipschitz certificate of one layer around a given measure mu.
+
+For every nu supported in B_R with W1(nu, mu) <= eps,
+
+    W1(F(nu), F(mu)) <= L_loc(eps) W1(nu, mu),
+    L_loc(eps) = sum_h P_h [sum_i mu_i (1 + 2R|a_hi|) S_hi / (1 - eps |a_hi| S_hi)
+                            + 3 x_core_h]   (+1 residual),
+
+with P_h = ||W_O^h V_h||, a_hi = K_h^T (Q_h x_i + b_q) / tau and
+S_hi = e^{R |a_hi|} / sum_j mu_j e^{<a_hi, x_j>}: how much more the heaviest
+point of B_R weighs at x_i than mu's own partition function. It uses mu's
+actual attention weights instead of the worst case on B_R, so it stays finite
+where the global bounds are astronomical. Dot potential (with biases).
+
+Parameters
+----------
+model : Model
+mu : array_like, shape (n, d), or Measure
+eps : float
+    > 0.
+radius : float, default 0
+    R; 0 = mu's own radius (its largest atom norm). mu must lie in B_R.
+residual : bool, default False
+restarts : int, default 16
+    Random candidates of the lower-bound search.
+seed : int, default 7
+
+Returns
+-------
+LocalBoundResult
+    upper and best_upper are proved; lower is certified (exact W1 on both
+    sides).
+
+Examples
+--------
+>>> model = measattn.Model.random(4, num_heads=2, bias=True, seed=3)
+>>> x = np.random.default_rng(0).normal(size=(10, 4)) / 3
+>>> r = measattn.lipschitz_local_bound(model, x, 1e-3)
+>>> 0 < r.lower <= r.best_upper <= r.global_upper
+True
+>>> r.upper_at_zero <= r.upper
+True
+
+References
+----------
+docs/theory.md, "Lipschitz continuity of attention in W1", the local certificate.
+)doc";
+
 constexpr const char* kRatioDoc = R"doc(
 The ratio W1(F(mu), F(nu)) / W1(mu, nu) of one pair, F(mu) = (Gamma_mu)#mu.
 
@@ -990,6 +1068,47 @@ void bind_lipschitz(py::module_& m) {
       },
       "model"_a, "radii"_a, "betas"_a = std::vector<double>{1.0},
       "residual"_a = LipschitzSearchOptions{}.residual, kSweepDoc);
+
+  py::class_<LocalBoundResult>(m, "LocalBoundResult", kLocalResultDoc)
+      .def_readonly("radius", &LocalBoundResult::radius)
+      .def_readonly("eps", &LocalBoundResult::eps)
+      .def_readonly("upper", &LocalBoundResult::upper)
+      .def_readonly("upper_at_zero", &LocalBoundResult::upper_at_zero)
+      .def_readonly("head_measure_terms", &LocalBoundResult::head_measure_terms)
+      .def_readonly("x_term", &LocalBoundResult::x_term)
+      .def_readonly("global_upper", &LocalBoundResult::global_upper)
+      .def_readonly("global_name", &LocalBoundResult::global_name)
+      .def_readonly("best_upper", &LocalBoundResult::best_upper)
+      .def_readonly("lower", &LocalBoundResult::lower)
+      .def_readonly("witness_w1", &LocalBoundResult::witness_w1)
+      .def_readonly("witness_origin", &LocalBoundResult::witness_origin)
+      .def_property_readonly(
+          "witness_atoms",
+          [](const LocalBoundResult& r) { return to_numpy(MatrixD(r.witness_atoms)); })
+      .def_property_readonly(
+          "witness_weights",
+          [](const LocalBoundResult& r) { return to_numpy(VectorD(r.witness_weights)); })
+      .def_readonly("evaluations", &LocalBoundResult::evaluations);
+
+  m.def(
+      "lipschitz_local_bound",
+      [](const PyModel& pm, const py::object& mu, double eps, double radius, bool residual,
+         int restarts, std::uint64_t seed) {
+        LocalBoundOptions o;
+        o.eps = eps;
+        o.radius = radius;
+        o.residual = residual;
+        o.restarts = restarts;
+        o.seed = seed;
+        o.validate();
+        ModelArg<double> model(pm);
+        MeasureArg<double> a(mu, py::none(), "mu");
+        py::gil_scoped_release release;
+        return lipschitz_local_bound(model.get(), a.get(), o);
+      },
+      "model"_a, "mu"_a, "eps"_a, "radius"_a = LocalBoundOptions{}.radius,
+      "residual"_a = LocalBoundOptions{}.residual, "restarts"_a = LocalBoundOptions{}.restarts,
+      "seed"_a = LocalBoundOptions{}.seed, kLocalDoc);
 
   m.def(
       "lipschitz_ratio",
