@@ -61,6 +61,17 @@ TEST(lipschitz_local_test, never_beaten_by_any_nu_within_eps) {
       EXPECT_LE(r.upper_at_zero, r.upper * (1 + 1e-12));
       EXPECT_LE(r.lower, r.best_upper * (1 + 1e-9)) << trial;
       EXPECT_EQ(r.best_upper, std::min(r.upper, r.global_upper));
+      // eps_half: within it the certificate is at most twice its limit, and the
+      // certificate at eps = eps_half is the one reported.
+      EXPECT_LE(r.upper_at_eps_half, 2 * r.upper_at_zero * (1 + 1e-12));
+      EXPECT_GE(r.upper_at_eps_half, r.upper_at_zero * (1 - 1e-12));
+      if (eps == 1e-1 && r.eps_half > 0 && std::isfinite(r.eps_half)) {
+        LocalBoundOptions half = o;
+        half.eps = r.eps_half;
+        half.restarts = 0;
+        EXPECT_NEAR(lipschitz_local_bound(model, mu, half).upper, r.upper_at_eps_half,
+                    1e-12 * r.upper_at_eps_half);
+      }
       // Independent perturbations: moves, a tiny atom anywhere in B_R, mass
       // moved between atoms; each scaled into W1 <= eps.
       for (int c = 0; c < 12; ++c) {

@@ -295,6 +295,8 @@ void run_local(const LipschitzArgs& args, const Model<double>& model,
     j["residual"] = so.residual;
     j["local_upper"] = finite_or_null(r.upper);
     j["local_upper_at_zero"] = finite_or_null(r.upper_at_zero);
+    j["eps_half"] = finite_or_null(r.eps_half);
+    j["local_upper_at_eps_half"] = finite_or_null(r.upper_at_eps_half);
     nlohmann::json heads = nlohmann::json::array();
     for (double v : r.head_measure_terms) heads.push_back(finite_or_null(v));
     j["head_measure_terms"] = heads;
@@ -321,6 +323,8 @@ void run_local(const LipschitzArgs& args, const Model<double>& model,
             << " atoms), eps = " << r.eps << ", R = " << r.radius
             << (so.residual ? " (residual)" : "") << "\n";
   std::cout << "local upper (W1)   " << r.upper << "  (at eps -> 0: " << r.upper_at_zero << ")\n";
+  std::cout << "within W1 <= " << r.eps_half << ": " << r.upper_at_eps_half
+            << " (at most twice the limit)\n";
   std::cout << "global upper (W1)  " << r.global_upper << " (" << r.global_name << ")\n";
   std::cout << "best upper         " << r.best_upper << "\n";
   std::cout << "lower bound (W1)   " << r.lower << " (" << r.witness_origin

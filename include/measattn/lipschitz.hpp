@@ -336,8 +336,13 @@ struct LocalBoundOptions {
 struct LocalBoundResult {
   double radius = 0;  ///< R used
   double eps = 0;
-  double upper = 0;                        ///< L_loc(eps) (+inf when vacuous)
-  double upper_at_zero = 0;                ///< L_loc(0): its limit as eps -> 0
+  double upper = 0;          ///< L_loc(eps) (+inf when vacuous)
+  double upper_at_zero = 0;  ///< L_loc(0): its limit as eps -> 0
+  /// The largest eps at which every factor 1 / (1 - eps |a_hi| S_hi) is at most 2:
+  /// 1 / (2 max |a_hi| S_hi) (+inf when every a_hi is 0; 0 when it underflows).
+  /// L_loc(eps_half) <= 2 L_loc(0), a proved bound for W1(nu, mu) <= eps_half.
+  double eps_half = 0;
+  double upper_at_eps_half = 0;            ///< L_loc(eps_half)
   std::vector<double> head_measure_terms;  ///< per head: P_h sum_i mu_i (...) at eps
   double x_term = 0;                       ///< 3 sum_h P_h x_core_h (+1 residual)
   double global_upper = 0;                 ///< best_w1 of lipschitz_upper_bounds on B_R

@@ -407,6 +407,10 @@ upper : float
     B_R with W1(nu, mu) <= eps (inf when vacuous at this eps).
 upper_at_zero : float
     Its limit as eps -> 0.
+eps_half, upper_at_eps_half : float
+    The largest eps at which every factor 1 / (1 - eps |a| S) is at most 2
+    (0 when it underflows double), and L_loc(eps_half) <= 2 upper_at_zero:
+    proved for W1(nu, mu) <= eps_half.
 head_measure_terms : list of float
     Per head, the part that comes from mu's kernel concentration.
 x_term : float
@@ -1074,6 +1078,8 @@ void bind_lipschitz(py::module_& m) {
       .def_readonly("eps", &LocalBoundResult::eps)
       .def_readonly("upper", &LocalBoundResult::upper)
       .def_readonly("upper_at_zero", &LocalBoundResult::upper_at_zero)
+      .def_readonly("eps_half", &LocalBoundResult::eps_half)
+      .def_readonly("upper_at_eps_half", &LocalBoundResult::upper_at_eps_half)
       .def_readonly("head_measure_terms", &LocalBoundResult::head_measure_terms)
       .def_readonly("x_term", &LocalBoundResult::x_term)
       .def_readonly("global_upper", &LocalBoundResult::global_upper)

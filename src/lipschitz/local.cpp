@@ -86,6 +86,12 @@ LocalBoundResult lipschitz_local_bound(const Model<double>& model, const Measure
   // The upper bound, head by head.
   const Index k = model.head_dim(), n = mu.size();
   const VectorD log_w = mu.weights().array().log().matrix();  // -inf for zero weights
+  // Each atom's term, kept for L_loc(eps_half) (computed after the largest q is known).
+  struct Term {
+    double weight, log_q;  // P_h mu_i (1 + 2 R |a|) S, log(|a| S)
+  };
+  std::vector<Term> terms;
+  double log_q_max = -kInf, independent = 0;
   double total = 0, total_at_zero = 0, x_term = 0;
   for (Index h = 0; h < model.num_heads; ++h) {
     const Head<double> hd = model.head(h);
@@ -107,6 +113,13 @@ LocalBoundResult lipschitz_local_bound(const Model<double>& model, const Measure
       head_at_zero += c;
       const double q = eps * an * s;
       head = q < 1 && std::isfinite(head) ? head + c / (1 - q) : kInf;
+      if (p > 0 && an > 0) {
+        const double log_q = std::log(an) + log_s;
+        log_q_max = std::max(log_q_max, log_q);
+        terms.push_back({p * c, log_q});
+      } else if (p > 0) {
+        independent += p * c;  // a = 0: this atom's term does not depend on eps
+      }
     }
     const double term = p == 0 ? 0.0 : p * head;
     res.head_measure_terms.push_back(term);
@@ -118,6 +131,12 @@ LocalBoundResult lipschitz_local_bound(const Model<double>& model, const Measure
   res.upper = std::isfinite(total) ? total + x_term + id : kInf;
   res.upper_at_zero = total_at_zero + x_term + id;
   res.best_upper = std::min(res.upper, res.global_upper);
+  res.eps_half = std::isfinite(log_q_max) ? std::exp(std::log(0.5) - log_q_max) : kInf;
+  // L_loc(eps_half): every term with its factor 1 / (1 - q), q <= 1/2 by construction.
+  double at_half = independent;
+  for (const Term& t : terms)
+    at_half += t.weight / (1 - 0.5 * std::exp(t.log_q - log_q_max));  // q = eps_half |a| S
+  res.upper_at_eps_half = at_half + x_term + id;
 
   // The lower bound: candidates nu in B_R with 0 < W1(nu, mu) <= eps.
   double best = 0;
