@@ -86,6 +86,16 @@ struct LayerParams {
 /// saying which quantity overflows otherwise.
 void check_layer_range(const LayerParams& p, double radius, const std::string& field);
 
+/// Each row of x scaled back onto the ball B_R when it lies outside (R <= 0: no
+/// constraint, x unchanged).
+inline void project_rows_to_ball(MatrixD& x, double radius) {
+  if (!(radius > 0)) return;
+  for (Index i = 0; i < x.rows(); ++i) {
+    const double nn = x.row(i).norm();
+    if (nn > radius) x.row(i) *= radius / nn;
+  }
+}
+
 /// Per-head intermediates of a forward pass.
 template <class T>
 struct HeadCache {

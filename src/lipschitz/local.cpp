@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "lipschitz/engine.hpp"
 #include "measattn/error.hpp"
 #include "measattn/interrupt.hpp"
 #include "measattn/lipschitz.hpp"
@@ -39,14 +40,6 @@ double log_sum_exp(const VectorD& v) {
     }
   }
   return m + std::log(s);
-}
-
-MatrixD project_rows(MatrixD x, double radius) {
-  for (Index i = 0; i < x.rows(); ++i) {
-    const double n = x.row(i).norm();
-    if (n > radius) x.row(i) *= radius / n;
-  }
-  return x;
 }
 
 }  // namespace
@@ -142,7 +135,7 @@ LocalBoundResult lipschitz_local_bound(const Model<double>& model, const Measure
   double best = 0;
   auto consider = [&](MatrixD atoms, VectorD weights, const char* origin) {
     detail::check_interrupt();
-    atoms = project_rows(std::move(atoms), radius);
+    detail::project_rows_to_ball(atoms, radius);
     const MeasureD nu(atoms, weights);
     ++res.evaluations;
     const double w = wasserstein_exact_value(nu, mu);

@@ -219,13 +219,6 @@ Eval evaluate(const LayerParams& p, const PairState& s, bool want_grad) {
   return e;
 }
 
-void project_to_ball(MatrixD& x, double radius) {
-  for (Index i = 0; i < x.rows(); ++i) {
-    const double nn = x.row(i).norm();
-    if (nn > radius) x.row(i) *= radius / nn;
-  }
-}
-
 void clamp_logits(VectorD& a) {
   a.array() -= a.maxCoeff();
   a = a.cwiseMax(-40.0);
@@ -638,7 +631,7 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
     s.b = s.a;
     s.y = s.x;
     s.y.bottomRows(n - 2) += gaussian(rng, n - 2, d, delta * radius);
-    project_to_ball(s.y, radius);
+    detail::project_rows_to_ball(s.y, radius);
     nearby = true;
   } else if (kind == 7 || kind == 8) {
     // A heavy bulk at x0 and a tiny atom at y, which x0 weighs e^Delta times more
@@ -656,7 +649,7 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
     for (Index i = 2; i < n; ++i) s.x.row(i) = sd.x0.transpose();
     if (n > 2) s.x.bottomRows(n - 2) += gaussian(rng, n - 2, d, 1e-3 * radius);
     if (slot >= static_cast<int>(list.size())) s.x += gaussian(rng, n, d, 1e-2 * radius);
-    project_to_ball(s.x, radius);
+    detail::project_rows_to_ball(s.x, radius);
     const double eps = sd.mass, bulk = std::log((1 - eps) / static_cast<double>(n - 1));
     s.a = VectorD::Constant(n, bulk);
     s.y = s.x;
@@ -664,7 +657,7 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
     if (tiny) {
       s.a[1] = s.b[1] = std::log(eps);
       s.y.row(1) += 1e-3 * radius * sd.u.transpose();
-      project_to_ball(s.y, radius);
+      detail::project_rows_to_ball(s.y, radius);
       freeze_weights = true;
     } else {
       s.a[1] = bulk - 40;
@@ -683,11 +676,11 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
     const bool top = kind == 0 || (kind == 6 && (r / 5) % 2 == 0);
     MatrixD x = castin_seed(model, n, radius, top);
     x += gaussian(rng, n, d, 1e-2 * radius);
-    project_to_ball(x, radius);
+    detail::project_rows_to_ball(x, radius);
     s.x = x;
     s.a = VectorD::Zero(n);
     s.y = x + gaussian(rng, n, d, delta * radius);
-    project_to_ball(s.y, radius);
+    detail::project_rows_to_ball(s.y, radius);
     s.b = s.a;
     nearby = true;
   } else if (kind == 2) {
@@ -704,7 +697,7 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
     s.b = s.a;
     if (kind == 3 || kind == 5) {
       s.y += gaussian(rng, n, d, delta * radius);
-      project_to_ball(s.y, radius);
+      detail::project_rows_to_ball(s.y, radius);
     }
     if (kind == 4 || kind == 5) s.b += gaussian(rng, n, 1, delta).col(0);
     origin = kind == 4 ? "weights" : "nearby";
@@ -716,7 +709,7 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
   if (!cur.valid) {
     // Degenerate start (mu == nu): separate them a little.
     s.y += gaussian(rng, n, d, delta * radius);
-    project_to_ball(s.y, radius);
+    detail::project_rows_to_ball(s.y, radius);
     cur = evaluate(p, s, true);
     ++out.evals;
   }
@@ -755,8 +748,8 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
         if (!freeze_weights) t.b += (eta_diff / g2) * cur.gb;
       }
     }
-    project_to_ball(t.x, radius);
-    project_to_ball(t.y, radius);
+    detail::project_rows_to_ball(t.x, radius);
+    detail::project_rows_to_ball(t.y, radius);
     clamp_logits(t.a);
     clamp_logits(t.b);
     if (freeze_positions) t.y = t.x;
@@ -791,7 +784,7 @@ RestartOut run_restart(const Model<double>& model, const LayerParams& p, double 
       PairState t = base;
       t.y = t.x + k * (base.y - base.x);
       t.b = t.a + k * (base.b - base.a);
-      project_to_ball(t.y, radius);
+      detail::project_rows_to_ball(t.y, radius);
       clamp_logits(t.b);
       if (freeze_weights) t.b = t.a;
       if (freeze_positions) t.y = t.x;

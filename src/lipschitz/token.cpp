@@ -104,14 +104,6 @@ MatrixD random_matrix(std::mt19937_64& rng, Index r, Index c, double scale) {
   return m;
 }
 
-void project_rows_to_ball(MatrixD& x, double radius) {
-  if (!(radius > 0)) return;
-  for (Index i = 0; i < x.rows(); ++i) {
-    const double nn = x.row(i).norm();
-    if (nn > radius) x.row(i) *= radius / nn;
-  }
-}
-
 }  // namespace
 
 void TokenJacobianOptions::validate() const {
@@ -328,7 +320,7 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
           x = random_matrix(rng, n, d, scale / std::sqrt(static_cast<double>(d)));
           o.origin = "random";
         }
-        project_rows_to_ball(x, options.radius);
+        detail::project_rows_to_ball(x, options.radius);
         detail::TopSingular pw = eval(x, random_matrix(rng, n, d, 1.0), 60);
         o.value = pw.value;
         o.x = x;
@@ -338,7 +330,7 @@ TokenSearchResult token_lipschitz_lower_bound(const Model<double>& model,
           const double gn = g.norm();
           if (!(gn > 0)) break;
           MatrixD xn = x + (eta * scale / gn) * g;
-          project_rows_to_ball(xn, options.radius);
+          detail::project_rows_to_ball(xn, options.radius);
           detail::TopSingular pn = eval(xn, pw.v, 30);
           if (pn.value > pw.value) {
             x = std::move(xn);
