@@ -313,7 +313,7 @@ UpperBoundResult lipschitz_upper_bounds(const Model<double>& model,
       // eigenvalue of sym(A) (U its eigenvectors), from the best t of the grid:
       // coordinate steps, halved when none improves. Every such B is PSD, so every
       // value tried is a valid exponent and the minimum found needs no certificate.
-      // O(evaluations d^3): only for d <= 64.
+      // O(evaluations d^3): only for d <= 64, at most 600 evaluations (150 past d = 16).
       if (dd <= 64 && lb > 0) {
         VectorD t = VectorD::Constant(ev.size(), best_t);
         auto exponent = [&](const VectorD& tt) {
@@ -322,7 +322,8 @@ UpperBoundResult lipschitz_upper_bounds(const Model<double>& model,
           return scaled.maxCoeff() * r * r / 4 + 2 * r * key_reach(a - b, c, r).value;
         };
         double step = 0.25;
-        for (int evals = 0; step > 1e-3 && evals < 2000;) {
+        const int budget = dd <= 16 ? 600 : 150;  // evaluations, O(d^3) each
+        for (int evals = 0; step > 1e-3 && evals < budget;) {
           bool moved = false;
           for (Index k = 0; k < ev.size(); ++k) {
             if (!(ev[k] > 0)) continue;
