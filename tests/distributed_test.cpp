@@ -220,6 +220,65 @@ TEST(distributed_test, flows_bit_identical_for_every_scheme_and_kernel) {
   }
 }
 
+// Causal flows: the ranks split the rows, which keep their global positions
+// (small head: the small-dimension kernel is not used with a mask; wide; the
+// canonical model, whose tied kernels are not used with a mask either), under
+// each normalization placement. Sinkhorn flows are refused on several ranks.
+TEST(distributed_test, causal_flows_bit_identical_sinkhorn_flows_refused) {
+  const MeasureD mu = testing::random_measure(61, 4, 81);
+  const MeasureD mu16 = testing::random_measure(45, 16, 82);
+  const Model<double> small = Model<double>::random(4, 1, true, 83);
+  const Model<double> wide = Model<double>::random(16, 2, true, 84);
+  const Model<double> canonical = Model<double>::canonical(4, 2.0);
+  struct Case {
+    const Model<double>* model;
+    const MeasureD* mu;
+    FlowScheme scheme;
+    NormPlacement norm;
+  };
+  for (const Case c : {Case{&small, &mu, FlowScheme::euler, NormPlacement::none},
+                       Case{&small, &mu, FlowScheme::rk4, NormPlacement::pre},
+                       Case{&wide, &mu16, FlowScheme::dopri5, NormPlacement::none},
+                       Case{&canonical, &mu, FlowScheme::heun, NormPlacement::post},
+                       Case{&canonical, &mu, FlowScheme::dopri5, NormPlacement::pre}}) {
+    FlowOptions o;
+    o.time = 1.5;
+    o.steps = 13;
+    o.scheme = c.scheme;
+    o.tolerance = 1e-7;
+    o.norm = c.norm;
+    o.attention.causal = true;
+    o.save_every = 3;
+    const auto one = flow(*c.model, *c.mu, o);
+    o.attention.communicator = comm();
+    const auto many = flow(*c.model, *c.mu, o);
+    ASSERT_EQ(one.status, Status::completed);
+    EXPECT_EQ(one.steps, many.steps);
+    EXPECT_TRUE(same_bits(one.particles, many.particles))
+        << to_string(c.scheme) << " " << to_string(c.norm) << " causal on " << comm().size()
+        << " ranks";
+    ASSERT_EQ(one.frames.size(), many.frames.size());
+    for (size_t f = 0; f < one.frames.size(); ++f) {
+      EXPECT_TRUE(same_bits(one.frames[f], many.frames[f])) << "frame " << f;
+    }
+  }
+  FlowOptions sinkhorn;
+  sinkhorn.attention.normalization = Normalization::sinkhorn;
+  sinkhorn.attention.sinkhorn_iterations = 3;
+  sinkhorn.attention.communicator = comm();
+  if (comm().distributed()) {
+    try {
+      flow(small, mu, sinkhorn);
+      ADD_FAILURE() << "a sinkhorn flow ran on " << comm().size() << " ranks";
+    } catch (const invalid_argument& e) {
+      EXPECT_EQ(e.field(), "normalization");
+      EXPECT_NE(std::string(e.what()).find("one process"), std::string::npos) << e.what();
+    }
+  } else {
+    EXPECT_EQ(flow(small, mu, sinkhorn).status, Status::completed);
+  }
+}
+
 // A run stopped at step 9 on P ranks (rank 0 writes the checkpoint), resumed
 // on P ranks, equals one uninterrupted process.
 TEST(distributed_test, flow_checkpoint_written_by_rank_0_resumes_bit_identically) {

@@ -943,7 +943,10 @@ TEST(flow_test, validation) {
   bad([](FlowOptions& o) { o.tolerance = -1; });
   bad([](FlowOptions& o) { o.save_every = -1; });
   bad([](FlowOptions& o) { o.checkpoint_every = 2; });  // no path
-  bad([](FlowOptions& o) { o.attention.causal = true; });
+  bad([](FlowOptions& o) {  // causal flows exist (flow_norm_test); not causal Sinkhorn ones
+    o.attention.causal = true;
+    o.attention.normalization = Normalization::sinkhorn;
+  });
   bad([](FlowOptions& o) { o.attention.residual = true; });
   bad([](FlowOptions& o) { o.cluster_tolerance = -1; });
   EXPECT_THROW(parse_flow_scheme("rk45"), invalid_argument);

@@ -111,6 +111,21 @@ std::string to_string(Normalization n);
 Normalization parse_normalization(const std::string& name,
                                   const std::string& field = "normalization");
 
+/// Where a layer normalization sits relative to the residual update: the
+/// vocabulary of Transformer blocks (transformer.hpp: post-LN BERT, pre-LN
+/// GPT-2) and of the particle flows (flow.hpp: post = the dynamics on the unit
+/// sphere, pre = attention reads x / |x| and the update is added unnormalized,
+/// none = plain).
+enum class NormPlacement {
+  post,  // normalize after the residual sum (BERT; norm_first = false)
+  pre,   // normalize the input of attention (GPT-2; norm_first = true)
+  none,  // no normalization (flows only; a Transformer block is post or pre)
+};
+/// "post" / "pre" / "none".
+std::string to_string(NormPlacement p);
+/// Parses "post" / "pre" / "none"; throws invalid_argument naming `field` otherwise.
+NormPlacement parse_norm_placement(const std::string& name, const std::string& field = "norm");
+
 struct AttendOptions {
   bool causal = false;    // query i sees keys j <= i
   bool residual = false;  // add the query to the output (needs d_out == d_q)

@@ -11,11 +11,23 @@
 // Explicit Euler with L steps of h = T / L is exactly the weight-shared residual
 // network x^{l+1} = x^l + h Gamma_{mu^l}(x^l) (for h = 1: PyTorch's x + mha(x,x,x)).
 //
-// Variants:
-//  - sphere (layer-norm dynamics): f_i = P_{x_i}(Gamma_{mu_t}(x_i)), P_x(y) = y - <x,y> x;
+// Variants (FlowOptions::norm, the placement of the normalization, NormPlacement):
+//  - none: the plain flow above.
+//  - post (layer-norm dynamics on the sphere; FlowOptions::sphere is the same):
+//    f_i = P_{x_i}(Gamma_{mu_t}(x_i)), P_x(y) = y - <x,y> x;
 //    the starting points are normalized to unit length, and every accepted step
 //    ends with x_i <- x_i / ||x_i||. Stage points in between are not normalized
 //    (f is extended to R^d by the same formula; the sphere is invariant for it).
+//  - pre: the tokens live in R^d and attention reads the normalized tokens:
+//    f_i = Gamma_{nu_t}(u_i), u_i = x_i / ||x_i||, nu_t = sum_j w_j delta_{u_j};
+//    the update is added unnormalized. A token at the origin has no direction:
+//    it is read as u_i = 0 (the limit of x / sqrt(||x||^2 + eps) at x = 0, a
+//    LayerNorm's epsilon), never NaN.
+//  - causal (attention.causal): token i attends to tokens j <= i in every stage;
+//    token 0 sees only itself (with V = I on the sphere it never moves).
+//  - Sinkhorn (attention.normalization = sinkhorn, attention.sinkhorn_iterations
+//    iterations; 0 is softmax): the doubly stochastic kernel in every stage, the
+//    Sinkformer dynamics (Sander, Ablin, Blondel, Peyre 2022). One process only.
 //  - FlowField::unnormalized ("USA"), canonical model only, sphere only:
 //    f_i = P_{x_i}( sum_j w_j exp(beta <x_i, x_j>) x_j ), the gradient ascent of
 //    E_beta below. On the sphere every exponent is <= beta, so beta <= 700 is
@@ -77,8 +89,11 @@ struct FlowOptions {
   Index max_steps = 1000000;  ///< dopri5: cap on attempted steps (status iteration_limit)
   /// dopri5: first step size; 0 = Hairer's automatic choice (II.4, "hinit").
   double initial_step = 0;
-  bool sphere = false;                     ///< layer-norm dynamics on the unit sphere
-  FlowField field = FlowField::attention;  ///< unnormalized: canonical model + sphere only
+  bool sphere = false;  ///< the same as norm = post (kept as its alias)
+  /// Where the normalization sits: none (plain), post (on the unit sphere), pre
+  /// (attention reads x / |x|). norm = pre with sphere is refused.
+  NormPlacement norm = NormPlacement::none;
+  FlowField field = FlowField::attention;  ///< unnormalized: canonical model + norm post only
 
   /// Save a frame (particles, time, energy, cluster count) every `save_every`
   /// accepted steps; frame 0 is the start, the final state is always saved.
@@ -101,14 +116,19 @@ struct FlowOptions {
   /// fixed-step schemes, (floor(1000 t / T), 1000) for dopri5 (progress.hpp); an
   /// exception it throws stops the run and propagates. Not part of the results.
   ProgressCallback progress_callback;
-  /// Attention kernel options (block sizes only; causal/residual/sinkhorn are refused)
-  /// and attention.communicator: with several ranks, every rank passes the same
+  /// Attention kernel options: causal, normalization and sinkhorn_iterations
+  /// (Sinkhorn: one process only, not with causal), block sizes; residual is
+  /// refused (the flow is the residual update). attention.communicator: with
+  /// several ranks, every rank passes the same
   /// model, measure and options, the ranks split the query rows of every stage's
   /// field and gather them (the tied Q = K kernels are not split: every rank
   /// computes the whole field), rank 0 alone writes checkpoints, and every rank
   /// returns the result, bit-identical to one process whatever the rank count;
   /// a checkpoint written on P ranks resumes on any other number.
   AttendOptions attention;
+
+  /// The placement in effect: post when sphere is set, else norm.
+  NormPlacement placement() const { return sphere ? NormPlacement::post : norm; }
 
   /// Throws invalid_argument naming the field on a bad value.
   void validate() const;
@@ -126,7 +146,17 @@ void for_each_field(FlowOptions& o, Visitor&& visit) {
   visit("tolerance", o.tolerance, "dopri5 tolerance (atol = rtol)");
   visit("max_steps", o.max_steps, "dopri5: cap on attempted steps");
   visit("initial_step", o.initial_step, "dopri5: first step size (0 = automatic)");
-  visit("sphere", o.sphere, "Layer-norm dynamics on the unit sphere (starts are normalized)");
+  visit("sphere", o.sphere, "Layer-norm dynamics on the unit sphere (the same as norm post)");
+  visit("norm", o.norm, "none | post (on the sphere) | pre (attention reads x/|x|)",
+        EnumSpelling<NormPlacement>{[](NormPlacement p) { return to_string(p); },
+                                    &parse_norm_placement});
+  visit("causal", o.attention.causal, "Token i attends to tokens j <= i (token 0 leads)");
+  visit("normalization", o.attention.normalization,
+        "softmax or sinkhorn (doubly stochastic: the Sinkformer flow; one process)",
+        EnumSpelling<Normalization>{[](Normalization n) { return to_string(n); },
+                                    &parse_normalization});
+  visit("sinkhorn_iterations", o.attention.sinkhorn_iterations,
+        "Sinkhorn iterations beyond softmax (with normalization sinkhorn)");
   visit("field", o.field, "attention | unnormalized",
         EnumSpelling<FlowField>{[](FlowField f) { return to_string(f); }, &parse_flow_field});
   visit("save_every", o.save_every, "Save a frame every K steps (frame 0 the start)");
@@ -164,8 +194,9 @@ struct FlowResult {
 
 /// Runs the flow from mu0 to time T (or resumes it, options.resume).
 /// Requires model.out_dim() == model.query_dim() == model.key_dim() == mu0.dim();
-/// causal, residual and Sinkhorn attention are refused. With options.sphere the
-/// start atoms are normalized (a zero atom is an error).
+/// residual attention is refused. With norm post (or sphere) the start atoms are
+/// normalized (a zero atom is an error); with norm pre a zero atom is read as
+/// the origin. Causal flows need a positive weight on token 0.
 /// Cost: O(L s n^2 d) for s field evaluations per step (Euler 1, Heun 2, RK4 4,
 /// dopri5 6 + 1 per rejection); memory O(s n d + frames n d).
 template <class Scalar>
@@ -217,6 +248,30 @@ Index cluster_count(const MatrixRef<double>& particles, double tolerance, Index 
 ///   gamma' = 2 e^{beta gamma} (1 - gamma) ((n - 1) gamma + 1) / (e^beta + (n - 1) e^{beta gamma}),
 /// gamma(0) = 0, integrated by classical RK4 with `steps` steps (error ~ steps^-4).
 double orthogonal_start_cosine(Index n, double beta, double t, Index steps = 100000);
+
+/// The equiangular-start reference (docs/theory.md#equiangular): n tokens
+/// x_i = r0 u_i with unit u_i of pairwise cosine rho0 (-1/(n-1) < rho0 < 1),
+/// uniform weights, the canonical model with beta, softmax attention without
+/// mask. Every variant keeps the tokens equiangular with one common norm r(t);
+/// with E = exp(-b (1 - rho)), b = beta (post, pre) or beta r^2 (none),
+///   c = E / (1 + (n - 1) E),   s = 1 + (n - 1) rho,
+///   rho' = 2 c s (1 - rho) / (pre ? r : 1),
+///   r'   = 0 (post), g (pre), r g (none),   g = (1 + (n - 1) rho E) / (1 + (n - 1) E).
+/// (post: r = 1, and rho' is orthogonal_start_cosine's ODE.) Integrated for
+/// (1 - rho, r) by classical RK4 with `steps` steps (error ~ steps^-4); the
+/// result holds 1 - rho without cancellation.
+struct EquiangularState {
+  double t = 0;
+  double rho = 0;            ///< the common pairwise cosine
+  double one_minus_rho = 1;  ///< 1 - rho, computed as such
+  double norm = 1;           ///< the common norm r (1 for post)
+};
+/// The states at each of `times` (increasing, >= 0); throws invalid_argument
+/// naming n, beta, rho0, r0, times or steps on a bad value. norm post uses r0 = 1.
+std::vector<EquiangularState> equiangular_reference(NormPlacement norm, Index n, double beta,
+                                                    double rho0, double r0,
+                                                    const std::vector<double>& times,
+                                                    Index steps = 100000);
 
 /// A 64-bit fingerprint (FNV-1a) of everything that determines the computation:
 /// model parameters, atoms and weights of mu0, and the options that change the

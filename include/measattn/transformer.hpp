@@ -53,12 +53,9 @@ enum class Architecture {
 /// "bert" / "gpt2" / "torch_encoder".
 std::string to_string(Architecture a);
 
-enum class NormPlacement {
-  post,  // LayerNorm after each residual sum (BERT; norm_first = false)
-  pre,   // LayerNorm before attention and MLP (GPT-2; norm_first = true)
-};
-/// "post" / "pre".
-std::string to_string(NormPlacement p);
+// NormPlacement (attention.hpp): post = LayerNorm after each residual sum (BERT;
+// norm_first = false), pre = LayerNorm before attention and MLP (GPT-2;
+// norm_first = true). A block is post or pre.
 
 enum class Activation {
   gelu,       // x Phi(x), Phi the standard normal CDF (erf form)

@@ -56,7 +56,7 @@ _OPTIONAL = [
     "wasserstein", "WassersteinResult", "TransportPlan",
     # flow.hpp
     "flow", "FlowResult", "flow_field", "sphere_energy", "cluster_count",
-    "orthogonal_start_cosine", "is_canonical",
+    "orthogonal_start_cosine", "equiangular_reference", "is_canonical",
     # gaussian.hpp
     "GaussianMeasure", "gaussian_attention", "gaussian_flow", "gaussian_w2",
     "gauss_hermite_measure",

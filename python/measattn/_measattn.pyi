@@ -7,7 +7,7 @@ Names of optional modules (wasserstein, flow, maxent, lipschitz) exist only when
 compiled in: see measattn.available().
 """
 
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -255,15 +255,20 @@ def flow(model: Model, tokens: Tokens, weights: Optional[ArrayLike] = None,
          field: str = "attention", save_every: int = 0, cluster_tolerance: float = 1e-2,
          checkpoint_every: int = 0, checkpoint_path: str = "", resume: bool = False,
          progress: Progress = None, query_block: int = 0, key_block: int = 0,
-         dtype: DTypeLike = None, *, communicator: Any = None) -> FlowResult:
+         dtype: DTypeLike = None, *, communicator: Any = None, norm: str = "none",
+         causal: bool = False, normalization: str = "softmax",
+         sinkhorn_iterations: int = 0) -> FlowResult:
     """dx_i/dt = Gamma_{mu_t}(x_i) from the tokens (n, d) to time T."""
 def flow_field(model: Model, particles: ArrayLike, weights: Optional[ArrayLike] = None,
                sphere: bool = False, field: str = "attention",
-               dtype: DTypeLike = None) -> NDArray: ...
+               dtype: DTypeLike = None, *, norm: str = "none", causal: bool = False,
+               normalization: str = "softmax", sinkhorn_iterations: int = 0) -> NDArray: ...
 def sphere_energy(particles: ArrayLike, beta: float,
                   weights: Optional[ArrayLike] = None) -> float: ...
 def cluster_count(particles: ArrayLike, tolerance: float, max_points: int = 20000) -> int: ...
 def orthogonal_start_cosine(n: int, beta: float, t: float, steps: int = 100000) -> float: ...
+def equiangular_reference(norm: str, n: int, beta: float, rho0: float, times: ArrayLike,
+                          r0: float = 1.0, steps: int = 100000) -> Dict[str, NDArray]: ...
 def is_canonical(model: Model) -> Tuple[bool, Optional[float]]: ...
 
 # ---- gaussian -------------------------------------------------------------------

@@ -87,7 +87,7 @@ scheme : {"euler", "heun", "rk4", "dopri5"}, default "euler"
     max_steps attempted steps and initial_step (0 = automatic).
 sphere : bool, default False
     Layer-norm dynamics on the unit sphere: f = P_x Gamma (the starts are
-    normalized, every step renormalized).
+    normalized, every step renormalized). The same as norm="post".
 field : {"attention", "unnormalized"}, default "attention"
     "unnormalized": the canonical model on the sphere only.
 save_every : int, default 0
@@ -110,6 +110,18 @@ communicator : mpi4py communicator, optional (keyword only)
     The ranks that share each stage's field (docs/distributed.md): every rank
     passes the same arguments and gets the same result, bit-identical to one
     process; rank 0 alone writes checkpoints.
+norm : {"none", "post", "pre"}, default "none" (keyword only)
+    Where the normalization sits: "post" = the sphere dynamics (sphere=True);
+    "pre" = tokens in R^d, attention reads x / |x| (a token at the origin is
+    read as the origin) and the update is added unnormalized.
+causal : bool, default False (keyword only)
+    Token i attends to tokens j <= i in every stage: token 0 sees only itself
+    (with V = I on the sphere it never moves) and leads the others.
+normalization : {"softmax", "sinkhorn"}, default "softmax" (keyword only)
+    "sinkhorn": the doubly stochastic kernel every stage (Sinkformer flow;
+    one process only, not causal).
+sinkhorn_iterations : int, default 0 (keyword only)
+    Sinkhorn iterations beyond softmax (0 = softmax).
 
 Returns
 -------
@@ -144,6 +156,9 @@ array([0.635965, 0.643048, 0.651089, 0.660276, 0.670849])
 >>> _ = measattn.flow(model, x, steps=4, progress=lambda done, total: seen.append(done))
 >>> seen
 [1, 2, 3, 4]
+>>> lead = measattn.flow(model, x, time=5.0, steps=50, norm="post", causal=True)
+>>> float(np.abs(lead.particles[0] - x[0] / np.linalg.norm(x[0])).max()) < 1e-15  # token 0 stays
+True
 
 References
 ----------
@@ -194,6 +209,8 @@ sphere : bool, default False
     Project on the tangent space of the sphere.
 field : {"attention", "unnormalized"}, default "attention"
 dtype : {"float32", "float64"}, optional
+norm, causal, normalization, sinkhorn_iterations : keyword only
+    As in measattn.flow ("pre": the attention field of x / |x|).
 
 Returns
 -------
@@ -292,6 +309,53 @@ References
 docs/theory.md, "Layer norm: dynamics on the sphere".
 )doc";
 
+constexpr const char* kEquiangularDoc = R"doc(
+The equiangular-start reference of the flow under each normalization placement.
+
+n tokens r0 u_i (unit u_i, pairwise cosine rho0), uniform weights, the
+canonical model with beta: every variant keeps them equiangular with one norm
+r(t). With E = exp(-b (1 - rho)), b = beta (post, pre) or beta r^2 (none),
+c = E / (1 + (n-1) E), s = 1 + (n-1) rho, g = 1 - (n-1) (1 - rho) c:
+
+    rho' = 2 c s (1 - rho) / (r if norm == "pre" else 1)
+    r'   = 0 ("post"), g ("pre"), r g ("none")
+
+integrated for (1 - rho, r) by RK4 with `steps` steps between consecutive times.
+
+Parameters
+----------
+norm : {"post", "pre", "none"}
+n : int
+    n >= 2.
+beta : float
+rho0 : float
+    In [-1/(n-1), 1].
+times : array_like, shape (k,)
+    Non-decreasing, >= 0.
+r0 : float, default 1.0
+    The common starting norm (post: 1).
+steps : int, default 100000
+
+Returns
+-------
+dict
+    "t", "rho", "one_minus_rho" (computed as such, no cancellation) and
+    "norm", arrays of shape (k,).
+
+Examples
+--------
+>>> ref = measattn.equiangular_reference("post", 3, 1.0, 0.0, [1.0], steps=1000)
+>>> round(float(ref["rho"][0]), 6) == round(measattn.orthogonal_start_cosine(3, 1.0, 1.0), 6)
+True
+>>> pre = measattn.equiangular_reference("pre", 6, 1.0, 0.2, [100.0, 1000.0], steps=2000)
+>>> np.round(np.log(pre["one_minus_rho"][1] / pre["one_minus_rho"][0]) / np.log(10), 2)
+-1.99
+
+References
+----------
+docs/theory.md, "Normalization placements from an equiangular start".
+)doc";
+
 constexpr const char* kIsCanonicalDoc = R"doc(
 Whether `model` is the canonical one, and its beta.
 
@@ -349,9 +413,14 @@ void bind_flow(py::module_& m) {
          double initial_step, bool sphere, const std::string& field, Index save_every,
          double cluster_tolerance, Index checkpoint_every, const std::string& checkpoint_path,
          bool resume, const py::object& progress, Index query_block, Index key_block,
-         const py::object& dtype, const py::object& communicator) {
+         const py::object& dtype, const py::object& communicator, const std::string& norm,
+         bool causal, const std::string& normalization, int sinkhorn_iterations) {
         FlowOptions o;
         o.attention.communicator = communicator_arg(communicator);
+        o.norm = parse_norm_placement(norm);
+        o.attention.causal = causal;
+        o.attention.normalization = parse_normalization(normalization);
+        o.attention.sinkhorn_iterations = sinkhorn_iterations;
         o.time = time;
         o.steps = steps;
         o.scheme = parse_flow_scheme(scheme);
@@ -391,16 +460,25 @@ void bind_flow(py::module_& m) {
       "checkpoint_path"_a = defaults.checkpoint_path, "resume"_a = defaults.resume,
       "progress"_a = py::none(), "query_block"_a = defaults.attention.query_block,
       "key_block"_a = defaults.attention.key_block, "dtype"_a = py::none(), py::kw_only(),
-      "communicator"_a = py::none(), kFlowDoc);
+      "communicator"_a = py::none(), "norm"_a = to_string(defaults.norm),
+      "causal"_a = defaults.attention.causal,
+      "normalization"_a = to_string(defaults.attention.normalization),
+      "sinkhorn_iterations"_a = defaults.attention.sinkhorn_iterations, kFlowDoc);
   register_option_fields("flow", &option_fields_of<FlowOptions>);
 
   m.def(
       "flow_field",
       [](const PyModel& pm, const py::object& particles, const py::object& weights, bool sphere,
-         const std::string& field, const py::object& dtype) {
+         const std::string& field, const py::object& dtype, const std::string& norm, bool causal,
+         const std::string& normalization, int sinkhorn_iterations) {
         FlowOptions o;
         o.sphere = sphere;
         o.field = parse_flow_field(field);
+        o.norm = parse_norm_placement(norm);
+        o.attention.causal = causal;
+        o.attention.normalization = parse_normalization(normalization);
+        o.attention.sinkhorn_iterations = sinkhorn_iterations;
+        o.validate();
         return dispatch(call_dtype(particles, dtype), [&](auto s) -> py::array {
           using S = decltype(s);
           ModelArg<S> model(pm);
@@ -416,7 +494,9 @@ void bind_flow(py::module_& m) {
         });
       },
       "model"_a, "particles"_a, "weights"_a = py::none(), "sphere"_a = false,
-      "field"_a = "attention", "dtype"_a = py::none(), kFlowFieldDoc);
+      "field"_a = "attention", "dtype"_a = py::none(), py::kw_only(), "norm"_a = "none",
+      "causal"_a = false, "normalization"_a = "softmax", "sinkhorn_iterations"_a = 0,
+      kFlowFieldDoc);
 
   m.def(
       "sphere_energy",
@@ -442,6 +522,33 @@ void bind_flow(py::module_& m) {
 
   m.def("orthogonal_start_cosine", &orthogonal_start_cosine, "n"_a, "beta"_a, "t"_a,
         "steps"_a = 100000, kOrthogonalStartDoc);
+
+  m.def(
+      "equiangular_reference",
+      [](const std::string& norm, Index n, double beta, double rho0, const py::object& times,
+         double r0, Index steps) {
+        const auto t = vector_copy<double>(times, "times");
+        const std::vector<double> tv(t.data(), t.data() + t.size());
+        std::vector<EquiangularState> states;
+        {
+          py::gil_scoped_release release;
+          states = equiangular_reference(parse_norm_placement(norm), n, beta, rho0, r0, tv, steps);
+        }
+        std::vector<double> rho, u, r;
+        for (const auto& s : states) {
+          rho.push_back(s.rho);
+          u.push_back(s.one_minus_rho);
+          r.push_back(s.norm);
+        }
+        py::dict out;
+        out["t"] = to_numpy(tv);
+        out["rho"] = to_numpy(rho);
+        out["one_minus_rho"] = to_numpy(u);
+        out["norm"] = to_numpy(r);
+        return out;
+      },
+      "norm"_a, "n"_a, "beta"_a, "rho0"_a, "times"_a, "r0"_a = 1.0, "steps"_a = 100000,
+      kEquiangularDoc);
 
   m.def(
       "is_canonical",

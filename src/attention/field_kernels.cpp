@@ -919,7 +919,13 @@ KeyWeights<Scalar> key_weights(const Vector<Scalar>& weights) {
 template <class Scalar>
 FieldKernel field_kernel(const Model<Scalar>& model, const AttendOptions& options, bool self) {
   const bool default_blocks = options.query_block == 0 && options.key_block == 0;
-  if (!dot_potential(model) || !default_blocks) return FieldKernel::streaming;
+  // The causal mask and Sinkhorn iterations are the streaming path's alone
+  // (Sinkhorn with zero iterations is softmax).
+  const bool sinkhorn =
+      options.normalization != Normalization::softmax && options.sinkhorn_iterations > 0;
+  if (!dot_potential(model) || !default_blocks || options.causal || sinkhorn) {
+    return FieldKernel::streaming;
+  }
   bool tied = false;
   if constexpr (std::is_same_v<Scalar, double>) tied = self && tied_query_key(model);
   if (model.head_dim() <= 8) return tied ? FieldKernel::tied_small_dim : FieldKernel::small_dim;
@@ -929,7 +935,7 @@ FieldKernel field_kernel(const Model<Scalar>& model, const AttendOptions& option
 template <class Scalar>
 void attention_field_kernel(const Model<Scalar>& model, const MatrixRef<Scalar>& keys,
                             const KeyWeights<Scalar>& weights, const MatrixRef<Scalar>& queries,
-                            const AttendOptions& options, Matrix<Scalar>& out) {
+                            const AttendOptions& options, Matrix<Scalar>& out, Index query_offset) {
   const bool self = keys.data() == queries.data() && keys.rows() == queries.rows() &&
                     keys.cols() == queries.cols() && keys.outerStride() == queries.outerStride();
   const FieldKernel kernel = field_kernel(model, options, self);
@@ -964,7 +970,7 @@ void attention_field_kernel(const Model<Scalar>& model, const MatrixRef<Scalar>&
   const StreamKeys<Scalar> stream{all_positive ? keys : MatrixRef<Scalar>(gathered),
                                   weights.positive_log_weights.data(),
                                   all_positive ? nullptr : weights.positive.data()};
-  out = streaming_attention(model, stream, queries, options, true);
+  out = streaming_attention<Scalar>(model, stream, queries, options, true, nullptr, query_offset);
   // The Measure the streaming kernel took before held a copy of the keys: the
   // queries never counted as its atoms.
   check_finite_result(model, keys, queries, false, out);
@@ -974,7 +980,8 @@ void attention_field_kernel(const Model<Scalar>& model, const MatrixRef<Scalar>&
   template KeyWeights<S> key_weights(const Vector<S>&);                                            \
   template FieldKernel field_kernel(const Model<S>&, const AttendOptions&, bool);                  \
   template void attention_field_kernel(const Model<S>&, const MatrixRef<S>&, const KeyWeights<S>&, \
-                                       const MatrixRef<S>&, const AttendOptions&, Matrix<S>&);
+                                       const MatrixRef<S>&, const AttendOptions&, Matrix<S>&,      \
+                                       Index);
 
 MEASATTN_INSTANTIATE(float)
 MEASATTN_INSTANTIATE(double)

@@ -69,14 +69,19 @@ enum class FieldKernel {
 
 /// The kernel attention_field_kernel runs for this model and options, with
 /// `self` true when the queries are the keys themselves. Block sizes other
-/// than the default (0) select the streaming kernel, whose results they shape.
+/// than the default (0) select the streaming kernel, whose results they shape;
+/// so do a causal mask and Sinkhorn iterations (zero iterations is softmax).
 template <class Scalar>
 FieldKernel field_kernel(const Model<Scalar>& model, const AttendOptions& options, bool self);
 
 /// The attention field of the queries (n x d_q) under the measure
 /// mu = sum_j w_j delta_{x_j} of the keys (m x d_kv), into out (n x d_out;
 /// resized, its storage reused when the size matches). Softmax attention
-/// without mask or residual. Nothing is validated here: the caller has checked
+/// without residual; with options.causal query row i (global position
+/// query_offset + i) sees the keys at positions <= query_offset + i (the
+/// streaming kernel; the keys are at positions 0..m-1). Sinkhorn normalization
+/// goes through attention_field on the measure of the keys (self-attention
+/// only). Nothing is validated here: the caller has checked
 /// the model (validate()), the dimensions, finite keys and queries, and
 /// prepared `weights` from m weights with key_weights. The queries count as
 /// the keys (`self` in field_kernel) when they are the same matrix (same data,
@@ -85,6 +90,7 @@ FieldKernel field_kernel(const Model<Scalar>& model, const AttendOptions& option
 template <class Scalar>
 void attention_field_kernel(const Model<Scalar>& model, const MatrixRef<Scalar>& keys,
                             const KeyWeights<Scalar>& weights, const MatrixRef<Scalar>& queries,
-                            const AttendOptions& options, Matrix<Scalar>& out);
+                            const AttendOptions& options, Matrix<Scalar>& out,
+                            Index query_offset = 0);
 
 }  // namespace measattn::detail

@@ -31,6 +31,25 @@ Normalization parse_normalization(const std::string& name, const std::string& fi
                          "' (expected softmax or sinkhorn)");
 }
 
+std::string to_string(NormPlacement p) {
+  switch (p) {
+    case NormPlacement::post:
+      return "post";
+    case NormPlacement::pre:
+      return "pre";
+    case NormPlacement::none:
+      return "none";
+  }
+  return "unknown";
+}
+
+NormPlacement parse_norm_placement(const std::string& name, const std::string& field) {
+  for (NormPlacement p : {NormPlacement::post, NormPlacement::pre, NormPlacement::none})
+    if (name == to_string(p)) return p;
+  throw invalid_argument(field + ": unknown normalization placement '" + name +
+                         "' (expected post, pre or none)");
+}
+
 template <class Scalar>
 Scalar Model<Scalar>::tau() const {
   return scale > 0 ? scale : std::sqrt(static_cast<Scalar>(head_dim()));

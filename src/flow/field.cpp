@@ -113,6 +113,20 @@ bool normalize_rows(Matrix<Scalar>& x, const char* what) {
   return true;
 }
 
+template <class Scalar>
+Matrix<Scalar> unit_directions(const MatrixRef<Scalar>& x) {
+  Matrix<Scalar> u(x.rows(), x.cols());
+  for (Index i = 0; i < x.rows(); ++i) {
+    const Scalar norm = x.row(i).stableNorm();
+    if (norm > 0) {
+      u.row(i) = x.row(i) / norm;
+    } else {
+      u.row(i).setZero();  // the origin has no direction: read as the origin
+    }
+  }
+  return u;
+}
+
 // What flow_field checks before it evaluates (flow() checks the same once).
 template <class Scalar>
 void check_field_inputs(const Model<Scalar>& model, const Vector<Scalar>& weights,
@@ -146,12 +160,20 @@ void check_field_inputs(const Model<Scalar>& model, const Vector<Scalar>& weight
 // the other rows, so the field is bit-identical to one process. The tied
 // kernels (Q = K, no biases: the canonical model among others) visit pairs of
 // blocks and use each logit for both rows of the pair; they are not split:
-// every rank computes the whole field (same result, no speed-up).
+// every rank computes the whole field (same result, no speed-up). Causal
+// rows are independent too: each rank's rows keep their global positions
+// (the streaming kernel's query offset). Sinkhorn attention needs every
+// column at every iteration and is refused.
 template <class Scalar>
 void distributed_flow_field(const Model<Scalar>& model, const KeyWeights<Scalar>& weights,
                             const MatrixRef<Scalar>& particles, const AttendOptions& attention,
                             Matrix<Scalar>& out) {
   const Communicator& comm = attention.communicator;
+  if (attention.normalization != Normalization::softmax) {
+    throw invalid_argument(
+        "normalization: a sinkhorn flow is not distributed (every iteration needs every "
+        "token's column sums on every rank): run it on one process");
+  }
   AttendOptions local_options = attention;
   local_options.communicator = Communicator();
   const FieldKernel kernel = field_kernel(model, local_options, true);
@@ -166,7 +188,8 @@ void distributed_flow_field(const Model<Scalar>& model, const KeyWeights<Scalar>
   try {
     if (rows.size() > 0) {
       attention_field_kernel(model, particles, weights,
-                             particles.middleRows(rows.begin, rows.size()), local_options, local);
+                             particles.middleRows(rows.begin, rows.size()), local_options, local,
+                             rows.begin);
     } else {
       local.resize(0, model.out_dim());
     }
@@ -188,12 +211,20 @@ void evaluate_flow_field(const Model<Scalar>& model, const KeyWeights<Scalar>& w
       // Off the sphere beta <x_i, x_j> is not bounded by beta.
       throw invalid_argument("particles: exp(beta <x_i, x_j>) overflows double");
     }
-  } else if (!options.attention.communicator.distributed()) {
-    attention_field_kernel(model, particles, weights, particles, options.attention, out);
   } else {
-    distributed_flow_field(model, weights, particles, options.attention, out);
+    const NormPlacement norm = options.placement();
+    // pre: attention reads the directions u_i = x_i / |x_i| (u_i = 0 at the origin).
+    Matrix<Scalar> directions;
+    if (norm == NormPlacement::pre) directions = unit_directions<Scalar>(particles);
+    const MatrixRef<Scalar> input =
+        norm == NormPlacement::pre ? MatrixRef<Scalar>(directions) : particles;
+    if (!options.attention.communicator.distributed()) {
+      attention_field_kernel(model, input, weights, input, options.attention, out);
+    } else {
+      distributed_flow_field(model, weights, input, options.attention, out);
+    }
   }
-  if (options.sphere) project_tangent<Scalar>(particles, out);
+  if (options.placement() == NormPlacement::post) project_tangent<Scalar>(particles, out);
 }
 
 // beta of the canonical model for the unnormalized field.
@@ -378,6 +409,72 @@ double orthogonal_start_cosine(Index n, double beta, double t, Index steps) {
   return g;
 }
 
+std::vector<EquiangularState> equiangular_reference(NormPlacement norm, Index n, double beta,
+                                                    double rho0, double r0,
+                                                    const std::vector<double>& times, Index steps) {
+  if (norm != NormPlacement::none && norm != NormPlacement::post && norm != NormPlacement::pre) {
+    throw invalid_argument("norm: expected none, post or pre");
+  }
+  if (n < 2) throw invalid_argument("n: must be >= 2 (a cosine needs two tokens)");
+  if (!(beta > 0) || !std::isfinite(beta)) throw invalid_argument("beta: must be finite and > 0");
+  const double nm1 = static_cast<double>(n - 1);
+  if (!(rho0 <= 1) || !(rho0 * nm1 >= -1)) {
+    throw invalid_argument("rho0: must be in [-1/(n-1), 1] (the Gram matrix of unit vectors)");
+  }
+  if (norm == NormPlacement::post) r0 = 1;
+  if (!(r0 > 0) || !std::isfinite(r0)) throw invalid_argument("r0: must be finite and > 0");
+  if (steps < 1) throw invalid_argument("steps: must be >= 1");
+  for (size_t k = 0; k < times.size(); ++k) {
+    if (!(times[k] >= 0) || !std::isfinite(times[k]) || (k > 0 && !(times[k] >= times[k - 1]))) {
+      throw invalid_argument("times: must be finite, >= 0 and non-decreasing");
+    }
+  }
+  // The state (u, r) = (1 - rho, norm); its derivative.
+  struct Y {
+    double u, r;
+  };
+  auto rhs = [&](const Y& y) {
+    const double b = norm == NormPlacement::none ? beta * y.r * y.r : beta;
+    const double e = y.u == 0 ? 1.0 : std::exp(-b * y.u);  // b = inf, u = 0 is no NaN
+    const double c = e / (1 + nm1 * e);
+    const double s = static_cast<double>(n) - nm1 * y.u;  // 1 + (n - 1) rho
+    const double g = 1 - nm1 * y.u * c;                   // <u_i, Gamma_i>
+    Y dy{-2 * c * s * y.u, 0.0};
+    if (norm == NormPlacement::pre) {
+      dy.u /= y.r;
+      dy.r = g;
+    } else if (norm == NormPlacement::none) {
+      dy.r = y.r * g;
+    }
+    return dy;
+  };
+  auto axpy = [](const Y& y, double h, const Y& k) { return Y{y.u + h * k.u, y.r + h * k.r}; };
+  Y y{1 - rho0, r0};
+  double t = 0;
+  std::vector<EquiangularState> out;
+  out.reserve(times.size());
+  for (const double target : times) {
+    const double h = (target - t) / static_cast<double>(steps);
+    if (h > 0) {
+      for (Index l = 0; l < steps; ++l) {
+        const Y k1 = rhs(y);
+        const Y k2 = rhs(axpy(y, h / 2, k1));
+        const Y k3 = rhs(axpy(y, h / 2, k2));
+        const Y k4 = rhs(axpy(y, h, k3));
+        y.u += h / 6 * (k1.u + 2 * k2.u + 2 * k3.u + k4.u);
+        y.r += h / 6 * (k1.r + 2 * k2.r + 2 * k3.r + k4.r);
+      }
+    }
+    if (!std::isfinite(y.r) || !std::isfinite(y.u)) {
+      throw invalid_argument("times: the common norm overflows double before t = " +
+                             std::to_string(target));
+    }
+    t = target;
+    out.push_back({t, 1 - y.u, y.u, y.r});
+  }
+  return out;
+}
+
 #define MEASATTN_INSTANTIATE(S)                                                              \
   template bool is_canonical(const Model<S>&, double*);                                      \
   template Matrix<S> flow_field(const Model<S>&, const Vector<S>&, const MatrixRef<S>&,      \
@@ -389,7 +486,8 @@ double orthogonal_start_cosine(Index n, double beta, double t, Index steps) {
                                             const MatrixRef<S>&, const FlowOptions&, double, \
                                             Matrix<S>&);                                     \
   template void detail::project_tangent(const MatrixRef<S>&, Matrix<S>&);                    \
-  template bool detail::normalize_rows(Matrix<S>&, const char*);
+  template bool detail::normalize_rows(Matrix<S>&, const char*);                             \
+  template Matrix<S> detail::unit_directions(const MatrixRef<S>&);
 
 MEASATTN_INSTANTIATE(float)
 MEASATTN_INSTANTIATE(double)

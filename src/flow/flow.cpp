@@ -72,19 +72,44 @@ void FlowOptions::validate() const {
   if ((checkpoint_every > 0 || resume) && checkpoint_path.empty()) {
     throw invalid_argument("checkpoint_path: needed for checkpoints and resume");
   }
-  if (attention.causal)
-    throw invalid_argument("attention: causal attention is not a particle flow");
   if (attention.residual) {
     throw invalid_argument("attention: residual is implied by the flow (x + h Gamma(x))");
-  }
-  if (attention.normalization != Normalization::softmax) {
-    throw invalid_argument("attention: only softmax attention drives the flow");
   }
   if (attention.query_block < 0 || attention.key_block < 0) {
     throw invalid_argument("attention: block sizes must be >= 0");
   }
-  if (field == FlowField::unnormalized && !sphere) {
-    throw invalid_argument("field: the unnormalized field is defined on the sphere (set sphere)");
+  if (norm != NormPlacement::none && norm != NormPlacement::post && norm != NormPlacement::pre) {
+    throw invalid_argument("norm: expected none, post or pre");
+  }
+  if (sphere && norm == NormPlacement::pre) {
+    throw invalid_argument("norm: pre contradicts sphere (sphere is norm post)");
+  }
+  if (attention.sinkhorn_iterations < 0) {
+    throw invalid_argument("sinkhorn_iterations: must be >= 0");
+  }
+  if (attention.normalization != Normalization::softmax &&
+      attention.normalization != Normalization::sinkhorn) {
+    throw invalid_argument("normalization: expected softmax or sinkhorn");
+  }
+  if (attention.normalization == Normalization::sinkhorn) {
+    if (attention.causal) {
+      throw invalid_argument("normalization: sinkhorn attention does not support causal masking");
+    }
+    if (attention.communicator.distributed()) {
+      throw invalid_argument(
+          "normalization: a sinkhorn flow is not distributed (every iteration needs every "
+          "token's column sums on every rank): run it on one process");
+    }
+  }
+  if (field == FlowField::unnormalized) {
+    if (placement() != NormPlacement::post) {
+      throw invalid_argument(
+          "field: the unnormalized field is defined on the sphere (set sphere or norm post)");
+    }
+    if (attention.causal || attention.normalization != Normalization::softmax) {
+      throw invalid_argument(
+          "field: the unnormalized field has no causal mask and no sinkhorn normalization");
+    }
   }
 }
 
@@ -133,7 +158,8 @@ class Integrator {
         o_(options),
         fingerprint_(fingerprint),
         beta_(beta),
-        canonical_(canonical) {
+        canonical_(canonical),
+        sphere_(options.placement() == NormPlacement::post) {
     s_.fingerprint = fingerprint;
   }
 
@@ -187,7 +213,7 @@ class Integrator {
   }
 
   bool finite_or_stop(Matrix<Scalar>& y) {
-    if (o_.sphere && !detail::normalize_rows(y, nullptr)) {
+    if (sphere_ && !detail::normalize_rows(y, nullptr)) {
       r_.status = Status::non_finite;
     } else if (!y.allFinite()) {
       r_.status = Status::non_finite;
@@ -339,7 +365,7 @@ class Integrator {
         s_.y.swap(y5);
         ++s_.step;
         s_.time = last ? T : s_.time + h;
-        if (o_.sphere) {
+        if (sphere_) {
           f(s_.y, s_.fsal);  // the renormalized point has its own derivative
         } else {
           s_.fsal.swap(k7);
@@ -397,6 +423,7 @@ class Integrator {
   std::uint64_t fingerprint_;
   double beta_;
   bool canonical_;
+  bool sphere_;  // norm post: every accepted step renormalizes
   State<Scalar> s_;
   FlowResult<Scalar> r_;
   // Work matrices of the steps (stage derivatives, stage points, the next
@@ -432,12 +459,21 @@ std::uint64_t flow_fingerprint(const Model<Scalar>& model, const Measure<Scalar>
   f.value(options.tolerance);
   f.value(static_cast<std::int64_t>(options.max_steps));
   f.value(options.initial_step);
-  f.value(static_cast<std::uint8_t>(options.sphere));
+  const NormPlacement norm = options.placement();
+  f.value(static_cast<std::uint8_t>(norm == NormPlacement::post));
   f.value(static_cast<int>(options.field));
   f.value(static_cast<std::int64_t>(options.save_every));
   f.value(options.cluster_tolerance);
   f.value(static_cast<std::int64_t>(options.attention.query_block));
   f.value(static_cast<std::int64_t>(options.attention.key_block));
+  // Added only when used, so that the fingerprints (and checkpoints) of the
+  // flows that existed before them are unchanged.
+  if (norm == NormPlacement::pre) f.bytes("norm=pre", 8);
+  if (options.attention.causal) f.bytes("causal", 6);
+  if (options.attention.normalization == Normalization::sinkhorn) {
+    f.bytes("sinkhorn", 8);
+    f.value(static_cast<std::int64_t>(options.attention.sinkhorn_iterations));
+  }
   return f.h;
 }
 
@@ -465,7 +501,7 @@ FlowResult<Scalar> flow(const Model<Scalar>& model, const Measure<Scalar>& mu0,
     }
   }
   Matrix<Scalar> start = mu0.atoms();
-  if (options.sphere) detail::normalize_rows(start, "tokens");
+  if (options.placement() == NormPlacement::post) detail::normalize_rows(start, "tokens");
   Integrator<Scalar> integrator(model, mu0.weights(), options,
                                 flow_fingerprint(model, mu0, options), beta, canonical);
   return integrator.run(std::move(start));

@@ -247,8 +247,6 @@ std::string to_string(Architecture a) {
   return "bert";
 }
 
-std::string to_string(NormPlacement p) { return p == NormPlacement::pre ? "pre" : "post"; }
-
 std::string to_string(Activation a) {
   switch (a) {
     case Activation::gelu:
@@ -316,6 +314,10 @@ void Block<Scalar>::validate(const std::string& name) const {
                            std::to_string(attention.embed_dim()) + ", d_q = " + std::to_string(d) +
                            ", d_kv = " + std::to_string(attention.key_dim()) +
                            ", d_out = " + std::to_string(attention.out_dim()));
+  }
+  if (norm != NormPlacement::post && norm != NormPlacement::pre) {
+    throw invalid_argument(name + ".norm: a Transformer block is post or pre, not " +
+                           to_string(norm));
   }
   ln1.validate(name + ".ln1");
   ln2.validate(name + ".ln2");
