@@ -63,6 +63,19 @@ inline double cost_of_sq(double s, double p) {
 // (no underflow, which would also cost a slow path in the math library).
 inline double skipped_exp(double z) { return z < -700 ? 1e-304 : std::exp(z); }
 
+/// An upper bound on sum_k exp(z_k), z_k <= 0: the vector exponential (about 1 ulp,
+/// and exp(-708) for anything below), raised by 1e-14 relative.
+double sum_exp_bound(const std::vector<double>& z) {
+  namespace v = vexp;
+  const std::size_t n = z.size();
+  v::Vd acc = v::splat(0.0);
+  std::size_t k = 0;
+  for (; k + v::kLanes <= n; k += v::kLanes) acc += v::exp_negative(-v::load(z.data() + k));
+  double sum = v::horizontal_sum(acc);
+  for (; k < n; ++k) sum += skipped_exp(z[k]);
+  return sum * (1 + 1e-14);
+}
+
 /// One cloud sorted by grid cell.
 struct Side {
   Eigen::MatrixXd x;         // sorted atoms, column-major (coordinate k contiguous)
@@ -224,7 +237,7 @@ void lse_pass(const Side& r, const VectorD& old, const Side& c, const VectorD& g
   RegionGuard guard;
 #pragma omp parallel if (parallel)
   {
-    std::vector<double> cb, vb;
+    std::vector<double> cb, vb, zcell, zrow;
     std::vector<Index> kept, skipped_cell, skipped_row;
     std::vector<std::pair<Index, Index>> ranges;
     guard.run([&] {
@@ -243,18 +256,20 @@ void lse_pass(const Side& r, const VectorD& old, const Side& c, const VectorD& g
         skipped_cell.clear();
         // Skipped terms in linear form relative to exp(-fmax / eps): each is below
         // exp(-tau) (lmass <= 0), so nothing overflows.
-        double skip_cell = 0, cmin_skip_cell = kInf;
+        double cmin_skip_cell = kInf;
+        zcell.clear();
         for (Index J = 0; J < cells_c; ++J) {
           if (ghmax[J] == -kInf) continue;
           const double cmin = cost_of_sq(box_box_sq(r, I, c, J), p);
           if (cmin - fmax - ghmax[J] > tau * eps) {
-            skip_cell += skipped_exp(c.lmass[J] + (ghmax[J] - cmin + fmax) * inv_eps);
+            zcell.push_back(c.lmass[J] + (ghmax[J] - cmin + fmax) * inv_eps);
             cmin_skip_cell = std::min(cmin_skip_cell, cmin - ghmax[J]);
             if (final != nullptr) skipped_cell.push_back(J);
           } else {
             kept.push_back(J);
           }
         }
+        const double skip_cell = sum_exp_bound(zcell);
         double xi[kMaxMultiscaleDim];
         for (Index i = i0; i < i1; ++i) {
           for (Index k = 0; k < d; ++k) xi[k] = r.x(i, k);
@@ -264,13 +279,14 @@ void lse_pass(const Side& r, const VectorD& old, const Side& c, const VectorD& g
             double cmin_skip = full ? kInf : cmin_skip_cell;
             ranges.clear();
             skipped_row.clear();
+            zrow.clear();
             if (full) {
               ranges.emplace_back(0, nc);
             } else {
               for (const Index J : kept) {
                 const double cmin = cost_of_sq(point_box_sq(xi, c, J), p);
                 if (cmin - old[i] - ghmax[J] > tau * eps) {
-                  skip += skipped_exp(c.lmass[J] + (ghmax[J] - cmin + old[i]) * inv_eps);
+                  zrow.push_back(c.lmass[J] + (ghmax[J] - cmin + old[i]) * inv_eps);
                   cmin_skip = std::min(cmin_skip, cmin - ghmax[J]);
                   if (final != nullptr) skipped_row.push_back(J);
                 } else if (!ranges.empty() && ranges.back().second == c.begin[J]) {
@@ -280,36 +296,65 @@ void lse_pass(const Side& r, const VectorD& old, const Side& c, const VectorD& g
                 }
               }
             }
-            // Costs and exponents of the kept columns, gathered.
+            skip += sum_exp_bound(zrow);
+            // Costs and exponents of the kept columns, gathered, and their maximum.
             Index len = 0;
+            vexp::Vd mx8 = vexp::splat(-kInf);
+            double mx = -kInf;
             for (const auto& [j0, j1] : ranges) {
               const Index w = j1 - j0;
               double* cw = cb.data() + len;
-              const double* y0 = c.x.col(0).data() + j0;
-              for (Index j = 0; j < w; ++j) {
-                const double s = y0[j] - xi[0];
-                cw[j] = s * s;
-              }
-              for (Index k = 1; k < d; ++k) {
-                const double* yk = c.x.col(k).data() + j0;
-                const double xk = xi[k];
-                for (Index j = 0; j < w; ++j) {
-                  const double s = yk[j] - xk;
-                  cw[j] += s * s;
-                }
-              }
-              if (p == 1) {
-                for (Index j = 0; j < w; ++j) cw[j] = std::sqrt(cw[j]);
-              } else if (p != 2) {
-                for (Index j = 0; j < w; ++j) cw[j] = std::pow(cw[j], 0.5 * p);
-              }
               double* vw = vb.data() + len;
               const double* tw = t.data() + j0;
-              for (Index j = 0; j < w; ++j) vw[j] = (tw[j] - cw[j]) * inv_eps;
+              Index j = 0;
+              if (p == 2) {
+                // Costs and exponents in one sweep of whole vectors.
+                namespace v = vexp;
+                for (; j + v::kLanes <= w; j += v::kLanes) {
+                  v::Vd sq = v::splat(0.0);
+                  for (Index k = 0; k < d; ++k) {
+                    const v::Vd u = v::load(c.x.col(k).data() + j0 + j) - v::splat(xi[k]);
+                    sq += u * u;
+                  }
+                  v::store(cw + j, sq);
+                  const v::Vd e = (v::load(tw + j) - sq) * v::splat(inv_eps);
+                  v::store(vw + j, e);
+                  mx8 = e > mx8 ? e : mx8;
+                }
+              }
+              if (j < w) {
+                const double* y0 = c.x.col(0).data() + j0;
+                for (Index q = j; q < w; ++q) {
+                  const double u = y0[q] - xi[0];
+                  cw[q] = u * u;
+                }
+                for (Index k = 1; k < d; ++k) {
+                  const double* yk = c.x.col(k).data() + j0;
+                  const double xk = xi[k];
+                  for (Index q = j; q < w; ++q) {
+                    const double u = yk[q] - xk;
+                    cw[q] += u * u;
+                  }
+                }
+                if (p == 1) {
+                  for (Index q = j; q < w; ++q) cw[q] = std::sqrt(cw[q]);
+                } else if (p != 2) {
+                  for (Index q = j; q < w; ++q) cw[q] = std::pow(cw[q], 0.5 * p);
+                }
+                for (; j + vexp::kLanes <= w; j += vexp::kLanes) {
+                  const vexp::Vd e =
+                      (vexp::load(tw + j) - vexp::load(cw + j)) * vexp::splat(inv_eps);
+                  vexp::store(vw + j, e);
+                  mx8 = e > mx8 ? e : mx8;
+                }
+                for (; j < w; ++j) {
+                  vw[j] = (tw[j] - cw[j]) * inv_eps;
+                  mx = std::max(mx, vw[j]);
+                }
+              }
               len += w;
             }
-            double mx = -kInf;
-            for (Index j = 0; j < len; ++j) mx = std::max(mx, vb[j]);
+            for (int l = 0; l < vexp::kLanes; ++l) mx = std::max(mx, mx8[l]);
             double log_sum = -kInf;
             if (mx > -kInf) {
               namespace v = vexp;
@@ -317,9 +362,17 @@ void lse_pass(const Side& r, const VectorD& old, const Side& c, const VectorD& g
               Index j = 0;
               for (; j + v::kLanes <= len; j += v::kLanes)
                 acc += v::exp_negative(mx - v::load(vb.data() + j));
-              double sum = v::horizontal_sum(acc);
-              for (; j < len; ++j) sum += std::exp(vb[j] - mx);
-              log_sum = mx + std::log(sum);
+              if (j < len) {
+                // The last, partial vector: lanes past len masked out after the exponential.
+                v::Vd lane, tail = v::splat(mx);
+                for (int l = 0; l < v::kLanes; ++l) {
+                  lane[l] = l;
+                  if (j + l < len) tail[l] = vb[j + l];
+                }
+                const v::Vd e = v::exp_negative(mx - tail);
+                acc += lane < v::splat(static_cast<double>(len - j)) ? e : v::splat(0.0);
+              }
+              log_sum = mx + std::log(v::horizontal_sum(acc));
             }
             const double ratio = skip > 0 ? skip * std::exp(-old[i] * inv_eps - log_sum) : 0.0;
             // Recompute over every column when the bound is too weak or nothing was kept.
