@@ -657,3 +657,163 @@ TEST(wasserstein_test, cost_matrix_sinkhorn_marginals_caps_warm_start_histograms
   EXPECT_TRUE((r1[0].plan.array() == r2[0].plan.array()).all());
   EXPECT_THROW(transport_sinkhorn(a, MatrixD::Ones(m + 1, 1), c, o), invalid_argument);
 }
+
+namespace {
+
+MatrixD uniform_atoms(std::mt19937_64& rng, Index n, Index d) {
+  std::uniform_real_distribution<double> u(0, 1);
+  MatrixD x(n, d);
+  for (Index i = 0; i < n; ++i)
+    for (Index k = 0; k < d; ++k) x(i, k) = u(rng);
+  return x;
+}
+
+WassersteinOptions multiscale_options(double p, double reg, double tolerance) {
+  WassersteinOptions o;
+  o.p = p;
+  o.method = WassersteinMethod::sinkhorn;
+  o.reg = reg;
+  o.tolerance = tolerance;
+  o.max_iterations = 100000;
+  o.multiscale = true;
+  return o;
+}
+
+void expect_finite_bracket(const WassersteinResult& r, const char* what) {
+  EXPECT_TRUE(std::isfinite(r.value) && std::isfinite(r.lower) && std::isfinite(r.upper)) << what;
+  EXPECT_TRUE(std::isfinite(r.transport_cost.value()) && std::isfinite(r.entropic_cost.value()))
+      << what;
+  EXPECT_LE(r.lower, r.value) << what;
+  EXPECT_LE(r.value, r.upper) << what;
+}
+
+}  // namespace
+
+TEST(wasserstein_test, multiscale_truncated_sinkhorn_matches_dense_and_online_inside_its_bracket) {
+  // Random instances, small enough for the dense solver; the 2100 x 2000 one has a
+  // coarse level (n m > 4e6) and a reg small against the cells, so that the truncation
+  // skips cells (loose before the first convergence, the requested one after).
+  struct Case {
+    Index n, m, d;
+    double p, reg;
+    bool uniform;
+  };
+  std::mt19937_64 rng(2026);
+  for (const Case& c : {Case{300, 260, 3, 2, 0.02, false}, Case{250, 310, 2, 1, 0.05, false},
+                        Case{2100, 2000, 3, 2, 0.01, true}}) {
+    const MeasureD a(c.uniform ? uniform_atoms(rng, c.n, c.d) : random_atoms(rng, c.n, c.d),
+                     random_weights(rng, c.n));
+    const MeasureD b(
+        c.uniform ? uniform_atoms(rng, c.m, c.d) : random_atoms(rng, c.m, c.d, 0.3, 0.8),
+        random_weights(rng, c.m));
+    const double tol = c.uniform ? 1e-8 : 1e-9;
+    WassersteinOptions o = multiscale_options(c.p, c.reg, tol);
+    const auto ms = wasserstein_sinkhorn(a, b, o);
+    o.multiscale = false;
+    const auto dense = wasserstein_sinkhorn(a, b, o);
+    o.online = true;
+    const bool small = c.n * c.m <= 100000;
+    const auto online = small ? wasserstein_sinkhorn(a, b, o) : dense;
+    EXPECT_EQ(ms.status, Status::converged) << c.n;
+    EXPECT_LT(ms.marginal_violation.value(), tol);
+    expect_finite_bracket(ms, "multiscale");
+    expect_rel(ms.transport_cost.value(), dense.transport_cost.value(), 1e-6, "vs dense");
+    expect_rel(ms.transport_cost.value(), online.transport_cost.value(), 1e-6, "vs online");
+    // Both solvers' values and certified bounds lie in the other's bracket.
+    EXPECT_LE(ms.lower, dense.upper * (1 + 1e-12));
+    EXPECT_LE(dense.lower, ms.upper * (1 + 1e-12));
+    EXPECT_LE(ms.lower, dense.value * (1 + 1e-9));
+    EXPECT_LE(dense.value, ms.upper * (1 + 1e-9));
+    if (small) {
+      const double w = exact(a, b, c.p);
+      EXPECT_LE(ms.lower, w * (1 + 1e-12));
+      EXPECT_LE(w, ms.upper * (1 + 1e-12));
+    }
+    // A truncation at the validated maximum still agrees closely (its bound on the
+    // neglected mass, part of the stopping test, is above tol: capped iterations).
+    o = multiscale_options(c.p, c.reg, tol);
+    o.truncation = 1e-3;
+    o.max_iterations = small ? 300 : 30;
+    const auto loose = wasserstein_sinkhorn(a, b, o);
+    expect_rel(loose.transport_cost.value(), dense.transport_cost.value(), 1e-2, "truncation 1e-3");
+    EXPECT_LE(loose.lower, dense.upper * (1 + 1e-12));
+  }
+}
+
+TEST(wasserstein_test, multiscale_sinkhorn_is_identical_whatever_the_thread_count) {
+  std::mt19937_64 rng(77);
+  const MeasureD a(uniform_atoms(rng, 2300, 3), random_weights(rng, 2300));
+  const MeasureD b(uniform_atoms(rng, 2200, 3), VectorD::Ones(2200));
+  WassersteinOptions o = multiscale_options(2, 3e-3, 1e-7);
+  o.want_potentials = true;
+  const int saved = omp_get_max_threads();
+  std::vector<WassersteinResult> r;
+  for (const int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    r.push_back(wasserstein_sinkhorn(a, b, o));
+  }
+  omp_set_num_threads(saved);
+  EXPECT_EQ(r[0].status, Status::converged);
+  for (size_t t = 1; t < r.size(); ++t) {
+    EXPECT_EQ(r[t].transport_cost.value(), r[0].transport_cost.value());
+    EXPECT_EQ(r[t].entropic_cost.value(), r[0].entropic_cost.value());
+    EXPECT_EQ(r[t].lower, r[0].lower);
+    EXPECT_EQ(r[t].upper, r[0].upper);
+    EXPECT_EQ(r[t].iterations, r[0].iterations);
+    EXPECT_EQ(r[t].marginal_violation.value(), r[0].marginal_violation.value());
+    EXPECT_TRUE(r[t].potentials->f == r[0].potentials->f);
+    EXPECT_TRUE(r[t].potentials->g == r[0].potentials->g);
+  }
+}
+
+TEST(wasserstein_test, multiscale_sinkhorn_degenerate_inputs_stay_finite) {
+  std::mt19937_64 rng(5);
+  const WassersteinOptions o = multiscale_options(2, 0.01, 1e-9);
+  // Every atom at one point, in both measures: W = 0.
+  const MatrixD same = MatrixD::Constant(500, 3, 0.25);
+  const auto coincident =
+      wasserstein_sinkhorn(MeasureD(same, random_weights(rng, 500)),
+                           MeasureD(MatrixD::Constant(400, 3, 0.25), VectorD::Ones(400)), o);
+  expect_finite_bracket(coincident, "coincident");
+  EXPECT_NEAR(coincident.lower, 0, 1e-12);
+  EXPECT_NEAR(coincident.value, 0, 1e-12);
+  // One atom against one atom, and one against many: the closed form.
+  MatrixD x1(1, 3), y1(1, 3);
+  x1 << 0.1, 0.2, 0.3;
+  y1 << 0.4, 0.6, 0.3;
+  const auto one =
+      wasserstein_sinkhorn(MeasureD(x1, VectorD::Ones(1)), MeasureD(y1, VectorD::Ones(1)), o);
+  expect_finite_bracket(one, "one atom");
+  EXPECT_NEAR(one.value, 0.5, 1e-12);
+  const MeasureD many(uniform_atoms(rng, 700, 3), random_weights(rng, 700));
+  const auto star = wasserstein_sinkhorn(MeasureD(x1, VectorD::Ones(1)), many, o);
+  expect_finite_bracket(star, "one against many");
+  double w2 = 0;
+  for (Index j = 0; j < 700; ++j)
+    w2 += many.weights()[j] * (many.atoms().row(j) - x1.row(0)).squaredNorm();
+  expect_rel(star.value, std::sqrt(w2), 1e-9, "one against many");
+  // Zero weights (whole cells of them) and a cloud equal to the other: finite, and the
+  // zero-weight atoms change nothing.
+  MatrixD x = uniform_atoms(rng, 900, 3);
+  VectorD wa = random_weights(rng, 900);
+  for (Index i = 0; i < 900; ++i)
+    if (x(i, 0) < 0.2 || i % 7 == 0) wa[i] = 0;
+  const MeasureD az(x, wa), bx(x, random_weights(rng, 900));
+  const auto zeros = wasserstein_sinkhorn(az, bx, o);
+  expect_finite_bracket(zeros, "zero weights");
+  EXPECT_EQ(zeros.status, Status::converged);
+  std::vector<Index> idx;
+  for (Index i = 0; i < 900; ++i)
+    if (wa[i] > 0) idx.push_back(i);
+  MatrixD xk(static_cast<Index>(idx.size()), 3);
+  VectorD wk(static_cast<Index>(idx.size()));
+  for (size_t t = 0; t < idx.size(); ++t) {
+    xk.row(static_cast<Index>(t)) = x.row(idx[t]);
+    wk[static_cast<Index>(t)] = wa[idx[t]];
+  }
+  const auto kept = wasserstein_sinkhorn(MeasureD(xk, wk), bx, o);
+  expect_rel(zeros.transport_cost.value(), kept.transport_cost.value(), 1e-7, "zero weights");
+  const auto equal = wasserstein_sinkhorn(bx, bx, o);
+  expect_finite_bracket(equal, "equal clouds");
+  EXPECT_EQ(equal.status, Status::converged);
+}

@@ -8,8 +8,12 @@
 // cell of the other cloud is skipped for a row (or a whole cell of rows) when the lower
 // bound Cmin - F_i - max_J G > tau eps holds, tau = -log(truncation): the skipped terms
 // are then bounded by B_J exp((max_J G - Cmin) / eps), B_J the cell's mass, and their sum
-// N_i is accumulated; a row whose bound exceeds truncation times its kept sum is
-// recomputed over every column. So every update is exact to a relative error in the sum
+// N_i is accumulated; a row whose bound exceeds `accept` times its kept sum is
+// recomputed over every column. The epsilon-scaling passes and the iterations at the
+// final eps up to a first convergence use a loose truncation (tau = 12, accept = 1e-3:
+// they only bring the potentials near the fixed point, and touch far fewer pairs); from
+// there on tau = -log(truncation) and accept = truncation, so that the last updates,
+// the stopping test and the final pass are exact to a relative error in each row's sum
 // of at most `truncation` (reported), and the certificates use the bounds as well.
 // The cells' weighted centroids form the coarse problem, solved recursively with epsilon
 // scaling down to eps = (cell diagonal)^p, whose potentials (constant per cell) start
@@ -43,6 +47,16 @@ constexpr int kMaxMultiscaleDim = 8;
 // The fine level takes over at eps = kSwitch (cell diagonal)^p: below the coarse
 // level's resolution, where the truncation already skips most cells.
 constexpr double kSwitch = 0.25;
+// The truncation of the passes before the last iterations at reg: cells beyond
+// kLooseTau eps (exp(-12) = 6e-6 of a kept term), rows recomputed in full only when
+// the bound on their neglected part exceeds kLooseAccept of the kept one.
+constexpr double kLooseTau = 12;
+constexpr double kLooseAccept = 1e-3;
+// Over-relaxation at reg: the contraction rate is measured between the plain
+// iterations kRateFrom and kRateTo.
+constexpr std::int64_t kRateFrom = 2, kRateTo = 5;
+constexpr double kMaxOmega = 1.95;
+constexpr std::int64_t kCheckEvery = 10;  // iterations between over-relaxed checks
 
 inline double cost_of_sq(double s, double p) {
   if (p == 2) return s;
@@ -50,11 +64,21 @@ inline double cost_of_sq(double s, double p) {
   return std::pow(s, 0.5 * p);
 }
 
-inline double log_add(double x, double y) {
-  if (x == -kInf) return y;
-  if (y == -kInf) return x;
-  const double mx = std::max(x, y);
-  return mx + std::log1p(std::exp(std::min(x, y) - mx));
+// exp(z) for a skipped cell's bound, z < 0: below z = -700 the bound exp(-700) < 1e-304
+// (no underflow, which would also cost a slow path in the math library).
+inline double skipped_exp(double z) { return z < -700 ? 1e-304 : std::exp(z); }
+
+/// An upper bound on sum_k exp(z_k), z_k <= 0: the vector exponential (about 1 ulp,
+/// and exp(-708) for anything below), raised by 1e-14 relative.
+double sum_exp_bound(const std::vector<double>& z) {
+  namespace v = vexp;
+  const std::size_t n = z.size();
+  v::Vd acc = v::splat(0.0);
+  std::size_t k = 0;
+  for (; k + v::kLanes <= n; k += v::kLanes) acc += v::exp_negative(-v::load(z.data() + k));
+  double sum = v::horizontal_sum(acc);
+  for (; k < n; ++k) sum += skipped_exp(z[k]);
+  return sum * (1 + 1e-14);
 }
 
 /// One cloud sorted by grid cell.
@@ -175,6 +199,12 @@ inline double point_box_sq(const double* xi, const Side& c, Index J) {
   return s;
 }
 
+/// The truncation of a pass: cells are skipped beyond tau eps, and rows whose
+/// neglected part exceeds `accept` times their kept sum are recomputed in full.
+struct Truncation {
+  double tau, accept;
+};
+
 /// Per-row results of the final pass.
 struct FinalRows {
   VectorD transport, entropy, ctransform;
@@ -187,10 +217,11 @@ struct FinalRows {
 /// P_ij = r.w_i c.w_j exp((old_i + gh_j - C_ij) / eps)'s cost and entropy and the
 /// c-transform min_j (C_ij - gh_j) (bounded below on skipped cells) per row.
 void lse_pass(const Side& r, const VectorD& old, const Side& c, const VectorD& gh, double eps,
-              double p, double tau, VectorD& out, VectorD& rel, FinalRows* final) {
+              double p, Truncation trunc, VectorD& out, VectorD& rel, FinalRows* final) {
+  const double tau = trunc.tau, accept = trunc.accept;
   const Index nr = r.size(), nc = c.size(), d = r.x.cols();
   const Index cells_r = r.cells(), cells_c = c.cells();
-  const double inv_eps = 1 / eps, truncation = std::exp(-tau);
+  const double inv_eps = 1 / eps;
   // Column terms t_j = gh_j + eps log w_j, cell maxima of gh over atoms with mass.
   VectorD t(nc), ghmax(cells_c);
   for (Index j = 0; j < nc; ++j) t[j] = c.lw[j] == -kInf ? -kInf : gh[j] + eps * c.lw[j];
@@ -211,7 +242,7 @@ void lse_pass(const Side& r, const VectorD& old, const Side& c, const VectorD& g
   RegionGuard guard;
 #pragma omp parallel if (parallel)
   {
-    std::vector<double> cb, vb;
+    std::vector<double> cb, vb, zcell, zrow;
     std::vector<Index> kept, skipped_cell, skipped_row;
     std::vector<std::pair<Index, Index>> ranges;
     guard.run([&] {
@@ -225,36 +256,42 @@ void lse_pass(const Side& r, const VectorD& old, const Side& c, const VectorD& g
         const Index i0 = r.begin[I], i1 = r.begin[I + 1];
         double fmax = -kInf;
         for (Index i = i0; i < i1; ++i) fmax = std::max(fmax, old[i]);
-        // Cell-level pruning, with the bound on what it skips (log form).
+        // Cell-level pruning, with the bound on what it skips.
         kept.clear();
         skipped_cell.clear();
-        double log_skip_cell = -kInf, cmin_skip_cell = kInf;
+        // Skipped terms in linear form relative to exp(-fmax / eps): each is below
+        // exp(-tau) (lmass <= 0), so nothing overflows.
+        double cmin_skip_cell = kInf;
+        zcell.clear();
         for (Index J = 0; J < cells_c; ++J) {
           if (ghmax[J] == -kInf) continue;
           const double cmin = cost_of_sq(box_box_sq(r, I, c, J), p);
           if (cmin - fmax - ghmax[J] > tau * eps) {
-            log_skip_cell = log_add(log_skip_cell, c.lmass[J] + (ghmax[J] - cmin) * inv_eps);
+            zcell.push_back(c.lmass[J] + (ghmax[J] - cmin + fmax) * inv_eps);
             cmin_skip_cell = std::min(cmin_skip_cell, cmin - ghmax[J]);
             if (final != nullptr) skipped_cell.push_back(J);
           } else {
             kept.push_back(J);
           }
         }
+        const double skip_cell = sum_exp_bound(zcell);
         double xi[kMaxMultiscaleDim];
         for (Index i = i0; i < i1; ++i) {
           for (Index k = 0; k < d; ++k) xi[k] = r.x(i, k);
           for (int full = 0; full < 2; ++full) {
-            double log_skip = full ? -kInf : log_skip_cell;
+            // Relative to exp(-old_i / eps); old_i <= fmax, so the cells' sum only shrinks.
+            double skip = full ? 0.0 : skip_cell * skipped_exp((old[i] - fmax) * inv_eps);
             double cmin_skip = full ? kInf : cmin_skip_cell;
             ranges.clear();
             skipped_row.clear();
+            zrow.clear();
             if (full) {
               ranges.emplace_back(0, nc);
             } else {
               for (const Index J : kept) {
                 const double cmin = cost_of_sq(point_box_sq(xi, c, J), p);
                 if (cmin - old[i] - ghmax[J] > tau * eps) {
-                  log_skip = log_add(log_skip, c.lmass[J] + (ghmax[J] - cmin) * inv_eps);
+                  zrow.push_back(c.lmass[J] + (ghmax[J] - cmin + old[i]) * inv_eps);
                   cmin_skip = std::min(cmin_skip, cmin - ghmax[J]);
                   if (final != nullptr) skipped_row.push_back(J);
                 } else if (!ranges.empty() && ranges.back().second == c.begin[J]) {
@@ -264,36 +301,65 @@ void lse_pass(const Side& r, const VectorD& old, const Side& c, const VectorD& g
                 }
               }
             }
-            // Costs and exponents of the kept columns, gathered.
+            skip += sum_exp_bound(zrow);
+            // Costs and exponents of the kept columns, gathered, and their maximum.
             Index len = 0;
+            vexp::Vd mx8 = vexp::splat(-kInf);
+            double mx = -kInf;
             for (const auto& [j0, j1] : ranges) {
               const Index w = j1 - j0;
               double* cw = cb.data() + len;
-              const double* y0 = c.x.col(0).data() + j0;
-              for (Index j = 0; j < w; ++j) {
-                const double s = y0[j] - xi[0];
-                cw[j] = s * s;
-              }
-              for (Index k = 1; k < d; ++k) {
-                const double* yk = c.x.col(k).data() + j0;
-                const double xk = xi[k];
-                for (Index j = 0; j < w; ++j) {
-                  const double s = yk[j] - xk;
-                  cw[j] += s * s;
-                }
-              }
-              if (p == 1) {
-                for (Index j = 0; j < w; ++j) cw[j] = std::sqrt(cw[j]);
-              } else if (p != 2) {
-                for (Index j = 0; j < w; ++j) cw[j] = std::pow(cw[j], 0.5 * p);
-              }
               double* vw = vb.data() + len;
               const double* tw = t.data() + j0;
-              for (Index j = 0; j < w; ++j) vw[j] = (tw[j] - cw[j]) * inv_eps;
+              Index j = 0;
+              if (p == 2) {
+                // Costs and exponents in one sweep of whole vectors.
+                namespace v = vexp;
+                for (; j + v::kLanes <= w; j += v::kLanes) {
+                  v::Vd sq = v::splat(0.0);
+                  for (Index k = 0; k < d; ++k) {
+                    const v::Vd u = v::load(c.x.col(k).data() + j0 + j) - v::splat(xi[k]);
+                    sq += u * u;
+                  }
+                  v::store(cw + j, sq);
+                  const v::Vd e = (v::load(tw + j) - sq) * v::splat(inv_eps);
+                  v::store(vw + j, e);
+                  mx8 = e > mx8 ? e : mx8;
+                }
+              }
+              if (j < w) {
+                const double* y0 = c.x.col(0).data() + j0;
+                for (Index q = j; q < w; ++q) {
+                  const double u = y0[q] - xi[0];
+                  cw[q] = u * u;
+                }
+                for (Index k = 1; k < d; ++k) {
+                  const double* yk = c.x.col(k).data() + j0;
+                  const double xk = xi[k];
+                  for (Index q = j; q < w; ++q) {
+                    const double u = yk[q] - xk;
+                    cw[q] += u * u;
+                  }
+                }
+                if (p == 1) {
+                  for (Index q = j; q < w; ++q) cw[q] = std::sqrt(cw[q]);
+                } else if (p != 2) {
+                  for (Index q = j; q < w; ++q) cw[q] = std::pow(cw[q], 0.5 * p);
+                }
+                for (; j + vexp::kLanes <= w; j += vexp::kLanes) {
+                  const vexp::Vd e =
+                      (vexp::load(tw + j) - vexp::load(cw + j)) * vexp::splat(inv_eps);
+                  vexp::store(vw + j, e);
+                  mx8 = e > mx8 ? e : mx8;
+                }
+                for (; j < w; ++j) {
+                  vw[j] = (tw[j] - cw[j]) * inv_eps;
+                  mx = std::max(mx, vw[j]);
+                }
+              }
               len += w;
             }
-            double mx = -kInf;
-            for (Index j = 0; j < len; ++j) mx = std::max(mx, vb[j]);
+            for (int l = 0; l < vexp::kLanes; ++l) mx = std::max(mx, mx8[l]);
             double log_sum = -kInf;
             if (mx > -kInf) {
               namespace v = vexp;
@@ -301,12 +367,21 @@ void lse_pass(const Side& r, const VectorD& old, const Side& c, const VectorD& g
               Index j = 0;
               for (; j + v::kLanes <= len; j += v::kLanes)
                 acc += v::exp_negative(mx - v::load(vb.data() + j));
-              double sum = v::horizontal_sum(acc);
-              for (; j < len; ++j) sum += std::exp(vb[j] - mx);
-              log_sum = mx + std::log(sum);
+              if (j < len) {
+                // The last, partial vector: lanes past len masked out after the exponential.
+                v::Vd lane, tail = v::splat(mx);
+                for (int l = 0; l < v::kLanes; ++l) {
+                  lane[l] = l;
+                  if (j + l < len) tail[l] = vb[j + l];
+                }
+                const v::Vd e = v::exp_negative(mx - tail);
+                acc += lane < v::splat(static_cast<double>(len - j)) ? e : v::splat(0.0);
+              }
+              log_sum = mx + std::log(v::horizontal_sum(acc));
             }
-            const double ratio = std::exp(log_skip - log_sum);
-            if (!full && !(ratio <= truncation)) continue;  // recompute over every column
+            const double ratio = skip > 0 ? skip * std::exp(-old[i] * inv_eps - log_sum) : 0.0;
+            // Recompute over every column when the bound is too weak or nothing was kept.
+            if (!full && (!(ratio <= accept) || log_sum == -kInf)) continue;
             rel[i] = ratio;
             if (final == nullptr) {
               out[i] = -eps * log_sum;
@@ -361,7 +436,9 @@ struct Level {
 };
 
 struct Context {
-  double p, tau, factor;
+  double p;
+  Truncation trunc;  // of the epsilon-scaling passes (the loose one)
+  double factor;
   std::int64_t passes = 0;
 };
 
@@ -403,9 +480,9 @@ void descend(const MatrixD& x, const VectorD& a, const MatrixD& y, const VectorD
   VectorD rel, Fn, Gn;
   for (;;) {
     check_interrupt();
-    lse_pass(L.X, F, L.Y, G, eps, ctx.p, ctx.tau, Fn, rel, nullptr);
+    lse_pass(L.X, F, L.Y, G, eps, ctx.p, ctx.trunc, Fn, rel, nullptr);
     F.swap(Fn);
-    lse_pass(L.Y, G, L.X, F, eps, ctx.p, ctx.tau, Gn, rel, nullptr);
+    lse_pass(L.Y, G, L.X, F, eps, ctx.p, ctx.trunc, Gn, rel, nullptr);
     G.swap(Gn);
     ++ctx.passes;
     if (eps <= eps_end) break;
@@ -429,7 +506,11 @@ WassersteinResult multiscale_sinkhorn_transport(const DoubleAtoms& mu, const Dou
   const VectorD lo = x.colwise().minCoeff().cwiseMin(y.colwise().minCoeff()).transpose();
   const VectorD hi = x.colwise().maxCoeff().cwiseMax(y.colwise().maxCoeff()).transpose();
   const double max_cost = std::pow((hi - lo).norm(), p);
-  Context ctx{p, -std::log(o.truncation), o.epsilon_scaling};
+  // The requested truncation holds from the last iterations at reg on; the passes
+  // before only move the potentials towards the fixed point, with a looser one.
+  const Truncation tight{-std::log(o.truncation), o.truncation};
+  const Truncation loose{std::min(tight.tau, kLooseTau), std::max(tight.accept, kLooseAccept)};
+  Context ctx{p, loose, o.epsilon_scaling};
   Level L;
   VectorD F, G;
   descend(x, *mu.w, y, *nu.w, std::max(max_cost, reg), reg, ctx, L, F, G);
@@ -441,18 +522,26 @@ WassersteinResult multiscale_sinkhorn_transport(const DoubleAtoms& mu, const Dou
   const bool show = o.progress && static_cast<double>(n) * static_cast<double>(m) > 1e8;
   std::int64_t k = 0;
   VectorD rel, Fn, Gn;
-  lse_pass(L.X, F, L.Y, G, reg, p, ctx.tau, Fn, rel, nullptr);
+  Truncation trunc = loose;
+  bool warm = loose.tau < tight.tau;
+  lse_pass(L.X, F, L.Y, G, reg, p, trunc, Fn, rel, nullptr);
   F.swap(Fn);
-  // Over-relaxation: after 20 plain iterations, whose errors give the contraction rate
-  // rho per iteration, both updates move omega = 2 / (1 + sqrt(1 - rho)) times as far
-  // (the optimal factor for two-cyclic fixed-point iterations), checked every 10
-  // iterations with a plain f-update (so that the rows of the plan are exact), and
-  // dropped for good when a check finds a larger error than the one before.
-  double omega = 1, err10 = kInf, last_check = kInf;
+  // Over-relaxation: after kRateTo plain iterations, whose errors give the contraction
+  // rate rho per iteration, both updates move omega = 2 / (1 + sqrt(1 - rho)) times as
+  // far (the optimal factor for two-cyclic fixed-point iterations), checked every 10
+  // iterations with a plain f-update (so that the rows of the plan are exact). The early
+  // rate underestimates the asymptotic one: at each check the observed rate lambda under
+  // omega gives the plain rate back by the two-cyclic relation
+  // (lambda + omega - 1)^2 = lambda omega^2 rho, and omega is raised to its optimum for
+  // that rho. A check that finds a larger error than the one before takes back the last
+  // raise (and stops raising), or drops the over-relaxation for good.
+  double omega = 1, omega_good = 1, err10 = kInf, last_check = kInf;
+  std::int64_t last_k = 0;
+  bool raised = false, adapt = true;
   bool pure = true;
   for (; k < o.max_iterations; ++k) {
     check_interrupt();
-    lse_pass(L.Y, G, L.X, F, reg, p, ctx.tau, Gn, rel, nullptr);
+    lse_pass(L.Y, G, L.X, F, reg, p, trunc, Gn, rel, nullptr);
     if (pure) {
       // Column sums of the plan of (F, G) are c_j = b_j exp((G_j - Gn_j) / reg) up to
       // the neglected part, at most c_j rel_j; its rows are exact (F = T(G)).
@@ -462,37 +551,67 @@ WassersteinResult multiscale_sinkhorn_transport(const DoubleAtoms& mu, const Dou
         const double cj = b[j] * std::exp((G[j] - Gn[j]) / reg);
         e2 += (cj - b[j]) * (cj - b[j]);
         t2 += (cj * rel[j]) * (cj * rel[j]);
-        max_rel = std::max(max_rel, rel[j]);
+        if (!warm) max_rel = std::max(max_rel, rel[j]);
       }
       err_trunc = std::sqrt(e2);
       err = err_trunc + std::sqrt(t2);
+      if (warm && (err < o.tolerance || err_trunc < std::sqrt(t2))) {
+        // Converged under the loose truncation, or down to what its bound can tell:
+        // from here on the requested one, with plain updates (F = T(G) again first,
+        // so that the next check is exact).
+        warm = false;
+        trunc = tight;
+        omega = 1;
+        lse_pass(L.X, F, L.Y, G, reg, p, trunc, Fn, rel, nullptr);
+        F.swap(Fn);
+        for (Index i = 0; i < n; ++i) max_rel = std::max(max_rel, rel[i]);
+        pure = true;
+        continue;
+      }
       if (err < o.tolerance) {
         converged = true;
         break;
       }
-      if (omega > 1 && err > last_check) omega = 1;
-      if (k == 10) err10 = err;
-      if (k == 20 && omega == 1 && err < err10 && err10 < kInf) {
-        const double rho = std::pow(err / err10, 0.1);
-        omega = std::min(1.9, 2 / (1 + std::sqrt(1 - rho)));
+      if (omega > 1 && err > last_check) {
+        omega = raised ? omega_good : 1;
+        adapt = raised = false;
+      } else if (omega > 1 && adapt && k > last_k && last_check < kInf) {
+        const double lambda = std::pow(err / last_check, 1.0 / static_cast<double>(k - last_k));
+        raised = false;
+        if (lambda > omega - 1 && lambda < 1) {
+          const double rho = (lambda + omega - 1) * (lambda + omega - 1) / (lambda * omega * omega);
+          const double w = rho < 1 ? std::min(kMaxOmega, 2 / (1 + std::sqrt(1 - rho))) : omega;
+          if (w > omega * 1.001) {
+            omega_good = omega;
+            omega = w;
+            raised = true;
+          }
+        }
+      }
+      if (k == kRateFrom) err10 = err;
+      if (k == kRateTo && omega == 1 && err < err10 && err10 < kInf) {
+        const double rho = std::pow(err / err10, 1.0 / (kRateTo - kRateFrom));
+        omega = std::min(kMaxOmega, 2 / (1 + std::sqrt(1 - rho)));
       }
       last_check = err;
+      last_k = k;
     }
     for (Index j = 0; j < m; ++j)
       if (omega != 1 && std::isfinite(Gn[j] - G[j])) Gn[j] = G[j] + omega * (Gn[j] - G[j]);
     G.swap(Gn);
-    lse_pass(L.X, F, L.Y, G, reg, p, ctx.tau, Fn, rel, nullptr);
-    pure = omega == 1 || (k + 1) % 10 == 0;
+    lse_pass(L.X, F, L.Y, G, reg, p, trunc, Fn, rel, nullptr);
+    pure = omega == 1 || (k + 1) % kCheckEvery == 0;
     for (Index i = 0; i < n; ++i)
       if (!pure && std::isfinite(Fn[i] - F[i])) Fn[i] = F[i] + omega * (Fn[i] - F[i]);
     F.swap(Fn);
-    for (Index i = 0; i < n; ++i) max_rel = std::max(max_rel, rel[i]);
+    if (!warm)
+      for (Index i = 0; i < n; ++i) max_rel = std::max(max_rel, rel[i]);
     if (show && k % 5 == 0) progress.update(k, "err=" + std::to_string(err));
   }
   progress.finish();
   // The plan of (F, G): cost, entropy and the c-transform of G (certified on every pair).
   FinalRows fr;
-  lse_pass(L.X, F, L.Y, G, reg, p, ctx.tau, Fn, rel, &fr);
+  lse_pass(L.X, F, L.Y, G, reg, p, tight, Fn, rel, &fr);
   double transport = 0, entropy = 0, dual = 0, final_rel = 0;
   for (Index i = 0; i < n; ++i) {
     transport += fr.transport[i];
