@@ -135,14 +135,16 @@ Clustering clustering(const MatrixD& x) {
 }
 
 // (rho0, r0) when the start is equiangular: n >= 2 tokens of one norm r0 (to
-// 1e-12 relative) and one pairwise cosine rho0 (to 1e-12); at most 4000 tokens
-// are examined (O(n^2 d)).
-bool equiangular(const MatrixD& x, double* rho0, double* r0) {
+// 1e-12 relative; any norms when `directions_only`, the sphere normalizes the
+// starts) and one pairwise cosine rho0 (to 1e-12); at most 4000 tokens are
+// examined (O(n^2 d)).
+bool equiangular(const MatrixD& x, bool directions_only, double* rho0, double* r0) {
   const Index n = x.rows();
   if (n < 2 || n > 4000) return false;
   const Eigen::VectorXd norms = x.rowwise().norm();
-  const double r = norms.mean();
-  if (!(r > 0) || (norms.array() - r).abs().maxCoeff() > 1e-12 * r) return false;
+  const double r = directions_only ? 1.0 : norms.mean();
+  if (!(norms.minCoeff() > 0)) return false;
+  if (!directions_only && (norms.array() - r).abs().maxCoeff() > 1e-12 * r) return false;
   const Eigen::MatrixXd u = directions(x);
   const Eigen::MatrixXd gram = u * u.transpose();
   const double rho = gram(0, 1);
@@ -320,7 +322,7 @@ void run_flow(FlowArgs& a) {
     for (const auto& f : r.frames) cl.push_back(clustering(f));
     if (canonical && uniform && !options.attention.causal &&
         options.attention.normalization == Normalization::softmax &&
-        equiangular(mu->atoms(), &rho0, &r0)) {
+        equiangular(mu->atoms(), norm == NormPlacement::post, &rho0, &r0)) {
       try {
         for (const auto& s : equiangular_reference(norm, n, beta, rho0, r0, r.frame_times, 2000))
           reference.push_back(s.one_minus_rho);
