@@ -124,6 +124,11 @@ SortedProjections sorted_projections(const DoubleAtoms& mu, const DoubleAtoms& n
 double projected_cost(const DoubleAtoms& mu, const DoubleAtoms& nu, const VectorD& theta, double p,
                       std::vector<TransportEntry>* plan);
 
+/// The cost in R^d, sum of mass * |x_i - y_j|^p, of the monotone plan along the
+/// mean-difference direction (all ones when the means agree): a coupling of mu
+/// and nu, so a certified upper bound on W_p^p. The Sinkhorn solvers' upper end.
+double mean_difference_coupling_cost(const DoubleAtoms& mu, const DoubleAtoms& nu, double p);
+
 }  // namespace measattn::detail
 
 namespace measattn::detail {

@@ -621,13 +621,7 @@ WassersteinResult multiscale_sinkhorn_transport(const DoubleAtoms& mu, const Dou
   }
   for (Index j = 0; j < m; ++j)
     if (b[j] > 0) dual += b[j] * G[j];
-  VectorD theta = x.transpose() * *mu.w - y.transpose() * *nu.w;
-  if (!(theta.norm() > 0)) theta = VectorD::Ones(d);
-  std::vector<TransportEntry> plan;
-  projected_cost(mu, nu, theta.normalized(), p, &plan);
-  double coupling = 0;
-  for (const auto& e : plan)
-    coupling += e.mass * cost_from_squared(squared_distance(x, e.i, y, e.j), p);
+  const double coupling = mean_difference_coupling_cost(mu, nu, p);
   auto root = [&](double c) { return p == 1 ? c : std::pow(std::max(c, 0.0), 1.0 / p); };
   WassersteinResult r;
   r.p = p;

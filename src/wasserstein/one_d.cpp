@@ -182,6 +182,17 @@ double projected_cost(const DoubleAtoms& mu, const DoubleAtoms& nu, const Vector
   return cost;
 }
 
+double mean_difference_coupling_cost(const DoubleAtoms& mu, const DoubleAtoms& nu, double p) {
+  VectorD theta = mu.x->transpose() * *mu.w - nu.x->transpose() * *nu.w;
+  if (!(theta.norm() > 0)) theta = VectorD::Ones(mu.x->cols());
+  std::vector<TransportEntry> plan;
+  projected_cost(mu, nu, theta.normalized(), p, &plan);
+  double coupling = 0;
+  for (const auto& e : plan)
+    coupling += e.mass * cost_from_squared(squared_distance(*mu.x, e.i, *nu.x, e.j), p);
+  return coupling;
+}
+
 void cost_row_range(const MatrixD& x, Index i, const MatrixD& yt, Index j0, Index j1, double p,
                     double* out) {
   const Index w = j1 - j0;

@@ -180,15 +180,9 @@ WassersteinResult online_sinkhorn_transport(const DoubleAtoms& mu, const DoubleA
   }
   for (Index j = 0; j < m; ++j)
     if (b[j] > 0) dual += b[j] * g[j];
-  // A certified upper bound: the cost in R^d of the monotone plan along the
-  // mean-difference direction (a coupling of a and b).
-  VectorD theta = x.transpose() * a - y.transpose() * b;
-  if (!(theta.norm() > 0)) theta = VectorD::Ones(x.cols());
-  std::vector<TransportEntry> plan;
-  projected_cost(mu, nu, theta.normalized(), p, &plan);
-  double coupling = 0;
-  for (const auto& e : plan)
-    coupling += e.mass * cost_from_squared(squared_distance(x, e.i, y, e.j), p);
+  // A certified upper bound: a coupling of a and b (the monotone plan along the
+  // mean-difference direction).
+  const double coupling = mean_difference_coupling_cost(mu, nu, p);
   auto root = [&](double c) { return p == 1 ? c : std::pow(std::max(c, 0.0), 1.0 / p); };
   WassersteinResult r;
   r.p = p;
