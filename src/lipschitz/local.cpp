@@ -86,21 +86,28 @@ LocalBoundResult lipschitz_local_bound(const Model<double>& model, const Measure
   std::vector<Term> terms;
   double log_q_max = -kInf, independent = 0;
   double total = 0, total_at_zero = 0, x_term = 0;
+  // Per head, a_i = K^T (Q x_i + b_q) / tau (rows) and log S_i: the upper bound's
+  // pieces, reused by the search below (tiny atoms, gradient moves).
+  std::vector<MatrixD> grads(static_cast<size_t>(model.num_heads));
+  std::vector<VectorD> log_ss(static_cast<size_t>(model.num_heads));
   for (Index h = 0; h < model.num_heads; ++h) {
     const Head<double> hd = model.head(h);
     const double p = spectral_norm(model.w_o.middleCols(h * k, k) * hd.v);
     const double x_core = global.heads[static_cast<size_t>(h)].x_core;
     x_term += p == 0 ? 0.0 : 3 * p * x_core;
-    // a_i = K^T (Q x_i + b_q) / tau for every atom (rows), and <a_i, x_j>.
     const MatrixD qx = (mu.atoms() * hd.q.transpose()).rowwise() + hd.b_q.transpose();
-    const MatrixD a = qx * hd.k / hd.tau;           // n x d
+    MatrixD& a = grads[static_cast<size_t>(h)];
+    a = qx * hd.k / hd.tau;                         // n x d
     const MatrixD ax = a * mu.atoms().transpose();  // n x n: <a_i, x_j>
+    VectorD& log_s_of = log_ss[static_cast<size_t>(h)];
+    log_s_of = VectorD::Constant(n, -kInf);  // -inf: an atom of zero weight
     double head = 0, head_at_zero = 0;
     for (Index i = 0; i < n; ++i) {
       if (!(mu.weight(i) > 0)) continue;
       const double an = a.row(i).norm();
       const VectorD logits = ax.row(i).transpose() + log_w;
       const double log_s = radius * an - log_sum_exp(logits);  // log S_i (<= 2 R |a_i|)
+      log_s_of[i] = log_s;
       const double s = std::exp(log_s);
       const double c = mu.weight(i) * (1 + 2 * radius * an) * s;
       head_at_zero += c;
@@ -155,15 +162,10 @@ LocalBoundResult lipschitz_local_bound(const Model<double>& model, const Measure
   // (1) A tiny atom at the point of B_R that query i weighs most, R a_i / |a_i|,
   // for the queries of the largest S (each head), at three masses.
   for (Index h = 0; h < model.num_heads; ++h) {
-    const Head<double> hd = model.head(h);
-    const MatrixD qx = (x * hd.q.transpose()).rowwise() + hd.b_q.transpose();
-    const MatrixD a = qx * hd.k / hd.tau;
+    const MatrixD& a = grads[static_cast<size_t>(h)];
     std::vector<std::pair<double, Index>> order;
-    for (Index i = 0; i < n; ++i) {
-      if (!(wt[i] > 0)) continue;
-      const VectorD logits = (a.row(i) * x.transpose()).transpose() + log_w;
-      order.push_back({radius * a.row(i).norm() - log_sum_exp(logits), i});
-    }
+    for (Index i = 0; i < n; ++i)
+      if (wt[i] > 0) order.push_back({log_ss[static_cast<size_t>(h)][i], i});
     std::sort(order.begin(), order.end(), std::greater<>());
     for (size_t t = 0; t < std::min<size_t>(order.size(), 3); ++t) {
       const Index i = order[t].second;
@@ -185,9 +187,7 @@ LocalBoundResult lipschitz_local_bound(const Model<double>& model, const Measure
   // a_i / |a_i|), both signs; (3) random unit moves of size eps.
   {
     MatrixD dir = MatrixD::Zero(n, x.cols());
-    for (Index h = 0; h < model.num_heads; ++h) {
-      const Head<double> hd = model.head(h);
-      const MatrixD a = ((x * hd.q.transpose()).rowwise() + hd.b_q.transpose()) * hd.k / hd.tau;
+    for (const MatrixD& a : grads) {
       for (Index i = 0; i < n; ++i) {
         const double an = a.row(i).norm();
         if (an > 0) dir.row(i) += a.row(i) / an;
